@@ -1,0 +1,176 @@
+// The command-line runner: builds the one CLI11 parser from the subcommand list, turns every parse
+// problem into one "voxgrad: error: ..." line with exit status 2 and every run failure into one
+// such line with status 1, and wraps the run in the profiler when --profile or --trace asks for it.
+#include "apps/cli.h"
+
+#include <CLI/CLI.hpp>
+#include <cctype>
+#include <exception>
+#include <fstream>
+#include <iostream>
+
+#include "engine/device.h"
+#include "engine/log.h"
+#include "engine/profiler.h"
+
+// The build passes the project version; the fallback keeps a stand-alone compile working.
+#ifndef VOXGRAD_VERSION
+#define VOXGRAD_VERSION "0.1.0"
+#endif
+
+namespace voxgrad::apps {
+
+std::vector<Command> commands() {
+  return {
+      toy_command(),
+      bench_command(),
+      devices_command(),
+  };
+}
+
+namespace {
+
+// Error text as one line: CLI11 and nested errors may span several.
+std::string one_line(std::string s) {
+  for (char& c : s)
+    if (c == '\n' || c == '\r') c = ' ';
+  while (!s.empty() && s.back() == ' ') s.pop_back();
+  return s;
+}
+
+// CLI11 starts its messages with a capital ("The following arguments were not expected");
+// after "error:" a lowercase start reads as one sentence. Acronyms ("CUDA") keep their case.
+std::string lower_first(std::string s) {
+  if (s.size() >= 2 && std::isupper(static_cast<unsigned char>(s[0])) &&
+      !std::isupper(static_cast<unsigned char>(s[1])))
+    s[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(s[0])));
+  return s;
+}
+
+int usage_error(const std::string& reason, const std::string& subcommand) {
+  const std::string help = subcommand.empty() ? "voxgrad --help" : "voxgrad " + subcommand + " --help";
+  logging::error(lower_first(one_line(reason)) + " (see '" + help + "')");
+  return kExitUsage;
+}
+
+void add_global_options(CLI::App& sub, GlobalOptions& global) {
+  const std::string group = "Global options";
+  sub.add_option("--device", global.device, "Where to compute: cpu, cuda, or auto (CUDA when available)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
+      ->capture_default_str()
+      ->group(group);
+  sub.add_flag("--profile", global.profile, "Print a per-op time table on stderr at exit")->group(group);
+  sub.add_option("--trace", global.trace, "Write a Chrome trace JSON (opens in Perfetto) at exit")
+      ->type_name("FILE")
+      ->group(group);
+}
+
+std::string version_text() {
+  return std::string("voxgrad ") + VOXGRAD_VERSION + (built_with_cuda() ? " (CPU and CUDA)" : " (CPU only)");
+}
+
+// Runs `run`, then the profiler's report; any exception becomes one error line and status 1.
+int run_command(const RunFn& run, const GlobalOptions& global) {
+  const bool profiling = global.profile || !global.trace.empty();
+  if (!global.trace.empty()) {
+    // Fail before the work, not after it, when the trace cannot be written.
+    std::ofstream probe(global.trace, std::ios::app);
+    if (!probe) {
+      logging::error("cannot write the trace file '" + global.trace + "'");
+      return kExitFailure;
+    }
+  }
+  if (profiling) profiler::enable(global.trace);
+  int status = kExitFailure;
+  try {
+    status = run(global);
+  } catch (const std::exception& e) {
+    logging::error(one_line(e.what()));
+    status = kExitFailure;
+  } catch (...) {
+    logging::error("unknown failure");
+    status = kExitFailure;
+  }
+  if (profiling) {
+    try {
+      profiler::finish(global.profile ? &std::cerr : nullptr);
+    } catch (const std::exception& e) {
+      logging::error(one_line(e.what()));
+      if (status == kExitOk) status = kExitFailure;
+    }
+  }
+  return status;
+}
+
+int parse_and_run(int argc, char** argv) {
+  CLI::App app{"voxgrad: a from-scratch CUDA deep-learning engine for 3D medical image segmentation.", "voxgrad"};
+  app.set_version_flag("--version", version_text(), "Print the version and exit");
+  app.require_subcommand(0, 1);
+
+  GlobalOptions global;
+  std::vector<Command> cmds = commands();
+  std::vector<RunFn> runs;
+  std::vector<CLI::App*> subs;
+  for (Command& cmd : cmds) {
+    CLI::App* sub = app.add_subcommand(cmd.name, cmd.description);
+    runs.push_back(cmd.setup(*sub));
+    add_global_options(*sub, global);
+    subs.push_back(sub);
+  }
+  // Set after the subcommands exist: they would inherit it.
+  app.footer("Run 'voxgrad <subcommand> --help' for the options of one subcommand.");
+
+  // The root takes no option with a value, so the first word that is not an option names the
+  // subcommand; knowing it early gives unknown names and per-subcommand hints a clear message.
+  std::string sub_name;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--") break;
+    if (!arg.empty() && arg[0] != '-') {
+      sub_name = arg;
+      break;
+    }
+  }
+  if (!sub_name.empty()) {
+    bool known = false;
+    for (const Command& cmd : cmds) known = known || cmd.name == sub_name;
+    if (!known) return usage_error("unknown subcommand '" + sub_name + "'", "");
+  }
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    std::cout << app.help() << std::flush;  // the chosen subcommand's help when there is one
+    return kExitOk;
+  } catch (const CLI::CallForAllHelp&) {
+    std::cout << app.help("", CLI::AppFormatMode::All) << std::flush;
+    return kExitOk;
+  } catch (const CLI::CallForVersion& e) {
+    std::cout << e.what() << std::endl;
+    return kExitOk;
+  } catch (const CLI::ParseError& e) {
+    return usage_error(e.what(), sub_name);
+  }
+
+  for (std::size_t i = 0; i < subs.size(); ++i)
+    if (subs[i]->parsed()) return run_command(runs[i], global);
+
+  // No subcommand: like git, the usage and a non-zero status.
+  std::cout << app.help() << std::flush;
+  return kExitUsage;
+}
+
+}  // namespace
+
+int run_cli(int argc, char** argv) {
+  try {
+    return parse_and_run(argc, argv);
+  } catch (const std::exception& e) {
+    logging::error(one_line(e.what()));
+  } catch (...) {
+    logging::error("unknown failure");
+  }
+  return kExitFailure;
+}
+
+}  // namespace voxgrad::apps

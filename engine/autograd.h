@@ -1,0 +1,59 @@
+// Define-by-run reverse-mode autograd: each recorded op attaches a Node holding its backward
+// closure and the edges to its inputs; backward() runs the nodes in reverse topological order.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace voxgrad {
+
+// One gradient per input of the op, given the gradient of its output. An undefined Tensor means
+// "no gradient for this input" (it needs none, or the op is constant in it).
+using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output)>;
+
+// Where an input's gradient goes: into the node that produced it, or into a leaf's grad().
+struct Edge {
+  std::shared_ptr<Node> node;
+  std::shared_ptr<TensorImpl> leaf;
+  bool active() const { return node != nullptr || leaf != nullptr; }
+};
+
+struct Node {
+  std::string name;          // the op, e.g. "mul"; profiler scopes use "<name>_backward"
+  std::vector<Edge> inputs;  // one per input of the op
+  std::vector<Shape> input_shapes;
+  BackwardFn backward;       // holds the saved tensors; released after backward() runs it
+  bool released = false;
+  Device device;
+};
+
+bool grad_mode_enabled();
+
+// While alive, ops record nothing (inference, optimizer updates, backward closures).
+class NoGradGuard {
+ public:
+  NoGradGuard();
+  ~NoGradGuard();
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// Records `out` as the result of op `name` applied to `inputs`, when grad mode is on and any
+// input requires a gradient. Tensors the closure needs must be captured detached (see saved()).
+Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, BackwardFn backward);
+
+// A tensor as a backward closure keeps it: the data without the history, so that a node never
+// owns its own output (no reference cycles).
+inline Tensor saved(const Tensor& t) { return t.defined() ? t.detach() : t; }
+
+// Runs backward from `root` seeded with `grad_root`.
+void run_backward(const Tensor& root, const Tensor& grad_root, bool retain_graph);
+
+}  // namespace voxgrad

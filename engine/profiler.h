@@ -1,0 +1,67 @@
+// The profiler seam: every op runs inside a ProfileScope. Off (the default) a scope costs one
+// relaxed atomic load. On, it times the op (steady clock on the CPU, CUDA events on the GPU, plus
+// an NVTX range for Nsight) and the profiler prints a per-op table or writes a Chrome trace.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "engine/device.h"
+
+namespace voxgrad {
+
+namespace profiler {
+
+// Turns timing on for a fresh session (earlier records are forgotten). `trace_path` non-empty: a
+// Chrome trace JSON (opens in Perfetto) is written there by finish(); its folder must exist.
+void enable(const std::string& trace_path = "");
+bool enabled();
+// Waits for the devices, prints the per-op table (calls, total ms, mean ms, share) to `table`
+// when non-null, writes the trace if one was asked for, and turns timing off.
+void finish(std::ostream* table);
+// Forgets everything recorded so far (tests).
+void reset();
+
+struct OpStats {
+  std::string name;
+  std::string device;  // "cpu" or "cuda"
+  std::int64_t calls = 0;
+  double total_ms = 0;
+};
+// Per (op, device) totals so far, largest total first. Waits for the devices.
+std::vector<OpStats> summary();
+
+extern std::atomic<bool> g_enabled;
+
+}  // namespace profiler
+
+class ProfileScope {
+ public:
+  ProfileScope(const char* name, Device d) {
+    if (profiler::g_enabled.load(std::memory_order_relaxed)) begin(name, d);
+  }
+  ~ProfileScope() {
+    if (active_) end();
+  }
+  ProfileScope(const ProfileScope&) = delete;
+  ProfileScope& operator=(const ProfileScope&) = delete;
+
+ private:
+  void begin(const char* name, Device d);
+  void end();
+  bool active_ = false;
+  const char* name_ = nullptr;
+  Device device_;
+  std::int64_t cpu_start_ns_ = 0;
+  void* gpu_start_ = nullptr;  // a pooled cudaEvent_t
+};
+
+}  // namespace voxgrad
+
+#define VG_PROFILE_CAT2(a, b) a##b
+#define VG_PROFILE_CAT(a, b) VG_PROFILE_CAT2(a, b)
+// Times the rest of the enclosing block as op `name` on device `device`.
+#define VG_PROFILE(name, device) ::voxgrad::ProfileScope VG_PROFILE_CAT(vg_profile_scope_, __LINE__)(name, device)

@@ -1,0 +1,30 @@
+// VG_CUDA_CHECK and VG_CUDNN_CHECK: the CUDA and cuDNN instances of the check-macro generator.
+// Included only by kernels/cuda/ and the engine's few device files.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <string>
+
+#include "kernels/common.h"
+#include "kernels/error.h"
+
+namespace voxgrad::detail {
+inline bool cuda_ok(cudaError_t s) { return s == cudaSuccess; }
+inline std::string cuda_describe(cudaError_t s) {
+  return std::string(cudaGetErrorName(s)) + ": " + cudaGetErrorString(s);
+}
+inline bool cudnn_ok(cudnnStatus_t s) { return s == CUDNN_STATUS_SUCCESS; }
+inline std::string cudnn_describe(cudnnStatus_t s) { return cudnnGetErrorString(s); }
+}  // namespace voxgrad::detail
+
+#define VG_CUDA_CHECK(expr) VG_CHECK_WITH(expr, ::voxgrad::detail::cuda_ok, ::voxgrad::detail::cuda_describe)
+#define VG_CUDNN_CHECK(expr) VG_CHECK_WITH(expr, ::voxgrad::detail::cudnn_ok, ::voxgrad::detail::cudnn_describe)
+
+// After a kernel launch: configuration errors surface here, not at the next unrelated call.
+#define VG_CUDA_CHECK_LAUNCH() VG_CUDA_CHECK(cudaGetLastError())
+
+namespace voxgrad::kernels::cuda {
+inline cudaStream_t native(Stream s) { return static_cast<cudaStream_t>(s.handle); }
+}  // namespace voxgrad::kernels::cuda

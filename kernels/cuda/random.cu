@@ -1,0 +1,49 @@
+// CUDA Philox draws: element i is computed from (seed, offset, i) by the same VG_HD functions as the
+// CPU twin (kernels/random.h), so both devices fill a tensor with the same numbers.
+#include <algorithm>
+
+#include "kernels/cuda/check.h"
+#include "kernels/random.h"
+
+namespace voxgrad::kernels::cuda {
+
+namespace {
+
+constexpr int kBlock = 256;
+constexpr std::int64_t kMaxBlocks = 8192;
+
+unsigned grid_for(std::int64_t n) {
+  return static_cast<unsigned>(std::min<std::int64_t>((n + kBlock - 1) / kBlock, kMaxBlocks));
+}
+
+__global__ void uniform_kernel(float* __restrict__ y, std::int64_t n, std::uint64_t seed, std::uint64_t offset,
+                               double low, double width) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    y[i] = static_cast<float>(low + width * philox_uniform(seed, offset, i));
+}
+
+__global__ void normal_kernel(float* __restrict__ y, std::int64_t n, std::uint64_t seed, std::uint64_t offset,
+                              double mean, double std) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    y[i] = static_cast<float>(mean + std * philox_normal(seed, offset, i));
+}
+
+}  // namespace
+
+void rand_uniform(float* y, std::int64_t n, std::uint64_t seed, std::uint64_t offset, double low, double high,
+                  Stream s) {
+  if (n == 0) return;
+  uniform_kernel<<<grid_for(n), kBlock, 0, native(s)>>>(y, n, seed, offset, low, high - low);
+  VG_CUDA_CHECK_LAUNCH();
+}
+
+void rand_normal(float* y, std::int64_t n, std::uint64_t seed, std::uint64_t offset, double mean, double std,
+                 Stream s) {
+  if (n == 0) return;
+  normal_kernel<<<grid_for(n), kBlock, 0, native(s)>>>(y, n, seed, offset, mean, std);
+  VG_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace voxgrad::kernels::cuda

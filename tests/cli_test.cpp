@@ -1,0 +1,198 @@
+// The command line as a user meets it: help everywhere, one error line and status 2 for usage
+// errors, status 1 for run failures, stdout holding only results (JSON), and the global options
+// (--device, --profile, --trace) working after every subcommand.
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "apps/cli.h"
+#include "tests/test_support.h"
+
+namespace {
+
+using voxgrad::test::CommandResult;
+using voxgrad::test::run_voxgrad;
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// A usage error: status 2, nothing on stdout, exactly one "voxgrad: error:" line on stderr.
+void expect_usage_error(const CommandResult& r, const std::string& hint) {
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_EQ(r.out, "");
+  const auto lines = lines_of(r.err);
+  ASSERT_EQ(lines.size(), 1u) << r.err;
+  EXPECT_TRUE(starts_with(lines[0], "voxgrad: error: ")) << lines[0];
+  EXPECT_NE(lines[0].find("(see '" + hint + "')"), std::string::npos) << lines[0];
+}
+
+// stdout holds exactly one JSON document on one line; returns it parsed.
+nlohmann::json single_json_line(const CommandResult& r) {
+  const auto lines = lines_of(r.out);
+  EXPECT_EQ(lines.size(), 1u) << r.out;
+  if (lines.size() != 1) return nullptr;
+  return nlohmann::json::parse(lines[0]);
+}
+
+TEST(Cli, RootHelpListsEverySubcommand) {
+  const CommandResult r = run_voxgrad("--help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.err, "");
+  EXPECT_NE(r.out.find("Usage:"), std::string::npos) << r.out;
+  for (const auto& cmd : voxgrad::apps::commands()) EXPECT_NE(r.out.find(cmd.name), std::string::npos) << cmd.name;
+}
+
+TEST(Cli, EverySubcommandHasHelpWithTheGlobalOptions) {
+  for (const auto& cmd : voxgrad::apps::commands()) {
+    const CommandResult r = run_voxgrad(cmd.name + " --help");
+    EXPECT_EQ(r.exit_code, 0) << cmd.name;
+    EXPECT_EQ(r.err, "") << cmd.name;
+    EXPECT_NE(r.out.find("Usage:"), std::string::npos) << cmd.name << ": " << r.out;
+    for (const char* opt : {"--device", "--profile", "--trace"})
+      EXPECT_NE(r.out.find(opt), std::string::npos) << cmd.name << " help lacks " << opt;
+  }
+}
+
+TEST(Cli, VersionIsOneLineOnStdout) {
+  const CommandResult r = run_voxgrad("--version");
+  EXPECT_EQ(r.exit_code, 0);
+  ASSERT_EQ(lines_of(r.out).size(), 1u) << r.out;
+  EXPECT_TRUE(starts_with(r.out, "voxgrad ")) << r.out;
+}
+
+TEST(Cli, NoSubcommandPrintsUsageAndFails) {
+  const CommandResult r = run_voxgrad("");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.out.find("Usage:"), std::string::npos) << r.out;
+}
+
+TEST(Cli, UnknownSubcommandIsOneErrorLine) {
+  const CommandResult r = run_voxgrad("frobnicate --steps 3");
+  expect_usage_error(r, "voxgrad --help");
+  EXPECT_NE(r.err.find("frobnicate"), std::string::npos) << r.err;
+}
+
+TEST(Cli, UnknownFlagIsOneErrorLine) {
+  expect_usage_error(run_voxgrad("toy --no-such-flag"), "voxgrad toy --help");
+  expect_usage_error(run_voxgrad("--no-such-flag"), "voxgrad --help");
+  expect_usage_error(run_voxgrad("devices --no-such-flag"), "voxgrad devices --help");
+}
+
+TEST(Cli, BadValuesAreUsageErrors) {
+  expect_usage_error(run_voxgrad("toy --device tpu"), "voxgrad toy --help");
+  expect_usage_error(run_voxgrad("toy --steps many"), "voxgrad toy --help");
+  expect_usage_error(run_voxgrad("toy --steps 0"), "voxgrad toy --help");
+  expect_usage_error(run_voxgrad("bench --shape 1,2,3"), "voxgrad bench --help");
+  expect_usage_error(run_voxgrad("bench --cases nothing"), "voxgrad bench --help");
+  expect_usage_error(run_voxgrad("toy stray"), "voxgrad toy --help");
+}
+
+TEST(Cli, ToyFitsOnTheCpu) {
+  const CommandResult r = run_voxgrad("toy --steps 30 --device cpu");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = single_json_line(r);
+  ASSERT_TRUE(j.is_object()) << r.out;
+  EXPECT_EQ(j.at("device"), "cpu");
+  EXPECT_EQ(j.at("steps"), 30);
+  const double first = j.at("loss_first"), last = j.at("loss_last");
+  EXPECT_LT(last, 0.6 * first) << r.out;  // the loss falls clearly, not by noise
+  EXPECT_GT(j.at("accuracy").get<double>(), 0.9) << r.out;
+  EXPECT_GE(j.at("seconds").get<double>(), 0.0);
+}
+
+TEST(Cli, CudaWithoutADeviceIsOneErrorLine) {
+  if (voxgrad::test::has_cuda()) GTEST_SKIP() << "this machine has a CUDA device";
+  const CommandResult r = run_voxgrad("toy --steps 2 --device cuda");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.out, "");
+  const auto lines = lines_of(r.err);
+  ASSERT_EQ(lines.size(), 1u) << r.err;
+  EXPECT_TRUE(starts_with(lines[0], "voxgrad: error: ")) << lines[0];
+  EXPECT_NE(lower(lines[0]).find("cuda"), std::string::npos) << lines[0];
+}
+
+TEST(Cli, DevicesIsJson) {
+  const CommandResult r = run_voxgrad("devices");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = single_json_line(r);
+  ASSERT_TRUE(j.is_object()) << r.out;
+  EXPECT_EQ(j.at("built_with_cuda").get<bool>(), voxgrad::built_with_cuda());
+  const int count = j.at("cuda_devices");
+  EXPECT_EQ(count, voxgrad::cuda_device_count());
+  EXPECT_EQ(j.at("devices").size(), static_cast<std::size_t>(count));
+  if (count == 0)
+    EXPECT_TRUE(j.at("reason").is_string()) << r.out;
+  else
+    EXPECT_TRUE(j.at("reason").is_null()) << r.out;
+}
+
+TEST(Cli, ProfilePrintsATableOnStderrOnly) {
+  const CommandResult r = run_voxgrad("toy --steps 3 --device cpu --profile");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(single_json_line(r).is_object()) << r.out;
+  EXPECT_NE(r.err.find("add"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("log_softmax"), std::string::npos) << r.err;
+}
+
+TEST(Cli, TraceWritesAChromeTrace) {
+  const std::string path = voxgrad::test::temp_dir("trace") + "/trace.json";
+  const CommandResult r = run_voxgrad("toy --steps 3 --device cpu --trace '" + path + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(single_json_line(r).is_object()) << r.out;
+  std::ifstream in(path);
+  ASSERT_TRUE(in.good()) << path;
+  const auto trace = nlohmann::json::parse(in);
+  // Chrome's trace format is either a bare array of events or an object with "traceEvents".
+  const auto& events = trace.is_array() ? trace : trace.at("traceEvents");
+  ASSERT_TRUE(events.is_array());
+  EXPECT_GT(events.size(), 0u);
+}
+
+TEST(Cli, UnwritableTraceFailsBeforeRunning) {
+  const CommandResult r = run_voxgrad("toy --device cpu --trace /nonexistent-voxgrad-dir/trace.json");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(lines_of(r.err).size(), 1u) << r.err;
+}
+
+TEST(Cli, PlainProgressLinesGoToStderr) {
+  const CommandResult r = run_voxgrad("toy --steps 20 --device cpu", "VOXGRAD_PROGRESS=plain");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(single_json_line(r).is_object()) << r.out;
+  EXPECT_EQ(r.err.find('\r'), std::string::npos) << "plain mode must not redraw in place";
+  bool final_line = false;
+  for (const auto& line : lines_of(r.err))
+    final_line = final_line || (starts_with(line, "toy") && line.find("20/20") != std::string::npos);
+  EXPECT_TRUE(final_line) << r.err;
+}
+
+TEST(Cli, BenchPrintsOneJsonLinePerCase) {
+  const CommandResult all = run_voxgrad("bench --device cpu --shape 1,4,6,6,6 --reps 2 --warmup 1");
+  ASSERT_EQ(all.exit_code, 0) << all.err;
+  const auto lines = lines_of(all.out);
+  EXPECT_GE(lines.size(), 6u) << all.out;
+  for (const auto& line : lines) {
+    const auto j = nlohmann::json::parse(line);
+    EXPECT_EQ(j.at("device"), "cpu");
+    EXPECT_GE(j.at("forward").at("median_ms").get<double>(), 0.0);
+    EXPECT_GE(j.at("forward_backward").at("max_ms").get<double>(), j.at("forward_backward").at("min_ms").get<double>());
+  }
+  EXPECT_NE(all.err.find("softmax"), std::string::npos) << "the table goes to stderr";
+
+  const CommandResult one = run_voxgrad("bench --device cpu --shape 1,4,6,6,6 --reps 1 --cases exp");
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  EXPECT_EQ(single_json_line(one).at("case"), "exp");
+}
+
+}  // namespace

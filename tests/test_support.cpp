@@ -1,0 +1,84 @@
+// Shared test helpers; see test_support.h.
+#include "tests/test_support.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+
+namespace voxgrad::test {
+
+namespace fs = std::filesystem;
+
+bool has_cuda() { return cuda_device_count() > 0; }
+
+namespace {
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::vector<fs::path>& dirs_to_remove() {
+  static std::vector<fs::path> dirs;
+  static const bool registered = [] {
+    std::atexit([] {
+      std::error_code ec;
+      for (const auto& d : dirs_to_remove()) fs::remove_all(d, ec);
+    });
+    return true;
+  }();
+  (void)registered;
+  return dirs;
+}
+}  // namespace
+
+std::string temp_dir(const std::string& tag) {
+  static std::mutex m;
+  std::lock_guard<std::mutex> lock(m);
+  std::string templ = (fs::temp_directory_path() / ("voxgrad-" + tag + "-XXXXXX")).string();
+  char* made = mkdtemp(templ.data());
+  if (made == nullptr) throw std::runtime_error("mkdtemp failed for " + templ);
+  dirs_to_remove().emplace_back(made);
+  return made;
+}
+
+CommandResult run_voxgrad(const std::string& args, const std::string& env) {
+  const std::string dir = temp_dir("cmd");
+  const std::string out = dir + "/stdout", err = dir + "/stderr";
+  // VOXGRAD_BINARY in the environment wins: a build copied to another machine (tools/gpu-check)
+  // no longer has the binary at the path compiled in here.
+  const char* from_env = std::getenv("VOXGRAD_BINARY");
+  const std::string binary = from_env != nullptr && *from_env != '\0' ? from_env : VOXGRAD_BINARY;
+  const std::string cmd = env + (env.empty() ? "" : " ") + "'" + binary + "' " + args + " </dev/null >'" + out +
+                          "' 2>'" + err + "'";
+  const int status = std::system(cmd.c_str());
+  CommandResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+::testing::AssertionResult all_close(const std::vector<double>& a, const std::vector<double>& b, double atol,
+                                     double rtol) {
+  if (a.size() != b.size())
+    return ::testing::AssertionFailure() << "sizes differ: " << a.size() << " vs " << b.size();
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const double tol = atol + rtol * std::fabs(b[i]);
+    if (!(std::fabs(a[i] - b[i]) <= tol)) {
+      return ::testing::AssertionFailure() << "element " << i << ": " << a[i] << " vs " << b[i] << " (|diff| "
+                                           << std::fabs(a[i] - b[i]) << " > " << tol << ")";
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+}  // namespace voxgrad::test

@@ -1,0 +1,38 @@
+// Helpers every suite shares: GPU skipping, running the voxgrad binary, temporary folders,
+// and closeness checks in the atol + rtol * |ref| form.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "engine/device.h"
+
+namespace voxgrad::test {
+
+bool has_cuda();
+
+// Result of running the built `voxgrad` binary with arguments (stdout and stderr kept apart).
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+CommandResult run_voxgrad(const std::string& args, const std::string& env = "");
+
+// A fresh empty folder under the system temp dir, removed at process exit.
+std::string temp_dir(const std::string& tag);
+
+// Index of the first element with |a - b| > atol + rtol * |b|, or -1; `what` names the check.
+::testing::AssertionResult all_close(const std::vector<double>& a, const std::vector<double>& b, double atol,
+                                     double rtol);
+
+}  // namespace voxgrad::test
+
+// In a GPU test: skip (reported as skipped by ctest) when this machine has no usable device.
+#define VG_REQUIRE_CUDA()                                                                \
+  do {                                                                                   \
+    if (!::voxgrad::test::has_cuda())                                                    \
+      GTEST_SKIP() << "no CUDA device (" << ::voxgrad::cuda_unavailable_reason() << ")"; \
+  } while (0)
