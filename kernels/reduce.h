@@ -2,7 +2,7 @@
 // The index arithmetic is written once (VG_HD) so both devices visit elements the same way.
 #pragma once
 
-#include <utility>
+#include <algorithm>
 
 #include "kernels/common.h"
 #include "kernels/error.h"
@@ -49,14 +49,12 @@ inline ReduceGeometry make_reduce_geometry(const std::int64_t* shape, int ndim, 
     stride *= n;
   }
   // Stored fastest-first; reverse so index 0 is the slowest axis (row-major decomposition).
-  for (int i = 0, j = g.kept_ndim - 1; i < j; ++i, --j) {
-    std::swap(g.kept_size[i], g.kept_size[j]);
-    std::swap(g.kept_stride[i], g.kept_stride[j]);
-  }
-  for (int i = 0, j = g.red_ndim - 1; i < j; ++i, --j) {
-    std::swap(g.red_size[i], g.red_size[j]);
-    std::swap(g.red_stride[i], g.red_stride[j]);
-  }
+  const auto reverse = [](std::int64_t* sizes, std::int64_t* strides, int count) {
+    std::reverse(sizes, sizes + count);
+    std::reverse(strides, strides + count);
+  };
+  reverse(g.kept_size, g.kept_stride, g.kept_ndim);
+  reverse(g.red_size, g.red_stride, g.red_ndim);
   return g;
 }
 

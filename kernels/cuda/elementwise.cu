@@ -3,19 +3,12 @@
 #include <algorithm>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/elementwise.h"
 
 namespace voxgrad::kernels::cuda {
 
 namespace {
-
-constexpr int kBlock = 256;
-// Several waves on the largest GPUs; grid-stride loops cover any n beyond that.
-constexpr std::int64_t kMaxBlocks = 8192;
-
-unsigned grid_for(std::int64_t n) {
-  return static_cast<unsigned>(std::min<std::int64_t>((n + kBlock - 1) / kBlock, kMaxBlocks));
-}
 
 __device__ std::int64_t first_index() { return static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; }
 __device__ std::int64_t grid_stride() { return static_cast<std::int64_t>(gridDim.x) * blockDim.x; }

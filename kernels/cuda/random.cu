@@ -3,18 +3,12 @@
 #include <algorithm>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/random.h"
 
 namespace voxgrad::kernels::cuda {
 
 namespace {
-
-constexpr int kBlock = 256;
-constexpr std::int64_t kMaxBlocks = 8192;
-
-unsigned grid_for(std::int64_t n) {
-  return static_cast<unsigned>(std::min<std::int64_t>((n + kBlock - 1) / kBlock, kMaxBlocks));
-}
 
 __global__ void uniform_kernel(float* __restrict__ y, std::int64_t n, std::uint64_t seed, std::uint64_t offset,
                                double low, double width) {

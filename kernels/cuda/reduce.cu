@@ -4,24 +4,19 @@
 #include <algorithm>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/reduce.h"
 
 namespace voxgrad::kernels::cuda {
 
 namespace {
 
-constexpr int kBlock = 256;
 constexpr int kWarps = kBlock / 32;
-constexpr std::int64_t kMaxBlocks = 8192;
 // Below this block length one thread per output is cheaper than a block's tree reduction.
 constexpr std::int64_t kShortBlock = 128;
 // With the kept axis innermost, one thread per output reads coalesced; worth it once there are
 // enough outputs to fill the GPU.
 constexpr std::int64_t kManyOutputs = 1 << 14;
-
-unsigned grid_for(std::int64_t n) {
-  return static_cast<unsigned>(std::min<std::int64_t>((n + kBlock - 1) / kBlock, kMaxBlocks));
-}
 
 __global__ void sum_per_thread_kernel(const float* __restrict__ x, float* __restrict__ y, ReduceGeometry g,
                                       float scale) {

@@ -3,18 +3,12 @@
 #include <algorithm>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/softmax.h"
 
 namespace voxgrad::kernels::cuda {
 
 namespace {
-
-constexpr int kBlock = 256;
-constexpr std::int64_t kMaxBlocks = 8192;
-
-unsigned grid_for(std::int64_t n) {
-  return static_cast<unsigned>(std::min<std::int64_t>((n + kBlock - 1) / kBlock, kMaxBlocks));
-}
 
 // Consecutive threads take consecutive inner indices, so each class's loads coalesce.
 __global__ void softmax_forward_kernel(const float* __restrict__ x, float* __restrict__ y, std::int64_t outer,
