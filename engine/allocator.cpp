@@ -3,6 +3,8 @@
 // The CUDA backend and cuda_allocator() live in allocator_cuda.cpp (allocator_nocuda.cpp without CUDA).
 #include "engine/allocator.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -25,6 +27,12 @@ constexpr std::size_t kSmallLimit = std::size_t{1} << 20;  // requests up to 1 M
 constexpr std::size_t kSmallGranule = 512;
 constexpr std::size_t kLargeGranule = std::size_t{2} << 20;
 constexpr std::size_t kHostAlignment = 64;  // a cache line, and what AVX-512 loads like
+// Large host blocks (volumes, activations) are 2 MiB aligned and advised as huge pages: their first
+// touch then costs one page fault per 2 MiB instead of one per 4 KiB, which otherwise dominates
+// filling a fresh buffer (inflating a NIfTI volume into a new tensor ran 1.5x slower than into
+// memory already touched).
+constexpr std::size_t kHugePage = std::size_t{2} << 20;
+constexpr std::size_t kHugeHostBlock = std::size_t{4} << 20;
 
 std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
 
@@ -261,13 +269,17 @@ std::size_t host_block_size(std::size_t bytes) {
   VG_CHECK(bytes <= std::numeric_limits<std::size_t>::max() - kHostAlignment,
            "cannot allocate " << bytes << " bytes of host memory");
   // Zero bytes still get a real, unique 64-byte block, so every tensor has a data pointer.
-  return std::max(kHostAlignment, round_up(bytes, kHostAlignment));
+  if (bytes < kHugeHostBlock) return std::max(kHostAlignment, round_up(bytes, kHostAlignment));
+  return round_up(bytes, kHugePage);
 }
 }  // namespace
 
 void* host_allocate(std::size_t bytes) {
   const std::size_t size = host_block_size(bytes);
-  void* p = std::aligned_alloc(kHostAlignment, size);
+  const bool huge = size >= kHugeHostBlock;
+  void* p = std::aligned_alloc(huge ? kHugePage : kHostAlignment, size);
+  // Advice only: a kernel without transparent huge pages refuses it and nothing changes.
+  if (p != nullptr && huge) (void)madvise(p, size, MADV_HUGEPAGE);
   if (p == nullptr) {
     std::size_t in_use = 0;
     {

@@ -1,0 +1,371 @@
+// safetensors files: bit-exact round trips, the byte layout checked by hand, malformed files refused
+// with messages naming the problem, load_state_dict's mismatch report, atomic writes, model files and
+// training checkpoints, and the reference Python reader opening our files (when it is installed).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "engine/checkpoint.h"
+#include "engine/json.h"
+#include "engine/ops.h"
+#include "tests/test_support.h"
+
+namespace voxgrad {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::string le64(std::uint64_t v) {
+  std::string s(8, '\0');
+  for (int i = 0; i < 8; ++i) s[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+  return s;
+}
+
+// A file from a header text and a data block, the header length written as given.
+std::string file_of(const std::string& header, const std::string& data) { return le64(header.size()) + header + data; }
+
+std::string floats_le(std::initializer_list<float> v) {
+  std::string s;
+  for (float f : v) s.append(reinterpret_cast<const char*>(&f), sizeof f);
+  return s;
+}
+
+std::string raw(const Tensor& t) {
+  const Tensor h = t.cpu();
+  return std::string(static_cast<const char*>(h.raw_data()), h.nbytes());
+}
+
+std::vector<std::string> files_in(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// The Error's message, or "" when `f` does not throw voxgrad::Error.
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Checkpoint, RoundTripIsBitExactForEveryDtype) {
+  const std::string path = test::temp_dir("ckpt") + "/all.safetensors";
+  float nan_payload;
+  const std::uint32_t bits = 0x7fc01234u;
+  std::memcpy(&nan_payload, &bits, sizeof bits);
+  const NamedTensors tensors = {
+      {"f32", from_vector<float>({1.5f, -0.0f, nan_payload, INFINITY, 1e-42f, -3.25e38f}, {2, 3})},
+      {"f64", from_vector<double>({3.141592653589793, -1e-310, 2.5e300}, {3, 1})},
+      {"i32", from_vector<std::int32_t>({-2147483647 - 1, 0, 7, 2147483647}, {1, 2, 2})},
+      {"u8", from_vector<std::uint8_t>({0, 1, 128, 255, 42}, {5})},
+      {"scalar", from_vector<float>({2.0f}, {})},
+      {"empty", zeros({0, 3})},
+  };
+  save_safetensors(path, tensors, {{"epoch", "3"}, {"note", "ünïcode ✓"}});
+  const SafeTensors back = load_safetensors(path);
+  ASSERT_EQ(back.tensors.size(), tensors.size());
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    EXPECT_EQ(back.tensors[i].first, tensors[i].first);
+    EXPECT_EQ(back.tensors[i].second.shape(), tensors[i].second.shape()) << tensors[i].first;
+    EXPECT_EQ(back.tensors[i].second.dtype(), tensors[i].second.dtype()) << tensors[i].first;
+    EXPECT_EQ(raw(back.tensors[i].second), raw(tensors[i].second)) << tensors[i].first;
+  }
+  EXPECT_EQ(back.metadata, (Metadata{{"epoch", "3"}, {"note", "ünïcode ✓"}}));
+}
+
+TEST(Checkpoint, ByteLayoutMatchesTheFormat) {
+  const std::string path = test::temp_dir("ckpt") + "/tiny.safetensors";
+  save_safetensors(path,
+                   {{"w", from_vector<float>({1.0f, 2.0f}, {2})}, {"b", from_vector<std::uint8_t>({7}, {1, 1})}},
+                   {{"k", "v"}});
+  const std::string bytes = read_bytes(path);
+  std::string header =
+      R"({"__metadata__":{"k":"v"},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+      R"("b":{"dtype":"U8","shape":[1,1],"data_offsets":[8,9]}})";
+  ASSERT_EQ(header.size(), 133u);
+  header += std::string(3, ' ');  // padded to 136, a multiple of 8
+  const std::string expected = le64(136) + header + floats_le({1.0f, 2.0f}) + std::string(1, '\7');
+  EXPECT_EQ(bytes.size(), expected.size());
+  EXPECT_EQ(bytes, expected);
+}
+
+struct Malformed {
+  const char* what;
+  std::string bytes;
+  const char* message;  // a part of the expected error
+};
+
+TEST(Checkpoint, MalformedFilesAreRefusedWithTheReason) {
+  const std::string dir = test::temp_dir("ckpt");
+  const std::string ok_entry = R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
+  const std::string data8 = floats_le({1, 2});
+  const Malformed cases[] = {
+      {"empty file", "", "file too short"},
+      {"truncated length", std::string("\x10\0\0", 3), "file too short"},
+      {"huge header length", le64(0xffffffffffffull) + "{}", "goes beyond the end of the file"},
+      {"header past the end", le64(64) + "{}", "goes beyond the end of the file"},
+      {"bad json", file_of("{\"a\":", ""), "not valid JSON"},
+      {"not an object", file_of("[1,2]   ", ""), "must be a JSON object"},
+      {"unknown dtype", file_of(R"({"a":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]}})", "abcd"),
+       "dtype \"BF16\" is not supported"},
+      {"missing field", file_of(R"({"a":{"dtype":"F32","shape":[2]}})", ""), "needs dtype, shape and data_offsets"},
+      {"offsets out of range", file_of(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "abcd"),
+       "lie outside the 4-byte data"},
+      {"offsets reversed", file_of(R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[4,0]}})", "abcd"),
+       "lie outside"},
+      {"size mismatch", file_of(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", data8),
+       "needs 12 bytes but data_offsets [0, 8] hold 8"},
+      {"negative size", file_of(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", data8), "non-size"},
+      {"overlap",
+       file_of("{" + ok_entry + R"(,"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data8), "overlaps"},
+      {"gap", file_of(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data8), "belong to no tensor"},
+      {"trailing bytes", file_of("{" + ok_entry + "}", data8 + "xx"), "trailing bytes"},
+      {"metadata not strings", file_of(R"({"__metadata__":{"step":3}})", ""), "is not a string"},
+  };
+  for (const auto& c : cases) {
+    const std::string path = dir + "/bad.safetensors";
+    write_bytes(path, c.bytes);
+    const std::string msg = error_of([&] { load_safetensors(path); });
+    EXPECT_NE(msg.find(c.message), std::string::npos) << c.what << ": got \"" << msg << "\"";
+    EXPECT_NE(msg.find(path), std::string::npos) << c.what << ": the message does not name the file";
+  }
+  // The well-formed neighbour of those cases loads.
+  write_bytes(dir + "/good.safetensors", file_of("{" + ok_entry + "}", data8));
+  EXPECT_EQ(load_safetensors(dir + "/good.safetensors").tensors[0].second.to_vector<float>(),
+            (std::vector<float>{1, 2}));
+  EXPECT_NE(error_of([&] { load_safetensors(dir + "/absent.safetensors"); }).find("cannot read"), std::string::npos);
+}
+
+TEST(Checkpoint, TruncatedRealFileIsRefused) {
+  const std::string dir = test::temp_dir("ckpt");
+  save_safetensors(dir + "/m.safetensors", {{"w", ones({4, 4})}});
+  const std::string bytes = read_bytes(dir + "/m.safetensors");
+  for (std::size_t keep : {std::size_t{0}, std::size_t{7}, std::size_t{20}, bytes.size() - 1}) {
+    write_bytes(dir + "/cut.safetensors", bytes.substr(0, keep));
+    EXPECT_THROW(load_safetensors(dir + "/cut.safetensors"), Error) << "kept " << keep << " bytes";
+  }
+}
+
+// conv.weight (2, 3), conv.bias (2), norm.running_mean (2) as buffer.
+class Tiny : public Module {
+ public:
+  Tiny() {
+    register_parameter("weight", zeros({2, 3}));
+    register_parameter("bias", zeros({2}));
+    register_buffer("running_mean", zeros({2}));
+  }
+  Tensor forward(const Tensor& x) override { return x; }
+};
+
+TEST(Checkpoint, LoadStateDictReportsEveryDifference) {
+  Sequential net({std::make_shared<Tiny>()});
+  const NamedTensors wrong = {
+      {"0.weight", ones({3, 2})},                                   // shape
+      {"0.running_mean", zeros({2}, DType::Float64)},               // dtype
+      {"0.extra", ones({1})},                                       // unexpected
+  };                                                                // 0.bias missing
+  const std::string msg = error_of([&] { load_state_dict(net, wrong); });
+  EXPECT_NE(msg.find("missing keys (1): 0.bias"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("unexpected keys (1): 0.extra"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("0.weight: checkpoint float32 (3, 2), model float32 (2, 3)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("0.running_mean: checkpoint float64 (2,), model float32 (2,)"), std::string::npos) << msg;
+
+  // Non-strict: missing and unexpected names are fine, a shape mismatch is not.
+  const NamedTensors partial = {{"0.weight", full({2, 3}, 5.0)}, {"0.extra", ones({1})}};
+  load_state_dict(net, partial, false);
+  EXPECT_EQ(net.state_dict()[0].second.to_vector<float>(), std::vector<float>(6, 5.0f));
+  EXPECT_THROW(load_state_dict(net, {{"0.weight", ones({6})}}, false), Error);
+  EXPECT_TRUE(net.state_dict()[0].second.requires_grad());
+}
+
+TEST(Checkpoint, ModelFileRoundTrip) {
+  const std::string path = test::temp_dir("ckpt") + "/model.safetensors";
+  Generator gen(7);
+  Sequential a({std::make_shared<Tiny>(), std::make_shared<Tiny>()});
+  for (auto& [n, t] : a.state_dict()) t.copy_(randn(t.shape(), gen));
+  save_model(path, a, {{"format", "pt"}});
+  Sequential b({std::make_shared<Tiny>(), std::make_shared<Tiny>()});
+  load_model(path, b);
+  const auto sa = a.state_dict(), sb = b.state_dict();
+  for (std::size_t i = 0; i < sa.size(); ++i) EXPECT_EQ(raw(sa[i].second), raw(sb[i].second)) << sa[i].first;
+  Sequential other({std::make_shared<Tiny>()});
+  const std::string msg = error_of([&] { load_model(path, other); });
+  EXPECT_NE(msg.find(path), std::string::npos);
+  EXPECT_NE(msg.find("unexpected keys (3): 1.weight, 1.bias, 1.running_mean"), std::string::npos) << msg;
+}
+
+TEST(Checkpoint, TrainingCheckpointResumesExactly) {
+  const std::string path = test::temp_dir("ckpt") + "/train.safetensors";
+  Sequential a({std::make_shared<Tiny>()});
+  SGD opt_a(a.named_parameters(), {.lr = 0.01, .momentum = 0.99, .nesterov = true});
+  auto step = [](Sequential& net, Optimizer& opt) {
+    Generator g(3);
+    for (Tensor p : net.parameters()) p.set_grad(randn(p.shape(), g));
+    opt.step();
+  };
+  step(a, opt_a);
+  step(a, opt_a);
+  opt_a.set_lr(0.005);
+  const TrainingState saved{.step = 2, .epoch = 1, .rng_seed = 42, .rng_offset = 1ull << 40,
+                            .config = R"({"loss":"dice","patch":[64,64,64]})"};
+  save_training_checkpoint(path, a, opt_a, saved);
+
+  const SafeTensors file = load_safetensors(path);
+  std::vector<std::string> names;
+  for (const auto& [n, t] : file.tensors) names.push_back(n);
+  EXPECT_EQ(names, (std::vector<std::string>{"model.0.weight", "model.0.bias", "model.0.running_mean",
+                                             "optimizer.state.0.weight.momentum_buffer", "optimizer.state.0.weight.step",
+                                             "optimizer.state.0.bias.momentum_buffer", "optimizer.state.0.bias.step"}));
+  EXPECT_EQ(file.metadata.at("optimizer"), "SGD");
+  EXPECT_EQ(Json::parse(file.metadata.at("config"))["patch"][0], 64);
+
+  Sequential b({std::make_shared<Tiny>()});
+  SGD opt_b(b.named_parameters(), {.lr = 0.01, .momentum = 0.99, .nesterov = true});
+  const TrainingState got = load_training_checkpoint(path, b, opt_b);
+  EXPECT_EQ(got.step, 2);
+  EXPECT_EQ(got.epoch, 1);
+  EXPECT_EQ(got.rng_seed, 42u);
+  EXPECT_EQ(got.rng_offset, 1ull << 40);
+  EXPECT_EQ(got.config, saved.config);
+  EXPECT_EQ(opt_b.lr(), 0.005);
+  step(a, opt_a);
+  step(b, opt_b);
+  for (std::size_t i = 0; i < 2; ++i)
+    EXPECT_EQ(raw(a.state_dict()[i].second), raw(b.state_dict()[i].second)) << "after resuming";
+
+  Adam adam(b.named_parameters(), {});
+  EXPECT_NE(error_of([&] { load_training_checkpoint(path, b, adam); }).find("optimizer is SGD"), std::string::npos);
+}
+
+TEST(Checkpoint, RefusedOptimizerStateLeavesTheModelUntouched) {
+  const std::string path = test::temp_dir("ckpt") + "/train.safetensors";
+  Generator gen(5);
+  Sequential a({std::make_shared<Tiny>()});
+  for (auto& [n, t] : a.state_dict()) t.copy_(randn(t.shape(), gen));
+  SGD opt_a(a.named_parameters(), {.lr = 0.01, .momentum = 0.9});
+  for (Tensor p : a.parameters()) p.set_grad(ones_like(p));
+  opt_a.step();
+  save_training_checkpoint(path, a, opt_a, TrainingState{});
+
+  // The weights match, but this optimizer holds only one parameter: its state is refused after
+  // the weights would have gone in.
+  Sequential b({std::make_shared<Tiny>()});
+  const auto before = b.state_dict();
+  std::vector<std::string> kept;
+  for (const auto& [n, t] : before) kept.push_back(raw(t));
+  SGD opt_b({b.named_parameters()[0]}, {.lr = 0.01, .momentum = 0.9});
+  EXPECT_THROW(load_training_checkpoint(path, b, opt_b), Error);
+  const auto after = b.state_dict();
+  for (std::size_t i = 0; i < after.size(); ++i) EXPECT_EQ(raw(after[i].second), kept[i]) << after[i].first;
+}
+
+TEST(Checkpoint, WritesAreAtomic) {
+  const std::string dir = test::temp_dir("ckpt");
+  const std::string path = dir + "/model.safetensors";
+  save_safetensors(path, {{"w", ones({3})}});
+  save_safetensors(path, {{"w", full({3}, 2.0)}});  // replaces it
+  EXPECT_EQ(files_in(dir), std::vector<std::string>{"model.safetensors"});  // no temporary left
+  const std::string old_bytes = read_bytes(path);
+
+  // Refused before writing: an undefined tensor, a reserved or repeated name.
+  EXPECT_NE(error_of([&] { save_safetensors(path, {{"w", ones({3})}, {"v", Tensor()}}); }).find("\"v\" is undefined"),
+            std::string::npos);
+  EXPECT_THROW(save_safetensors(path, {{"__metadata__", ones({1})}}), Error);
+  EXPECT_THROW(save_safetensors(path, {{"w", ones({1})}, {"w", ones({1})}}), Error);
+  // Fails after the whole temporary file is written: the rename onto a folder.
+  const std::string folder_target = dir + "/a_folder";
+  fs::create_directories(folder_target + "/inside");
+  EXPECT_NE(error_of([&] { save_safetensors(folder_target, {{"w", ones({3})}}); }).find("renaming"), std::string::npos);
+  // Fails to start: the folder does not exist.
+  EXPECT_NE(error_of([&] { save_safetensors(dir + "/missing/m.safetensors", {{"w", ones({3})}}); })
+                .find("cannot create the temporary file"),
+            std::string::npos);
+  EXPECT_EQ(files_in(dir), (std::vector<std::string>{"a_folder", "model.safetensors"}));
+  EXPECT_EQ(read_bytes(path), old_bytes);
+  EXPECT_EQ(load_safetensors(path).tensors[0].second.to_vector<float>(), std::vector<float>(3, 2.0f));
+}
+
+TEST(Checkpoint, UnwritableFolderLeavesTheOldFile) {
+  const std::string dir = test::temp_dir("ckpt") + "/ro";
+  fs::create_directories(dir);
+  const std::string path = dir + "/model.safetensors";
+  save_safetensors(path, {{"w", ones({3})}});
+  const std::string old_bytes = read_bytes(path);
+  fs::permissions(dir, fs::perms::owner_read | fs::perms::owner_exec);
+  const bool writable = ::access(dir.c_str(), W_OK) == 0;  // root ignores the mode
+  if (!writable) {
+    EXPECT_THROW(save_safetensors(path, {{"w", zeros({3})}}), Error);
+  }
+  fs::permissions(dir, fs::perms::owner_all);
+  if (writable) GTEST_SKIP() << "running as a user that can write to a read-only folder (root)";
+  EXPECT_EQ(read_bytes(path), old_bytes);
+  EXPECT_EQ(files_in(dir), std::vector<std::string>{"model.safetensors"});
+}
+
+// The reference reader (the `safetensors` Python package) opens our file: names, shapes, dtypes, values.
+TEST(Checkpoint, ReferencePythonReaderOpensOurFiles) {
+  const char* python = "/usr/bin/python3";
+  if (std::system("/usr/bin/python3 -c 'import safetensors' >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "the safetensors Python package is not installed for " << python
+                 << " (pip install safetensors)";
+  const bool with_torch = std::system("/usr/bin/python3 -c 'import safetensors.torch' >/dev/null 2>&1") == 0;
+  const std::string path = test::temp_dir("ckpt") + "/py.safetensors";
+  save_safetensors(path,
+                   {{"encoder.0.conv1.weight", from_vector<float>({0.5f, -1.25f, 3.0f, 1e-3f}, {1, 1, 2, 2})},
+                    {"f64", from_vector<double>({0.1, -2.5}, {2})},
+                    {"labels", from_vector<std::int32_t>({-3, 4, 5}, {3})},
+                    {"mask", from_vector<std::uint8_t>({0, 255}, {2})}},
+                   {{"epoch", "7"}});
+  // safetensors.torch when PyTorch is there (what users call), else the NumPy front end of the same reader.
+  const std::string script =
+      with_torch
+          ? "import json,sys; from safetensors.torch import load_file; from safetensors import safe_open; "
+            "t = load_file(sys.argv[1]); m = safe_open(sys.argv[1], 'pt').metadata(); "
+            "print(json.dumps({'meta': m, 'tensors': {k: [list(v.shape), str(v.dtype).replace('torch.', ''), "
+            "v.flatten().tolist()] for k, v in t.items()}}))"
+          : "import json,sys; from safetensors.numpy import load_file; from safetensors import safe_open; "
+            "t = load_file(sys.argv[1]); m = safe_open(sys.argv[1], 'np').metadata(); "
+            "print(json.dumps({'meta': m, 'tensors': {k: [list(v.shape), str(v.dtype), "
+            "v.flatten().tolist()] for k, v in t.items()}}))";
+  const std::string command = std::string(python) + " -c \"" + script + "\" " + path;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string out;
+  char buf[4096];
+  while (std::size_t n = std::fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
+  ASSERT_EQ(::pclose(pipe), 0) << command << "\n" << out;
+  const Json j = Json::parse(out);
+  EXPECT_EQ(j["meta"]["epoch"], "7");
+  const Json& t = j["tensors"];
+  EXPECT_EQ(t["encoder.0.conv1.weight"][0], Json({1, 1, 2, 2}));
+  EXPECT_EQ(t["encoder.0.conv1.weight"][1], "float32");
+  EXPECT_EQ(t["encoder.0.conv1.weight"][2], Json({0.5, -1.25, 3.0, static_cast<double>(1e-3f)}));
+  EXPECT_EQ(t["f64"][1], "float64");
+  EXPECT_EQ(t["f64"][2], Json({0.1, -2.5}));
+  EXPECT_EQ(t["labels"][1], "int32");
+  EXPECT_EQ(t["labels"][2], Json({-3, 4, 5}));
+  EXPECT_EQ(t["mask"][1], "uint8");
+  EXPECT_EQ(t["mask"][2], Json({0, 255}));
+}
+
+}  // namespace
+}  // namespace voxgrad
