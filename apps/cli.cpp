@@ -25,6 +25,8 @@ std::vector<Command> commands() {
       toy_command(),
       bench_command(),
       devices_command(),
+      info_command(),
+      grad_command(),
   };
 }
 
@@ -115,6 +117,9 @@ int parse_and_run(int argc, char** argv) {
     CLI::App* sub = app.add_subcommand(cmd.name, cmd.description);
     runs.push_back(cmd.setup(*sub));
     add_global_options(*sub, global);
+    // Nested subcommands (`bench nifti`) take the global options after their own name too.
+    for (CLI::App* nested : sub->get_subcommands(std::function<bool(CLI::App*)>{}))
+      add_global_options(*nested, global);
     subs.push_back(sub);
   }
   // Set after the subcommands exist: they would inherit it.

@@ -40,6 +40,8 @@ std::vector<Command> commands();
 
 Command bench_command();
 Command devices_command();
+Command grad_command();
+Command info_command();
 Command toy_command();
 
 // The whole program: parse, run the chosen subcommand, report errors; returns the exit status.

@@ -67,6 +67,24 @@ VG_HD bool loss_label_valid(const LossConfig& cfg, std::int32_t y) {
   return loss_label_ignored(cfg, y) || (y >= 0 && y < loss_label_limit(cfg));
 }
 
+// The Lovász sort-and-gradient problem of a loss: probabilities (or the hinge's logits), labels
+// and the output buffer, shaped and configured from `cfg`. Shared by both devices' forwards.
+template <class T>
+LovaszProblem<T> lovasz_problem(const LossConfig& cfg, const T* x, const std::int32_t* labels, T* grad) {
+  LovaszProblem<T> pb;
+  pb.x = x;
+  pb.labels = labels;
+  pb.grad = grad;
+  pb.images = cfg.images;
+  pb.classes = cfg.classes;
+  pb.voxels = cfg.voxels;
+  pb.per_image = cfg.aggregate == Aggregate::PerImage;
+  pb.hinge = cfg.kind == LossKind::LovaszHinge;
+  pb.has_ignore_label = cfg.has_ignore_label;
+  pb.ignore_label = cfg.ignore_label;
+  return pb;
+}
+
 // Size of the backward coefficients the forward leaves for the backward: per (set, class) a and b
 // of the region part, then per class the cross-entropy weight (see loss_voxel_backward).
 inline std::int64_t loss_coefficient_count(const LossConfig& cfg) {

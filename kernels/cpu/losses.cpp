@@ -121,17 +121,8 @@ void loss_forward(const LossConfig& cfg, const LossForwardArgs<T>& a) {
       class_stats(cfg, loss_uses_softmax(cfg.kind) ? a.probs : static_cast<const T*>(nullptr), a.labels, nll.data());
   std::vector<T> sums;
   if (loss_uses_lovasz(cfg.kind)) {
-    LovaszProblem<T> pb;
-    pb.x = cfg.kind == LossKind::LovaszHinge ? a.logits : a.probs;
-    pb.labels = a.labels;
-    pb.grad = a.lovasz_grad;
-    pb.images = N;
-    pb.classes = K;
-    pb.voxels = S;
-    pb.per_image = cfg.aggregate == Aggregate::PerImage;
-    pb.hinge = cfg.kind == LossKind::LovaszHinge;
-    pb.has_ignore_label = cfg.has_ignore_label;
-    pb.ignore_label = cfg.ignore_label;
+    const LovaszProblem<T> pb =
+        lovasz_problem(cfg, cfg.kind == LossKind::LovaszHinge ? a.logits : a.probs, a.labels, a.lovasz_grad);
     lovasz_gradient(pb);
     sums = lovasz_sums(cfg, pb.x, a.labels, static_cast<const T*>(a.lovasz_grad));
   }

@@ -4,21 +4,16 @@
 #include <algorithm>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/losses.h"
 
 namespace voxgrad::kernels::cuda {
 
 namespace {
 
-constexpr int kBlock = 256;
 constexpr int kWarps = kBlock / 32;
-constexpr std::int64_t kMaxBlocks = 8192;
 // Elements of one (image, class) row that one block sums into one partial.
 constexpr std::int64_t kChunk = 4096;
-
-unsigned grid_for(std::int64_t n) {
-  return static_cast<unsigned>(std::min<std::int64_t>((n + kBlock - 1) / kBlock, kMaxBlocks));
-}
 
 // Sums each of F per-thread values over the block, in a fixed shuffle-tree order; thread 0 ends
 // with the totals.
@@ -187,17 +182,7 @@ void loss_forward(const LossConfig& cfg, const LossForwardArgs<float>& a, Scratc
 
   float* sums = nullptr;  // (sets, K)
   if (loss_uses_lovasz(cfg.kind)) {
-    LovaszProblem<float> pb;
-    pb.x = softmax ? a.probs : a.logits;
-    pb.labels = a.labels;
-    pb.grad = a.lovasz_grad;
-    pb.images = N;
-    pb.classes = K;
-    pb.voxels = S;
-    pb.per_image = cfg.aggregate == Aggregate::PerImage;
-    pb.hinge = cfg.kind == LossKind::LovaszHinge;
-    pb.has_ignore_label = cfg.has_ignore_label;
-    pb.ignore_label = cfg.ignore_label;
+    const LovaszProblem<float> pb = lovasz_problem(cfg, softmax ? a.probs : a.logits, a.labels, a.lovasz_grad);
     lovasz_gradient(pb, cfg.lovasz_sort, scratch, st);
     auto* lovasz_partials = static_cast<float*>(scratch.get(row_blocks * sizeof(float)));
     sums = static_cast<float*>(scratch.get(sets * K * sizeof(float)));

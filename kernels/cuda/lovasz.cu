@@ -11,18 +11,13 @@
 #include <limits>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/lovasz.h"
 
 namespace voxgrad::kernels::cuda {
 
 namespace {
 
-constexpr int kBlock = 256;
-constexpr std::int64_t kMaxBlocks = 8192;
-
-unsigned grid_for(std::int64_t n) {
-  return static_cast<unsigned>(std::min<std::int64_t>((n + kBlock - 1) / kBlock, kMaxBlocks));
-}
 
 // Where element e of (N, K, S) lives: its image, class and voxel, and its label.
 struct Element {

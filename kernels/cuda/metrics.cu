@@ -4,22 +4,17 @@
 #include <algorithm>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/metrics.h"
 
 namespace voxgrad::kernels::cuda {
 
 namespace {
 
-constexpr int kBlock = 256;
-constexpr std::int64_t kMaxBlocks = 8192;
 constexpr std::int64_t kChunk = 8192;  // voxels of one image per counting block
 // Per-block histograms up to this size live in shared memory; more classes count straight into
 // global memory.
 constexpr std::int64_t kMaxSharedCounts = 6144;
-
-unsigned grid_for(std::int64_t n) {
-  return static_cast<unsigned>(std::min<std::int64_t>((n + kBlock - 1) / kBlock, kMaxBlocks));
-}
 
 __global__ void argmax_kernel(const float* __restrict__ logits, std::int32_t* __restrict__ prediction,
                               std::int64_t images, std::int64_t classes, std::int64_t voxels) {
