@@ -1,0 +1,383 @@
+// instance_norm3d, batch_norm3d, max_pool3d, avg_pool3d and dropout3d: input checks, one device
+// dispatch per kernel call (kernels/norm.h, kernels/pool.h), each forward inside a profiler scope
+// and its backward closure recorded beside it.
+#include "engine/norm_pool.h"
+
+#include <limits>
+
+#include "engine/allocator.h"
+#include "engine/dispatch.h"
+#include "engine/profiler.h"
+#include "kernels/norm.h"
+#include "kernels/pool.h"
+
+namespace voxgrad {
+
+using detail::check_compatible;
+using detail::check_floating;
+
+namespace {
+
+bool is_double(const Tensor& t) { return t.dtype() == DType::Float64; }
+// Used by the CUDA branches only, which CPU-only builds compile away.
+[[maybe_unused]] kernels::Stream stream_of(const Tensor& t) { return stream_for(t.device()); }
+
+template <class T>
+T* data_or_null(const Tensor& t) {
+  return t.defined() ? t.data<T>() : nullptr;
+}
+
+void check_volume(const Tensor& x, const char* op) {
+  check_floating(x, op);
+  VG_CHECK(x.dim() == 5, op << ": needs a 5-D (N, C, D, H, W) tensor, got " << shape_str(x.shape()));
+  for (int k = 0; k < 5; ++k)
+    VG_CHECK(x.shape()[k] > 0, op << ": empty axis " << k << " in " << shape_str(x.shape()));
+}
+
+// A per-channel tensor: undefined (absent), or (C) on x's device with x's dtype.
+void check_channel_tensor(const Tensor& t, const Tensor& x, const char* op, const char* what) {
+  if (!t.defined()) return;
+  check_compatible(x, t, op);
+  VG_CHECK(t.shape() == Shape{x.shape()[1]}, op << ": " << what << " must have shape (" << x.shape()[1]
+                                               << ") for " << x.shape()[1] << " channels, got "
+                                               << shape_str(t.shape()));
+}
+
+// ---- norm kernel dispatch ----------------------------------------------------------------------
+
+void norm_stats_kernel(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& invstd,
+                       const kernels::NormGeometry& g, double eps) {
+  if (x.device().is_cpu()) {
+    if (is_double(x)) {
+      kernels::cpu::norm_stats(x.data<double>(), mean.data<double>(), var.data<double>(), invstd.data<double>(), g, eps);
+    } else {
+      kernels::cpu::norm_stats(x.data<float>(), mean.data<float>(), var.data<float>(), invstd.data<float>(), g, eps);
+    }
+  } else {
+    ScratchArena scratch(x.device());
+    VG_CUDA_ONLY(kernels::cuda::norm_stats(x.data<float>(), mean.data<float>(), var.data<float>(),
+                                           invstd.data<float>(), g, eps, scratch, stream_of(x)));
+  }
+}
+
+void norm_forward_kernel(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& weight,
+                         const Tensor& bias, const Tensor& y, const kernels::NormGeometry& g) {
+  if (x.device().is_cpu()) {
+    if (is_double(x)) {
+      kernels::cpu::norm_forward(x.data<double>(), mean.data<double>(), invstd.data<double>(),
+                                 data_or_null<double>(weight), data_or_null<double>(bias), y.data<double>(), g);
+    } else {
+      kernels::cpu::norm_forward(x.data<float>(), mean.data<float>(), invstd.data<float>(),
+                                 data_or_null<float>(weight), data_or_null<float>(bias), y.data<float>(), g);
+    }
+  } else {
+    VG_CUDA_ONLY(kernels::cuda::norm_forward(x.data<float>(), mean.data<float>(), invstd.data<float>(),
+                                             data_or_null<float>(weight), data_or_null<float>(bias), y.data<float>(),
+                                             g, stream_of(x)));
+  }
+}
+
+void norm_backward_reduce_kernel(const Tensor& x, const Tensor& dy, const Tensor& mean, const Tensor& invstd,
+                                 const Tensor& sum_dy, const Tensor& sum_dy_xhat, const kernels::NormGeometry& g) {
+  if (x.device().is_cpu()) {
+    if (is_double(x)) {
+      kernels::cpu::norm_backward_reduce(x.data<double>(), dy.data<double>(), mean.data<double>(),
+                                         invstd.data<double>(), sum_dy.data<double>(), sum_dy_xhat.data<double>(), g);
+    } else {
+      kernels::cpu::norm_backward_reduce(x.data<float>(), dy.data<float>(), mean.data<float>(), invstd.data<float>(),
+                                         sum_dy.data<float>(), sum_dy_xhat.data<float>(), g);
+    }
+  } else {
+    ScratchArena scratch(x.device());
+    VG_CUDA_ONLY(kernels::cuda::norm_backward_reduce(x.data<float>(), dy.data<float>(), mean.data<float>(),
+                                                     invstd.data<float>(), sum_dy.data<float>(),
+                                                     sum_dy_xhat.data<float>(), g, scratch, stream_of(x)));
+  }
+}
+
+void norm_backward_input_kernel(const Tensor& x, const Tensor& dy, const Tensor& mean, const Tensor& invstd,
+                                const Tensor& weight, const Tensor& sum_dy, const Tensor& sum_dy_xhat,
+                                const Tensor& dx, const kernels::NormGeometry& g, bool batch_stats) {
+  if (x.device().is_cpu()) {
+    if (is_double(x)) {
+      kernels::cpu::norm_backward_input(x.data<double>(), dy.data<double>(), mean.data<double>(),
+                                        invstd.data<double>(), data_or_null<double>(weight),
+                                        data_or_null<double>(sum_dy), data_or_null<double>(sum_dy_xhat),
+                                        dx.data<double>(), g, batch_stats);
+    } else {
+      kernels::cpu::norm_backward_input(x.data<float>(), dy.data<float>(), mean.data<float>(), invstd.data<float>(),
+                                        data_or_null<float>(weight), data_or_null<float>(sum_dy),
+                                        data_or_null<float>(sum_dy_xhat), dx.data<float>(), g, batch_stats);
+    }
+  } else {
+    VG_CUDA_ONLY(kernels::cuda::norm_backward_input(x.data<float>(), dy.data<float>(), mean.data<float>(),
+                                                    invstd.data<float>(), data_or_null<float>(weight),
+                                                    data_or_null<float>(sum_dy), data_or_null<float>(sum_dy_xhat),
+                                                    dx.data<float>(), g, batch_stats, stream_of(x)));
+  }
+}
+
+void norm_affine_grad_kernel(const Tensor& sum_dy, const Tensor& sum_dy_xhat, const Tensor& dweight,
+                             const Tensor& dbias, const kernels::NormGeometry& g) {
+  if (sum_dy.device().is_cpu()) {
+    if (is_double(sum_dy)) {
+      kernels::cpu::norm_affine_grad(sum_dy.data<double>(), sum_dy_xhat.data<double>(), data_or_null<double>(dweight),
+                                     data_or_null<double>(dbias), g);
+    } else {
+      kernels::cpu::norm_affine_grad(sum_dy.data<float>(), sum_dy_xhat.data<float>(), data_or_null<float>(dweight),
+                                     data_or_null<float>(dbias), g);
+    }
+  } else {
+    VG_CUDA_ONLY(kernels::cuda::norm_affine_grad(sum_dy.data<float>(), sum_dy_xhat.data<float>(),
+                                                 data_or_null<float>(dweight), data_or_null<float>(dbias), g,
+                                                 stream_of(sum_dy)));
+  }
+}
+
+void update_running_kernel(const Tensor& mean, const Tensor& var, const Tensor& running_mean,
+                           const Tensor& running_var, std::int64_t count, double momentum) {
+  const std::int64_t channels = mean.numel();
+  if (mean.device().is_cpu()) {
+    if (is_double(mean)) {
+      kernels::cpu::batch_norm_update_running(mean.data<double>(), var.data<double>(),
+                                              data_or_null<double>(running_mean), data_or_null<double>(running_var),
+                                              channels, count, momentum);
+    } else {
+      kernels::cpu::batch_norm_update_running(mean.data<float>(), var.data<float>(), data_or_null<float>(running_mean),
+                                              data_or_null<float>(running_var), channels, count, momentum);
+    }
+  } else {
+    VG_CUDA_ONLY(kernels::cuda::batch_norm_update_running(mean.data<float>(), var.data<float>(),
+                                                          data_or_null<float>(running_mean),
+                                                          data_or_null<float>(running_var), channels, count, momentum,
+                                                          stream_of(mean)));
+  }
+}
+
+void invstd_from_var_kernel(const Tensor& var, const Tensor& invstd, double eps) {
+  if (var.device().is_cpu()) {
+    if (is_double(var)) kernels::cpu::invstd_from_var(var.data<double>(), invstd.data<double>(), var.numel(), eps);
+    else kernels::cpu::invstd_from_var(var.data<float>(), invstd.data<float>(), var.numel(), eps);
+  } else {
+    VG_CUDA_ONLY(kernels::cuda::invstd_from_var(var.data<float>(), invstd.data<float>(), var.numel(), eps,
+                                                stream_of(var)));
+  }
+}
+
+// ---- the shared normalisation op ---------------------------------------------------------------
+
+// y = (x - mean) * invstd * weight + bias with per-channel mean and invstd (g.channels) already
+// computed; batch_stats says whether they are functions of x (the backward's mean terms).
+Tensor normalize(const char* name, const Tensor& x, const Tensor& weight, const Tensor& bias,
+                 const kernels::NormGeometry& g, const Tensor& mean, const Tensor& invstd, bool batch_stats) {
+  Tensor y = empty_like(x);  // (N, C, D, H, W)
+  norm_forward_kernel(x, mean, invstd, weight, bias, y, g);
+  const bool need_x = x.requires_grad();
+  const bool need_w = weight.defined() && weight.requires_grad();
+  const bool need_b = bias.defined() && bias.requires_grad();
+  return record(name, y, {x, weight, bias},
+                [g, batch_stats, need_x, need_w, need_b, x_saved = saved(x), w_saved = saved(weight), mean,
+                 invstd](const Tensor& dy) {
+                  Tensor dx, dw, db, sum_dy, sum_dy_xhat;  // sums: (g.channels)
+                  if (need_w || need_b || (need_x && batch_stats)) {
+                    sum_dy = empty({g.channels}, dy.dtype(), dy.device());
+                    sum_dy_xhat = empty({g.channels}, dy.dtype(), dy.device());
+                    norm_backward_reduce_kernel(x_saved, dy, mean, invstd, sum_dy, sum_dy_xhat, g);
+                  }
+                  if (need_x) {
+                    dx = empty_like(dy);
+                    norm_backward_input_kernel(x_saved, dy, mean, invstd, w_saved, sum_dy, sum_dy_xhat, dx, g,
+                                               batch_stats);
+                  }
+                  if (need_w) dw = empty({g.affine_channels}, dy.dtype(), dy.device());
+                  if (need_b) db = empty({g.affine_channels}, dy.dtype(), dy.device());
+                  if (need_w || need_b) norm_affine_grad_kernel(sum_dy, sum_dy_xhat, dw, db, g);
+                  return std::vector<Tensor>{dx, dw, db};
+                });
+}
+
+// ---- pool helpers ------------------------------------------------------------------------------
+
+kernels::PoolGeometry pool_geometry(const char* op, const Tensor& x, Triple kernel, Triple stride, Triple padding) {
+  check_volume(x, op);
+  if (stride == Triple{0, 0, 0}) stride = kernel;
+  kernels::PoolGeometry g;
+  g.planes = x.shape()[0] * x.shape()[1];
+  for (int a = 0; a < 3; ++a) {
+    const std::int64_t in = x.shape()[2 + a];
+    VG_CHECK(kernel[a] > 0, op << ": kernel sizes must be positive, got " << kernel[a] << " on axis " << a);
+    VG_CHECK(stride[a] > 0, op << ": strides must be positive (or all 0 for the kernel size), got " << stride[a]
+                               << " on axis " << a);
+    VG_CHECK(padding[a] >= 0 && 2 * padding[a] <= kernel[a],
+             op << ": padding must be between 0 and half the kernel size, got " << padding[a] << " for kernel "
+                << kernel[a] << " on axis " << a);
+    VG_CHECK(in + 2 * padding[a] >= kernel[a], op << ": kernel " << kernel[a] << " is larger than the padded input ("
+                                                  << in << " + 2 * " << padding[a] << ") on axis " << a << " of "
+                                                  << shape_str(x.shape()));
+    g.in[a] = in;
+    g.kernel[a] = kernel[a];
+    g.stride[a] = stride[a];
+    g.padding[a] = padding[a];
+    g.out[a] = (in + 2 * padding[a] - kernel[a]) / stride[a] + 1;
+  }
+  VG_CHECK(g.in_plane() <= std::numeric_limits<std::int32_t>::max(),
+           op << ": a (D, H, W) plane of " << g.in_plane() << " elements is too large for int32 indices");
+  return g;
+}
+
+Shape pool_output_shape(const Tensor& x, const kernels::PoolGeometry& g) {
+  return {x.shape()[0], x.shape()[1], g.out[0], g.out[1], g.out[2]};
+}
+
+void channel_scale_kernel(const Tensor& x, const Tensor& mask, const Tensor& y, std::int64_t inner) {
+  if (x.device().is_cpu()) {
+    if (is_double(x)) {
+      kernels::cpu::channel_scale(x.data<double>(), mask.data<double>(), y.data<double>(), mask.numel(), inner);
+    } else {
+      kernels::cpu::channel_scale(x.data<float>(), mask.data<float>(), y.data<float>(), mask.numel(), inner);
+    }
+  } else {
+    VG_CUDA_ONLY(kernels::cuda::channel_scale(x.data<float>(), mask.data<float>(), y.data<float>(), mask.numel(),
+                                              inner, stream_of(x)));
+  }
+}
+
+}  // namespace
+
+// ---- public API ----------------------------------------------------------------------------------
+
+Tensor instance_norm3d(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  const char* op = "instance_norm3d";
+  check_volume(x, op);
+  check_channel_tensor(weight, x, op, "weight");
+  check_channel_tensor(bias, x, op, "bias");
+  VG_CHECK(eps >= 0, op << ": eps must be non-negative, got " << eps);
+  const std::int64_t n = x.shape()[0], c = x.shape()[1];
+  // Each (n, c) is its own channel of a (1, N*C, D*H*W) view; the affine entry is c.
+  const kernels::NormGeometry g{1, n * c, x.numel() / (n * c), c};
+  Tensor mean = empty({n * c}, x.dtype(), x.device());    // (N*C)
+  Tensor var = empty({n * c}, x.dtype(), x.device());     // (N*C), biased
+  Tensor invstd = empty({n * c}, x.dtype(), x.device());  // (N*C)
+  VG_PROFILE(op, x.device());
+  norm_stats_kernel(x, mean, var, invstd, g, eps);
+  return normalize(op, x, weight, bias, g, mean, invstd, true);
+}
+
+Tensor batch_norm3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                    const Tensor& running_var, bool training, double momentum, double eps) {
+  const char* op = "batch_norm3d";
+  check_volume(x, op);
+  check_channel_tensor(weight, x, op, "weight");
+  check_channel_tensor(bias, x, op, "bias");
+  check_channel_tensor(running_mean, x, op, "running_mean");
+  check_channel_tensor(running_var, x, op, "running_var");
+  VG_CHECK(eps >= 0, op << ": eps must be non-negative, got " << eps);
+  const std::int64_t n = x.shape()[0], c = x.shape()[1];
+  const kernels::NormGeometry g{n, c, x.numel() / (n * c), c};
+  Tensor mean, invstd;  // (C)
+  VG_PROFILE(op, x.device());
+  if (training) {
+    VG_CHECK(g.count() > 1, op << ": training needs more than one value per channel, got input "
+                               << shape_str(x.shape()));
+    mean = empty({c}, x.dtype(), x.device());
+    invstd = empty({c}, x.dtype(), x.device());
+    Tensor var = empty({c}, x.dtype(), x.device());  // (C), biased
+    norm_stats_kernel(x, mean, var, invstd, g, eps);
+    if (running_mean.defined() || running_var.defined())
+      update_running_kernel(mean, var, running_mean, running_var, g.count(), momentum);
+  } else {
+    VG_CHECK(running_mean.defined() && running_var.defined(),
+             op << ": eval mode normalises with the running statistics; pass running_mean and running_var");
+    // Copies: a later training step updates the running tensors in place, the backward must not see it.
+    mean = running_mean.detach().clone();
+    invstd = empty({c}, x.dtype(), x.device());
+    invstd_from_var_kernel(running_var, invstd, eps);
+  }
+  return normalize(op, x, weight, bias, g, mean, invstd, training);
+}
+
+Tensor max_pool3d(const Tensor& x, Triple kernel, Triple stride, Triple padding) {
+  const char* op = "max_pool3d";
+  const kernels::PoolGeometry g = pool_geometry(op, x, kernel, stride, padding);
+  Tensor y = empty(pool_output_shape(x, g), x.dtype(), x.device());          // (N, C, OD, OH, OW)
+  Tensor arg = empty(pool_output_shape(x, g), DType::Int32, x.device());    // (N, C, OD, OH, OW)
+  {
+    VG_PROFILE(op, x.device());
+    if (x.device().is_cpu()) {
+      if (is_double(x)) kernels::cpu::max_pool3d_forward(x.data<double>(), y.data<double>(), arg.data<std::int32_t>(), g);
+      else kernels::cpu::max_pool3d_forward(x.data<float>(), y.data<float>(), arg.data<std::int32_t>(), g);
+    } else {
+      VG_CUDA_ONLY(kernels::cuda::max_pool3d_forward(x.data<float>(), y.data<float>(), arg.data<std::int32_t>(), g,
+                                                     stream_of(x)));
+    }
+  }
+  return record(op, y, {x}, [g, arg, x_shape = x.shape()](const Tensor& dy) {
+    Tensor dx = empty(x_shape, dy.dtype(), dy.device());
+    if (dy.device().is_cpu()) {
+      if (is_double(dy)) kernels::cpu::max_pool3d_backward(dy.data<double>(), arg.data<std::int32_t>(), dx.data<double>(), g);
+      else kernels::cpu::max_pool3d_backward(dy.data<float>(), arg.data<std::int32_t>(), dx.data<float>(), g);
+    } else {
+      VG_CUDA_ONLY(kernels::cuda::max_pool3d_backward(dy.data<float>(), arg.data<std::int32_t>(), dx.data<float>(), g,
+                                                      stream_of(dy)));
+    }
+    return std::vector<Tensor>{dx};
+  });
+}
+
+Tensor avg_pool3d(const Tensor& x, Triple kernel, Triple stride, Triple padding, bool count_include_pad) {
+  const char* op = "avg_pool3d";
+  const kernels::PoolGeometry g = pool_geometry(op, x, kernel, stride, padding);
+  Tensor y = empty(pool_output_shape(x, g), x.dtype(), x.device());  // (N, C, OD, OH, OW)
+  {
+    VG_PROFILE(op, x.device());
+    if (x.device().is_cpu()) {
+      if (is_double(x)) kernels::cpu::avg_pool3d_forward(x.data<double>(), y.data<double>(), g, count_include_pad);
+      else kernels::cpu::avg_pool3d_forward(x.data<float>(), y.data<float>(), g, count_include_pad);
+    } else {
+      VG_CUDA_ONLY(kernels::cuda::avg_pool3d_forward(x.data<float>(), y.data<float>(), g, count_include_pad,
+                                                     stream_of(x)));
+    }
+  }
+  return record(op, y, {x}, [g, count_include_pad, x_shape = x.shape()](const Tensor& dy) {
+    Tensor dx = empty(x_shape, dy.dtype(), dy.device());
+    if (dy.device().is_cpu()) {
+      if (is_double(dy)) kernels::cpu::avg_pool3d_backward(dy.data<double>(), dx.data<double>(), g, count_include_pad);
+      else kernels::cpu::avg_pool3d_backward(dy.data<float>(), dx.data<float>(), g, count_include_pad);
+    } else {
+      VG_CUDA_ONLY(kernels::cuda::avg_pool3d_backward(dy.data<float>(), dx.data<float>(), g, count_include_pad,
+                                                      stream_of(dy)));
+    }
+    return std::vector<Tensor>{dx};
+  });
+}
+
+Tensor dropout3d(const Tensor& x, double p, bool training, Generator& gen) {
+  const char* op = "dropout3d";
+  check_volume(x, op);
+  VG_CHECK(p >= 0 && p <= 1, op << ": p must be in [0, 1], got " << p);
+  if (!training || p == 0) return x;
+  const std::int64_t channels = x.shape()[0] * x.shape()[1];
+  Tensor mask = empty({channels}, x.dtype(), x.device());  // (N*C): 0 or 1/(1-p)
+  Tensor y = empty_like(x);                                 // (N, C, D, H, W)
+  const std::int64_t inner = x.numel() / channels;
+  {
+    VG_PROFILE(op, x.device());
+    const std::uint64_t offset = gen.reserve(channels);
+    if (x.device().is_cpu()) {
+      if (is_double(x)) kernels::cpu::dropout_mask(mask.data<double>(), channels, gen.seed(), offset, p);
+      else kernels::cpu::dropout_mask(mask.data<float>(), channels, gen.seed(), offset, p);
+    } else {
+      VG_CUDA_ONLY(kernels::cuda::dropout_mask(mask.data<float>(), channels, gen.seed(), offset, p, stream_of(x)));
+    }
+    channel_scale_kernel(x, mask, y, inner);
+  }
+  return record(op, y, {x}, [mask, inner](const Tensor& dy) {
+    Tensor dx = empty_like(dy);
+    channel_scale_kernel(dy, mask, dx, inner);
+    return std::vector<Tensor>{dx};
+  });
+}
+
+Tensor dropout3d(const Tensor& x, double p, bool training) { return dropout3d(x, p, training, default_generator()); }
+
+}  // namespace voxgrad

@@ -1,0 +1,142 @@
+// CPU twins of the norm family: per-channel statistics and backward sums accumulated in double
+// (two passes, so the variance does not suffer E[x²] - E[x]² cancellation), elementwise parts
+// through the VG_HD functions of kernels/norm.h, channel-wise dropout masks from Philox.
+#include "kernels/norm.h"
+
+namespace voxgrad::kernels::cpu {
+
+namespace {
+constexpr std::int64_t kParallelMin = 1 << 15;
+}  // namespace
+
+template <class T>
+void norm_stats(const T* x, T* mean, T* var, T* invstd, const NormGeometry& g, double eps) {
+  const std::int64_t count = g.count();
+#pragma omp parallel for schedule(static) if (g.numel() > kParallelMin)
+  for (std::int64_t c = 0; c < g.channels; ++c) {
+    double sum = 0;
+    for (std::int64_t o = 0; o < g.outer; ++o) {
+      const T* row = x + (o * g.channels + c) * g.inner;
+      for (std::int64_t j = 0; j < g.inner; ++j) sum += static_cast<double>(row[j]);
+    }
+    const double m = count > 0 ? sum / static_cast<double>(count) : 0.0;
+    double ss = 0;
+    for (std::int64_t o = 0; o < g.outer; ++o) {
+      const T* row = x + (o * g.channels + c) * g.inner;
+      for (std::int64_t j = 0; j < g.inner; ++j) {
+        const double d = static_cast<double>(row[j]) - m;
+        ss += d * d;
+      }
+    }
+    const double v = count > 0 ? ss / static_cast<double>(count) : 0.0;
+    mean[c] = static_cast<T>(m);
+    var[c] = static_cast<T>(v);
+    invstd[c] = static_cast<T>(1.0 / std::sqrt(v + eps));
+  }
+}
+
+template <class T>
+void norm_forward(const T* x, const T* mean, const T* invstd, const T* weight, const T* bias, T* y,
+                  const NormGeometry& g) {
+  const std::int64_t n = g.numel();
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::int64_t c = norm_channel_of(g, i);
+    y[i] = norm_forward_at(x[i], mean[c], invstd[c], weight, bias, c % g.affine_channels);
+  }
+}
+
+template <class T>
+void norm_backward_reduce(const T* x, const T* dy, const T* mean, const T* invstd, T* sum_dy, T* sum_dy_xhat,
+                          const NormGeometry& g) {
+#pragma omp parallel for schedule(static) if (g.numel() > kParallelMin)
+  for (std::int64_t c = 0; c < g.channels; ++c) {
+    const double m = static_cast<double>(mean[c]), is = static_cast<double>(invstd[c]);
+    double s = 0, sx = 0;
+    for (std::int64_t o = 0; o < g.outer; ++o) {
+      const std::int64_t base = (o * g.channels + c) * g.inner;
+      for (std::int64_t j = 0; j < g.inner; ++j) {
+        const double d = static_cast<double>(dy[base + j]);
+        s += d;
+        sx += d * (static_cast<double>(x[base + j]) - m) * is;
+      }
+    }
+    sum_dy[c] = static_cast<T>(s);
+    sum_dy_xhat[c] = static_cast<T>(sx);
+  }
+}
+
+template <class T>
+void norm_backward_input(const T* x, const T* dy, const T* mean, const T* invstd, const T* weight, const T* sum_dy,
+                         const T* sum_dy_xhat, T* dx, const NormGeometry& g, bool batch_stats) {
+  const std::int64_t n = g.numel();
+  const T inv_count = T(1) / static_cast<T>(g.count());
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::int64_t c = norm_channel_of(g, i);
+    const T w = weight ? weight[c % g.affine_channels] : T(1);
+    dx[i] = norm_backward_at(x[i], dy[i], mean[c], invstd[c], w, batch_stats ? sum_dy[c] : T(0),
+                             batch_stats ? sum_dy_xhat[c] : T(0), inv_count, batch_stats);
+  }
+}
+
+template <class T>
+void norm_affine_grad(const T* sum_dy, const T* sum_dy_xhat, T* dweight, T* dbias, const NormGeometry& g) {
+  for (std::int64_t a = 0; a < g.affine_channels; ++a) {
+    double w = 0, b = 0;
+    for (std::int64_t c = a; c < g.channels; c += g.affine_channels) {
+      w += static_cast<double>(sum_dy_xhat[c]);
+      b += static_cast<double>(sum_dy[c]);
+    }
+    if (dweight) dweight[a] = static_cast<T>(w);
+    if (dbias) dbias[a] = static_cast<T>(b);
+  }
+}
+
+template <class T>
+void batch_norm_update_running(const T* mean, const T* var, T* running_mean, T* running_var, std::int64_t channels,
+                               std::int64_t count, double momentum) {
+  const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
+  for (std::int64_t c = 0; c < channels; ++c) {
+    if (running_mean)
+      running_mean[c] = static_cast<T>((1.0 - momentum) * running_mean[c] + momentum * static_cast<double>(mean[c]));
+    if (running_var)
+      running_var[c] =
+          static_cast<T>((1.0 - momentum) * running_var[c] + momentum * static_cast<double>(var[c]) * unbias);
+  }
+}
+
+template <class T>
+void invstd_from_var(const T* var, T* invstd, std::int64_t channels, double eps) {
+  for (std::int64_t c = 0; c < channels; ++c) invstd[c] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(var[c]) + eps));
+}
+
+template <class T>
+void dropout_mask(T* mask, std::int64_t n, std::uint64_t seed, std::uint64_t offset, double p) {
+  for (std::int64_t i = 0; i < n; ++i) mask[i] = static_cast<T>(dropout_channel_scale(seed, offset, i, p));
+}
+
+template <class T>
+void channel_scale(const T* x, const T* mask, T* y, std::int64_t channels, std::int64_t inner) {
+  const std::int64_t n = channels * inner;
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+  for (std::int64_t i = 0; i < n; ++i) y[i] = x[i] * mask[i / inner];
+}
+
+#define VG_NORM_INSTANTIATE(T)                                                                                      \
+  template void norm_stats<T>(const T*, T*, T*, T*, const NormGeometry&, double);                                  \
+  template void norm_forward<T>(const T*, const T*, const T*, const T*, const T*, T*, const NormGeometry&);        \
+  template void norm_backward_reduce<T>(const T*, const T*, const T*, const T*, T*, T*, const NormGeometry&);      \
+  template void norm_backward_input<T>(const T*, const T*, const T*, const T*, const T*, const T*, const T*, T*,   \
+                                       const NormGeometry&, bool);                                                 \
+  template void norm_affine_grad<T>(const T*, const T*, T*, T*, const NormGeometry&);                              \
+  template void batch_norm_update_running<T>(const T*, const T*, T*, T*, std::int64_t, std::int64_t, double);      \
+  template void invstd_from_var<T>(const T*, T*, std::int64_t, double);                                            \
+  template void dropout_mask<T>(T*, std::int64_t, std::uint64_t, std::uint64_t, double);                           \
+  template void channel_scale<T>(const T*, const T*, T*, std::int64_t, std::int64_t);
+
+VG_NORM_INSTANTIATE(float)
+VG_NORM_INSTANTIATE(double)
+#undef VG_NORM_INSTANTIATE
+
+}  // namespace voxgrad::kernels::cpu

@@ -1,0 +1,634 @@
+// instance_norm3d, batch_norm3d, max_pool3d, avg_pool3d and dropout3d from one table of cases: the
+// forward against plain host references, float64 finite-difference gradients for every input, and
+// CUDA against the CPU (skipped without a GPU); then the properties each op promises, and its errors.
+// kernels/random.h first: its unqualified log/sqrt must not see the Tensor overloads of engine/ops.h.
+#include "kernels/random.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <numeric>
+#include <random>
+
+#include "engine/norm_pool.h"
+#include "engine/ops.h"
+#include "tests/test_support.h"
+
+namespace voxgrad {
+namespace {
+
+using Values = std::vector<double>;
+
+// ---- host references, written as the definitions read, without the kernels' arithmetic ---------
+
+// Value at (n, c, d, h, w) of a (N, C, D, H, W) tensor.
+struct Vol {
+  const Values& v;
+  Shape s;
+  double at(std::int64_t n, std::int64_t c, std::int64_t d, std::int64_t h, std::int64_t w) const {
+    return v[(((n * s[1] + c) * s[2] + d) * s[3] + h) * s[4] + w];
+  }
+};
+
+std::int64_t spatial(const Shape& s) { return s[2] * s[3] * s[4]; }
+
+// y over (n, c) groups given each group's mean and variance; affine entry c.
+Values normalize_ref(const Values& x, const Shape& s, const std::function<double(std::int64_t, std::int64_t)>& mean,
+                     const std::function<double(std::int64_t, std::int64_t)>& var, const Values* w, const Values* b,
+                     double eps) {
+  Values y(x.size());
+  const std::int64_t S = spatial(s);
+  for (std::int64_t n = 0; n < s[0]; ++n)
+    for (std::int64_t c = 0; c < s[1]; ++c)
+      for (std::int64_t j = 0; j < S; ++j) {
+        const std::int64_t i = (n * s[1] + c) * S + j;
+        double v = (x[i] - mean(n, c)) / std::sqrt(var(n, c) + eps);
+        if (w) v *= (*w)[c];
+        if (b) v += (*b)[c];
+        y[i] = v;
+      }
+  return y;
+}
+
+Values instance_norm_ref(const Values& x, const Shape& s, const Values* w, const Values* b, double eps) {
+  const std::int64_t S = spatial(s);
+  const auto mean = [&](std::int64_t n, std::int64_t c) {
+    double m = 0;
+    for (std::int64_t j = 0; j < S; ++j) m += x[(n * s[1] + c) * S + j];
+    return m / S;
+  };
+  const auto var = [&](std::int64_t n, std::int64_t c) {
+    const double m = mean(n, c);
+    double v = 0;
+    for (std::int64_t j = 0; j < S; ++j) v += (x[(n * s[1] + c) * S + j] - m) * (x[(n * s[1] + c) * S + j] - m);
+    return v / S;
+  };
+  return normalize_ref(x, s, mean, var, w, b, eps);
+}
+
+// Per-channel batch mean and biased variance over (N, D, H, W).
+void batch_stats_ref(const Values& x, const Shape& s, Values* mean, Values* var) {
+  const std::int64_t S = spatial(s), M = s[0] * S;
+  mean->assign(s[1], 0.0);
+  var->assign(s[1], 0.0);
+  for (std::int64_t c = 0; c < s[1]; ++c) {
+    for (std::int64_t n = 0; n < s[0]; ++n)
+      for (std::int64_t j = 0; j < S; ++j) (*mean)[c] += x[(n * s[1] + c) * S + j];
+    (*mean)[c] /= M;
+    for (std::int64_t n = 0; n < s[0]; ++n)
+      for (std::int64_t j = 0; j < S; ++j) {
+        const double d = x[(n * s[1] + c) * S + j] - (*mean)[c];
+        (*var)[c] += d * d;
+      }
+    (*var)[c] /= M;
+  }
+}
+
+Values batch_norm_ref(const Values& x, const Shape& s, const Values& mean, const Values& var, const Values* w,
+                      const Values* b, double eps) {
+  return normalize_ref(
+      x, s, [&](std::int64_t, std::int64_t c) { return mean[c]; }, [&](std::int64_t, std::int64_t c) { return var[c]; },
+      w, b, eps);
+}
+
+Shape pool_out_shape(const Shape& s, Triple k, Triple st, Triple p) {
+  return {s[0], s[1], (s[2] + 2 * p[0] - k[0]) / st[0] + 1, (s[3] + 2 * p[1] - k[1]) / st[1] + 1,
+          (s[4] + 2 * p[2] - k[2]) / st[2] + 1};
+}
+
+// Every window visited in (d, h, w) order; `visit` gets the value, or nullopt-as-flag for padding.
+Values pool_ref(const Values& x, const Shape& s, Triple k, Triple st, Triple p,
+                const std::function<double(const std::vector<double>& inside, std::int64_t window_cells,
+                                           std::int64_t padded_cells)>& reduce) {
+  const Shape o = pool_out_shape(s, k, st, p);
+  const Vol vol{x, s};
+  Values y;
+  for (std::int64_t n = 0; n < o[0]; ++n)
+    for (std::int64_t c = 0; c < o[1]; ++c)
+      for (std::int64_t od = 0; od < o[2]; ++od)
+        for (std::int64_t oh = 0; oh < o[3]; ++oh)
+          for (std::int64_t ow = 0; ow < o[4]; ++ow) {
+            std::vector<double> inside;
+            std::int64_t padded_cells = 0;  // cells of the window inside input + padding
+            for (std::int64_t a = 0; a < k[0]; ++a)
+              for (std::int64_t b = 0; b < k[1]; ++b)
+                for (std::int64_t e = 0; e < k[2]; ++e) {
+                  const std::int64_t d = od * st[0] - p[0] + a, h = oh * st[1] - p[1] + b, w = ow * st[2] - p[2] + e;
+                  if (d < s[2] + p[0] && h < s[3] + p[1] && w < s[4] + p[2]) ++padded_cells;
+                  if (d >= 0 && d < s[2] && h >= 0 && h < s[3] && w >= 0 && w < s[4])
+                    inside.push_back(vol.at(n, c, d, h, w));
+                }
+            y.push_back(reduce(inside, k[0] * k[1] * k[2], padded_cells));
+          }
+  return y;
+}
+
+Values max_pool_ref(const Values& x, const Shape& s, Triple k, Triple st, Triple p) {
+  return pool_ref(x, s, k, st, p, [](const std::vector<double>& v, std::int64_t, std::int64_t) {
+    return *std::max_element(v.begin(), v.end());
+  });
+}
+
+Values avg_pool_ref(const Values& x, const Shape& s, Triple k, Triple st, Triple p, bool count_include_pad) {
+  return pool_ref(x, s, k, st, p, [count_include_pad](const std::vector<double>& v, std::int64_t, std::int64_t padded) {
+    const double sum = std::accumulate(v.begin(), v.end(), 0.0);
+    return sum / static_cast<double>(count_include_pad ? padded : static_cast<std::int64_t>(v.size()));
+  });
+}
+
+// ---- the table ---------------------------------------------------------------------------------
+
+enum class Domain { Any, Positive, Distinct };  // Distinct: values at least 0.01 apart (max pool)
+
+struct OpCase {
+  std::string name;
+  std::vector<Shape> shapes;
+  std::vector<Domain> domains;  // per input
+  std::function<Tensor(const std::vector<Tensor>&)> fn;
+  std::function<Values(const std::vector<Values>&)> reference;
+};
+
+std::ostream& operator<<(std::ostream& o, const OpCase& c) { return o << c.name; }
+
+// Fixed running statistics (C) for eval-mode cases, on the device and dtype of x.
+Tensor running_tensor(const Tensor& x, double base, double step) {
+  Values v(x.shape()[1]);
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = base + step * static_cast<double>(i);
+  return from_vector(v, {x.shape()[1]}).to(x.dtype()).to(x.device());
+}
+
+OpCase instance_case(const std::string& name, Shape s, bool affine, double eps = 1e-5) {
+  const Shape ch{s[1]};
+  if (!affine)
+    return {name, {s}, {Domain::Any}, [eps](const std::vector<Tensor>& t) { return instance_norm3d(t[0], {}, {}, eps); },
+            [s, eps](const std::vector<Values>& v) { return instance_norm_ref(v[0], s, nullptr, nullptr, eps); }};
+  return {name, {s, ch, ch}, {Domain::Any, Domain::Any, Domain::Any},
+          [eps](const std::vector<Tensor>& t) { return instance_norm3d(t[0], t[1], t[2], eps); },
+          [s, eps](const std::vector<Values>& v) { return instance_norm_ref(v[0], s, &v[1], &v[2], eps); }};
+}
+
+OpCase batch_case(const std::string& name, Shape s, bool training) {
+  const Shape ch{s[1]};
+  return {name, {s, ch, ch}, {Domain::Any, Domain::Any, Domain::Any},
+          [training](const std::vector<Tensor>& t) {
+            Tensor rm = running_tensor(t[0], 0.1, 0.05), rv = running_tensor(t[0], 0.5, 0.25);
+            return batch_norm3d(t[0], t[1], t[2], rm, rv, training, 0.1, 1e-5);
+          },
+          [s, training](const std::vector<Values>& v) {
+            Values mean, var;
+            if (training) {
+              batch_stats_ref(v[0], s, &mean, &var);
+            } else {
+              for (std::int64_t c = 0; c < s[1]; ++c) {
+                mean.push_back(0.1 + 0.05 * c);
+                var.push_back(0.5 + 0.25 * c);
+              }
+            }
+            return batch_norm_ref(v[0], s, mean, var, &v[1], &v[2], 1e-5);
+          }};
+}
+
+OpCase max_pool_case(const std::string& name, Shape s, Triple k, Triple st, Triple p) {
+  return {name, {s}, {Domain::Distinct},
+          [k, st, p](const std::vector<Tensor>& t) { return max_pool3d(t[0], k, st, p); },
+          [s, k, st, p](const std::vector<Values>& v) { return max_pool_ref(v[0], s, k, st, p); }};
+}
+
+OpCase avg_pool_case(const std::string& name, Shape s, Triple k, Triple st, Triple p, bool cip) {
+  return {name, {s}, {Domain::Any},
+          [k, st, p, cip](const std::vector<Tensor>& t) { return avg_pool3d(t[0], k, st, p, cip); },
+          [s, k, st, p, cip](const std::vector<Values>& v) { return avg_pool_ref(v[0], s, k, st, p, cip); }};
+}
+
+std::vector<OpCase> op_cases() {
+  return {
+      instance_case("InstanceNormPlain", {2, 3, 3, 2, 4}, false),
+      instance_case("InstanceNormAffine", {2, 3, 2, 3, 3}, true),
+      instance_case("InstanceNormAffineOneChannelBigEps", {1, 1, 3, 3, 3}, true, 0.1),
+      batch_case("BatchNormTrain", {3, 2, 2, 3, 2}, true),
+      batch_case("BatchNormTrainBatchOfOne", {1, 3, 2, 2, 3}, true),
+      batch_case("BatchNormEval", {2, 3, 2, 2, 3}, false),
+      max_pool_case("MaxPool2", {2, 2, 4, 4, 4}, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}),
+      max_pool_case("MaxPoolOverlapOddSizes", {1, 2, 5, 4, 6}, {3, 2, 3}, {1, 2, 2}, {0, 0, 0}),
+      max_pool_case("MaxPoolPadded", {1, 2, 5, 5, 3}, {3, 3, 2}, {2, 2, 1}, {1, 1, 1}),
+      avg_pool_case("AvgPool2", {2, 2, 4, 4, 4}, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, true),
+      avg_pool_case("AvgPoolOverlapOddSizes", {1, 2, 5, 4, 6}, {3, 2, 3}, {1, 2, 2}, {0, 0, 0}, true),
+      avg_pool_case("AvgPoolPaddedIncludePad", {1, 2, 5, 5, 3}, {3, 3, 2}, {2, 2, 1}, {1, 1, 1}, true),
+      avg_pool_case("AvgPoolPaddedExcludePad", {1, 2, 5, 5, 3}, {3, 3, 2}, {2, 2, 1}, {1, 1, 1}, false),
+      {"Dropout3dTrain",
+       {{2, 5, 2, 3, 2}},
+       {Domain::Any},
+       [](const std::vector<Tensor>& t) {
+         Generator gen(11);  // a fresh generator per call: the same mask every time
+         return dropout3d(t[0], 0.4, true, gen);
+       },
+       [](const std::vector<Values>& v) {
+         // Channel i (of N*C = 10) is kept when Philox's uniform i at (seed 11, offset 0) is <= 1 - p.
+         const std::int64_t S = 2 * 3 * 2;
+         Values y(v[0].size());
+         for (std::size_t i = 0; i < y.size(); ++i) {
+           const bool keep = kernels::philox_uniform(11, 0, static_cast<std::int64_t>(i) / S) <= 0.6;
+           y[i] = keep ? v[0][i] / 0.6 : 0.0;
+         }
+         return y;
+       }},
+  };
+}
+
+std::vector<Values> random_inputs(const OpCase& c, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> any(-2.0, 2.0), positive(0.5, 2.0);
+  std::vector<Values> inputs;
+  for (std::size_t i = 0; i < c.shapes.size(); ++i) {
+    Values v(shape_numel(c.shapes[i]));
+    if (c.domains[i] == Domain::Distinct) {
+      for (std::size_t j = 0; j < v.size(); ++j) v[j] = 0.01 * static_cast<double>(j) - 0.5;
+      std::shuffle(v.begin(), v.end(), rng);
+    } else {
+      for (auto& x : v) x = c.domains[i] == Domain::Positive ? positive(rng) : any(rng);
+    }
+    inputs.push_back(std::move(v));
+  }
+  return inputs;
+}
+
+template <class T>
+Tensor make_input(const Values& v, const Shape& s, Device d, bool requires_grad) {
+  Tensor t = from_vector(std::vector<T>(v.begin(), v.end()), s, d);
+  if (requires_grad) t.requires_grad_();
+  return t;
+}
+
+Values as_doubles(const Tensor& t) {
+  const Tensor h = t.cpu();
+  if (h.dtype() == DType::Float64) return h.to_vector<double>();
+  const auto f = h.to_vector<float>();
+  return Values(f.begin(), f.end());
+}
+
+class NormPoolForward : public ::testing::TestWithParam<OpCase> {};
+class NormPoolGradcheck : public ::testing::TestWithParam<OpCase> {};
+class NormPoolCudaParity : public ::testing::TestWithParam<OpCase> {};
+
+TEST_P(NormPoolForward, MatchesReference) {
+  const OpCase& c = GetParam();
+  const auto inputs = random_inputs(c, 1);
+  for (const bool dbl : {true, false}) {
+    std::vector<Tensor> xs;
+    for (std::size_t i = 0; i < inputs.size(); ++i)
+      xs.push_back(dbl ? make_input<double>(inputs[i], c.shapes[i], Device::cpu(), false)
+                       : make_input<float>(inputs[i], c.shapes[i], Device::cpu(), false));
+    const Values got = as_doubles(c.fn(xs));
+    EXPECT_TRUE(test::all_close(got, c.reference(inputs), dbl ? 1e-12 : 1e-5, dbl ? 1e-10 : 1e-5))
+        << (dbl ? "float64" : "float32");
+  }
+}
+
+// Analytic gradients of <f(x), w> for random w against central differences, for every input.
+TEST_P(NormPoolGradcheck, Float64MatchesFiniteDifferences) {
+  const OpCase& c = GetParam();
+  auto inputs = random_inputs(c, 2);
+  std::vector<Tensor> xs;
+  for (std::size_t i = 0; i < inputs.size(); ++i)
+    xs.push_back(make_input<double>(inputs[i], c.shapes[i], Device::cpu(), true));
+  Tensor y = c.fn(xs);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<double> dist(-1.0, 1.0);
+  Values w(y.numel());
+  for (auto& v : w) v = dist(rng);
+  y.backward(from_vector(w, y.shape()));
+
+  const auto objective = [&](const std::vector<Values>& at) {
+    NoGradGuard no_grad;
+    std::vector<Tensor> ps;
+    for (std::size_t i = 0; i < at.size(); ++i) ps.push_back(make_input<double>(at[i], c.shapes[i], Device::cpu(), false));
+    const Values out = as_doubles(c.fn(ps));
+    return std::inner_product(out.begin(), out.end(), w.begin(), 0.0);
+  };
+  const double h = 1e-6;
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    ASSERT_TRUE(xs[i].grad().defined()) << "input " << i << " got no gradient";
+    const Values analytic = as_doubles(xs[i].grad());
+    Values numeric(inputs[i].size());
+    for (std::size_t j = 0; j < inputs[i].size(); ++j) {
+      const double keep = inputs[i][j];
+      inputs[i][j] = keep + h;
+      const double up = objective(inputs);
+      inputs[i][j] = keep - h;
+      const double down = objective(inputs);
+      inputs[i][j] = keep;
+      numeric[j] = (up - down) / (2 * h);
+    }
+    EXPECT_TRUE(test::all_close(analytic, numeric, 1e-6, 1e-5)) << "input " << i;
+  }
+}
+
+TEST_P(NormPoolCudaParity, CudaMatchesCpu) {
+  VG_REQUIRE_CUDA();
+  const OpCase& c = GetParam();
+  const auto inputs = random_inputs(c, 4);
+  std::vector<Tensor> on_cpu, on_gpu;
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    on_cpu.push_back(make_input<float>(inputs[i], c.shapes[i], Device::cpu(), true));
+    on_gpu.push_back(make_input<float>(inputs[i], c.shapes[i], Device::cuda(), true));
+  }
+  Tensor y_cpu = c.fn(on_cpu), y_gpu = c.fn(on_gpu);
+  ASSERT_EQ(y_gpu.device(), Device::cuda());
+  EXPECT_TRUE(test::all_close(as_doubles(y_gpu), as_doubles(y_cpu), 1e-5, 1e-4)) << "forward";
+  const Tensor w = rand(y_cpu.shape(), DType::Float32, Device::cpu());
+  y_cpu.backward(w);
+  y_gpu.backward(w.to(Device::cuda()));
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    ASSERT_TRUE(on_gpu[i].grad().defined());
+    EXPECT_EQ(on_gpu[i].grad().device(), Device::cuda());
+    EXPECT_TRUE(test::all_close(as_doubles(on_gpu[i].grad()), as_doubles(on_cpu[i].grad()), 1e-4, 1e-4))
+        << "gradient of input " << i;
+  }
+}
+
+std::string case_name(const ::testing::TestParamInfo<OpCase>& info) { return info.param.name; }
+INSTANTIATE_TEST_SUITE_P(NormPool, NormPoolForward, ::testing::ValuesIn(op_cases()), case_name);
+INSTANTIATE_TEST_SUITE_P(NormPool, NormPoolGradcheck, ::testing::ValuesIn(op_cases()), case_name);
+INSTANTIATE_TEST_SUITE_P(NormPool, NormPoolCudaParity, ::testing::ValuesIn(op_cases()), case_name);
+
+// ---- instance norm ---------------------------------------------------------------------------------
+
+TEST(InstanceNorm, EachChannelHasMeanZeroAndVarianceOne) {
+  // Offsets and scales far from 0 and 1 per (n, c), so a norm over the wrong axes cannot pass.
+  const Shape s{2, 3, 4, 5, 6};
+  Values x(shape_numel(s));
+  std::mt19937 rng(5);
+  std::normal_distribution<double> dist;
+  const std::int64_t S = spatial(s);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const auto g = static_cast<double>(i / S);
+    x[i] = 100.0 * g - 50.0 + (1.0 + 3.0 * g) * dist(rng);
+  }
+  for (const DType t : {DType::Float64, DType::Float32}) {
+    const Values y = as_doubles(instance_norm3d(from_vector(x, s).to(t), {}, {}, 0.0));
+    for (std::int64_t g = 0; g < s[0] * s[1]; ++g) {
+      double m = 0, v = 0;
+      for (std::int64_t j = 0; j < S; ++j) m += y[g * S + j];
+      m /= S;
+      for (std::int64_t j = 0; j < S; ++j) v += (y[g * S + j] - m) * (y[g * S + j] - m);
+      v /= S;
+      const double tol = t == DType::Float64 ? 1e-12 : 1e-5;
+      EXPECT_NEAR(m, 0.0, tol) << "group " << g;
+      EXPECT_NEAR(v, 1.0, 10 * tol) << "group " << g;
+    }
+  }
+}
+
+// A float32 channel with a large offset: statistics accumulated naively in float (E[x²] - E[x]²)
+// would lose the variance entirely.
+TEST(InstanceNorm, Float32StatisticsAreStableUnderLargeOffsets) {
+  const Shape s{1, 1, 8, 8, 8};
+  Values x(shape_numel(s));
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = 10000.0 + ((i % 2) ? 0.5 : -0.5);
+  const Values y = as_doubles(instance_norm3d(from_vector(x, s).to(DType::Float32)));
+  for (std::size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(std::fabs(y[i]), 1.0, 1e-3) << i;
+}
+
+// ---- batch norm --------------------------------------------------------------------------------
+
+TEST(BatchNorm, RunningStatisticsFollowPyTorchOverTwoStepsAndEvalUsesThem) {
+  const Shape s{2, 2, 1, 2, 3};  // 12 values per channel
+  const double m = 0.3, eps = 1e-5;
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<double> dist(-3.0, 3.0);
+  Values rm{0.0, 0.0}, rv{1.0, 1.0};  // PyTorch's initial buffers
+  Tensor running_mean = from_vector(rm, {2});
+  Tensor running_var = from_vector(rv, {2});
+  for (int step = 0; step < 2; ++step) {
+    Values x(shape_numel(s));
+    for (auto& v : x) v = dist(rng) + 2.0 * step;
+    Values mean, var;
+    batch_stats_ref(x, s, &mean, &var);
+    const double count = 12;
+    for (int c = 0; c < 2; ++c) {
+      rm[c] = (1 - m) * rm[c] + m * mean[c];
+      rv[c] = (1 - m) * rv[c] + m * var[c] * count / (count - 1);  // unbiased
+    }
+    const Values y = as_doubles(batch_norm3d(from_vector(x, s), {}, {}, running_mean, running_var, true, m, eps));
+    EXPECT_TRUE(test::all_close(y, batch_norm_ref(x, s, mean, var, nullptr, nullptr, eps), 1e-12, 1e-10));
+    EXPECT_TRUE(test::all_close(running_mean.to_vector<double>(), rm, 1e-14, 1e-12)) << "step " << step;
+    EXPECT_TRUE(test::all_close(running_var.to_vector<double>(), rv, 1e-14, 1e-12)) << "step " << step;
+  }
+  // Eval: the running statistics, untouched by the call.
+  Values x(shape_numel(s));
+  for (auto& v : x) v = dist(rng);
+  const Values w{1.5, -0.5}, b{0.25, 2.0};
+  const Values mean_before = running_mean.to_vector<double>(), var_before = running_var.to_vector<double>();
+  const Values y = as_doubles(batch_norm3d(from_vector(x, s), from_vector(w, {2}), from_vector(b, {2}), running_mean,
+                                           running_var, false, m, eps));
+  EXPECT_TRUE(test::all_close(y, batch_norm_ref(x, s, rm, rv, &w, &b, eps), 1e-12, 1e-10));
+  EXPECT_EQ(running_mean.to_vector<double>(), mean_before);
+  EXPECT_EQ(running_var.to_vector<double>(), var_before);
+}
+
+TEST(BatchNorm, TrainingWithoutRunningStatisticsWorksEvalNeedsThem) {
+  const Tensor x = rand({2, 3, 2, 2, 2}, DType::Float64);
+  EXPECT_NO_THROW(batch_norm3d(x, {}, {}, {}, {}, true));
+  EXPECT_THROW(batch_norm3d(x, {}, {}, {}, {}, false), Error);
+}
+
+TEST(BatchNormCuda, RunningStatisticsMatchCpu) {
+  VG_REQUIRE_CUDA();
+  const Tensor x = randn({3, 4, 3, 5, 2});
+  Tensor rm_cpu = zeros({4}), rv_cpu = ones({4});
+  Tensor rm_gpu = zeros({4}, DType::Float32, Device::cuda()), rv_gpu = ones({4}, DType::Float32, Device::cuda());
+  const Tensor x_gpu = x.to(Device::cuda());
+  for (int step = 0; step < 2; ++step) {
+    batch_norm3d(x, {}, {}, rm_cpu, rv_cpu, true);
+    batch_norm3d(x_gpu, {}, {}, rm_gpu, rv_gpu, true);
+  }
+  EXPECT_TRUE(test::all_close(as_doubles(rm_gpu), as_doubles(rm_cpu), 1e-6, 1e-5));
+  EXPECT_TRUE(test::all_close(as_doubles(rv_gpu), as_doubles(rv_cpu), 1e-6, 1e-5));
+  const Values y_cpu = as_doubles(batch_norm3d(x, {}, {}, rm_cpu, rv_cpu, false));
+  const Values y_gpu = as_doubles(batch_norm3d(x_gpu, {}, {}, rm_gpu, rv_gpu, false));
+  EXPECT_TRUE(test::all_close(y_gpu, y_cpu, 1e-5, 1e-4));
+}
+
+// ---- pools -------------------------------------------------------------------------------------
+
+// Equal values in a window: the output and the whole gradient go to the first in (d, h, w) order.
+TEST(MaxPool, TiesRouteTheGradientToTheFirstMaximum) {
+  for (const DType t : {DType::Float64, DType::Float32}) {
+    Tensor x = full({1, 1, 2, 2, 2}, 3.0, t);
+    x.requires_grad_();
+    Tensor y = max_pool3d(x, {2, 2, 2});
+    ASSERT_EQ(y.shape(), (Shape{1, 1, 1, 1, 1}));
+    EXPECT_EQ(y.item(), 3.0);
+    y.backward(full({1, 1, 1, 1, 1}, 5.0, t));
+    const Values g = as_doubles(x.grad());
+    EXPECT_EQ(g, (Values{5, 0, 0, 0, 0, 0, 0, 0}));
+  }
+  // Overlapping windows (stride 1) sharing one maximum: its gradient is the sum of theirs.
+  Tensor x = from_vector(Values{0, 1, 9, 2, 0}, {1, 1, 1, 1, 5});
+  x.requires_grad_();
+  Tensor y = max_pool3d(x, {1, 1, 3}, {1, 1, 1});
+  EXPECT_EQ(y.to_vector<double>(), (Values{9, 9, 9}));
+  y.backward(from_vector(Values{1, 2, 4}, {1, 1, 1, 1, 3}));
+  EXPECT_EQ(x.grad().to_vector<double>(), (Values{0, 0, 7, 0, 0}));
+}
+
+TEST(Pool, OutputSizesFollowPyTorchFloorMode) {
+  const Tensor x = zeros({2, 3, 7, 6, 5});
+  EXPECT_EQ(max_pool3d(x, {2, 2, 2}).shape(), (Shape{2, 3, 3, 3, 2}));
+  EXPECT_EQ(max_pool3d(x, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}).shape(), (Shape{2, 3, 4, 3, 3}));
+  EXPECT_EQ(avg_pool3d(x, {3, 2, 1}, {1, 2, 3}).shape(), (Shape{2, 3, 5, 3, 2}));
+}
+
+TEST(Pool, AvgPoolDivisorsWithAndWithoutPadding) {
+  // A 1-D row of ones, kernel 3, padding 1: the edge windows hold 2 real cells of 3.
+  const Tensor x = ones({1, 1, 1, 1, 4}, DType::Float64);
+  EXPECT_TRUE(test::all_close(avg_pool3d(x, {1, 1, 3}, {1, 1, 1}, {0, 0, 1}, true).to_vector<double>(),
+                              {2.0 / 3, 1, 1, 2.0 / 3}, 1e-15, 0));
+  EXPECT_TRUE(test::all_close(avg_pool3d(x, {1, 1, 3}, {1, 1, 1}, {0, 0, 1}, false).to_vector<double>(),
+                              {1, 1, 1, 1}, 1e-15, 0));
+}
+
+// ---- dropout -----------------------------------------------------------------------------------
+
+TEST(Dropout3d, EvalAndZeroRateAreIdentity) {
+  Generator gen(1);
+  const Tensor x = rand({2, 3, 2, 2, 2}, gen, DType::Float64);
+  EXPECT_EQ(dropout3d(x, 0.5, false, gen).to_vector<double>(), x.to_vector<double>());
+  EXPECT_EQ(dropout3d(x, 0.0, true, gen).to_vector<double>(), x.to_vector<double>());
+}
+
+TEST(Dropout3d, ZeroesWholeChannelsAtTheRateAndScalesTheRest) {
+  const double p = 0.3;
+  const Shape s{50, 80, 2, 2, 2};  // 4000 channels
+  Generator gen(7);
+  const Tensor x = rand(s, gen, DType::Float64, Device::cpu(), 1.0, 2.0);  // never 0
+  const Values xv = x.to_vector<double>();
+  const Values y = dropout3d(x, p, true, gen).to_vector<double>();
+  const std::int64_t S = spatial(s), channels = s[0] * s[1];
+  std::int64_t dropped = 0;
+  for (std::int64_t c = 0; c < channels; ++c) {
+    const bool zero = y[c * S] == 0.0;
+    dropped += zero;
+    for (std::int64_t j = 0; j < S; ++j) {
+      const std::int64_t i = c * S + j;
+      if (zero) ASSERT_EQ(y[i], 0.0) << "channel " << c << " partly dropped";
+      else ASSERT_NEAR(y[i], xv[i] / (1 - p), 1e-15) << "channel " << c;
+    }
+  }
+  // Binomial(4000, 0.3): mean 1200, standard deviation ~29; allow 5 of them.
+  EXPECT_NEAR(static_cast<double>(dropped), p * channels, 5 * std::sqrt(channels * p * (1 - p)));
+  // p = 1 drops everything.
+  const Values all = dropout3d(x, 1.0, true, gen).to_vector<double>();
+  EXPECT_TRUE(std::all_of(all.begin(), all.end(), [](double v) { return v == 0.0; }));
+}
+
+TEST(Dropout3d, SameGeneratorStateGivesTheSameMaskAndAdvances) {
+  const Tensor x = ones({4, 16, 1, 2, 2}, DType::Float64);
+  Generator a(42), b(42);
+  const Values first = dropout3d(x, 0.5, true, a).to_vector<double>();
+  EXPECT_EQ(dropout3d(x, 0.5, true, b).to_vector<double>(), first);
+  EXPECT_EQ(a.offset(), b.offset());
+  EXPECT_GT(a.offset(), 0u);
+  EXPECT_NE(dropout3d(x, 0.5, true, a).to_vector<double>(), first) << "the generator did not advance";
+  // float32 and float64 draw the same mask.
+  Generator c(42);
+  EXPECT_EQ(as_doubles(dropout3d(x.to(DType::Float32), 0.5, true, c)), first);
+}
+
+TEST(Dropout3dCuda, SameMaskAsCpu) {
+  VG_REQUIRE_CUDA();
+  const Tensor x = ones({8, 32, 2, 2, 2});
+  Generator a(3), b(3);
+  const Tensor y_cpu = dropout3d(x, 0.25, true, a);
+  const Tensor y_gpu = dropout3d(x.to(Device::cuda()), 0.25, true, b);
+  EXPECT_EQ(as_doubles(y_gpu), as_doubles(y_cpu));
+}
+
+TEST(NormPoolCuda, MaxPoolTiesMatchCpu) {
+  VG_REQUIRE_CUDA();
+  // Few distinct values: ties everywhere, and both devices must pick the same element.
+  Generator gen(5);
+  const Tensor r = rand({2, 3, 6, 6, 6}, gen);
+  const Values rv = as_doubles(r);
+  Values q(rv.size());
+  for (std::size_t i = 0; i < q.size(); ++i) q[i] = std::floor(rv[i] * 3);
+  Tensor xc = make_input<float>(q, r.shape(), Device::cpu(), true);
+  Tensor xg = make_input<float>(q, r.shape(), Device::cuda(), true);
+  Tensor yc = max_pool3d(xc, {3, 3, 3}, {2, 2, 2}, {1, 1, 1});
+  Tensor yg = max_pool3d(xg, {3, 3, 3}, {2, 2, 2}, {1, 1, 1});
+  const Tensor w = rand(yc.shape(), gen);
+  yc.backward(w);
+  yg.backward(w.to(Device::cuda()));
+  EXPECT_EQ(as_doubles(yg), as_doubles(yc));
+  EXPECT_TRUE(test::all_close(as_doubles(xg.grad()), as_doubles(xc.grad()), 1e-6, 1e-6));
+}
+
+TEST(NormPoolCuda, InstanceNormOnALargeVolume) {
+  VG_REQUIRE_CUDA();
+  // Channels of 32768 values: the statistics and backward sums run as several merged splits.
+  Generator gen(8);
+  const Tensor x = randn({2, 4, 32, 32, 32}, gen);
+  const Tensor w = rand({4}, gen), b = rand({4}, gen);
+  Tensor xc = x.clone().requires_grad_(), xg = x.to(Device::cuda()).requires_grad_();
+  Tensor yc = instance_norm3d(xc, w, b), yg = instance_norm3d(xg, w.to(Device::cuda()), b.to(Device::cuda()));
+  EXPECT_TRUE(test::all_close(as_doubles(yg), as_doubles(yc), 1e-5, 1e-4));
+  const Tensor dy = randn(x.shape(), gen);
+  yc.backward(dy);
+  yg.backward(dy.to(Device::cuda()));
+  EXPECT_TRUE(test::all_close(as_doubles(xg.grad()), as_doubles(xc.grad()), 1e-4, 1e-3));
+}
+
+TEST(NormPoolCuda, BatchNormTrainOnALargeVolume) {
+  VG_REQUIRE_CUDA();
+  // Channels of N * D*H*W = 55296 values: split reductions whose ranges cross the batch rows.
+  Generator gen(12);
+  const Tensor x = add(mul(randn({2, 3, 24, 24, 48}, gen), 4.0), 30.0);
+  const Tensor w = rand({3}, gen), b = rand({3}, gen);
+  Tensor rm_c = zeros({3}), rv_c = ones({3});
+  Tensor rm_g = rm_c.to(Device::cuda()), rv_g = rv_c.to(Device::cuda());
+  Tensor xc = x.clone().requires_grad_(), xg = x.to(Device::cuda()).requires_grad_();
+  Tensor yc = batch_norm3d(xc, w, b, rm_c, rv_c, true);
+  Tensor yg = batch_norm3d(xg, w.to(Device::cuda()), b.to(Device::cuda()), rm_g, rv_g, true);
+  EXPECT_TRUE(test::all_close(as_doubles(yg), as_doubles(yc), 1e-5, 1e-4));
+  EXPECT_TRUE(test::all_close(as_doubles(rm_g), as_doubles(rm_c), 1e-5, 1e-5));
+  EXPECT_TRUE(test::all_close(as_doubles(rv_g), as_doubles(rv_c), 1e-5, 1e-5));
+  const Tensor dy = randn(x.shape(), gen);
+  yc.backward(dy);
+  yg.backward(dy.to(Device::cuda()));
+  EXPECT_TRUE(test::all_close(as_doubles(xg.grad()), as_doubles(xc.grad()), 1e-4, 1e-3));
+}
+
+// ---- errors users hit ---------------------------------------------------------------------------
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(NormPoolErrors, BadShapesAndParametersAreRefusedWithAMessage) {
+  const Tensor x = zeros({2, 3, 4, 4, 4});
+  EXPECT_NE(error_of([&] { instance_norm3d(zeros({2, 3, 4, 4})); }).find("5-D"), std::string::npos);
+  EXPECT_NE(error_of([&] { instance_norm3d(x, zeros({4})); }).find("weight must have shape (3)"), std::string::npos);
+  EXPECT_NE(error_of([&] { instance_norm3d(x, {}, zeros({3}, DType::Float64)); }).find("dtypes"), std::string::npos);
+  EXPECT_THROW(instance_norm3d(zeros({2, 3, 4, 4, 4}, DType::Int32)), Error);
+  EXPECT_NE(error_of([&] { batch_norm3d(zeros({1, 3, 1, 1, 1}), {}, {}, {}, {}, true); }).find("more than one value"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { batch_norm3d(x, {}, {}, zeros({2}), ones({3}), true); }).find("running_mean"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { max_pool3d(x, {2, 0, 2}); }).find("kernel sizes must be positive"), std::string::npos);
+  EXPECT_NE(error_of([&] { max_pool3d(x, {2, 2, 2}, {1, -1, 1}); }).find("strides"), std::string::npos);
+  EXPECT_NE(error_of([&] { avg_pool3d(x, {2, 2, 2}, {2, 2, 2}, {0, 2, 0}); }).find("half the kernel"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { max_pool3d(x, {5, 2, 2}); }).find("larger than the padded input"), std::string::npos);
+  EXPECT_NE(error_of([&] { dropout3d(x, 1.5, true); }).find("p must be in [0, 1]"), std::string::npos);
+  EXPECT_THROW(dropout3d(zeros({2, 3}), 0.5, true), Error);
+}
+
+}  // namespace
+}  // namespace voxgrad
