@@ -19,6 +19,7 @@
 #include <memory>
 #include <thread>
 
+#include "apps/bench_conv.h"
 #include "apps/bench_loss.h"
 #include "apps/cli.h"
 #include "apps/cli_checks.h"
@@ -454,8 +455,8 @@ int run_bench_nifti(const NiftiBenchOptions& opt) {
 
 Command bench_command() {
   return {"bench",
-          "Time ops forward and forward+backward, or with `nifti FILE` reading a NIfTI file against zlib "
-          "(JSON lines on stdout, a table on stderr)",
+          "Time ops forward and forward+backward; `bench nifti FILE`, `bench loss` and `bench conv` time "
+          "NIfTI reading against zlib, the losses and one convolution shape",
           [](CLI::App& sub) -> RunFn {
             // The op benchmark keeps its options on `bench` itself, so `voxgrad bench --shape ...`
             // works as before; `bench nifti FILE` is a nested subcommand that refuses them.
@@ -497,10 +498,13 @@ Command bench_command() {
             for (CLI::Option* o : op_options) nifti->excludes(o);
             const NestedCommand loss = add_bench_loss(sub);
             for (CLI::Option* o : op_options) loss.app->excludes(o);
+            const NestedCommand conv = add_bench_conv(sub);
+            for (CLI::Option* o : op_options) conv.app->excludes(o);
             sub.require_subcommand(0, 1);
 
-            return [opt, nifti_opt, nifti, loss](const GlobalOptions& global) {
+            return [opt, nifti_opt, nifti, loss, conv](const GlobalOptions& global) {
               if (loss.app->parsed()) return loss.run(global);
+              if (conv.app->parsed()) return conv.run(global);
               return nifti->parsed() ? run_bench_nifti(*nifti_opt) : run_bench(*opt, global);
             };
           }};

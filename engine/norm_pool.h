@@ -11,8 +11,6 @@
 
 namespace voxgrad {
 
-using Triple = std::array<std::int64_t, 3>;  // (D, H, W)
-
 // Per (n, c): mean and biased variance over D*H*W, y = (x - mean) / sqrt(var + eps) * weight + bias.
 // weight and bias are (C) or undefined (no affine part); no running statistics.
 Tensor instance_norm3d(const Tensor& x, const Tensor& weight = {}, const Tensor& bias = {}, double eps = 1e-5);

@@ -2,6 +2,7 @@
 // fields (requires_grad, grad, grad_fn). Views (reshape, detach) share storage.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -14,6 +15,8 @@
 namespace voxgrad {
 
 using Shape = std::vector<std::int64_t>;
+// Spatial (D, H, W) sizes, strides and paddings of the 3-D layers.
+using Triple = std::array<std::int64_t, 3>;
 
 std::int64_t shape_numel(const Shape& s);
 std::string shape_str(const Shape& s);  // "(2, 3, 4)"

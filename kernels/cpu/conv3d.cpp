@@ -1,0 +1,474 @@
+// CPU twins of the 3D convolution: vol2col over bounded tiles of output positions times a packed,
+// register-blocked GEMM whose SIMD variant is chosen at run time; each OpenMP thread owns whole
+// tiles (no barriers inside a pass), and every sum runs in a fixed order, so results are deterministic.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include <omp.h>
+
+#include "kernels/conv3d.h"
+
+namespace voxgrad::kernels::cpu {
+
+namespace {
+
+// Register blocking of the GEMM micro-kernel: kMR rows of A (broadcast) times one 64-byte vector
+// of B columns (16 floats, 8 doubles): 6 accumulators, one zmm each on AVX-512, two ymm on AVX2.
+constexpr int kMR = 6;
+template <class T>
+constexpr std::int64_t kNR = 64 / static_cast<std::int64_t>(sizeof(T));
+
+// Each thread's vol2col tile is sized to stay in its core's L2, whatever the volume.
+constexpr std::int64_t kTileBytes = std::int64_t{1} << 20;
+// Backward-filter partial sums (one per job group) may take this much; fewer groups beyond it.
+constexpr std::int64_t kPartialBytes = std::int64_t{64} << 20;
+constexpr std::int64_t kMaxGroups = 32;
+constexpr std::int64_t kMaxTilePositions = 16384;
+
+// Below this many multiply-adds a pass runs on one thread: the per-tile barriers would cost more
+// than they save (gradient checks run thousands of tiny convolutions).
+constexpr std::int64_t kParallelMinMacs = std::int64_t{1} << 18;
+
+std::int64_t macs(const Conv3dShape& g) { return g.n * g.c_out * g.out_spatial() * g.c_in * g.kernel_volume(); }
+
+std::int64_t round_up(std::int64_t v, std::int64_t m) { return (v + m - 1) / m * m; }
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+// Floor division for a possibly negative numerator (b > 0).
+std::int64_t floor_div(std::int64_t a, std::int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// ---- the GEMM micro-kernel -------------------------------------------------------------------
+
+template <class T>
+struct Vec;
+template <>
+struct Vec<float> {
+  using type = float __attribute__((vector_size(64)));
+};
+template <>
+struct Vec<double> {
+  using type = double __attribute__((vector_size(64)));
+};
+
+// C[0..mr)[0..nr) (=|+=) sum_r ap[r][i] * b[r*ldb + j]: ap is one packed A panel (R, kMR), b one
+// panel of B whose rows hold kNR readable values (columns past nr are computed and dropped).
+template <class T>
+[[gnu::always_inline]] inline void micro_tile_body(std::int64_t R, const T* ap, const T* b, std::int64_t ldb, T* c,
+                                                   std::int64_t ldc, int mr, int nr, bool accumulate) {
+  using V = typename Vec<T>::type;
+  constexpr int NR = static_cast<int>(kNR<T>);
+  V acc[kMR];
+#pragma GCC unroll 6
+  for (int i = 0; i < kMR; ++i) acc[i] = V{};
+  for (std::int64_t r = 0; r < R; ++r) {
+    V bv;
+    std::memcpy(&bv, b + r * ldb, sizeof(V));
+    const T* a = ap + r * kMR;
+#pragma GCC unroll 6
+    for (int i = 0; i < kMR; ++i) acc[i] += a[i] * bv;
+  }
+  if (mr == kMR && nr == NR) {
+#pragma GCC unroll 6
+    for (int i = 0; i < kMR; ++i) {
+      V out = acc[i];
+      if (accumulate) {
+        V old;
+        std::memcpy(&old, c + i * ldc, sizeof(V));
+        out += old;
+      }
+      std::memcpy(c + i * ldc, &out, sizeof(V));
+    }
+    return;
+  }
+  for (int i = 0; i < mr; ++i) {
+    T lanes[NR];
+    std::memcpy(lanes, &acc[i], sizeof(V));
+    for (int j = 0; j < nr; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + lanes[j] : lanes[j];
+  }
+}
+
+// One clone per ISA level (x86-64-v4: AVX-512, v3: AVX2+FMA, baseline SSE2), picked by the loader
+// through an ifunc on first call, so the default build runs on any x86-64 and uses what it finds.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VG_CONV_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define VG_CONV_SIMD_CLONES
+#endif
+
+VG_CONV_SIMD_CLONES void micro_tile(std::int64_t R, const float* ap, const float* b, std::int64_t ldb, float* c,
+                                    std::int64_t ldc, int mr, int nr, bool accumulate) {
+  micro_tile_body(R, ap, b, ldb, c, ldc, mr, nr, accumulate);
+}
+VG_CONV_SIMD_CLONES void micro_tile(std::int64_t R, const double* ap, const double* b, std::int64_t ldb, double* c,
+                                    std::int64_t ldc, int mr, int nr, bool accumulate) {
+  micro_tile_body(R, ap, b, ldb, c, ldc, mr, nr, accumulate);
+}
+
+// C (M, N; row stride ldc) (=|+=) A (M, R) * B (R, N). A is packed as (ceil(M/kMR), R, kMR) with
+// zero rows past M; B is split into panels of kNR columns, panel q starting at b + q*b_panel_stride,
+// rows ldb apart. One thread; the B panel stays in L1 while the row blocks of A stream past it.
+template <class T>
+struct Gemm {
+  std::int64_t M, N, R;
+  const T* ap;
+  const T* b;
+  std::int64_t b_panel_stride, ldb;
+  T* c;
+  std::int64_t ldc;
+  bool accumulate;
+};
+
+template <class T>
+void gemm(const Gemm<T>& g) {
+  for (std::int64_t nb = 0; nb < ceil_div(g.N, kNR<T>); ++nb) {
+    const int nr = static_cast<int>(std::min<std::int64_t>(kNR<T>, g.N - nb * kNR<T>));
+    for (std::int64_t mb = 0; mb < ceil_div(g.M, kMR); ++mb) {
+      const int mr = static_cast<int>(std::min<std::int64_t>(kMR, g.M - mb * kMR));
+      micro_tile(g.R, g.ap + mb * g.R * kMR, g.b + nb * g.b_panel_stride, g.ldb,
+                 g.c + mb * kMR * g.ldc + nb * kNR<T>, g.ldc, mr, nr, g.accumulate);
+    }
+  }
+}
+
+// ap (ceil(M/kMR), R, kMR) from A with element (m, r) at a[m*rs + r*cs].
+template <class T>
+void pack_a(const T* a, std::int64_t rs, std::int64_t cs, std::int64_t M, std::int64_t R, T* ap) {
+  for (std::int64_t mb = 0; mb < ceil_div(M, kMR); ++mb) {
+    T* dst = ap + mb * R * kMR;
+    for (std::int64_t r = 0; r < R; ++r)
+      for (int i = 0; i < kMR; ++i) {
+        const std::int64_t m = mb * kMR + i;
+        dst[r * kMR + i] = m < M ? a[m * rs + r * cs] : T(0);
+      }
+  }
+}
+
+// ---- tiles of output positions ---------------------------------------------------------------
+
+// A run of consecutive output positions sharing (od, oh): ow in [ow0, ow1), at column p of its tile.
+struct Segment {
+  std::int64_t od, oh, ow0, ow1, p;
+};
+
+// Output positions cut into chunks (runs of whole output depth slices, or everything), and each
+// chunk into tiles of at most `positions`; a tile never crosses a chunk.
+struct Tile {
+  std::int64_t p0, np;                  // positions [p0, p0 + np)
+  std::int64_t seg_begin, seg_end;      // its segments
+};
+struct Tiling {
+  std::int64_t positions = 0;           // per tile at most, a multiple of kNR
+  std::vector<Tile> tiles;
+  std::vector<std::int64_t> chunk_first;  // (chunks + 1): chunk c holds tiles [chunk_first[c], chunk_first[c+1])
+  std::vector<Segment> segments;
+  std::int64_t chunks() const { return static_cast<std::int64_t>(chunk_first.size()) - 1; }
+};
+
+std::int64_t tile_positions(const Conv3dShape& g, std::int64_t rows, std::int64_t element_size, std::int64_t nr) {
+  std::int64_t p = kTileBytes / std::max<std::int64_t>(1, rows * element_size);
+  p = std::clamp<std::int64_t>(p, 4 * nr, kMaxTilePositions) / nr * nr;
+  return std::min(p, round_up(g.out_spatial(), nr));
+}
+
+Tiling make_tiling(const Conv3dShape& g, std::int64_t positions, std::int64_t depth_slices_per_chunk) {
+  Tiling t;
+  const std::int64_t S = g.out_spatial(), plane = g.out[1] * g.out[2], chunk = depth_slices_per_chunk * plane;
+  t.positions = positions;
+  for (std::int64_t c0 = 0; c0 < S; c0 += chunk) {
+    t.chunk_first.push_back(static_cast<std::int64_t>(t.tiles.size()));
+    const std::int64_t c1 = std::min(S, c0 + chunk);
+    for (std::int64_t p0 = c0; p0 < c1; p0 += positions) {
+      const std::int64_t p1 = std::min(c1, p0 + positions);
+      Tile tile{p0, p1 - p0, static_cast<std::int64_t>(t.segments.size()), 0};
+      for (std::int64_t pos = p0; pos < p1;) {
+        const std::int64_t od = pos / plane, oh = (pos - od * plane) / g.out[2], ow = pos - od * plane - oh * g.out[2];
+        const std::int64_t run = std::min(g.out[2] - ow, p1 - pos);
+        t.segments.push_back({od, oh, ow, ow + run, pos - p0});
+        pos += run;
+      }
+      tile.seg_end = static_cast<std::int64_t>(t.segments.size());
+      t.tiles.push_back(tile);
+    }
+  }
+  t.chunk_first.push_back(static_cast<std::int64_t>(t.tiles.size()));
+  return t;
+}
+
+// ---- vol2col and col2vol for one kernel offset ------------------------------------------------
+
+// Where column p of one vol2col row lands: base + p * step (1 in a plain (K, P) row, which the GEMM
+// reads as panels of kNR columns P apart; kNR in the transposed panels of the backward-filter pass).
+struct StridedIndex {
+  std::int64_t base, step;
+  std::int64_t operator()(std::int64_t p) const { return base + p * step; }
+};
+
+// The output columns [lo, hi) whose input column iw = ow*s - p + kw*d lies inside [0, W), for one
+// kernel column kw (the same for every segment, so computed once per vol2col row).
+struct ValidRange {
+  std::int64_t lo, hi;
+};
+ValidRange valid_ow(const Conv3dShape& g, std::int64_t kw) {
+  const std::int64_t off = g.padding[2] - kw * g.dilation[2];
+  const std::int64_t lo = off <= 0 ? 0 : ceil_div(off, g.stride[2]);
+  const std::int64_t hi = floor_div(g.in[2] - 1 + off, g.stride[2]) + 1;
+  return {lo, std::max(lo, hi)};
+}
+// Clipped to one segment [ow0, ow1).
+ValidRange clip(ValidRange v, const Segment& s) {
+  const std::int64_t lo = std::clamp(v.lo, s.ow0, s.ow1);
+  return {lo, std::clamp(v.hi, lo, s.ow1)};
+}
+
+// One row (channel c, offset kd, kh, kw) of the vol2col matrix for one tile; xc is channel c (in).
+template <class T, class Index>
+void vol2col_row(const T* xc, const Conv3dShape& g, const Segment* seg, std::int64_t nseg, std::int64_t kd,
+                 std::int64_t kh, std::int64_t kw, T* col, Index at) {
+  const std::int64_t sw = g.stride[2], shift = kw * g.dilation[2] - g.padding[2];
+  const ValidRange valid = valid_ow(g, kw);
+  for (std::int64_t k = 0; k < nseg; ++k) {
+    const Segment& s = seg[k];
+    const std::int64_t id = s.od * g.stride[0] - g.padding[0] + kd * g.dilation[0];
+    const std::int64_t ih = s.oh * g.stride[1] - g.padding[1] + kh * g.dilation[1];
+    const std::int64_t p_of_ow0 = s.p - s.ow0;
+    if (id < 0 || id >= g.in[0] || ih < 0 || ih >= g.in[1]) {
+      for (std::int64_t ow = s.ow0; ow < s.ow1; ++ow) col[at(p_of_ow0 + ow)] = T(0);
+      continue;
+    }
+    const T* src = xc + (id * g.in[1] + ih) * g.in[2];
+    const ValidRange v = clip(valid, s);
+    for (std::int64_t ow = s.ow0; ow < v.lo; ++ow) col[at(p_of_ow0 + ow)] = T(0);
+    for (std::int64_t ow = v.lo; ow < v.hi; ++ow) col[at(p_of_ow0 + ow)] = src[ow * sw + shift];
+    for (std::int64_t ow = v.hi; ow < s.ow1; ++ow) col[at(p_of_ow0 + ow)] = T(0);
+  }
+}
+
+// The adjoint of vol2col_row for a plain row: scatter-add the row back into channel dxc (in).
+template <class T>
+void col2vol_row(T* dxc, const Conv3dShape& g, const Segment* seg, std::int64_t nseg, std::int64_t kd,
+                 std::int64_t kh, std::int64_t kw, const T* row) {
+  const std::int64_t sw = g.stride[2], shift = kw * g.dilation[2] - g.padding[2];
+  const ValidRange valid = valid_ow(g, kw);
+  for (std::int64_t k = 0; k < nseg; ++k) {
+    const Segment& s = seg[k];
+    const std::int64_t id = s.od * g.stride[0] - g.padding[0] + kd * g.dilation[0];
+    const std::int64_t ih = s.oh * g.stride[1] - g.padding[1] + kh * g.dilation[1];
+    if (id < 0 || id >= g.in[0] || ih < 0 || ih >= g.in[1]) continue;
+    T* dst = dxc + (id * g.in[1] + ih) * g.in[2];
+    const T* r = row + s.p - s.ow0;
+    const ValidRange v = clip(valid, s);
+    for (std::int64_t ow = v.lo; ow < v.hi; ++ow) dst[ow * sw + shift] += r[ow];
+  }
+}
+
+// Offsets (kd, kh, kw) of vol2col row `row` within a channel.
+struct Offset {
+  std::int64_t kd, kh, kw;
+};
+Offset offset_of(std::int64_t row, const Conv3dShape& g) {
+  const std::int64_t kw = row % g.kernel[2], kh = (row / g.kernel[2]) % g.kernel[1];
+  return {row / (g.kernel[1] * g.kernel[2]), kh, kw};
+}
+
+template <class T>
+T* scratch_array(Scratch& scratch, std::int64_t count) {
+  return static_cast<T*>(scratch.get(static_cast<std::size_t>(std::max<std::int64_t>(count, 1)) * sizeof(T)));
+}
+
+// ---- the three passes ------------------------------------------------------------------------
+
+// Job groups of the backward-filter pass: each sums its jobs into its own dW partial, and the
+// partials are added in group order, so the result does not depend on the number of threads.
+std::int64_t filter_groups(const Conv3dShape& g, std::int64_t element_size, std::int64_t jobs) {
+  const std::int64_t per_partial = std::max<std::int64_t>(1, g.c_out * g.c_in * g.kernel_volume() * element_size);
+  return std::max<std::int64_t>(1, std::min({kMaxGroups, kPartialBytes / per_partial, jobs}));
+}
+
+// Output depth slices per chunk of the backward-data pass, chosen so that chunks two apart never
+// reach the same input depth: the even chunks, then the odd ones, scatter into dx without races.
+std::int64_t data_chunk_slices(const Conv3dShape& g) {
+  const std::int64_t reach = (g.kernel[0] - 1) * g.dilation[0] - g.stride[0];
+  return reach < 0 ? 1 : reach / g.stride[0] + 1;
+}
+
+}  // namespace
+
+// y (c_out, tile) = W (c_out, K) * col (K, tile), K = c_in * kernel volume; threads take whole
+// (batch, tile) jobs, each with its own vol2col buffer. Plain rows make vol2col a run of
+// contiguous copies; the GEMM's strided B reads stay in L1 (K rows of one 64-byte panel).
+template <class T>
+void conv3d_forward(const T* x, const T* w, T* y, const Conv3dShape& g, Scratch& scratch) {
+  const std::int64_t kvol = g.kernel_volume(), K = g.c_in * kvol, S = g.out_spatial(), Sin = g.in_spatial();
+  const Tiling t = make_tiling(g, tile_positions(g, K, sizeof(T), kNR<T>), g.out[0]);
+  const std::int64_t P = t.positions, tiles = static_cast<std::int64_t>(t.tiles.size());
+  const int threads = omp_get_max_threads();
+  T* wp = scratch_array<T>(scratch, round_up(g.c_out, kMR) * K);  // packed W (c_out / MR, K, MR)
+  T* cols = scratch_array<T>(scratch, threads * K * P);           // per thread: (K, P), rows P apart
+  std::fill(cols, cols + threads * K * P, T(0));
+  pack_a(w, K, std::int64_t{1}, g.c_out, K, wp);
+#pragma omp parallel num_threads(threads) if (macs(g) > kParallelMinMacs)
+  {
+    T* col = cols + omp_get_thread_num() * K * P;
+#pragma omp for schedule(dynamic)
+    for (std::int64_t job = 0; job < g.n * tiles; ++job) {
+      const std::int64_t n = job / tiles;
+      const Tile& tile = t.tiles[job - n * tiles];
+      const Segment* seg = t.segments.data() + tile.seg_begin;
+      for (std::int64_t row = 0; row < K; ++row) {
+        const std::int64_t c = row / kvol;
+        const Offset o = offset_of(row - c * kvol, g);
+        vol2col_row(x + (n * g.c_in + c) * Sin, g, seg, tile.seg_end - tile.seg_begin, o.kd, o.kh, o.kw, col,
+                    StridedIndex{row * P, 1});
+      }
+      gemm(Gemm<T>{g.c_out, tile.np, K, wp, col, kNR<T>, P, y + n * g.c_out * S + tile.p0, S, false});
+    }
+  }
+}
+
+// col (K, tile) = W^T (K, c_out) * dy (c_out, tile), then col2vol adds each row back into dx.
+// Jobs are (batch, chunk of output depth slices); even chunks first, then odd ones (see
+// data_chunk_slices), each chunk's tiles in order, so every dx element sums in a fixed order.
+template <class T>
+void conv3d_backward_data(const T* dy, const T* w, T* dx, const Conv3dShape& g, Scratch& scratch) {
+  const std::int64_t kvol = g.kernel_volume(), K = g.c_in * kvol, S = g.out_spatial(), Sin = g.in_spatial();
+  const Tiling t = make_tiling(g, tile_positions(g, K + g.c_out, sizeof(T), kNR<T>), data_chunk_slices(g));
+  const std::int64_t P = t.positions, chunks = t.chunks();
+  const int threads = omp_get_max_threads();
+  T* wtp = scratch_array<T>(scratch, round_up(K, kMR) * g.c_out);  // packed W^T (K / MR, c_out, MR)
+  T* cols = scratch_array<T>(scratch, threads * K * P);            // per thread: (K, P), rows P apart
+  T* dyps = scratch_array<T>(scratch, threads * g.c_out * P);      // per thread: panels (P / NR, c_out, NR)
+  std::fill(dyps, dyps + threads * g.c_out * P, T(0));
+  pack_a(w, std::int64_t{1}, K, K, g.c_out, wtp);
+#pragma omp parallel num_threads(threads) if (macs(g) > kParallelMinMacs)
+  {
+    T* col = cols + omp_get_thread_num() * K * P;
+    T* dyp = dyps + omp_get_thread_num() * g.c_out * P;
+#pragma omp for schedule(static)
+    for (std::int64_t i = 0; i < g.n * g.c_in; ++i) std::fill(dx + i * Sin, dx + (i + 1) * Sin, T(0));
+    for (std::int64_t parity = 0; parity < 2; ++parity) {
+      const std::int64_t per_n = (chunks - parity + 1) / 2;  // chunks parity, parity + 2, ...
+#pragma omp for schedule(dynamic)
+      for (std::int64_t job = 0; job < g.n * per_n; ++job) {
+        const std::int64_t n = job / per_n, chunk = parity + 2 * (job - n * per_n);
+        for (std::int64_t ti = t.chunk_first[chunk]; ti < t.chunk_first[chunk + 1]; ++ti) {
+          const Tile& tile = t.tiles[ti];
+          const Segment* seg = t.segments.data() + tile.seg_begin;
+          const std::int64_t nseg = tile.seg_end - tile.seg_begin;
+          for (std::int64_t c = 0; c < g.c_out; ++c) {
+            const T* src = dy + (n * g.c_out + c) * S + tile.p0;
+            for (std::int64_t p = 0; p < tile.np; ++p)
+              dyp[(p / kNR<T>)*g.c_out * kNR<T> + c * kNR<T> + p % kNR<T>] = src[p];
+          }
+          gemm(Gemm<T>{K, tile.np, g.c_out, wtp, dyp, g.c_out * kNR<T>, kNR<T>, col, P, false});
+          for (std::int64_t c = 0; c < g.c_in; ++c) {
+            T* dxc = dx + (n * g.c_in + c) * Sin;
+            for (std::int64_t k = 0; k < kvol; ++k) {
+              const Offset o = offset_of(k, g);
+              col2vol_row(dxc, g, seg, nseg, o.kd, o.kh, o.kw, col + (c * kvol + k) * P);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// dW (c_out, K) += dy (c_out, tile) * col^T (tile, K) over all (batch, tile) jobs, summed per job
+// group (filter_groups) and then across groups in order.
+template <class T>
+void conv3d_backward_filter(const T* x, const T* dy, T* dw, const Conv3dShape& g, Scratch& scratch) {
+  const std::int64_t kvol = g.kernel_volume(), K = g.c_in * kvol, S = g.out_spatial(), Sin = g.in_spatial();
+  const std::int64_t Kp = round_up(K, kNR<T>), CK = g.c_out * K;
+  const Tiling t = make_tiling(g, tile_positions(g, Kp + g.c_out, sizeof(T), kNR<T>), g.out[0]);
+  const std::int64_t P = t.positions, tiles = static_cast<std::int64_t>(t.tiles.size()), jobs = g.n * tiles;
+  const std::int64_t groups = filter_groups(g, sizeof(T), jobs), Mp = round_up(g.c_out, kMR);
+  const int threads = omp_get_max_threads();
+  T* colts = scratch_array<T>(scratch, threads * Kp * P);        // per thread: panels (Kp / NR, P, NR)
+  T* dyps = scratch_array<T>(scratch, threads * Mp * P);         // per thread: packed dy (c_out / MR, P, MR)
+  T* partials = scratch_array<T>(scratch, (groups - 1) * CK);   // groups 1.. (group 0 sums into dw)
+  std::fill(colts, colts + threads * Kp * P, T(0));
+#pragma omp parallel num_threads(threads) if (macs(g) > kParallelMinMacs)
+  {
+    T* colt = colts + omp_get_thread_num() * Kp * P;
+    T* dyp = dyps + omp_get_thread_num() * Mp * P;
+#pragma omp for schedule(dynamic)
+    for (std::int64_t group = 0; group < groups; ++group) {
+      T* acc = group == 0 ? dw : partials + (group - 1) * CK;
+      std::fill(acc, acc + CK, T(0));
+      for (std::int64_t job = group * jobs / groups; job < (group + 1) * jobs / groups; ++job) {
+        const std::int64_t n = job / tiles;
+        const Tile& tile = t.tiles[job - n * tiles];
+        const Segment* seg = t.segments.data() + tile.seg_begin;
+        for (std::int64_t row = 0; row < K; ++row) {
+          const std::int64_t c = row / kvol;
+          const Offset o = offset_of(row - c * kvol, g);
+          vol2col_row(x + (n * g.c_in + c) * Sin, g, seg, tile.seg_end - tile.seg_begin, o.kd, o.kh, o.kw, colt,
+                      StridedIndex{(row / kNR<T>)*P * kNR<T> + row % kNR<T>, kNR<T>});
+        }
+        pack_a(dy + n * g.c_out * S + tile.p0, S, std::int64_t{1}, g.c_out, tile.np, dyp);
+        gemm(Gemm<T>{g.c_out, K, tile.np, dyp, colt, P * kNR<T>, kNR<T>, acc, K, true});
+      }
+    }
+#pragma omp for schedule(static)
+    for (std::int64_t i = 0; i < CK; ++i)
+      for (std::int64_t group = 1; group < groups; ++group) dw[i] += partials[(group - 1) * CK + i];
+  }
+}
+
+template <class T>
+void conv3d_bias_forward(T* y, const T* b, std::int64_t n, std::int64_t c, std::int64_t spatial) {
+#pragma omp parallel for schedule(static) if (n * c * spatial > (1 << 16))
+  for (std::int64_t i = 0; i < n * c; ++i) {
+    const T v = b[i % c];
+    T* row = y + i * spatial;
+    for (std::int64_t s = 0; s < spatial; ++s) row[s] += v;
+  }
+}
+
+// Summed in double and in a fixed order: deterministic, and accurate over millions of voxels.
+template <class T>
+void conv3d_bias_backward(const T* dy, T* db, std::int64_t n, std::int64_t c, std::int64_t spatial) {
+#pragma omp parallel for schedule(static) if (n * c * spatial > (1 << 16))
+  for (std::int64_t ch = 0; ch < c; ++ch) {
+    double total = 0;
+    for (std::int64_t b = 0; b < n; ++b) {
+      const T* row = dy + (b * c + ch) * spatial;
+      for (std::int64_t s = 0; s < spatial; ++s) total += row[s];
+    }
+    db[ch] = static_cast<T>(total);
+  }
+}
+
+std::int64_t conv3d_scratch_bytes(const Conv3dShape& g, std::size_t element_size) {
+  const auto es = static_cast<std::int64_t>(element_size);
+  const std::int64_t nr = 64 / es, K = g.c_in * g.kernel_volume(), Kp = round_up(K, nr), Mp = round_up(g.c_out, kMR);
+  const std::int64_t threads = omp_get_max_threads();
+  const std::int64_t pf = tile_positions(g, K, es, nr), pd = tile_positions(g, K + g.c_out, es, nr),
+                     pw = tile_positions(g, Kp + g.c_out, es, nr);
+  const std::int64_t jobs = g.n * ceil_div(g.out_spatial(), pw) + g.n * g.out[0];  // an upper bound
+  const std::int64_t fwd = Mp * K + threads * K * pf;
+  const std::int64_t data = round_up(K, kMR) * g.c_out + threads * (K + g.c_out) * pd;
+  const std::int64_t filter = threads * (Kp + Mp) * pw + (filter_groups(g, es, jobs) - 1) * g.c_out * K;
+  return std::max({fwd, data, filter}) * es;
+}
+
+const char* conv3d_simd_variant() {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
+  if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2+FMA)";
+#endif
+  return "default";
+}
+
+#define VG_CONV_INSTANTIATE(T)                                                                            \
+  template void conv3d_forward<T>(const T*, const T*, T*, const Conv3dShape&, Scratch&);                  \
+  template void conv3d_backward_data<T>(const T*, const T*, T*, const Conv3dShape&, Scratch&);            \
+  template void conv3d_backward_filter<T>(const T*, const T*, T*, const Conv3dShape&, Scratch&);          \
+  template void conv3d_bias_forward<T>(T*, const T*, std::int64_t, std::int64_t, std::int64_t);           \
+  template void conv3d_bias_backward<T>(const T*, T*, std::int64_t, std::int64_t, std::int64_t);
+VG_CONV_INSTANTIATE(float)
+VG_CONV_INSTANTIATE(double)
+#undef VG_CONV_INSTANTIATE
+
+}  // namespace voxgrad::kernels::cpu

@@ -1,0 +1,459 @@
+// conv3d and conv_transpose3d: forward against plain nested-loop host references, float64 finite
+// differences for every input, the adjoint identities at sizes that reach the tiling and OpenMP
+// paths, float32 against float64, clear errors, and CPU-vs-cuDNN parity (skipped without a GPU).
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/conv.h"
+#include "kernels/conv3d.h"
+#include "tests/test_support.h"
+
+namespace voxgrad {
+namespace {
+
+using Values = std::vector<double>;
+
+// ---- references, written from the definitions, independent of the kernels -------------------
+
+struct ConvCase {
+  std::string name;
+  bool transpose = false;
+  std::int64_t n = 1, ci = 1, co = 1;
+  Triple in{1, 1, 1}, kernel{1, 1, 1}, stride{1, 1, 1}, padding{0, 0, 0}, dilation{1, 1, 1}, output_padding{0, 0, 0};
+  bool bias = false;
+
+  Shape x_shape() const { return {n, ci, in[0], in[1], in[2]}; }
+  // conv: (Co, Ci, k); transpose: (Ci, Co, k), PyTorch's layouts.
+  Shape w_shape() const {
+    return transpose ? Shape{ci, co, kernel[0], kernel[1], kernel[2]} : Shape{co, ci, kernel[0], kernel[1], kernel[2]};
+  }
+  std::int64_t out(int a) const {
+    return transpose ? (in[a] - 1) * stride[a] - 2 * padding[a] + dilation[a] * (kernel[a] - 1) + output_padding[a] + 1
+                     : (in[a] + 2 * padding[a] - dilation[a] * (kernel[a] - 1) - 1) / stride[a] + 1;
+  }
+  Shape y_shape() const { return {n, co, out(0), out(1), out(2)}; }
+  Conv3dParams conv_params() const { return {stride, padding, dilation}; }
+  ConvTranspose3dParams transpose_params() const { return {stride, padding, output_padding, dilation}; }
+};
+
+// y[n][o][od][oh][ow] = b[o] + sum_{c,kd,kh,kw} x[n][c][od*s-p+kd*d]... * w[o][c][kd][kh][kw]
+Values conv_ref(const ConvCase& k, const Values& x, const Values& w, const Values& b) {
+  const Shape ys = k.y_shape();
+  Values y(shape_numel(ys), 0.0);
+  const auto [D, H, W] = k.in;
+  const auto [KD, KH, KW] = k.kernel;
+  for (std::int64_t n = 0; n < k.n; ++n)
+    for (std::int64_t o = 0; o < k.co; ++o)
+      for (std::int64_t od = 0; od < ys[2]; ++od)
+        for (std::int64_t oh = 0; oh < ys[3]; ++oh)
+          for (std::int64_t ow = 0; ow < ys[4]; ++ow) {
+            double acc = b.empty() ? 0.0 : b[o];
+            for (std::int64_t c = 0; c < k.ci; ++c)
+              for (std::int64_t kd = 0; kd < KD; ++kd)
+                for (std::int64_t kh = 0; kh < KH; ++kh)
+                  for (std::int64_t kw = 0; kw < KW; ++kw) {
+                    const std::int64_t id = od * k.stride[0] - k.padding[0] + kd * k.dilation[0];
+                    const std::int64_t ih = oh * k.stride[1] - k.padding[1] + kh * k.dilation[1];
+                    const std::int64_t iw = ow * k.stride[2] - k.padding[2] + kw * k.dilation[2];
+                    if (id < 0 || id >= D || ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                    acc += x[(((n * k.ci + c) * D + id) * H + ih) * W + iw] *
+                           w[(((o * k.ci + c) * KD + kd) * KH + kh) * KW + kw];
+                  }
+            y[(((n * k.co + o) * ys[2] + od) * ys[3] + oh) * ys[4] + ow] = acc;
+          }
+  return y;
+}
+
+// The transposed convolution by its own definition: every input voxel scatters its kernel-weighted
+// value to y[i*s - p + k*d] (positions outside the output are dropped).
+Values conv_transpose_ref(const ConvCase& k, const Values& x, const Values& w, const Values& b) {
+  const Shape ys = k.y_shape();
+  Values y(shape_numel(ys), 0.0);
+  const std::int64_t OD = ys[2], OH = ys[3], OW = ys[4];
+  const auto [KD, KH, KW] = k.kernel;
+  for (std::int64_t n = 0; n < k.n; ++n)
+    for (std::int64_t o = 0; o < k.co; ++o)
+      for (std::int64_t s = 0; s < OD * OH * OW; ++s) y[(n * k.co + o) * OD * OH * OW + s] = b.empty() ? 0.0 : b[o];
+  for (std::int64_t n = 0; n < k.n; ++n)
+    for (std::int64_t c = 0; c < k.ci; ++c)
+      for (std::int64_t id = 0; id < k.in[0]; ++id)
+        for (std::int64_t ih = 0; ih < k.in[1]; ++ih)
+          for (std::int64_t iw = 0; iw < k.in[2]; ++iw) {
+            const double v = x[(((n * k.ci + c) * k.in[0] + id) * k.in[1] + ih) * k.in[2] + iw];
+            for (std::int64_t o = 0; o < k.co; ++o)
+              for (std::int64_t kd = 0; kd < KD; ++kd)
+                for (std::int64_t kh = 0; kh < KH; ++kh)
+                  for (std::int64_t kw = 0; kw < KW; ++kw) {
+                    const std::int64_t od = id * k.stride[0] - k.padding[0] + kd * k.dilation[0];
+                    const std::int64_t oh = ih * k.stride[1] - k.padding[1] + kh * k.dilation[1];
+                    const std::int64_t ow = iw * k.stride[2] - k.padding[2] + kw * k.dilation[2];
+                    if (od < 0 || od >= OD || oh < 0 || oh >= OH || ow < 0 || ow >= OW) continue;
+                    y[(((n * k.co + o) * OD + od) * OH + oh) * OW + ow] +=
+                        v * w[(((c * k.co + o) * KD + kd) * KH + kh) * KW + kw];
+                  }
+          }
+  return y;
+}
+
+Tensor random_tensor(const Shape& s, DType t, std::uint64_t seed) {
+  Generator gen(seed);
+  return randn(s, gen, t);
+}
+
+// The op of a case on tensors (bias may be undefined).
+Tensor run_case(const ConvCase& k, const Tensor& x, const Tensor& w, const Tensor& b) {
+  return k.transpose ? conv_transpose3d(x, w, b, k.transpose_params()) : conv3d(x, w, b, k.conv_params());
+}
+
+struct Operands {
+  Tensor x, w, b;  // b undefined when the case has no bias
+};
+Operands make_operands(const ConvCase& k, DType t, std::uint64_t seed) {
+  Operands o{random_tensor(k.x_shape(), t, seed), random_tensor(k.w_shape(), t, seed + 1), Tensor()};
+  if (k.bias) o.b = random_tensor({k.co}, t, seed + 2);
+  return o;
+}
+
+ConvCase make(std::string name, std::int64_t n, std::int64_t ci, std::int64_t co, Triple in, Triple kernel,
+              Triple stride = {1, 1, 1}, Triple padding = {0, 0, 0}, Triple dilation = {1, 1, 1}, bool bias = true) {
+  ConvCase c;
+  c.name = std::move(name);
+  c.n = n;
+  c.ci = ci;
+  c.co = co;
+  c.in = in;
+  c.kernel = kernel;
+  c.stride = stride;
+  c.padding = padding;
+  c.dilation = dilation;
+  c.bias = bias;
+  return c;
+}
+
+ConvCase transposed(ConvCase c, Triple output_padding = {0, 0, 0}) {
+  c.transpose = true;
+  c.output_padding = output_padding;
+  return c;
+}
+
+// Small enough for float64 finite differences over every element.
+std::vector<ConvCase> cases() {
+  return {
+      make("k1", 2, 3, 4, {3, 4, 5}, {1, 1, 1}),
+      make("k3_pad1", 1, 2, 3, {5, 4, 6}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}),
+      make("k3_nopad_nobias", 2, 2, 2, {5, 5, 4}, {3, 3, 3}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}, false),
+      make("k3_stride2_pad1", 1, 3, 2, {7, 6, 5}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
+      make("k2_stride2", 2, 2, 3, {4, 6, 5}, {2, 2, 2}, {2, 2, 2}),
+      make("k3_dil2_pad2", 1, 2, 2, {6, 7, 5}, {3, 3, 3}, {1, 1, 1}, {2, 2, 2}, {2, 2, 2}),
+      make("mixed_axes", 1, 3, 5, {5, 7, 9}, {1, 2, 3}, {1, 2, 3}, {0, 1, 1}, {1, 1, 2}),
+      make("k3_stride2_odd_nobias", 3, 1, 2, {5, 5, 5}, {3, 3, 3}, {2, 2, 2}, {0, 0, 0}, {1, 1, 1}, false),
+      // Padding wider than the input: whole kernel taps fall outside on every axis.
+      make("pad_beyond_input", 1, 2, 2, {3, 4, 2}, {3, 3, 3}, {1, 1, 1}, {2, 2, 3}, {1, 2, 3}),
+      transposed(make("t_k2_s2", 2, 3, 2, {3, 2, 3}, {2, 2, 2}, {2, 2, 2})),
+      transposed(make("t_k3_s1_p1", 1, 2, 3, {4, 3, 5}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1})),
+      transposed(make("t_k3_s2_p1_op1", 1, 2, 2, {3, 4, 3}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}), {1, 1, 1}),
+      transposed(make("t_mixed_op", 2, 3, 2, {3, 2, 4}, {2, 3, 1}, {2, 3, 2}, {0, 1, 0}, {1, 1, 1}, false),
+                 {1, 2, 0}),
+      transposed(make("t_dil2_op_below_dil", 1, 2, 2, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, {2, 2, 2}),
+                 {1, 0, 1}),
+  };
+}
+
+// Forward and every gradient of `k` on the given device, float32, as host values.
+std::vector<Values> run_all(const ConvCase& k, Device d, std::uint64_t seed);
+
+std::string case_name(const ::testing::TestParamInfo<ConvCase>& info) { return info.param.name; }
+void PrintTo(const ConvCase& c, std::ostream* os) { *os << c.name; }
+
+Values values_of(const Tensor& t) { return t.cpu().to(DType::Float64).to_vector<double>(); }
+
+double dot(const Tensor& a, const Tensor& b) {
+  const Values va = values_of(a), vb = values_of(b);
+  double s = 0;
+  for (std::size_t i = 0; i < va.size(); ++i) s += va[i] * vb[i];
+  return s;
+}
+
+// ---- forward against the references ---------------------------------------------------------
+
+class ConvForward : public ::testing::TestWithParam<ConvCase> {};
+
+TEST_P(ConvForward, MatchesReferenceFloat64AndFloat32) {
+  const ConvCase& k = GetParam();
+  const Operands o = make_operands(k, DType::Float64, 11);
+  const Values b = o.b.defined() ? values_of(o.b) : Values{};
+  const Values ref = k.transpose ? conv_transpose_ref(k, values_of(o.x), values_of(o.w), b)
+                                 : conv_ref(k, values_of(o.x), values_of(o.w), b);
+  const Tensor y = run_case(k, o.x, o.w, o.b);
+  ASSERT_EQ(y.shape(), k.y_shape());
+  EXPECT_TRUE(test::all_close(values_of(y), ref, 1e-12, 1e-12));
+  const Tensor y32 = run_case(k, o.x.to(DType::Float32), o.w.to(DType::Float32),
+                              o.b.defined() ? o.b.to(DType::Float32) : Tensor());
+  EXPECT_TRUE(test::all_close(values_of(y32), ref, 1e-5, 1e-5));
+}
+
+INSTANTIATE_TEST_SUITE_P(Conv, ConvForward, ::testing::ValuesIn(cases()), case_name);
+
+// ---- float64 finite differences ---------------------------------------------------------------
+
+// L = <op(x, w, b), r>; every element of every operand is perturbed by +-h. The op is linear in
+// each operand, so central differences are exact up to rounding.
+class ConvGradcheck : public ::testing::TestWithParam<ConvCase> {};
+
+TEST_P(ConvGradcheck, AnalyticMatchesFiniteDifferences) {
+  const ConvCase& k = GetParam();
+  Operands o = make_operands(k, DType::Float64, 21);
+  const Tensor r = random_tensor(k.y_shape(), DType::Float64, 99);
+  o.x.requires_grad_();
+  o.w.requires_grad_();
+  if (o.b.defined()) o.b.requires_grad_();
+  run_case(k, o.x, o.w, o.b).backward(r);
+  const double h = 1e-6;
+  auto loss = [&] {
+    NoGradGuard no_grad;
+    return dot(run_case(k, o.x, o.w, o.b), r);
+  };
+  for (const Tensor* t : {&o.x, &o.w, &o.b}) {
+    if (!t->defined()) continue;
+    ASSERT_TRUE(t->grad().defined());
+    const Values analytic = values_of(t->grad());
+    Values numeric(analytic.size());
+    double* p = t->data<double>();
+    for (std::size_t i = 0; i < numeric.size(); ++i) {
+      const double v = p[i];
+      p[i] = v + h;
+      const double up = loss();
+      p[i] = v - h;
+      const double down = loss();
+      p[i] = v;
+      numeric[i] = (up - down) / (2 * h);
+    }
+    EXPECT_TRUE(test::all_close(analytic, numeric, 1e-6, 1e-6)) << "operand " << shape_str(t->shape());
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Conv, ConvGradcheck, ::testing::ValuesIn(cases()), case_name);
+
+// ---- the adjoint identities at sizes that span many tiles and threads -------------------------
+
+// For L = <op(x, w), r> the op is bilinear, so <dL/dx, x> = <dL/dw, w> = L exactly (up to rounding);
+// a gradient wrong anywhere (tile edges, padding, thread splits) breaks one of the identities.
+void expect_adjoint(const ConvCase& k) {
+  Operands o = make_operands(k, DType::Float64, 31);
+  const Tensor r = random_tensor(k.y_shape(), DType::Float64, 32);
+  o.x.requires_grad_();
+  o.w.requires_grad_();
+  const Tensor y = run_case(k, o.x, o.w, Tensor());
+  const double L = dot(y, r);
+  y.backward(r);
+  EXPECT_NEAR(dot(o.x.grad(), o.x), L, 1e-9 * std::abs(L) + 1e-9) << k.name << ": <dx, x>";
+  EXPECT_NEAR(dot(o.w.grad(), o.w), L, 1e-9 * std::abs(L) + 1e-9) << k.name << ": <dw, w>";
+}
+
+TEST(ConvAdjoint, ConvAtMediumSizes) {
+  expect_adjoint(make("s1_p1", 2, 8, 12, {20, 22, 24}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}));
+  expect_adjoint(make("s2_p1", 1, 16, 32, {33, 30, 31}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}));
+  expect_adjoint(make("d2_wide_k", 1, 40, 7, {18, 17, 19}, {3, 3, 3}, {1, 1, 1}, {2, 2, 2}, {2, 2, 2}));
+}
+
+TEST(ConvAdjoint, TransposeAtMediumSizes) {
+  expect_adjoint(transposed(make("t_k2_s2", 2, 32, 16, {12, 11, 13}, {2, 2, 2}, {2, 2, 2})));
+  expect_adjoint(transposed(make("t_k3_s2_op1", 1, 12, 8, {10, 12, 9}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}), {1, 1, 1}));
+}
+
+// The forward at a size with many tiles against the reference, so tile edges are checked directly.
+TEST(ConvForwardTiled, MatchesReferenceAcrossTiles) {
+  const ConvCase k = make("tiled", 2, 24, 9, {17, 19, 21}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1});
+  const Operands o = make_operands(k, DType::Float64, 41);
+  const Values ref = conv_ref(k, values_of(o.x), values_of(o.w), values_of(o.b));
+  EXPECT_TRUE(test::all_close(values_of(run_case(k, o.x, o.w, o.b)), ref, 1e-11, 1e-11));
+}
+
+// The CPU passes sum in an order fixed by the shape alone: results are bit-identical for any thread count.
+TEST(ConvDeterminism, CpuResultsDoNotDependOnThreadCount) {
+  const int threads = omp_get_max_threads();
+  for (const ConvCase& k : {make("det_cpu", 2, 8, 12, {14, 16, 18}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}),
+                            transposed(make("det_cpu_up", 2, 16, 8, {7, 8, 9}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
+                                       {1, 1, 1})}) {
+    omp_set_num_threads(1);
+    const auto one = run_all(k, Device::cpu(), 3);
+    omp_set_num_threads(3);
+    const auto three = run_all(k, Device::cpu(), 3);
+    omp_set_num_threads(threads);
+    for (std::size_t i = 0; i < one.size(); ++i) EXPECT_EQ(one[i], three[i]) << k.name << " output " << i;
+  }
+}
+
+// ---- float32 against float64 at a U-Net-like size ---------------------------------------------
+
+TEST(ConvPrecision, Float32AgreesWithFloat64AtUNetSize) {
+  for (const ConvCase& k : {make("unet", 1, 16, 16, {24, 24, 24}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}),
+                            transposed(make("unet_up", 1, 32, 16, {12, 12, 12}, {2, 2, 2}, {2, 2, 2}))}) {
+    std::vector<Values> grads[2];
+    Values outputs[2];
+    for (int i = 0; i < 2; ++i) {
+      const DType t = i == 0 ? DType::Float64 : DType::Float32;
+      Operands o = make_operands(k, DType::Float64, 51);
+      o.x = o.x.to(t).requires_grad_();
+      o.w = o.w.to(t).requires_grad_();
+      o.b = o.b.to(t).requires_grad_();
+      const Tensor y = run_case(k, o.x, o.w, o.b);
+      y.backward(random_tensor(k.y_shape(), DType::Float64, 52).to(t));
+      outputs[i] = values_of(y);
+      grads[i] = {values_of(o.x.grad()), values_of(o.w.grad()), values_of(o.b.grad())};
+    }
+    EXPECT_TRUE(test::all_close(outputs[1], outputs[0], 1e-4, 1e-4)) << k.name << " y";
+    EXPECT_TRUE(test::all_close(grads[1][0], grads[0][0], 1e-4, 1e-4)) << k.name << " dx";
+    EXPECT_TRUE(test::all_close(grads[1][1], grads[0][1], 2e-3, 1e-4)) << k.name << " dw";
+    EXPECT_TRUE(test::all_close(grads[1][2], grads[0][2], 2e-3, 1e-4)) << k.name << " db";
+  }
+}
+
+// ---- the graph: one node, only the gradients asked for ----------------------------------------
+
+TEST(ConvGraph, OneNodeAndOnlyRequestedGradients) {
+  const ConvCase k = make("g", 1, 2, 3, {4, 4, 4}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1});
+  Operands o = make_operands(k, DType::Float64, 61);
+  o.w.requires_grad_();
+  const Tensor y = run_case(k, o.x, o.w, o.b);
+  ASSERT_TRUE(y.grad_fn());
+  EXPECT_EQ(y.grad_fn()->name, "conv3d");
+  EXPECT_EQ(y.grad_fn()->inputs.size(), 3u);
+  y.backward(ones_like(y));
+  EXPECT_TRUE(o.w.grad().defined());
+  EXPECT_FALSE(o.x.grad().defined());
+  EXPECT_FALSE(o.b.grad().defined());
+  // Without any input requiring a gradient nothing is recorded.
+  EXPECT_FALSE(run_case(k, o.x, o.w.detach(), o.b).grad_fn());
+}
+
+// ---- errors -------------------------------------------------------------------------------------
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ConvErrors, BadShapesAndParametersAreNamed) {
+  const Tensor x = zeros({1, 3, 5, 5, 5});
+  const Tensor w = zeros({4, 2, 3, 3, 3});
+  std::string m = error_of([&] { conv3d(x, w); });
+  EXPECT_NE(m.find("(4, 2, 3, 3, 3)"), std::string::npos) << m;
+  EXPECT_NE(m.find("(1, 3, 5, 5, 5)"), std::string::npos) << m;
+  m = error_of([&] { conv3d(zeros({3, 5, 5, 5}), zeros({4, 3, 3, 3, 3})); });
+  EXPECT_NE(m.find("(3, 5, 5, 5)"), std::string::npos) << m;
+  m = error_of([&] { conv3d(x, zeros({4, 3, 3, 3})); });
+  EXPECT_NE(m.find("weight"), std::string::npos) << m;
+  m = error_of([&] { conv3d(x, zeros({4, 3, 3, 3, 3}), zeros({3})); });
+  EXPECT_NE(m.find("bias"), std::string::npos) << m;
+  m = error_of([&] { conv3d(zeros({1, 3, 2, 5, 5}), zeros({4, 3, 3, 3, 3})); });
+  EXPECT_NE(m.find("smaller"), std::string::npos) << m;
+  m = error_of([&] { conv3d(x, zeros({4, 3, 3, 3, 3}), Tensor(), Conv3dParams{{0, 1, 1}, {0, 0, 0}, {1, 1, 1}}); });
+  EXPECT_NE(m.find("stride"), std::string::npos) << m;
+  m = error_of([&] { conv3d(x, zeros({4, 3, 3, 3, 3}, DType::Float64)); });
+  EXPECT_FALSE(m.empty());
+  // Transposed: weight is (Ci, Co, k); output_padding must stay below stride or dilation.
+  m = error_of([&] { conv_transpose3d(x, zeros({4, 2, 2, 2, 2})); });
+  EXPECT_NE(m.find("(4, 2, 2, 2, 2)"), std::string::npos) << m;
+  m = error_of([&] {
+    conv_transpose3d(x, zeros({3, 2, 2, 2, 2}), Tensor(),
+                     ConvTranspose3dParams{{2, 2, 2}, {0, 0, 0}, {2, 0, 0}, {1, 1, 1}});
+  });
+  EXPECT_NE(m.find("output_padding"), std::string::npos) << m;
+  m = error_of([&] { conv_transpose3d(x, zeros({3, 2, 2, 2, 2}), zeros({3})); });
+  EXPECT_NE(m.find("bias"), std::string::npos) << m;
+  EXPECT_NO_THROW(conv_transpose3d(x, zeros({3, 2, 2, 2, 2}), zeros({2}),
+                                   ConvTranspose3dParams{{2, 2, 2}, {0, 0, 0}, {1, 1, 1}, {1, 1, 1}}));
+}
+
+// ---- CPU vs cuDNN -------------------------------------------------------------------------------
+
+std::vector<Values> run_all(const ConvCase& k, Device d, std::uint64_t seed) {
+  Operands o = make_operands(k, DType::Float32, seed);
+  o.x = o.x.to(d).requires_grad_();
+  o.w = o.w.to(d).requires_grad_();
+  if (o.b.defined()) o.b = o.b.to(d).requires_grad_();
+  const Tensor y = run_case(k, o.x, o.w, o.b);
+  y.backward(random_tensor(k.y_shape(), DType::Float32, seed + 7).to(d));
+  std::vector<Values> out{values_of(y), values_of(o.x.grad()), values_of(o.w.grad())};
+  if (o.b.defined()) out.push_back(values_of(o.b.grad()));
+  return out;
+}
+
+class ConvCudaParity : public ::testing::TestWithParam<ConvCase> {};
+
+TEST_P(ConvCudaParity, CudaMatchesCpu) {
+  VG_REQUIRE_CUDA();
+  const ConvCase& k = GetParam();
+  const auto cpu = run_all(k, Device::cpu(), 71);
+  const auto gpu = run_all(k, Device::cuda(), 71);
+  ASSERT_EQ(cpu.size(), gpu.size());
+  const char* what[] = {"y", "dx", "dw", "db"};
+  for (std::size_t i = 0; i < cpu.size(); ++i)
+    EXPECT_TRUE(test::all_close(gpu[i], cpu[i], 1e-4, 1e-4)) << k.name << " " << what[i];
+}
+
+std::vector<ConvCase> parity_cases() {
+  std::vector<ConvCase> c = cases();
+  c.push_back(make("unet_level", 2, 16, 32, {16, 16, 16}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}));
+  c.push_back(transposed(make("unet_up", 2, 32, 16, {8, 8, 8}, {2, 2, 2}, {2, 2, 2})));
+  return c;
+}
+
+INSTANTIATE_TEST_SUITE_P(Conv, ConvCudaParity, ::testing::ValuesIn(parity_cases()), case_name);
+
+// Restores the global conv settings when a test ends, passed or not.
+struct ConvSettingsGuard {
+  bool deterministic = conv_deterministic(), tf32 = conv_allow_tf32();
+  ~ConvSettingsGuard() {
+    set_conv_deterministic(deterministic);
+    set_conv_allow_tf32(tf32);
+  }
+};
+
+TEST(ConvCuda, DeterministicModeIsBitIdentical) {
+  VG_REQUIRE_CUDA();
+  ConvSettingsGuard guard;
+  set_conv_deterministic(true);
+  for (const ConvCase& k : {make("det", 2, 16, 32, {20, 20, 20}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}),
+                            transposed(make("det_up", 2, 32, 16, {10, 10, 10}, {2, 2, 2}, {2, 2, 2}))}) {
+    const auto a = run_all(k, Device::cuda(), 81);
+    const auto b = run_all(k, Device::cuda(), 81);
+    for (std::size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << k.name << " output " << i;
+  }
+}
+
+TEST(ConvCuda, Tf32ModeStaysClose) {
+  VG_REQUIRE_CUDA();
+  ConvSettingsGuard guard;
+  const ConvCase k = make("tf32", 1, 16, 16, {16, 16, 16}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1});
+  const auto strict = run_all(k, Device::cuda(), 91);
+  set_conv_allow_tf32(true);
+  const auto fast = run_all(k, Device::cuda(), 91);
+  for (std::size_t i = 0; i < strict.size(); ++i) EXPECT_TRUE(test::all_close(fast[i], strict[i], 5e-2, 5e-2));
+}
+
+#if VOXGRAD_HAS_CUDA
+// One cudnnFind per (shape, pass, settings): a second run of the same shape adds no cache entry.
+TEST(ConvCuda, AlgorithmCacheFillsOncePerShape) {
+  VG_REQUIRE_CUDA();
+  const ConvCase k = make("cache", 1, 8, 8, {9, 10, 11}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1});
+  run_all(k, Device::cuda(), 5);
+  const std::int64_t after_first = kernels::cuda::conv3d_algorithm_cache_size();
+  run_all(k, Device::cuda(), 6);
+  EXPECT_EQ(kernels::cuda::conv3d_algorithm_cache_size(), after_first);
+}
+#endif
+
+}  // namespace
+}  // namespace voxgrad
