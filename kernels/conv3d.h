@@ -60,8 +60,15 @@ void conv3d_bias_backward(const T* dy, T* db, std::int64_t n, std::int64_t c, st
 
 // Bytes of scratch the three passes ask for at most (bounded by tiling, independent of n).
 std::int64_t conv3d_scratch_bytes(const Conv3dShape& g, std::size_t element_size);
-// The GEMM variant chosen at run time for this CPU: "avx512f", "avx2" or "default".
+// The GEMM micro-kernel variant in use: "avx512" (x86-64-v4), "avx2" (x86-64-v3, with FMA) or
+// "baseline". Chosen on first use as the best one this CPU supports, unless the environment
+// variable VOXGRAD_CPU_ISA names another supported one (read once; an unknown or unsupported name
+// is reported on stderr and ignored).
 const char* conv3d_simd_variant();
+// Switches every later CPU convolution to the named variant, for tests and diagnosis; false (and
+// no change) when the name is unknown or this CPU lacks the instructions. Not meant to race with
+// running convolutions: a pass already in flight may run partly on the previous variant.
+bool set_conv3d_simd_variant(const char* name);
 }  // namespace cpu
 
 namespace cuda {

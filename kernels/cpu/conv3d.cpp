@@ -2,7 +2,12 @@
 // register-blocked GEMM whose SIMD variant is chosen at run time; each OpenMP thread owns whole
 // tiles (no barriers inside a pass), and every sum runs in a fixed order, so results are deterministic.
 #include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <iterator>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
@@ -87,21 +92,101 @@ template <class T>
   }
 }
 
-// One clone per ISA level (x86-64-v4: AVX-512, v3: AVX2+FMA, baseline SSE2), picked by the loader
-// through an ifunc on first call, so the default build runs on any x86-64 and uses what it finds.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VG_CONV_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define VG_CONV_SIMD_CLONES
-#endif
+// ---- ISA variants ------------------------------------------------------------------------------
+// The micro-kernel is compiled three times (x86-64-v4: AVX-512, x86-64-v3: AVX2+FMA, baseline
+// SSE2) so the default build runs on any x86-64 and uses what it finds. The choice is an explicit
+// pointer rather than a loader ifunc so that tests can run every variant against the baseline and
+// a user can rule one out when diagnosing: VOXGRAD_CPU_ISA=avx512|avx2|baseline is read once, at
+// the first selection; set_conv3d_simd_variant() switches later.
+template <class T>
+using MicroTileFn = void (*)(std::int64_t, const T*, const T*, std::int64_t, T*, std::int64_t, int, int, bool);
 
-VG_CONV_SIMD_CLONES void micro_tile(std::int64_t R, const float* ap, const float* b, std::int64_t ldb, float* c,
-                                    std::int64_t ldc, int mr, int nr, bool accumulate) {
-  micro_tile_body(R, ap, b, ldb, c, ldc, mr, nr, accumulate);
+#define VG_CONV_MICRO_TILE(name, attr, T)                                                                   \
+  attr void name(std::int64_t R, const T* ap, const T* b, std::int64_t ldb, T* c, std::int64_t ldc, int mr, \
+                 int nr, bool accumulate) {                                                                 \
+    micro_tile_body(R, ap, b, ldb, c, ldc, mr, nr, accumulate);                                             \
+  }
+VG_CONV_MICRO_TILE(micro_tile_baseline, , float)
+VG_CONV_MICRO_TILE(micro_tile_baseline, , double)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VG_CONV_X86_VARIANTS 1
+VG_CONV_MICRO_TILE(micro_tile_avx2, __attribute__((target("arch=x86-64-v3"))), float)
+VG_CONV_MICRO_TILE(micro_tile_avx2, __attribute__((target("arch=x86-64-v3"))), double)
+VG_CONV_MICRO_TILE(micro_tile_avx512, __attribute__((target("arch=x86-64-v4"))), float)
+VG_CONV_MICRO_TILE(micro_tile_avx512, __attribute__((target("arch=x86-64-v4"))), double)
+#endif
+#undef VG_CONV_MICRO_TILE
+
+struct SimdVariant {
+  const char* name;
+  const char* cpu_level;  // what __builtin_cpu_supports must report; nullptr: always available
+  MicroTileFn<float> f32;
+  MicroTileFn<double> f64;
+};
+
+// Best first: the automatic choice is the first one the CPU supports.
+constexpr SimdVariant kVariants[] = {
+#ifdef VG_CONV_X86_VARIANTS
+    {"avx512", "x86-64-v4", micro_tile_avx512, micro_tile_avx512},
+    {"avx2", "x86-64-v3", micro_tile_avx2, micro_tile_avx2},
+#endif
+    {"baseline", nullptr, micro_tile_baseline, micro_tile_baseline},
+};
+
+bool cpu_supports(const SimdVariant& v) {
+  if (v.cpu_level == nullptr) return true;
+#ifdef VG_CONV_X86_VARIANTS
+  __builtin_cpu_init();
+  // __builtin_cpu_supports wants a string literal, hence the spelled-out levels.
+  if (std::strcmp(v.cpu_level, "x86-64-v4") == 0) return __builtin_cpu_supports("x86-64-v4");
+  if (std::strcmp(v.cpu_level, "x86-64-v3") == 0) return __builtin_cpu_supports("x86-64-v3");
+#endif
+  return false;
 }
-VG_CONV_SIMD_CLONES void micro_tile(std::int64_t R, const double* ap, const double* b, std::int64_t ldb, double* c,
-                                    std::int64_t ldc, int mr, int nr, bool accumulate) {
-  micro_tile_body(R, ap, b, ldb, c, ldc, mr, nr, accumulate);
+
+const SimdVariant* find_variant(const char* name) {
+  for (const SimdVariant& v : kVariants)
+    if (name != nullptr && std::strcmp(v.name, name) == 0) return &v;
+  return nullptr;
+}
+
+const SimdVariant* best_variant() {
+  for (const SimdVariant& v : kVariants)
+    if (cpu_supports(v)) return &v;
+  return &kVariants[std::size(kVariants) - 1];
+}
+
+// The environment's request if this CPU can honour it; otherwise say why on stderr (once, here)
+// and take the best variant, since a kernel deep inside a training step has no one to throw to.
+const SimdVariant* initial_variant() {
+  const char* want = std::getenv("VOXGRAD_CPU_ISA");
+  if (want == nullptr || *want == '\0') return best_variant();
+  const SimdVariant* v = find_variant(want);
+  if (v != nullptr && cpu_supports(*v)) return v;
+  const SimdVariant* best = best_variant();
+  std::fprintf(stderr, "voxgrad: VOXGRAD_CPU_ISA=%s %s; using %s (choices: avx512, avx2, baseline)\n", want,
+               v == nullptr ? "is not a known variant" : "is not supported by this CPU", best->name);
+  return best;
+}
+
+std::atomic<const SimdVariant*> g_variant{nullptr};
+
+const SimdVariant& active_variant() {
+  const SimdVariant* v = g_variant.load(std::memory_order_acquire);
+  if (v != nullptr) return *v;
+  static const SimdVariant* const initial = initial_variant();
+  const SimdVariant* expected = nullptr;
+  // A concurrent set_conv3d_simd_variant() wins over the automatic choice.
+  g_variant.compare_exchange_strong(expected, initial, std::memory_order_acq_rel);
+  return *g_variant.load(std::memory_order_acquire);
+}
+
+template <class T>
+MicroTileFn<T> micro_tile_fn() {
+  if constexpr (std::is_same_v<T, float>)
+    return active_variant().f32;
+  else
+    return active_variant().f64;
 }
 
 // C (M, N; row stride ldc) (=|+=) A (M, R) * B (R, N). A is packed as (ceil(M/kMR), R, kMR) with
@@ -120,6 +205,7 @@ struct Gemm {
 
 template <class T>
 void gemm(const Gemm<T>& g) {
+  const MicroTileFn<T> micro_tile = micro_tile_fn<T>();
   for (std::int64_t nb = 0; nb < ceil_div(g.N, kNR<T>); ++nb) {
     const int nr = static_cast<int>(std::min<std::int64_t>(kNR<T>, g.N - nb * kNR<T>));
     for (std::int64_t mb = 0; mb < ceil_div(g.M, kMR); ++mb) {
@@ -452,13 +538,13 @@ std::int64_t conv3d_scratch_bytes(const Conv3dShape& g, std::size_t element_size
   return std::max({fwd, data, filter}) * es;
 }
 
-const char* conv3d_simd_variant() {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
-  if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2+FMA)";
-#endif
-  return "default";
+const char* conv3d_simd_variant() { return active_variant().name; }
+
+bool set_conv3d_simd_variant(const char* name) {
+  const SimdVariant* v = find_variant(name);
+  if (v == nullptr || !cpu_supports(*v)) return false;
+  g_variant.store(v, std::memory_order_release);
+  return true;
 }
 
 #define VG_CONV_INSTANTIATE(T)                                                                            \
