@@ -21,6 +21,7 @@
 
 #include "apps/bench_conv.h"
 #include "apps/bench_loss.h"
+#include "apps/bench_train.h"
 #include "apps/cli.h"
 #include "apps/cli_checks.h"
 #include "engine/json.h"
@@ -500,11 +501,14 @@ Command bench_command() {
             for (CLI::Option* o : op_options) loss.app->excludes(o);
             const NestedCommand conv = add_bench_conv(sub);
             for (CLI::Option* o : op_options) conv.app->excludes(o);
+            const NestedCommand train = add_bench_train(sub);
+            for (CLI::Option* o : op_options) train.app->excludes(o);
             sub.require_subcommand(0, 1);
 
-            return [opt, nifti_opt, nifti, loss, conv](const GlobalOptions& global) {
+            return [opt, nifti_opt, nifti, loss, conv, train](const GlobalOptions& global) {
               if (loss.app->parsed()) return loss.run(global);
               if (conv.app->parsed()) return conv.run(global);
+              if (train.app->parsed()) return train.run(global);
               return nifti->parsed() ? run_bench_nifti(*nifti_opt) : run_bench(*opt, global);
             };
           }};
