@@ -27,6 +27,8 @@ std::vector<Command> commands() {
       devices_command(),
       info_command(),
       grad_command(),
+      eval_command(),
+      synth_command(),
   };
 }
 

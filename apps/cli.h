@@ -40,8 +40,10 @@ std::vector<Command> commands();
 
 Command bench_command();
 Command devices_command();
+Command eval_command();
 Command grad_command();
 Command info_command();
+Command synth_command();
 Command toy_command();
 
 // The whole program: parse, run the chosen subcommand, report errors; returns the exit status.
