@@ -9,12 +9,15 @@
 #include <random>
 
 #include "engine/ops.h"
+#include "tests/op_harness.h"
 #include "tests/test_support.h"
 
 namespace voxgrad {
 namespace {
 
-using Values = std::vector<double>;
+using test::as_doubles;
+using test::make_input;
+using test::Values;
 
 // ---- host references, written independently of the kernels' index arithmetic ----------------
 
@@ -287,20 +290,6 @@ std::vector<Values> random_inputs(const OpCase& c, std::uint32_t seed) {
   return inputs;
 }
 
-template <class T>
-Tensor make_input(const Values& v, const Shape& s, Device d, bool requires_grad) {
-  Tensor t = from_vector(std::vector<T>(v.begin(), v.end()), s, d);
-  if (requires_grad) t.requires_grad_();
-  return t;
-}
-
-Values as_doubles(const Tensor& t) {
-  const Tensor h = t.cpu();
-  if (h.dtype() == DType::Float64) return h.to_vector<double>();
-  const auto f = h.to_vector<float>();
-  return Values(f.begin(), f.end());
-}
-
 std::vector<OpCase> gradcheck_cases() {
   std::vector<OpCase> small;
   for (auto& c : op_cases())
@@ -325,63 +314,14 @@ TEST_P(OpForward, MatchesReference) {
 // gradient blind to the output (e.g. softmax under a plain sum) cannot pass.
 TEST_P(OpGradcheck, Float64MatchesFiniteDifferences) {
   const OpCase& c = GetParam();
-  auto inputs = random_inputs(c, 2);
-  std::vector<Tensor> xs;
-  for (std::size_t i = 0; i < inputs.size(); ++i) xs.push_back(make_input<double>(inputs[i], c.shapes[i], Device::cpu(), true));
-  Tensor y = c.fn(xs);
-  std::mt19937 rng(3);
-  std::uniform_real_distribution<double> dist(-1.0, 1.0);
-  Values w(y.numel());
-  for (auto& v : w) v = dist(rng);
-  y.backward(from_vector(w, y.shape()));
-
-  const auto objective = [&](const std::vector<Values>& at) {
-    NoGradGuard no_grad;
-    std::vector<Tensor> ps;
-    for (std::size_t i = 0; i < at.size(); ++i) ps.push_back(make_input<double>(at[i], c.shapes[i], Device::cpu(), false));
-    const Values out = as_doubles(c.fn(ps));
-    return std::inner_product(out.begin(), out.end(), w.begin(), 0.0);
-  };
-  const double h = 1e-6;
-  for (std::size_t i = 0; i < inputs.size(); ++i) {
-    ASSERT_TRUE(xs[i].grad().defined()) << "input " << i << " got no gradient";
-    const Values analytic = as_doubles(xs[i].grad());
-    Values numeric(inputs[i].size());
-    for (std::size_t j = 0; j < inputs[i].size(); ++j) {
-      const double keep = inputs[i][j];
-      inputs[i][j] = keep + h;
-      const double up = objective(inputs);
-      inputs[i][j] = keep - h;
-      const double down = objective(inputs);
-      inputs[i][j] = keep;
-      numeric[j] = (up - down) / (2 * h);
-    }
-    EXPECT_TRUE(test::all_close(analytic, numeric, 1e-6, 1e-5)) << "input " << i;
-  }
+  test::expect_gradients_match_finite_differences(c.fn, random_inputs(c, 2), c.shapes);
 }
 
 // The same case on both devices from the same float32 inputs: outputs and every input gradient.
 TEST_P(OpCudaParity, CudaMatchesCpu) {
   VG_REQUIRE_CUDA();
   const OpCase& c = GetParam();
-  const auto inputs = random_inputs(c, 4);
-  std::vector<Tensor> on_cpu, on_gpu;
-  for (std::size_t i = 0; i < inputs.size(); ++i) {
-    on_cpu.push_back(make_input<float>(inputs[i], c.shapes[i], Device::cpu(), true));
-    on_gpu.push_back(make_input<float>(inputs[i], c.shapes[i], Device::cuda(), true));
-  }
-  Tensor y_cpu = c.fn(on_cpu), y_gpu = c.fn(on_gpu);
-  ASSERT_EQ(y_gpu.device(), Device::cuda());
-  EXPECT_TRUE(test::all_close(as_doubles(y_gpu), as_doubles(y_cpu), 1e-5, 1e-4)) << "forward";
-  const Tensor w = rand(y_cpu.shape(), DType::Float32, Device::cpu());
-  y_cpu.backward(w);
-  y_gpu.backward(w.to(Device::cuda()));
-  for (std::size_t i = 0; i < inputs.size(); ++i) {
-    ASSERT_TRUE(on_gpu[i].grad().defined());
-    EXPECT_EQ(on_gpu[i].grad().device(), Device::cuda());
-    EXPECT_TRUE(test::all_close(as_doubles(on_gpu[i].grad()), as_doubles(on_cpu[i].grad()), 1e-4, 1e-4))
-        << "gradient of input " << i;
-  }
+  test::expect_cuda_matches_cpu(c.fn, random_inputs(c, 4), c.shapes);
 }
 
 std::string case_name(const ::testing::TestParamInfo<OpCase>& info) { return info.param.name; }
