@@ -27,8 +27,8 @@
 #include "engine/log.h"
 #include "engine/losses.h"
 #include "engine/tensor.h"
+#include "kernels/lovasz.h"
 #if defined(VOXGRAD_HAS_CUDA)
-#include "kernels/sort_bench.h"
 #endif
 
 namespace voxgrad::apps {

@@ -86,6 +86,12 @@ void lovasz_gradient(const LovaszProblem<T>& problem);
 namespace cuda {
 // Temp storage and the key/value buffers come from `scratch`; nothing waits for the stream.
 void lovasz_gradient(const LovaszProblem<float>& problem, LovaszSort sort, Scratch& scratch, Stream s);
+
+// The benchmark's yardstick: one cub::DeviceRadixSort::SortPairs of `count` (uint32 key, uint32
+// value) pairs over all 32 key bits, from keys_in/values_in (left untouched, so every repetition
+// sorts the same data) into buffers from `scratch`. Queued on `s`; returns without waiting.
+void lovasz_sort_benchmark(const std::uint32_t* keys_in, const std::uint32_t* values_in, std::int64_t count,
+                           Scratch& scratch, Stream s);
 }  // namespace cuda
 
 }  // namespace voxgrad::kernels
