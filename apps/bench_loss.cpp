@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "apps/cli_checks.h"
+#include "apps/python_reference.h"
 #include "engine/allocator.h"
 #include "engine/device.h"
 #include "engine/error.h"
@@ -97,28 +98,6 @@ Tensor random_labels(const Shape& shape, std::int64_t classes, Device d) {
   return from_vector(y, shape, d);
 }
 
-// Where the PyTorch reference lives: --torch-script, else tools/ beside the build folder or under
-// the working directory.
-std::string find_reference_script(const LossBenchOptions& opt) {
-  if (!opt.torch_script.empty()) return opt.torch_script;
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-  std::vector<fs::path> candidates;
-  if (!ec) candidates = {exe.parent_path().parent_path() / "tools/lovasz_reference.py",
-                         exe.parent_path() / "tools/lovasz_reference.py"};
-  candidates.push_back(fs::current_path(ec) / "tools/lovasz_reference.py");
-  for (const fs::path& p : candidates)
-    if (fs::exists(p, ec)) return p.string();
-  return {};
-}
-
-std::string shell_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
 void write_raw(const std::string& path, const void* data, std::size_t bytes) {
   std::ofstream f(path, std::ios::binary);
   f.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
@@ -141,32 +120,17 @@ struct TempFolder {
 // Berman's Lovász-softmax in PyTorch on the very same logits and labels (handed over as raw files,
 // so the two loss values must agree): its JSON, or {"available": false, "reason"}.
 Json run_reference(const LossBenchOptions& opt, const Tensor& logits, const Tensor& labels) {
-  const std::string script = find_reference_script(opt);
+  const std::string script = find_tools_script(opt.torch_script, "lovasz_reference.py");
   if (script.empty()) return {{"available", false}, {"reason", "tools/lovasz_reference.py not found (--torch-script)"}};
   const TempFolder tmp;
   const std::string logits_path = (tmp.path / "logits.f32").string(), labels_path = (tmp.path / "labels.i32").string();
   write_raw(logits_path, logits.data<float>(), logits.nbytes());
   write_raw(labels_path, labels.data<std::int32_t>(), labels.nbytes());
-  const std::string cmd = shell_quote(opt.python) + " " + shell_quote(script) + " --images " +
-                          std::to_string(kImages) + " --classes " + std::to_string(kClasses) + " --size " +
-                          std::to_string(opt.size) + " --reps " + std::to_string(opt.reps) + " --warmup " +
-                          std::to_string(opt.warmup) + " --logits-raw " + shell_quote(logits_path) +
-                          " --labels-raw " + shell_quote(labels_path) + " 2>&1";
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(cmd.c_str(), "r"), ::pclose);
-  if (!pipe) return {{"available", false}, {"reason", "cannot start " + opt.python}};
-  std::string out;
-  char buf[4096];
-  for (std::size_t got; (got = std::fread(buf, 1, sizeof buf, pipe.get())) > 0;) out.append(buf, got);
-  const int status = ::pclose(pipe.release());
-  // The script's result is its last line; anything before it (Python warnings) is noise.
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  const std::string last = out.substr(out.find_last_of('\n') == std::string::npos ? 0 : out.find_last_of('\n') + 1);
-  Json j = Json::parse(last, nullptr, false);
-  if (status != 0 || j.is_discarded() || !j.is_object()) {
-    const std::string reason = last.empty() ? opt.python + " failed (status " + std::to_string(status) + ")" : last;
-    return {{"available", false}, {"reason", reason}};
-  }
-  return j;
+  const std::string args = "--images " + std::to_string(kImages) + " --classes " + std::to_string(kClasses) +
+                           " --size " + std::to_string(opt.size) + " --reps " + std::to_string(opt.reps) +
+                           " --warmup " + std::to_string(opt.warmup) + " --logits-raw " + shell_quote(logits_path) +
+                           " --labels-raw " + shell_quote(labels_path);
+  return run_python_json(opt.python, script, args);
 }
 
 std::string cell(double v, const char* fmt = "%10.2f") {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "apps/cli_checks.h"
+#include "apps/python_reference.h"
 #include "engine/allocator.h"
 #include "engine/device.h"
 #include "engine/json.h"
@@ -72,52 +73,18 @@ Tensor sphere_labels(std::int64_t n, std::int64_t p, int classes, Device d) {
   return from_vector(y, {n, p, p, p}, d);
 }
 
-// The PyTorch twin: --torch-script, else tools/ beside the build folder or under the working directory.
-std::string find_torch_script(const TrainBenchOptions& opt) {
-  if (!opt.torch_script.empty()) return opt.torch_script;
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-  std::vector<fs::path> candidates;
-  if (!ec) candidates = {exe.parent_path().parent_path() / "tools/bench_train_torch.py",
-                         exe.parent_path() / "tools/bench_train_torch.py"};
-  candidates.push_back(fs::current_path(ec) / "tools/bench_train_torch.py");
-  for (const fs::path& p : candidates)
-    if (fs::exists(p, ec)) return p.string();
-  return {};
-}
-
-std::string shell_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
 // The script's JSON line, or {"available": false, "reason"}.
 Json run_torch(const TrainBenchOptions& opt) {
-  const std::string script = find_torch_script(opt);
+  const std::string script = find_tools_script(opt.torch_script, "bench_train_torch.py");
   if (script.empty()) return {{"available", false}, {"reason", "tools/bench_train_torch.py not found (--torch-script)"}};
-  const std::string cmd = shell_quote(opt.python) + " " + shell_quote(script) + " --patch " +
-                          std::to_string(opt.patch) + " --batch-size " + std::to_string(opt.batch) + " --base " +
-                          std::to_string(opt.base) + " --levels " + std::to_string(opt.levels) + " --classes " +
-                          std::to_string(opt.classes) + " --loss " + shell_quote(opt.loss) + " --steps " +
-                          std::to_string(opt.steps) + " --warmup " + std::to_string(opt.warmup) + " 2>&1";
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(cmd.c_str(), "r"), ::pclose);
-  if (!pipe) return {{"available", false}, {"reason", "cannot start " + opt.python}};
-  std::string out;
-  char buf[4096];
-  for (std::size_t got; (got = std::fread(buf, 1, sizeof buf, pipe.get())) > 0;) out.append(buf, got);
-  const int status = ::pclose(pipe.release());
-  // The result is the script's last line; anything before it (Python warnings) is noise.
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  const std::size_t nl = out.find_last_of('\n');
-  const std::string last = out.substr(nl == std::string::npos ? 0 : nl + 1);
-  Json j = Json::parse(last, nullptr, false);
-  if (status != 0 || j.is_discarded() || !j.is_object() || !j.contains("step_median_s")) {
-    const std::string reason = last.empty() ? opt.python + " failed (status " + std::to_string(status) + ")" : last;
-    return {{"available", false}, {"reason", reason}};
-  }
-  j["available"] = true;
+  const std::string args = "--patch " + std::to_string(opt.patch) + " --batch-size " + std::to_string(opt.batch) +
+                           " --base " + std::to_string(opt.base) + " --levels " + std::to_string(opt.levels) +
+                           " --classes " + std::to_string(opt.classes) + " --loss " + shell_quote(opt.loss) +
+                           " --steps " + std::to_string(opt.steps) + " --warmup " + std::to_string(opt.warmup);
+  Json j = run_python_json(opt.python, script, args);
+  if (j.value("available", true) && !j.contains("step_median_s"))
+    return {{"available", false}, {"reason", script + " printed no step_median_s"}};
+  j["available"] = j.value("available", true);
   return j;
 }
 
