@@ -114,7 +114,8 @@ void run_backward(const Tensor& root, const Tensor& grad_root, bool retain_graph
     pending.erase(it);
     std::vector<Tensor> grads;
     {
-      const std::string scope_name = node->name + "_backward";
+      // The name is built only when profiling: a backward pass otherwise allocates nothing for it.
+      const std::string scope_name = profiler::enabled() ? node->name + "_backward" : std::string();
       VG_PROFILE(scope_name.c_str(), node->device);
       grads = node->backward(grad_out);
     }
