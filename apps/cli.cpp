@@ -27,8 +27,10 @@ std::vector<Command> commands() {
       devices_command(),
       info_command(),
       grad_command(),
-      eval_command(),
       synth_command(),
+      train_command(),
+      predict_command(),
+      eval_command(),
   };
 }
 

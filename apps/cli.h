@@ -43,8 +43,10 @@ Command devices_command();
 Command eval_command();
 Command grad_command();
 Command info_command();
+Command predict_command();
 Command synth_command();
 Command toy_command();
+Command train_command();
 
 // The whole program: parse, run the chosen subcommand, report errors; returns the exit status.
 int run_cli(int argc, char** argv);

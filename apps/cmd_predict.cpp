@@ -1,0 +1,272 @@
+// `voxgrad predict --model RUN --input FILE_OR_DIR --out DIR`: segments new volumes with a trained
+// run: the run's preprocessing, sliding-window inference with Gaussian weighting (optionally with
+// mirroring test-time augmentation), the logits resampled back to the input's grid, and one label
+// NIfTI per case with the input's dims and affine (plus the softmax probabilities when asked).
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "apps/cli.h"
+#include "apps/run_config.h"
+#include "apps/sliding_window.h"
+#include "engine/autograd.h"
+#include "engine/checkpoint.h"
+#include "engine/device.h"
+#include "engine/error.h"
+#include "engine/json.h"
+#include "engine/log.h"
+#include "engine/ops.h"
+#include "io/nifti.h"
+#include "io/preprocess.h"
+#include "io/volume.h"
+#include "models/unet3d.h"
+
+namespace voxgrad::apps {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct PredictOptions {
+  std::string model;  // run folder
+  std::string checkpoint = "best";
+  std::string input;
+  std::string out;
+  double overlap = 0.5;
+  bool tta = false;
+  bool save_probabilities = false;
+};
+
+struct InputCase {
+  std::string id;
+  std::vector<std::string> files;  // one per channel
+};
+
+bool is_nifti_name(const std::string& name) {
+  return name.ends_with(".nii.gz") || name.ends_with(".nii");
+}
+
+std::string strip_nifti_ending(const std::string& name) {
+  if (name.ends_with(".nii.gz")) return name.substr(0, name.size() - 7);
+  if (name.ends_with(".nii")) return name.substr(0, name.size() - 4);
+  return name;
+}
+
+// nnU-Net's naming (<case>_0000.nii.gz, one file per channel) when every file follows it; else,
+// for one-channel models, every NIfTI file is a case of its own.
+std::vector<InputCase> find_inputs(const std::string& input, int channels) {
+  static const std::regex channel_file(R"((.+)_(\d{4}))");
+  std::error_code ec;
+  VG_CHECK(fs::exists(input, ec), "--input " << input << ": no such file or folder");
+  if (!fs::is_directory(input, ec)) {
+    VG_CHECK(is_nifti_name(input), "--input " << input << ": not a .nii or .nii.gz file");
+    VG_CHECK(channels == 1, "--input " << input << ": the model takes " << channels
+                                       << " channels; give a folder holding <case>_0000.nii.gz ... files");
+    std::string id = strip_nifti_ending(fs::path(input).filename().string());
+    std::smatch m;
+    if (std::regex_match(id, m, channel_file) && m[2] == "0000") id = m[1];
+    return {{id, {input}}};
+  }
+  std::vector<std::string> names;
+  for (const fs::directory_entry& e : fs::directory_iterator(input, ec))
+    if (e.is_regular_file() && is_nifti_name(e.path().filename().string())) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  VG_CHECK(!names.empty(), "--input " << input << ": holds no .nii or .nii.gz files");
+  std::map<std::string, std::map<int, std::string>> grouped;
+  bool all_channel_named = true;
+  for (const std::string& name : names) {
+    std::smatch m;
+    const std::string stem = strip_nifti_ending(name);
+    if (std::regex_match(stem, m, channel_file))
+      grouped[m[1]][std::stoi(m[2])] = (fs::path(input) / name).string();
+    else
+      all_channel_named = false;
+  }
+  std::vector<InputCase> cases;
+  if (!all_channel_named) {
+    VG_CHECK(channels == 1, "--input " << input << ": the model takes " << channels
+                                       << " channels, so the files must be named <case>_0000.nii.gz ... <case>_"
+                                       << channels - 1 << " (nnU-Net's naming)");
+    for (const std::string& name : names) cases.push_back({strip_nifti_ending(name), {(fs::path(input) / name).string()}});
+    return cases;
+  }
+  for (const auto& [id, files] : grouped) {
+    InputCase c{id, {}};
+    for (int ch = 0; ch < channels; ++ch) {
+      const auto it = files.find(ch);
+      char expected[16];
+      std::snprintf(expected, sizeof expected, "_%04d", ch);
+      VG_CHECK(it != files.end(),
+               "--input " << input << ": case " << id << " has no channel " << ch << " file (" << id << expected << ")");
+      c.files.push_back(it->second);
+    }
+    VG_CHECK(static_cast<int>(files.size()) == channels,
+             "--input " << input << ": case " << id << " has " << files.size() << " channel files, the model takes "
+                        << channels);
+    cases.push_back(std::move(c));
+  }
+  return cases;
+}
+
+// The channels of one case as (C, Z, Y, X) float32, with the first file's geometry.
+struct LoadedCase {
+  Tensor image;
+  io::Volume reference;  // the first channel as read: dims, affine and spacing for the output
+};
+
+LoadedCase load_case(const InputCase& c) {
+  LoadedCase loaded;
+  std::vector<Tensor> channels;
+  for (const std::string& file : c.files) {
+    io::Volume v = io::read_nifti(file);
+    VG_CHECK(v.ndim() == 3 || (v.ndim() == 4 && v.data.size(0) == 1),
+             file << ": a " << v.ndim() << "-D image; voxgrad predict takes 3-D volumes");
+    Tensor data = v.to_float32();
+    data = reshape(data, {data.size(-3), data.size(-2), data.size(-1)});
+    if (!channels.empty())
+      VG_CHECK(data.shape() == channels[0].shape(), file << ": dims differ from " << c.files[0]);
+    channels.push_back(data);
+    if (loaded.reference.data.defined()) continue;
+    loaded.reference = v;
+  }
+  const Shape spatial = channels[0].shape();
+  Tensor image = empty({static_cast<std::int64_t>(channels.size()), spatial[0], spatial[1], spatial[2]});
+  const std::int64_t n = channels[0].numel();
+  for (std::size_t ch = 0; ch < channels.size(); ++ch)
+    std::copy_n(channels[ch].data<float>(), n, image.data<float>() + static_cast<std::int64_t>(ch) * n);
+  loaded.image = image;
+  return loaded;
+}
+
+// The run's weights: model_best (weights only) or the model part of checkpoint_latest.
+void load_weights(UNet3d& model, const PredictOptions& o) {
+  if (o.checkpoint == "best") {
+    const std::string path = run_file(o.model, "model_best.safetensors");
+    std::error_code ec;
+    VG_CHECK(fs::exists(path, ec), path << ": missing (the run has no validated epoch yet; try --checkpoint latest)");
+    load_model(path, model);
+    return;
+  }
+  const std::string path = run_file(o.model, "checkpoint_latest.safetensors");
+  SafeTensors file = load_safetensors(path);
+  NamedTensors weights;
+  for (auto& [name, tensor] : file.tensors)
+    if (name.rfind("model.", 0) == 0) weights.emplace_back(name.substr(6), tensor);
+  load_state_dict(model, weights);
+}
+
+int run_predict(const PredictOptions& o, const GlobalOptions& global) {
+  const RunConfig config = read_run_config(o.model);
+  const std::vector<InputCase> cases = find_inputs(o.input, config.model.in_channels);
+  const Device dev = resolve_device(global.device);
+  UNet3d model(config.model);
+  load_weights(model, o);
+  model.to(dev);
+  model.eval();
+  std::error_code ec;
+  fs::create_directories(o.out, ec);
+  VG_CHECK(!ec && fs::is_directory(o.out), "--out " << o.out << ": cannot create the folder (" << ec.message() << ")");
+
+  const int classes = config.plan.classes;
+  Json written = Json::array();
+  logging::ProgressBar bar("predict", static_cast<std::int64_t>(cases.size()), "case");
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    const InputCase& c = cases[i];
+    const LoadedCase loaded = load_case(c);
+    const std::vector<double>& sp = loaded.reference.spacing;
+    const io::Spacing3 spacing{sp.size() > 2 ? sp[2] : 1.0, sp[1], sp[0]};
+    const io::PreprocessedCase pre = io::preprocess_case(loaded.image, Tensor(), spacing, config.plan);
+    SlidingWindowOptions sw;
+    sw.patch = config.training.patch;
+    sw.overlap = o.overlap;
+    sw.mirror = o.tta;
+    Tensor logits = sliding_window_logits(model, pre.image, sw, dev);
+    const io::Shape3 original = pre.original_shape;
+    if (logits.size(1) != original[0] || logits.size(2) != original[1] || logits.size(3) != original[2])
+      logits = io::resample_image(logits, original);
+
+    // Argmax over classes (the lowest class on ties), and the softmax when it is kept.
+    const std::int64_t voxels = original[0] * original[1] * original[2];
+    const float* z = logits.data<float>();
+    Tensor labels = empty({original[0], original[1], original[2]}, classes <= 256 ? DType::UInt8 : DType::Int32);
+    Tensor probabilities;
+    if (o.save_probabilities) probabilities = empty({classes, original[0], original[1], original[2]});
+#pragma omp parallel for schedule(static)
+    for (std::int64_t v = 0; v < voxels; ++v) {
+      int best = 0;
+      for (int k = 1; k < classes; ++k)
+        if (z[k * voxels + v] > z[best * voxels + v]) best = k;
+      if (labels.dtype() == DType::UInt8)
+        labels.data<std::uint8_t>()[v] = static_cast<std::uint8_t>(best);
+      else
+        labels.data<std::int32_t>()[v] = best;
+      if (!probabilities.defined()) continue;
+      const float top = z[best * voxels + v];
+      double sum = 0;
+      for (int k = 0; k < classes; ++k) sum += std::exp(static_cast<double>(z[k * voxels + v] - top));
+      for (int k = 0; k < classes; ++k)
+        probabilities.data<float>()[k * voxels + v] =
+            static_cast<float>(std::exp(static_cast<double>(z[k * voxels + v] - top)) / sum);
+    }
+
+    io::Volume out = io::make_volume(reshape(labels, loaded.reference.data.shape()), loaded.reference.affine);
+    out.spacing = loaded.reference.spacing;
+    out.xyzt_units = loaded.reference.xyzt_units;
+    out.intent_code = 1002;  // NIFTI_INTENT_LABEL: viewers show it as a label map
+    const std::string label_path = (fs::path(o.out) / (c.id + ".nii.gz")).string();
+    io::write_nifti(label_path, out);
+    Json entry = {{"case", c.id}, {"labels", label_path}};
+    if (probabilities.defined()) {
+      io::Volume prob = io::make_volume(probabilities, loaded.reference.affine);
+      for (int a = 0; a < 3; ++a) prob.spacing[a] = spacing[2 - a];
+      const std::string prob_path = (fs::path(o.out) / (c.id + "_probabilities.nii.gz")).string();
+      io::write_nifti(prob_path, prob, io::NiftiWriteType::Float32);
+      entry["probabilities"] = prob_path;
+    }
+    written.push_back(entry);
+    bar.update(static_cast<std::int64_t>(i + 1), c.id);
+  }
+  bar.finish();
+  write_json_line(std::cout, {{"out", o.out}, {"cases", static_cast<std::int64_t>(cases.size())}, {"files", written}});
+  return kExitOk;
+}
+
+}  // namespace
+
+Command predict_command() {
+  return {"predict",
+          "Segment volumes with a trained run: its preprocessing, Gaussian-weighted sliding-window inference, optional "
+          "mirroring TTA, one label NIfTI per case on the input's grid",
+          [](CLI::App& sub) -> RunFn {
+            auto opt = std::make_shared<PredictOptions>();
+            sub.add_option("--model", opt->model, "Run folder written by voxgrad train")->type_name("RUN")->required();
+            sub.add_option("--checkpoint", opt->checkpoint,
+                           "best (model_best.safetensors) or latest (checkpoint_latest.safetensors)")
+                ->check(CLI::IsMember({"best", "latest"}))
+                ->capture_default_str();
+            sub.add_option("--input", opt->input,
+                           "A .nii/.nii.gz volume, or a folder of them (<case>_0000.nii.gz ... for several channels)")
+                ->type_name("FILE_OR_DIR")
+                ->required();
+            sub.add_option("--out", opt->out, "Folder for <case>.nii.gz (created when missing)")
+                ->type_name("DIR")
+                ->required();
+            sub.add_option("--overlap", opt->overlap, "Sliding-window overlap in [0, 1)")
+                ->check(CLI::Range(0.0, 0.99))
+                ->capture_default_str();
+            sub.add_flag("--tta", opt->tta, "Mirroring test-time augmentation (mean over the 8 flips; 8 times slower)");
+            sub.add_flag("--save-probabilities", opt->save_probabilities,
+                         "Also write <case>_probabilities.nii.gz: the softmax, float32, classes along the 4th axis");
+            return [opt](const GlobalOptions& global) { return run_predict(*opt, global); };
+          }};
+}
+
+}  // namespace voxgrad::apps

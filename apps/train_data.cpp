@@ -1,0 +1,109 @@
+// Dataset reading, planning, preprocessing and the validation split for `voxgrad train`.
+#include "apps/train_data.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "engine/error.h"
+#include "engine/log.h"
+
+namespace voxgrad::apps {
+
+namespace {
+
+io::Spacing3 zyx(const std::array<double, 3>& xyz) { return {xyz[2], xyz[1], xyz[0]}; }
+
+std::int64_t median_of(std::vector<std::int64_t> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+TrainingData prepare_training_data(const std::string& root, io::PreprocessPlan plan, bool reuse_plan) {
+  TrainingData data;
+  data.dataset = io::read_dataset(root);
+  const io::Dataset& ds = data.dataset;
+  VG_CHECK(!ds.training.empty(), root << ": the dataset has no training cases (imagesTr/labelsTr)");
+  for (const io::Case& c : ds.training) VG_CHECK(!c.label.empty(), root << ": training case " << c.id << " has no label");
+
+  io::CheckOptions check;
+  check.progress = true;
+  io::check_dataset(ds, check);
+
+  // Every case is held in memory twice at most (raw, then preprocessed): datasets voxgrad trains on
+  // a CPU or one GPU fit.
+  std::vector<Tensor> images, labels;
+  std::vector<io::Spacing3> spacings;
+  {
+    logging::ProgressBar bar("loading", static_cast<std::int64_t>(ds.training.size()), "case");
+    for (const io::Case& c : ds.training) {
+      io::CaseImage image = io::load_case_image(ds, c);
+      io::CaseLabel label = io::load_case_label(ds, c);
+      images.push_back(image.data);
+      labels.push_back(label.data);
+      spacings.push_back(zyx(image.spacing));
+      bar.update(static_cast<std::int64_t>(images.size()), c.id);
+    }
+    bar.finish();
+  }
+
+  if (!reuse_plan) {
+    plan.target_spacing = io::median_spacing(spacings);
+    plan.classes = ds.num_classes();
+    plan.ct_stats.clear();
+    if (plan.normalization == io::Normalization::CT) plan.ct_stats = io::foreground_intensity_stats(images, labels);
+  }
+  VG_CHECK(plan.classes == ds.num_classes(), root << ": the dataset declares " << ds.num_classes()
+                                                  << " classes, the run was planned for " << plan.classes);
+  data.plan = plan;
+
+  logging::ProgressBar bar("preprocessing", static_cast<std::int64_t>(ds.training.size()), "case");
+  std::vector<std::int64_t> sizes[3];
+  for (std::size_t i = 0; i < ds.training.size(); ++i) {
+    PreparedCase prepared{ds.training[i].id, io::preprocess_case(images[i], labels[i], spacings[i], plan)};
+    images[i] = Tensor();  // the raw volumes go as soon as they are no longer needed
+    labels[i] = Tensor();
+    for (int a = 0; a < 3; ++a) sizes[a].push_back(prepared.data.image.size(1 + a));
+    data.cases.push_back(std::move(prepared));
+    bar.update(static_cast<std::int64_t>(i + 1), ds.training[i].id);
+  }
+  bar.finish();
+  for (int a = 0; a < 3; ++a) data.median_shape[a] = median_of(sizes[a]);
+  return data;
+}
+
+void split_cases(const std::vector<std::string>& ids, std::uint64_t seed, std::vector<std::string>& train,
+                 std::vector<std::string>& val) {
+  train.clear();
+  val.clear();
+  if (ids.size() == 1) {
+    logging::warning("only one training case (" + ids[0] +
+                     "): it is also the validation case, so the validation Dice measures fit, not generalisation");
+    train = ids;
+    val = ids;
+    return;
+  }
+  std::vector<std::size_t> order(ids.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  // A Fisher-Yates shuffle driven by mt19937_64's raw output (portable, unlike the distributions).
+  std::mt19937_64 rng(seed ^ 0x5eed5eedULL);
+  for (std::size_t i = order.size() - 1; i > 0; --i) std::swap(order[i], order[rng() % (i + 1)]);
+  const std::size_t n_val = std::max<std::size_t>(1, static_cast<std::size_t>(std::lround(0.2 * static_cast<double>(ids.size()))));
+  std::vector<bool> is_val(ids.size(), false);
+  for (std::size_t i = 0; i < n_val; ++i) is_val[order[i]] = true;
+  for (std::size_t i = 0; i < ids.size(); ++i) (is_val[i] ? val : train).push_back(ids[i]);
+}
+
+io::Shape3 default_patch(const io::Shape3& median_shape, int levels) {
+  const std::int64_t multiple = std::int64_t{1} << (levels - 1);
+  io::Shape3 patch{};
+  for (int a = 0; a < 3; ++a) {
+    const std::int64_t cap = std::max(multiple, std::int64_t{128} / multiple * multiple);
+    patch[a] = std::clamp(median_shape[a] / multiple * multiple, multiple, cap);
+  }
+  return patch;
+}
+
+}  // namespace voxgrad::apps

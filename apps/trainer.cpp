@@ -1,0 +1,503 @@
+// The training loop of `voxgrad train` and the run folder it keeps. Resuming is exact because
+// everything a step depends on is either in checkpoint_latest (weights, optimizer state, the epoch
+// history and the running loss sum) or a pure function of (seed, step) (the batches).
+#include "apps/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <iostream>
+#include <limits>
+#include <memory>
+#include <sstream>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "apps/interrupt.h"
+#include "apps/run_config.h"
+#include "apps/sliding_window.h"
+#include "apps/train_data.h"
+#include "engine/autograd.h"
+#include "engine/checkpoint.h"
+#include "engine/device.h"
+#include "engine/error.h"
+#include "engine/json.h"
+#include "engine/log.h"
+#include "engine/losses.h"
+#include "engine/metrics.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "io/gzip_stream.h"
+#include "io/patch_sampler.h"
+#include "io/training_curve.h"
+#include "models/unet3d.h"
+
+namespace voxgrad::apps {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kExitInterrupted = 130;  // 128 + SIGINT, what shells report for Ctrl-C
+const double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// One finished epoch, as log.csv and metrics.json report it.
+struct EpochRecord {
+  std::int64_t epoch = 0;
+  double lr = 0.0;
+  double train_loss = 0.0;
+  double val_dice = kNaN;
+  std::vector<double> val_dice_per_class;  // (K), NaN where undefined (background included, NaN)
+  double seconds = 0.0;
+};
+
+// What checkpoint_latest holds besides tensors, as JSON in TrainingState::config.
+struct Progress {
+  std::vector<EpochRecord> history;
+  double epoch_loss_sum = 0.0;  // over the iterations of the current epoch done so far
+  double best_dice = -1.0;
+  std::int64_t best_epoch = -1;
+};
+
+Json number_or_null(double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); }
+double number_or_nan(const Json& j) { return j.is_number() ? j.get<double>() : kNaN; }
+
+Json record_json(const EpochRecord& r) {
+  Json per_class = Json::array();
+  for (double d : r.val_dice_per_class) per_class.push_back(number_or_null(d));
+  return {{"epoch", r.epoch},
+          {"lr", r.lr},
+          {"train_loss", number_or_null(r.train_loss)},
+          {"val_dice", number_or_null(r.val_dice)},
+          {"val_dice_per_class", per_class},
+          {"seconds", r.seconds}};
+}
+
+EpochRecord record_from_json(const Json& j) {
+  EpochRecord r;
+  r.epoch = j.at("epoch").get<std::int64_t>();
+  r.lr = j.at("lr").get<double>();
+  r.train_loss = number_or_nan(j.at("train_loss"));
+  r.val_dice = number_or_nan(j.at("val_dice"));
+  for (const Json& d : j.at("val_dice_per_class")) r.val_dice_per_class.push_back(number_or_nan(d));
+  r.seconds = j.at("seconds").get<double>();
+  return r;
+}
+
+std::string progress_to_json(const Progress& p) {
+  Json history = Json::array();
+  for (const EpochRecord& r : p.history) history.push_back(record_json(r));
+  // nlohmann writes doubles with 17 significant digits: the running sum comes back bit for bit.
+  return Json{{"history", history},
+              {"epoch_loss_sum", p.epoch_loss_sum},
+              {"best_dice", p.best_dice},
+              {"best_epoch", p.best_epoch}}
+      .dump();
+}
+
+Progress progress_from_json(const std::string& text, const std::string& path) {
+  try {
+    const Json j = Json::parse(text);
+    Progress p;
+    for (const Json& r : j.at("history")) p.history.push_back(record_from_json(r));
+    p.epoch_loss_sum = j.at("epoch_loss_sum").get<double>();
+    p.best_dice = j.at("best_dice").get<double>();
+    p.best_epoch = j.at("best_epoch").get<std::int64_t>();
+    return p;
+  } catch (const std::exception& e) {
+    VG_FAIL(path << ": the training progress it records is unreadable (" << e.what() << ")");
+  }
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  io::write_file_bytes(path, std::as_bytes(std::span(text.data(), text.size())));
+}
+
+std::string csv_number(double v) {
+  if (!std::isfinite(v)) return "nan";
+  std::ostringstream s;
+  s.precision(9);
+  s << v;
+  return s.str();
+}
+
+// log.csv, metrics.json and training_curve.svg from the history: rewritten whole, atomically, so
+// they always agree with the checkpoint they were written beside.
+void write_reports(const std::string& run, const Progress& p, int classes, const std::string& title) {
+  std::string csv = "epoch,lr,train_loss,val_dice";
+  for (int c = 1; c < classes; ++c) csv += ",val_dice_" + std::to_string(c);
+  csv += ",seconds\n";
+  Json epochs = Json::array();
+  std::vector<io::EpochPoint> points;
+  for (const EpochRecord& r : p.history) {
+    // append(), not "," + string: GCC 12 warns (-Wrestrict, a false positive) on the latter.
+    csv.append(std::to_string(r.epoch));
+    for (double v : {r.lr, r.train_loss, r.val_dice}) csv.append(",").append(csv_number(v));
+    for (int c = 1; c < classes; ++c)
+      csv.append(",").append(csv_number(c < static_cast<int>(r.val_dice_per_class.size()) ? r.val_dice_per_class[c] : kNaN));
+    csv.append(",").append(csv_number(r.seconds)).append("\n");
+    epochs.push_back(record_json(r));
+    points.push_back({r.epoch, r.train_loss, r.val_dice});
+  }
+  write_text(run_file(run, "log.csv"), csv);
+  Json metrics = {{"epochs_done", static_cast<std::int64_t>(p.history.size())},
+                  {"best_epoch", p.best_epoch >= 0 ? Json(p.best_epoch) : Json(nullptr)},
+                  {"best_val_dice", p.best_epoch >= 0 ? number_or_null(p.best_dice) : Json(nullptr)},
+                  {"last", p.history.empty() ? Json(nullptr) : record_json(p.history.back())},
+                  {"epochs", epochs}};
+  write_text(run_file(run, "metrics.json"), metrics.dump(2) + "\n");
+  io::write_training_curve_svg(run_file(run, "training_curve.svg"), points, title);
+}
+
+// (N, D, H, W) int32 labels to each deep-supervision output's grid, by nearest neighbour (nnU-Net
+// downsamples segmentations with order 0).
+Tensor labels_at(const Tensor& labels, const Shape& logits_shape, int classes) {
+  const io::Shape3 out{logits_shape[2], logits_shape[3], logits_shape[4]};
+  if (labels.size(1) == out[0] && labels.size(2) == out[1] && labels.size(3) == out[2]) return labels;
+  std::vector<Tensor> parts;
+  const std::int64_t n = labels.size(0);
+  Tensor result = empty({n, out[0], out[1], out[2]}, DType::Int32);
+  const std::int64_t per = out[0] * out[1] * out[2];
+  for (std::int64_t i = 0; i < n; ++i) {
+    const Tensor one = reshape(slice(labels, 0, i, i + 1), {labels.size(1), labels.size(2), labels.size(3)}).clone();
+    const Tensor small = io::resample_labels(one, out, classes, io::LabelResampling::Nearest);
+    std::copy_n(small.data<std::int32_t>(), per, result.data<std::int32_t>() + i * per);
+  }
+  return result;
+}
+
+struct Validation {
+  double dice = kNaN;
+  std::vector<double> per_class;
+};
+
+// Sliding-window inference on the validation cases; Dice per class from the true and false
+// positives and false negatives summed over the cases (nnU-Net's online pseudo Dice, on whole cases).
+Validation validate(UNet3d& model, const std::vector<const PreparedCase*>& cases, const io::Shape3& patch,
+                    int classes, Device dev) {
+  std::vector<std::int64_t> tp(classes, 0), fp(classes, 0), fn(classes, 0);
+  SlidingWindowOptions sw;
+  sw.patch = patch;
+  sw.overlap = 0.5;
+  for (const PreparedCase* c : cases) {
+    const Tensor logits = sliding_window_logits(model, c->data.image, sw, dev);
+    Shape batched = logits.shape();
+    batched.insert(batched.begin(), 1);
+    Shape label_shape = c->data.label.shape();
+    label_shape.insert(label_shape.begin(), 1);
+    const SegmentationMetrics m =
+        segmentation_metrics_from_logits(reshape(logits, batched), reshape(c->data.label, label_shape));
+    for (int k = 0; k < classes; ++k) {
+      tp[k] += m.intersection[k];
+      fp[k] += m.predicted[k] - m.intersection[k];
+      fn[k] += m.reference[k] - m.intersection[k];
+    }
+  }
+  Validation v;
+  v.per_class.assign(classes, kNaN);
+  double sum = 0;
+  int n = 0;
+  for (int k = 1; k < classes; ++k) {
+    const std::int64_t denominator = 2 * tp[k] + fp[k] + fn[k];
+    if (denominator == 0) continue;
+    v.per_class[k] = 2.0 * static_cast<double>(tp[k]) / static_cast<double>(denominator);
+    sum += v.per_class[k];
+    ++n;
+  }
+  if (n > 0) v.dice = sum / n;
+  return v;
+}
+
+std::unique_ptr<Optimizer> make_optimizer(const TrainingSettings& t, const NamedTensors& params) {
+  if (t.optim == "sgd") {
+    SgdOptions o;
+    o.lr = t.lr;
+    o.momentum = 0.99;  // nnU-Net: SGD, Nesterov momentum 0.99, weight decay 3e-5
+    o.nesterov = true;
+    o.weight_decay = t.weight_decay;
+    return std::make_unique<SGD>(params, o);
+  }
+  if (t.optim == "adam") {
+    AdamOptions o;
+    o.lr = t.lr;
+    o.weight_decay = t.weight_decay;
+    return std::make_unique<Adam>(params, o);
+  }
+  VG_FAIL("--optim: unknown optimizer \"" << t.optim << "\" (choices: sgd, adam)");
+}
+
+// A fresh run's settings from the command line and the data.
+RunConfig plan_run(const TrainOptions& o, const TrainingData& data) {
+  RunConfig c;
+  c.dataset_root = fs::absolute(o.data).lexically_normal().string();
+  c.dataset_name = data.dataset.name;
+  c.channels = data.dataset.channels;
+  c.labels = data.dataset.labels;
+  c.plan = data.plan;
+  c.model.in_channels = data.dataset.num_channels();
+  c.model.classes = data.plan.classes;
+  c.model.base_features = o.base;
+  c.model.levels = o.levels;
+  c.model.deep_supervision = o.deep_supervision;
+  TrainingSettings& t = c.training;
+  t.loss = loss_kind_name(parse_loss_kind(o.loss));
+  t.patch = o.patch ? *o.patch : default_patch(data.median_shape, o.levels);
+  t.batch_size = o.batch_size;
+  t.epochs = o.epochs;
+  t.iters_per_epoch = o.iters_per_epoch;
+  t.optim = o.optim;
+  t.lr = o.lr ? *o.lr : (o.optim == "adam" ? 3e-4 : 0.01);
+  t.seed = o.seed;
+  std::vector<std::string> ids;
+  for (const PreparedCase& pc : data.cases) ids.push_back(pc.id);
+  split_cases(ids, o.seed, t.train_cases, t.val_cases);
+  return c;
+}
+
+// --resume: a flag given now must agree with the run it continues.
+void check_resume_flags(const TrainOptions& o, RunConfig& c) {
+  auto refuse = [&](const std::string& flag, const std::string& now, const std::string& then) {
+    VG_FAIL(flag << " " << now << " differs from the run's " << then << " (" << run_config_path(o.out)
+                 << "); leave it out to continue the run, or train into a new --out");
+  };
+  const TrainingSettings& t = c.training;
+  auto shape_text = [](const io::Shape3& s) {
+    return std::to_string(s[0]) + "," + std::to_string(s[1]) + "," + std::to_string(s[2]);
+  };
+  if (o.given.count("--loss") && loss_kind_name(parse_loss_kind(o.loss)) != t.loss) refuse("--loss", o.loss, t.loss);
+  if (o.given.count("--patch") && o.patch && *o.patch != t.patch) refuse("--patch", shape_text(*o.patch), shape_text(t.patch));
+  if (o.given.count("--batch-size") && o.batch_size != t.batch_size)
+    refuse("--batch-size", std::to_string(o.batch_size), std::to_string(t.batch_size));
+  if (o.given.count("--iters-per-epoch") && o.iters_per_epoch != t.iters_per_epoch)
+    refuse("--iters-per-epoch", std::to_string(o.iters_per_epoch), std::to_string(t.iters_per_epoch));
+  if (o.given.count("--lr") && o.lr && *o.lr != t.lr) refuse("--lr", std::to_string(*o.lr), std::to_string(t.lr));
+  if (o.given.count("--optim") && o.optim != t.optim) refuse("--optim", o.optim, t.optim);
+  if (o.given.count("--base") && o.base != c.model.base_features)
+    refuse("--base", std::to_string(o.base), std::to_string(c.model.base_features));
+  if (o.given.count("--levels") && o.levels != c.model.levels)
+    refuse("--levels", std::to_string(o.levels), std::to_string(c.model.levels));
+  if (o.given.count("--norm") && o.norm != io::normalization_name(c.plan.normalization))
+    refuse("--norm", o.norm, io::normalization_name(c.plan.normalization));
+  if (o.given.count("--deep-supervision") && o.deep_supervision != c.model.deep_supervision)
+    refuse("--deep-supervision", "on", "off");
+  if (o.given.count("--seed") && o.seed != t.seed) refuse("--seed", std::to_string(o.seed), std::to_string(t.seed));
+  if (o.given.count("--data") &&
+      fs::absolute(o.data).lexically_normal().string() != c.dataset_root)
+    logging::warning("--data " + o.data + " is not the run's dataset folder " + c.dataset_root +
+                     "; using it (its cases must be the same)");
+  if (o.given.count("--epochs") && o.epochs != t.epochs) {
+    logging::warning("--epochs " + std::to_string(o.epochs) + " replaces the run's " + std::to_string(t.epochs) +
+                     ": the learning-rate schedule of the remaining epochs changes");
+    c.training.epochs = o.epochs;
+  }
+}
+
+}  // namespace
+
+std::vector<double> deep_supervision_weights(int outputs) {
+  VG_CHECK(outputs >= 1, "deep supervision needs at least one output");
+  if (outputs == 1) return {1.0};
+  std::vector<double> w(outputs);
+  double sum = 0;
+  for (int i = 0; i < outputs; ++i) {
+    w[i] = i == outputs - 1 ? 0.0 : 1.0 / static_cast<double>(std::int64_t{1} << i);
+    sum += w[i];
+  }
+  for (double& x : w) x /= sum;
+  return w;
+}
+
+int run_train(const TrainOptions& o, const GlobalOptions& global) {
+  const std::string latest = run_file(o.out, "checkpoint_latest.safetensors");
+  std::error_code ec;
+  RunConfig config;
+  TrainingData data;
+  if (o.resume) {
+    VG_CHECK(fs::exists(latest, ec), latest << ": missing, so there is nothing to resume (start without --resume)");
+    config = read_run_config(o.out);
+    check_resume_flags(o, config);
+    io::PreprocessPlan plan = config.plan;
+    data = prepare_training_data(o.given.count("--data") ? o.data : config.dataset_root, plan, /*reuse_plan=*/true);
+  } else {
+    VG_CHECK(!o.data.empty(), "--data is required (a dataset folder with dataset.json)");
+    VG_CHECK(!fs::exists(run_config_path(o.out), ec),
+             o.out << ": already holds a run (config.json); --resume continues it, or choose another --out");
+    io::PreprocessPlan plan;
+    plan.normalization = io::parse_normalization(o.norm);
+    VG_CHECK(o.batch_size >= 1 && o.epochs >= 1 && o.iters_per_epoch >= 1,
+             "--batch-size, --epochs and --iters-per-epoch must be at least 1");
+    data = prepare_training_data(o.data, plan, /*reuse_plan=*/false);
+    config = plan_run(o, data);
+  }
+  const TrainingSettings& t = config.training;
+  const Device dev = resolve_device(global.device);
+
+  // The network first: a patch it cannot take fails before any file is written.
+  Generator init(t.seed);
+  UNet3d model(config.model, init);
+  model.check_input({t.batch_size, config.model.in_channels, t.patch[0], t.patch[1], t.patch[2]});
+  model.to(dev);
+  std::unique_ptr<Optimizer> optimizer = make_optimizer(t, model.named_parameters());
+  const LossKind loss_kind = parse_loss_kind(t.loss);
+
+  fs::create_directories(o.out);
+  if (!o.resume) write_run_config(o.out, config);
+
+  Progress progress;
+  std::int64_t step = 0;
+  if (o.resume) {
+    const TrainingState state = load_training_checkpoint(latest, model, *optimizer);
+    progress = progress_from_json(state.config, latest);
+    step = state.step;
+    VG_CHECK(state.rng_seed == t.seed, latest << ": sampler seed " << state.rng_seed << " differs from config.json's "
+                                              << t.seed);
+    write_run_config(o.out, config);  // --epochs may have changed
+    logging::info("resuming " + o.out + " at step " + std::to_string(step) + " (epoch " +
+                  std::to_string(step / t.iters_per_epoch) + ", iteration " + std::to_string(step % t.iters_per_epoch) +
+                  ")");
+  }
+  const std::string title = "voxgrad train: " + config.dataset_name + ", " + t.loss;
+  write_reports(o.out, progress, config.plan.classes, title);
+
+  // Cases: training ones padded to the patch for the sampler; validation ones as they are (the
+  // sliding window pads what it needs).
+  std::vector<io::SamplerCase> sampler_cases;
+  std::vector<const PreparedCase*> val_cases;
+  for (const PreparedCase& pc : data.cases) {
+    const bool train = std::find(t.train_cases.begin(), t.train_cases.end(), pc.id) != t.train_cases.end();
+    const bool val = std::find(t.val_cases.begin(), t.val_cases.end(), pc.id) != t.val_cases.end();
+    if (train)
+      sampler_cases.push_back({io::pad_to_at_least(pc.data.image, t.patch, 0.0), io::pad_to_at_least(pc.data.label, t.patch, 0.0)});
+    if (val) val_cases.push_back(&pc);
+  }
+  VG_CHECK(sampler_cases.size() == t.train_cases.size() && val_cases.size() == t.val_cases.size(),
+           "the dataset's training cases are not the ones " << run_config_path(o.out) << " lists");
+  io::PatchSamplerOptions sampling;
+  sampling.patch = t.patch;
+  sampling.batch_size = t.batch_size;
+  sampling.seed = t.seed;
+  const io::PatchSampler sampler(std::move(sampler_cases), sampling);
+
+  const std::int64_t total_steps = t.epochs * t.iters_per_epoch;
+  logging::info("training on " + dev.str() + ": " + std::to_string(model.parameter_count()) + " parameters, patch " +
+                std::to_string(t.patch[0]) + "x" + std::to_string(t.patch[1]) + "x" + std::to_string(t.patch[2]) +
+                ", batch " + std::to_string(t.batch_size) + ", loss " + t.loss + ", " +
+                std::to_string(t.train_cases.size()) + " training / " + std::to_string(t.val_cases.size()) +
+                " validation cases, " + std::to_string(t.epochs) + " epochs of " + std::to_string(t.iters_per_epoch) +
+                " iterations");
+  if (step >= total_steps) {
+    logging::info("the run has already done its " + std::to_string(t.epochs) + " epochs");
+    return kExitOk;
+  }
+
+  auto state_now = [&] {
+    TrainingState state;
+    state.step = step;
+    state.epoch = step / t.iters_per_epoch;
+    state.rng_seed = t.seed;
+    state.rng_offset = static_cast<std::uint64_t>(step);  // the sampler's next batch number
+    state.config = progress_to_json(progress);
+    return state;
+  };
+  auto save_latest = [&] { save_training_checkpoint(latest, model, *optimizer, state_now()); };
+
+  const std::vector<double> ds_weights =
+      deep_supervision_weights(config.model.deep_supervision ? config.model.levels - 1 : 1);
+  InterruptGuard interrupt;
+  io::BatchPrefetcher prefetcher(sampler, step);
+  model.train();
+  while (step < total_steps) {
+    const std::int64_t epoch = step / t.iters_per_epoch;
+    const auto epoch_start = std::chrono::steady_clock::now();
+    optimizer->set_lr(poly_lr(t.lr, epoch, t.epochs));
+    logging::ProgressBar bar("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(t.epochs),
+                             t.iters_per_epoch);
+    char fields[96] = "";
+    for (std::int64_t it = step % t.iters_per_epoch; it < t.iters_per_epoch; ++it) {
+      const io::Batch batch = prefetcher.next();
+      VG_CHECK(batch.index == step, "internal: batch " << batch.index << " arrived for step " << step);
+      const Tensor image = batch.image.to(dev);
+      optimizer->zero_grad();
+      std::vector<Tensor> outputs = config.model.deep_supervision ? model.forward_all(image)
+                                                                  : std::vector<Tensor>{model.forward(image)};
+      Tensor loss;
+      for (std::size_t i = 0; i < outputs.size(); ++i) {
+        if (ds_weights[i] == 0.0) continue;
+        const Tensor labels = labels_at(batch.label, outputs[i].shape(), config.plan.classes).to(dev);
+        const Tensor term = mul(segmentation_loss(loss_kind, outputs[i], labels), ds_weights[i]);
+        loss = loss.defined() ? add(loss, term) : term;
+      }
+      const double value = loss.item();
+      VG_CHECK(std::isfinite(value),
+               "step " << step + 1 << " (epoch " << epoch + 1 << ", iteration " << it + 1 << "): the loss is " << value
+                       << "; training stopped. " << latest
+                       << " holds the last good state (saved at the end of the last complete epoch); lower --lr or "
+                          "check the data");
+      loss.backward();
+      clip_grad_norm_(model.parameters(), t.grad_clip);
+      optimizer->step();
+      progress.epoch_loss_sum += value;
+      ++step;
+      std::snprintf(fields, sizeof fields, "loss %.4f lr %.3g", value, optimizer->lr());
+      // The last iteration's line is finish()'s, so plain output does not print it twice.
+      if (it + 1 < t.iters_per_epoch) bar.update(it + 1, fields);
+      if (InterruptGuard::requested() && it + 1 < t.iters_per_epoch) {
+        bar.finish(fields);
+        save_latest();
+        logging::info("interrupted after step " + std::to_string(step) + " (epoch " + std::to_string(epoch + 1) +
+                      ", iteration " + std::to_string(it + 1) + "): " + latest + " saved; continue with `voxgrad train --out " +
+                      o.out + " --resume`");
+        return kExitInterrupted;
+      }
+    }
+    bar.finish(fields);
+
+    EpochRecord record;
+    record.epoch = epoch;
+    record.lr = optimizer->lr();
+    record.train_loss = progress.epoch_loss_sum / static_cast<double>(t.iters_per_epoch);
+    const Validation v = validate(model, val_cases, t.patch, config.plan.classes, dev);
+    model.train();
+    record.val_dice = v.dice;
+    record.val_dice_per_class = v.per_class;
+    record.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
+    progress.history.push_back(record);
+    progress.epoch_loss_sum = 0.0;
+    const bool best = std::isfinite(v.dice) && v.dice > progress.best_dice;
+    if (best) {
+      progress.best_dice = v.dice;
+      progress.best_epoch = epoch;
+    }
+    // Best before latest: a crash between the two leaves latest one epoch behind, and resuming
+    // redoes that epoch to the same numbers.
+    if (best) {
+      save_training_checkpoint(run_file(o.out, "checkpoint_best.safetensors"), model, *optimizer, state_now());
+      save_model(run_file(o.out, "model_best.safetensors"), model,
+                 {{"epoch", std::to_string(epoch)}, {"val_dice", csv_number(v.dice)}});
+    }
+    save_latest();
+    write_reports(o.out, progress, config.plan.classes, title);
+    char line[160];
+    std::snprintf(line, sizeof line, "epoch %lld/%lld: train loss %.4f, val Dice %.4f (best %.4f, epoch %lld), %.1f s",
+                  static_cast<long long>(epoch + 1), static_cast<long long>(t.epochs), record.train_loss, v.dice,
+                  progress.best_dice, static_cast<long long>(progress.best_epoch + 1), record.seconds);
+    logging::info(line);
+    if (InterruptGuard::requested() && step < total_steps) {
+      logging::info("interrupted after epoch " + std::to_string(epoch + 1) + ": " + latest +
+                    " saved; continue with `voxgrad train --out " + o.out + " --resume`");
+      return kExitInterrupted;
+    }
+  }
+  const EpochRecord& last = progress.history.back();
+  write_json_line(std::cout, {{"out", o.out},
+                              {"epochs", t.epochs},
+                              {"steps", step},
+                              {"train_loss", number_or_null(last.train_loss)},
+                              {"val_dice", number_or_null(last.val_dice)},
+                              {"best_epoch", progress.best_epoch >= 0 ? Json(progress.best_epoch) : Json(nullptr)},
+                              {"best_val_dice", progress.best_epoch >= 0 ? Json(progress.best_dice) : Json(nullptr)}});
+  return kExitOk;
+}
+
+}  // namespace voxgrad::apps

@@ -1,0 +1,445 @@
+// `voxgrad train` and `voxgrad predict` as a user meets them, on a tiny synthetic dataset: the run
+// folder's files, predictions on the input's grid (checked here, with nifti_tool and, when present,
+// nibabel), Ctrl-C and --resume giving bit-identical numbers, a SIGKILLed run resuming from its
+// last complete checkpoint, a non-finite loss stopping the run, and one clear error line for bad input.
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "apps/run_config.h"
+#include "apps/train_data.h"
+#include "apps/trainer.h"
+#include "engine/checkpoint.h"
+#include "io/nifti.h"
+#include "tests/test_support.h"
+
+extern char** environ;
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace io = voxgrad::io;
+using nlohmann::json;
+using voxgrad::test::CommandResult;
+using voxgrad::test::run_voxgrad;
+using voxgrad::test::temp_dir;
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string binary() {
+  const char* from_env = std::getenv("VOXGRAD_BINARY");
+  return from_env != nullptr && *from_env != '\0' ? from_env : VOXGRAD_BINARY;
+}
+
+// The tiny network and schedule every run here uses (a training step takes milliseconds).
+const std::string kTiny = "--patch 16 --base 4 --levels 3 --batch-size 2 --seed 3 --device cpu";
+
+// One dataset for the whole suite: 3 training and 2 test cases of 24^3 voxels, 3 classes.
+class TrainCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    data_ = new std::string(temp_dir("train-data") + "/ds");
+    const CommandResult r = run_voxgrad("synth --out " + *data_ + " --size 24 --cases 3 --test-cases 2 --seed 5");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  static void TearDownTestSuite() {
+    delete data_;
+    data_ = nullptr;
+  }
+  static const std::string& data() { return *data_; }
+
+  static CommandResult train(const std::string& out, const std::string& more) {
+    return run_voxgrad("train --data " + data() + " --out " + out + " " + kTiny + " " + more);
+  }
+
+ private:
+  static std::string* data_;
+};
+std::string* TrainCli::data_ = nullptr;
+
+// The one "voxgrad: error:" line of a failed run (progress lines may come before it).
+std::vector<std::string> error_lines(const std::string& err) {
+  std::vector<std::string> lines;
+  std::istringstream in(err);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("voxgrad: error:", 0) == 0) lines.push_back(line);
+  return lines;
+}
+
+void expect_one_error(const CommandResult& r, int status, const std::string& needle) {
+  EXPECT_EQ(r.exit_code, status) << r.err;
+  const std::vector<std::string> lines = error_lines(r.err);
+  ASSERT_EQ(lines.size(), 1u) << r.err;
+  EXPECT_NE(lines[0].find(needle), std::string::npos) << lines[0];
+}
+
+// log.csv without its last column (seconds, the only thing allowed to differ between runs).
+std::string log_without_seconds(const std::string& run) {
+  std::istringstream in(read_text(run + "/log.csv"));
+  std::string out;
+  for (std::string line; std::getline(in, line);) out += line.substr(0, line.rfind(',')) + "\n";
+  return out;
+}
+
+// The tensors of a safetensors file, name -> bytes.
+std::map<std::string, std::vector<float>> tensors_of(const std::string& path) {
+  std::map<std::string, std::vector<float>> out;
+  for (const auto& [name, t] : voxgrad::load_safetensors(path).tensors)
+    if (t.dtype() == voxgrad::DType::Float32) out[name] = t.to_vector<float>();
+  return out;
+}
+
+void expect_same_tensors(const std::string& a, const std::string& b) {
+  const auto ta = tensors_of(a), tb = tensors_of(b);
+  ASSERT_EQ(ta.size(), tb.size());
+  ASSERT_GT(ta.size(), 10u);
+  for (const auto& [name, values] : ta) {
+    ASSERT_TRUE(tb.count(name)) << name;
+    // Bit for bit: memcmp, not a tolerance.
+    ASSERT_EQ(values.size(), tb.at(name).size()) << name;
+    EXPECT_EQ(std::memcmp(values.data(), tb.at(name).data(), values.size() * sizeof(float)), 0)
+        << name << " differs between " << a << " and " << b;
+  }
+}
+
+// voxgrad started in the background, stdout and stderr into files.
+struct Background {
+  pid_t pid = -1;
+  std::string err_path;
+  int wait() const {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+};
+
+Background start_voxgrad(const std::vector<std::string>& args, const std::string& dir) {
+  Background b;
+  b.err_path = dir + "/stderr";
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, (dir + "/stdout").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, 2, b.err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  std::vector<std::string> all{binary()};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : all) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  EXPECT_EQ(posix_spawn(&b.pid, argv[0], &actions, nullptr, argv.data(), environ), 0);
+  posix_spawn_file_actions_destroy(&actions);
+  return b;
+}
+
+std::vector<std::string> split_words(const std::string& s) {
+  std::istringstream in(s);
+  std::vector<std::string> words;
+  for (std::string w; in >> w;) words.push_back(w);
+  return words;
+}
+
+// Waits (up to a minute) until `path` exists.
+bool wait_for(const std::string& path) {
+  for (int i = 0; i < 12000; ++i) {
+    if (fs::exists(path)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
+
+TEST_F(TrainCli, EndToEndTrainPredictEval) {
+  const std::string dir = temp_dir("train-e2e");
+  const std::string run = dir + "/run";
+  const CommandResult t = train(run, "--epochs 2 --iters-per-epoch 3 --loss dice_ce");
+  ASSERT_EQ(t.exit_code, 0) << t.err;
+  const json result = json::parse(t.out);
+  EXPECT_EQ(result.at("steps"), 6);
+  for (const char* f : {"config.json", "log.csv", "metrics.json", "checkpoint_latest.safetensors",
+                        "checkpoint_best.safetensors", "model_best.safetensors", "training_curve.svg"})
+    EXPECT_TRUE(fs::exists(run + "/" + f)) << f;
+  // Two epochs in the log, each with a validation Dice in [0, 1].
+  const json metrics = json::parse(read_text(run + "/metrics.json"));
+  ASSERT_EQ(metrics.at("epochs").size(), 2u);
+  for (const json& e : metrics.at("epochs")) {
+    EXPECT_TRUE(e.at("train_loss").is_number());
+    ASSERT_TRUE(e.at("val_dice").is_number());
+    EXPECT_GE(e.at("val_dice").get<double>(), 0.0);
+    EXPECT_LE(e.at("val_dice").get<double>(), 1.0);
+  }
+  const voxgrad::apps::RunConfig config = voxgrad::apps::read_run_config(run);
+  EXPECT_EQ(config.training.train_cases.size() + config.training.val_cases.size(), 3u);
+  EXPECT_EQ(config.model.classes, 3);
+  EXPECT_EQ(config.training.patch, (io::Shape3{16, 16, 16}));
+  EXPECT_NE(t.err.find("epoch 2/2"), std::string::npos) << t.err;
+
+  const std::string pred = dir + "/pred";
+  const CommandResult p = run_voxgrad("predict --model " + run + " --input " + data() + "/imagesTs --out " + pred +
+                                      " --tta --save-probabilities --device cpu");
+  ASSERT_EQ(p.exit_code, 0) << p.err;
+  EXPECT_EQ(json::parse(p.out).at("cases"), 2);
+  for (const char* id : {"synth_003", "synth_004"}) {
+    const io::Volume input = io::read_nifti(data() + "/imagesTs/" + id + "_0000.nii.gz");
+    const io::Volume labels = io::read_nifti(pred + "/" + id + ".nii.gz");
+    EXPECT_EQ(labels.dims(), input.dims());
+    EXPECT_EQ(labels.affine, input.affine);
+    const std::vector<std::int32_t> values = labels.to_labels().to_vector<std::int32_t>();
+    const std::set<std::int32_t> distinct(values.begin(), values.end());
+    for (std::int32_t v : distinct) EXPECT_TRUE(v >= 0 && v < 3) << v;
+    const io::Volume prob = io::read_nifti(pred + "/" + id + "_probabilities.nii.gz");
+    EXPECT_EQ(prob.dims(), (std::vector<std::int64_t>{24, 24, 24, 3}));
+    const std::vector<float> p_values = prob.to_float32().to_vector<float>();
+    const std::size_t n = values.size();
+    for (std::size_t v = 0; v < n; v += 97) {
+      const double sum = p_values[v] + p_values[n + v] + p_values[2 * n + v];
+      EXPECT_NEAR(sum, 1.0, 1e-5);
+      // The label is the most probable class.
+      const int k = values[v];
+      EXPECT_GE(p_values[k * n + v], std::max({p_values[v], p_values[n + v], p_values[2 * n + v]}) - 1e-6);
+    }
+    // nifti_tool (Debian nifti-bin, installed by tools/deps --test-data) agrees on dims and sform.
+    const std::string probe = dir + "/nifti_tool.txt";
+    const std::string cmd = "nifti_tool -disp_hdr -field dim -field sform_code -infiles " + pred + "/" + id +
+                            ".nii.gz >" + probe + " 2>&1";
+    if (std::system("command -v nifti_tool >/dev/null 2>&1") == 0) {
+      ASSERT_EQ(std::system(cmd.c_str()), 0) << read_text(probe);
+      const std::string text = read_text(probe);
+      EXPECT_NE(text.find("3 24 24 24 1 1 1 1"), std::string::npos) << text;
+    }
+  }
+  // nibabel, when Debian's python3-nibabel is installed, opens the prediction on the image's grid.
+  if (std::system("/usr/bin/python3 -c 'import nibabel' >/dev/null 2>&1") == 0) {
+    const std::string script = "import nibabel as nib, numpy as np, sys; a = nib.load(sys.argv[1]); b = nib.load(sys.argv[2]); "
+                               "assert a.shape == b.shape, (a.shape, b.shape); "
+                               "assert np.allclose(a.affine, b.affine), (a.affine, b.affine); "
+                               "assert set(np.unique(np.asanyarray(a.dataobj))) <= {0, 1, 2}";
+    const std::string cmd = "/usr/bin/python3 -c \"" + script + "\" " + pred + "/synth_003.nii.gz " + data() +
+                            "/imagesTs/synth_003_0000.nii.gz";
+    EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  }
+
+  const CommandResult e = run_voxgrad("eval --pred " + pred + " --ref " + data() + "/labelsTs --out " + dir +
+                                      "/eval/summary.json");
+  ASSERT_EQ(e.exit_code, 0) << e.err;
+  EXPECT_TRUE(json::parse(e.out).contains("foreground_mean"));
+  EXPECT_TRUE(fs::exists(dir + "/eval/summary.json"));
+}
+
+TEST_F(TrainCli, DeepSupervisionAndEveryLossTrain) {
+  const std::string dir = temp_dir("train-losses");
+  for (const char* loss : {"ce", "wce", "dice", "jaccard", "lovasz"}) {
+    const CommandResult r = train(dir + "/" + loss, std::string("--epochs 1 --iters-per-epoch 2 --loss ") + loss);
+    EXPECT_EQ(r.exit_code, 0) << loss << ": " << r.err;
+  }
+  const CommandResult r = train(dir + "/ds", "--epochs 1 --iters-per-epoch 2 --deep-supervision --optim adam");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(voxgrad::apps::read_run_config(dir + "/ds").model.deep_supervision);
+  const CommandResult p = run_voxgrad("predict --model " + dir + "/ds --checkpoint latest --input " + data() +
+                                      "/imagesTs/synth_003_0000.nii.gz --out " + dir + "/pred --device cpu");
+  ASSERT_EQ(p.exit_code, 0) << p.err;
+  EXPECT_TRUE(fs::exists(dir + "/pred/synth_003.nii.gz"));
+}
+
+// Ctrl-C in the middle of an epoch saves checkpoint_latest and exits 130; --resume then ends with
+// the same numbers, bit for bit, as a run that was never interrupted.
+TEST_F(TrainCli, CtrlCThenResumeIsBitIdentical) {
+  const std::string dir = temp_dir("train-resume");
+  const std::string schedule = "--epochs 4 --iters-per-epoch 30";
+  const CommandResult whole = train(dir + "/whole", schedule);
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+
+  // The interruption must land inside an epoch (where the running loss sum and the sampler's
+  // position matter); a signal that lands during an epoch's closing validation stops at the epoch
+  // boundary instead, so that case is retried a little later.
+  const std::string run = dir + "/parts";
+  std::int64_t saved_step = 0;
+  for (int attempt = 0; attempt < 5 && saved_step % 30 == 0; ++attempt) {
+    fs::remove_all(run);
+    const Background b =
+        start_voxgrad(split_words("train --data " + data() + " --out " + run + " " + kTiny + " " + schedule), dir);
+    ASSERT_TRUE(wait_for(run + "/checkpoint_latest.safetensors"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20 + 40 * attempt));
+    kill(b.pid, SIGINT);
+    ASSERT_EQ(b.wait(), 130) << read_text(b.err_path);
+    EXPECT_NE(read_text(b.err_path).find("--resume"), std::string::npos);
+    saved_step = std::stoll(voxgrad::load_safetensors(run + "/checkpoint_latest.safetensors").metadata.at("step"));
+  }
+  ASSERT_NE(saved_step % 30, 0) << "no interruption landed inside an epoch";
+  const json partial = json::parse(read_text(run + "/metrics.json"));
+  EXPECT_LT(partial.at("epochs_done").get<int>(), 4);
+
+  const CommandResult resumed = run_voxgrad("train --out " + run + " --resume --device cpu");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_NE(resumed.err.find("resuming"), std::string::npos);
+  EXPECT_EQ(log_without_seconds(run), log_without_seconds(dir + "/whole"));
+  expect_same_tensors(run + "/checkpoint_latest.safetensors", dir + "/whole/checkpoint_latest.safetensors");
+  expect_same_tensors(run + "/model_best.safetensors", dir + "/whole/model_best.safetensors");
+}
+
+// SIGKILL leaves no chance to save: the run resumes from the last complete checkpoint (atomic
+// writes: never a torn file) and still ends where an uninterrupted run ends.
+TEST_F(TrainCli, SigkillResumesFromLastCompleteCheckpoint) {
+  const std::string dir = temp_dir("train-kill");
+  const std::string schedule = "--epochs 3 --iters-per-epoch 30";
+  const CommandResult whole = train(dir + "/whole", schedule);
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+
+  const std::string run = dir + "/killed";
+  const Background b = start_voxgrad(split_words("train --data " + data() + " --out " + run + " " + kTiny + " " + schedule), dir);
+  ASSERT_TRUE(wait_for(run + "/checkpoint_latest.safetensors"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  kill(b.pid, SIGKILL);
+  ASSERT_EQ(b.wait(), 128 + SIGKILL);
+  // The checkpoint on disk is whole: it loads.
+  EXPECT_NO_THROW(voxgrad::load_safetensors(run + "/checkpoint_latest.safetensors"));
+
+  const CommandResult resumed = run_voxgrad("train --out " + run + " --resume --device cpu");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_EQ(log_without_seconds(run), log_without_seconds(dir + "/whole"));
+  expect_same_tensors(run + "/checkpoint_latest.safetensors", dir + "/whole/checkpoint_latest.safetensors");
+}
+
+TEST_F(TrainCli, NonFiniteLossStopsAndNamesTheStep) {
+  const std::string dir = temp_dir("train-nan");
+  const CommandResult r = train(dir + "/run", "--epochs 3 --iters-per-epoch 10 --lr 1e30");
+  expect_one_error(r, 1, "the loss is");
+  EXPECT_NE(r.err.find("step "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("training stopped"), std::string::npos) << r.err;
+}
+
+TEST_F(TrainCli, BadInputGivesOneErrorLine) {
+  const std::string dir = temp_dir("train-bad");
+  expect_one_error(run_voxgrad("train --data " + dir + "/nowhere --out " + dir + "/r1"), 1, "nowhere");
+  expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r2 --no-such-flag"), 2, "--no-such-flag");
+  expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r3 --loss hinge"), 2, "--loss");
+  expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r4 --patch 0,4"), 2, "--patch");
+  expect_one_error(run_voxgrad("train --out " + dir + "/r5 --resume"), 1, "nothing to resume");
+  // A patch the U-Net cannot take (3 levels need multiples of 4).
+  expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r6 --patch 18 --levels 3 --device cpu"), 1,
+                   "18");
+  // An existing run is never overwritten.
+  ASSERT_EQ(train(dir + "/r7", "--epochs 1 --iters-per-epoch 1").exit_code, 0);
+  expect_one_error(train(dir + "/r7", "--epochs 1 --iters-per-epoch 1"), 1, "already holds a run");
+  // --resume refuses a flag that contradicts the run.
+  expect_one_error(run_voxgrad("train --out " + dir + "/r7 --resume --lr 0.5"), 1, "--lr");
+
+  // A copy of the dataset with a label value outside the declared set, and one with a label of
+  // the wrong dims.
+  const std::string bad = dir + "/bad";
+  fs::copy(data(), bad, fs::copy_options::recursive);
+  {
+    io::Volume label = io::read_nifti(bad + "/labelsTr/synth_001.nii.gz");
+    label.data.data<std::uint8_t>()[0] = 7;
+    io::write_nifti(bad + "/labelsTr/synth_001.nii.gz", label);
+  }
+  expect_one_error(run_voxgrad("train --data " + bad + " --out " + dir + "/r8 " + kTiny), 1, "synth_001");
+  {
+    io::Volume label = io::read_nifti(data() + "/labelsTr/synth_001.nii.gz");
+    io::write_nifti(bad + "/labelsTr/synth_001.nii.gz", label);
+    io::Volume small = io::make_volume(voxgrad::zeros({20, 24, 24}, voxgrad::DType::UInt8), label.affine);
+    io::write_nifti(bad + "/labelsTr/synth_002.nii.gz", small);
+  }
+  expect_one_error(run_voxgrad("train --data " + bad + " --out " + dir + "/r9 " + kTiny), 1, "synth_002");
+  EXPECT_FALSE(fs::exists(dir + "/r9/config.json"));
+}
+
+TEST_F(TrainCli, PredictBadInputGivesOneErrorLine) {
+  const std::string dir = temp_dir("predict-bad");
+  const std::string run = dir + "/run";
+  ASSERT_EQ(train(run, "--epochs 1 --iters-per-epoch 1").exit_code, 0);
+  expect_one_error(run_voxgrad("predict --model " + dir + "/none --input " + data() + "/imagesTs --out " + dir + "/p"),
+                   1, "none");
+  expect_one_error(run_voxgrad("predict --model " + run + " --input " + dir + "/missing.nii.gz --out " + dir + "/p"), 1,
+                   "missing.nii.gz");
+  fs::create_directories(dir + "/empty");
+  expect_one_error(run_voxgrad("predict --model " + run + " --input " + dir + "/empty --out " + dir + "/p"), 1,
+                   "no .nii");
+  expect_one_error(run_voxgrad("predict --model " + run + " --input x --out y --overlap 1.5"), 2, "--overlap");
+  expect_one_error(run_voxgrad("predict --model " + run + " --input x --out y --checkpoint newest"), 2, "--checkpoint");
+  // A corrupt image: one error line naming the file.
+  fs::create_directories(dir + "/corrupt");
+  std::ofstream(dir + "/corrupt/case_0000.nii.gz") << "not a nifti file";
+  expect_one_error(run_voxgrad("predict --model " + run + " --input " + dir + "/corrupt --out " + dir + "/p --device cpu"),
+                   1, "case_0000.nii.gz");
+}
+
+TEST(TrainRecipe, DeepSupervisionWeightsAreNnunets) {
+  const std::vector<double> w = voxgrad::apps::deep_supervision_weights(4);
+  // 1, 1/2, 1/4, 0 normalised by 1.75.
+  ASSERT_EQ(w.size(), 4u);
+  EXPECT_DOUBLE_EQ(w[0], 1.0 / 1.75);
+  EXPECT_DOUBLE_EQ(w[1], 0.5 / 1.75);
+  EXPECT_DOUBLE_EQ(w[2], 0.25 / 1.75);
+  EXPECT_DOUBLE_EQ(w[3], 0.0);
+  EXPECT_EQ(voxgrad::apps::deep_supervision_weights(1), std::vector<double>{1.0});
+}
+
+TEST(TrainRecipe, SplitHoldsOutAFifthDeterministically) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 10; ++i) ids.push_back(std::string("c").append(std::to_string(i)));
+  std::vector<std::string> train, val, train2, val2;
+  voxgrad::apps::split_cases(ids, 1, train, val);
+  EXPECT_EQ(val.size(), 2u);
+  EXPECT_EQ(train.size(), 8u);
+  voxgrad::apps::split_cases(ids, 1, train2, val2);
+  EXPECT_EQ(val, val2);
+  std::set<std::string> all(train.begin(), train.end());
+  all.insert(val.begin(), val.end());
+  EXPECT_EQ(all.size(), 10u);
+  voxgrad::apps::split_cases({"only"}, 1, train, val);
+  EXPECT_EQ(train, std::vector<std::string>{"only"});
+  EXPECT_EQ(val, std::vector<std::string>{"only"});
+}
+
+TEST(TrainRecipe, DefaultPatchFitsTheNetwork) {
+  EXPECT_EQ(voxgrad::apps::default_patch({48, 50, 300}, 4), (io::Shape3{48, 48, 128}));
+  EXPECT_EQ(voxgrad::apps::default_patch({5, 17, 9}, 3), (io::Shape3{4, 16, 8}));
+  EXPECT_EQ(voxgrad::apps::default_patch({2, 17, 9}, 3), (io::Shape3{4, 16, 8}));
+}
+
+TEST(TrainRecipe, RunConfigRoundTrips) {
+  voxgrad::apps::RunConfig c;
+  c.dataset_root = "/data/x";
+  c.dataset_name = "x";
+  c.channels = {"CT"};
+  c.labels = {{0, "background"}, {1, "liver"}};
+  c.model.classes = 2;
+  c.plan.classes = 2;
+  c.plan.normalization = io::Normalization::CT;
+  c.plan.ct_stats = {{-100.5, 200.25, 50.0, 30.0}};
+  c.plan.target_spacing = {2.5, 0.75, 0.75};
+  c.training.patch = {32, 64, 48};
+  c.training.val_cases = {"a"};
+  const json j = voxgrad::apps::run_config_to_json(c);
+  const voxgrad::apps::RunConfig back = voxgrad::apps::run_config_from_json(j, "config.json");
+  EXPECT_EQ(voxgrad::apps::run_config_to_json(back), j);
+  json broken = j;
+  broken["model"].erase("levels");
+  try {
+    voxgrad::apps::run_config_from_json(broken, "config.json");
+    FAIL() << "no error for a missing key";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("levels"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
