@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <regex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,7 @@
 #include "engine/json.h"
 #include "engine/log.h"
 #include "engine/ops.h"
+#include "io/dataset.h"
 #include "io/nifti.h"
 #include "io/preprocess.h"
 #include "io/volume.h"
@@ -90,14 +92,27 @@ std::vector<InputCase> find_inputs(const std::string& input, int channels) {
     else
       all_channel_named = false;
   }
+  // For a one-channel model, names like liver_0001 may be case numbers rather than channels: the
+  // nnU-Net reading holds only when every case has exactly its channel 0.
+  bool channel_groups = all_channel_named;
+  if (channels == 1)
+    for (const auto& [id, files] : grouped) channel_groups = channel_groups && files.size() == 1 && files.count(0);
   std::vector<InputCase> cases;
-  if (!all_channel_named) {
-    VG_CHECK(channels == 1, "--input " << input << ": the model takes " << channels
-                                       << " channels, so the files must be named <case>_0000.nii.gz ... <case>_"
-                                       << channels - 1 << " (nnU-Net's naming)");
-    for (const std::string& name : names) cases.push_back({strip_nifti_ending(name), {(fs::path(input) / name).string()}});
+  if (!channel_groups && channels == 1) {
+    std::set<std::string> ids;
+    for (const std::string& name : names) {
+      const std::string id = strip_nifti_ending(name);
+      VG_CHECK(ids.insert(id).second, "--input " << input << ": case " << id
+                                                 << " is there twice (.nii and .nii.gz); keep one");
+      cases.push_back({id, {(fs::path(input) / name).string()}});
+    }
     return cases;
   }
+  char last[16];
+  std::snprintf(last, sizeof last, "_%04d", channels - 1);
+  VG_CHECK(all_channel_named, "--input " << input << ": the model takes " << channels
+                                         << " channels, so the files must be named <case>_0000.nii.gz ... <case>"
+                                         << last << ".nii.gz (nnU-Net's naming)");
   for (const auto& [id, files] : grouped) {
     InputCase c{id, {}};
     for (int ch = 0; ch < channels; ++ch) {
@@ -131,8 +146,11 @@ LoadedCase load_case(const InputCase& c) {
              file << ": a " << v.ndim() << "-D image; voxgrad predict takes 3-D volumes");
     Tensor data = v.to_float32();
     data = reshape(data, {data.size(-3), data.size(-2), data.size(-1)});
-    if (!channels.empty())
+    if (!channels.empty()) {
       VG_CHECK(data.shape() == channels[0].shape(), file << ": dims differ from " << c.files[0]);
+      VG_CHECK(io::affines_close(v.affine, loaded.reference.affine, 1e-4),
+               file << ": its affine differs from " << c.files[0] << "'s (the channels must share one grid)");
+    }
     channels.push_back(data);
     if (loaded.reference.data.defined()) continue;
     loaded.reference = v;

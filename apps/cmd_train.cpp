@@ -1,7 +1,9 @@
 // `voxgrad train --data DIR --out RUN`: the command line of apps/trainer (nnU-Net's recipe on a
 // dataset folder, with the loss of the user's choice).
 #include <CLI/CLI.hpp>
+#include <charconv>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,35 +15,31 @@ namespace voxgrad::apps {
 
 namespace {
 
-// "--patch 32,64,64" or "--patch 48" (a cube).
+// "--patch 32,64,64" or "--patch 48" (a cube): the sizes, or nothing when the text is not that.
+std::optional<io::Shape3> parse_patch(const std::string& text) {
+  std::vector<std::int64_t> v;
+  const char* p = text.data();
+  const char* end = text.data() + text.size();
+  while (true) {
+    std::int64_t x = 0;
+    const auto [next, error] = std::from_chars(p, end, x);
+    if (error != std::errc() || x < 1 || x > 4096) return std::nullopt;
+    v.push_back(x);
+    if (next == end) break;
+    if (*next != ',') return std::nullopt;
+    p = next + 1;
+  }
+  if (v.size() == 1) return io::Shape3{v[0], v[0], v[0]};
+  if (v.size() == 3) return io::Shape3{v[0], v[1], v[2]};
+  return std::nullopt;
+}
+
 CLI::Validator patch_validator() {
   return CLI::Validator(
       [](std::string& text) -> std::string {
-        std::vector<std::int64_t> v;
-        std::size_t start = 0;
-        while (start <= text.size()) {
-          const std::size_t end = std::min(text.find(',', start), text.size());
-          std::int64_t x = 0;
-          if (!CLI::detail::lexical_cast(text.substr(start, end - start), x) || x < 1)
-            return "'" + text + "' is not D,H,W or S (positive integers)";
-          v.push_back(x);
-          start = end + 1;
-        }
-        if (v.size() != 1 && v.size() != 3) return "'" + text + "' is not D,H,W or S";
-        return "";
+        return parse_patch(text) ? "" : "'" + text + "' is not D,H,W or S (whole numbers from 1 to 4096)";
       },
       "D,H,W|S");
-}
-
-io::Shape3 parse_patch(const std::string& text) {
-  std::vector<std::int64_t> v;
-  std::size_t start = 0;
-  while (start <= text.size()) {
-    const std::size_t end = std::min(text.find(',', start), text.size());
-    v.push_back(std::stoll(text.substr(start, end - start)));
-    start = end + 1;
-  }
-  return v.size() == 1 ? io::Shape3{v[0], v[0], v[0]} : io::Shape3{v[0], v[1], v[2]};
 }
 
 }  // namespace
@@ -93,7 +91,7 @@ Command train_command() {
                                        "--lr", "--optim", "--base", "--levels", "--norm", "--deep-supervision",
                                        "--seed"})
                 if (sub.count(flag) > 0) opt->given.insert(flag);
-              if (!patch->empty()) opt->patch = parse_patch(*patch);
+              if (!patch->empty()) opt->patch = parse_patch(*patch);  // validated above
               if (sub.count("--lr") > 0) opt->lr = *lr;
               return run_train(*opt, global);
             };

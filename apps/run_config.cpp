@@ -1,6 +1,7 @@
 // config.json of a run folder: RunConfig to JSON and back, with errors that name the key.
 #include "apps/run_config.h"
 
+#include <charconv>
 #include <filesystem>
 #include <span>
 
@@ -97,8 +98,12 @@ RunConfig run_config_from_json(const Json& j, const std::string& source) {
   c.dataset_name = get<std::string>(d, "name", dw);
   c.channels = get<std::vector<std::string>>(d, "channels", dw);
   for (const auto& [value, name] : child(d, "labels", dw).items()) {
+    int number = 0;
+    const auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), number);
+    VG_CHECK(error == std::errc() && end == value.data() + value.size() && number >= 0,
+             dw << ": label key \"" << value << "\" is not a label value (0, 1, ...)");
     VG_CHECK(name.is_string(), dw << ": label " << value << " has no name");
-    c.labels[std::stoi(value)] = name.get<std::string>();
+    c.labels[number] = name.get<std::string>();
   }
 
   const Json& m = child(j, "model", source);
@@ -124,6 +129,8 @@ RunConfig run_config_from_json(const Json& j, const std::string& source) {
                                get<double>(s, "std", pw)});
   c.plan.classes = get<int>(p, "classes", pw);
   const auto resampling = get<std::string>(p, "label_resampling", pw);
+  VG_CHECK(resampling == "nearest" || resampling == "one_hot_linear",
+           pw << ": label_resampling \"" << resampling << "\" is not nearest or one_hot_linear");
   c.plan.label_resampling =
       resampling == "nearest" ? io::LabelResampling::Nearest : io::LabelResampling::OneHotLinear;
 

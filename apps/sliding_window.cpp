@@ -45,9 +45,10 @@ std::vector<float> read_window(const float* image, std::int64_t channels, const 
       for (std::int64_t y = 0; y < patch[1]; ++y) {
         const std::int64_t iy = oy + y;
         if (iy < 0 || iy >= size[1]) continue;
-        const float* src = image + ((c * size[0] + iz) * size[1] + iy) * size[2] + ox;
+        // Indices, not a row pointer moved by ox: ox < 0 would point before the array.
+        const std::int64_t src = ((c * size[0] + iz) * size[1] + iy) * size[2] + ox;
         float* dst = window.data() + ((c * patch[0] + z) * patch[1] + y) * patch[2];
-        for (std::int64_t x = x_lo; x < x_hi; ++x) dst[x] = src[x];
+        for (std::int64_t x = x_lo; x < x_hi; ++x) dst[x] = image[src + x];
       }
     }
   return window;
@@ -207,8 +208,8 @@ Tensor sliding_window_logits(UNet3d& model, const Tensor& image, const SlidingWi
             for (std::int64_t x = x_lo; x < x_hi; ++x) weight[v_row + x] += gaussian[g_row + x];
             for (std::int64_t k = 0; k < classes; ++k) {
               const float* l = logits.data() + k * patch_voxels + g_row;
-              float* s = sum + k * voxels + v_row;
-              for (std::int64_t x = x_lo; x < x_hi; ++x) s[x] += l[x] * gaussian[g_row + x];
+              const std::int64_t s = k * voxels + v_row;  // an index: v_row may be negative (ox < 0)
+              for (std::int64_t x = x_lo; x < x_hi; ++x) sum[s + x] += l[x] * gaussian[g_row + x];
             }
           }
         }

@@ -14,9 +14,11 @@ namespace {
 
 io::Spacing3 zyx(const std::array<double, 3>& xyz) { return {xyz[2], xyz[1], xyz[0]}; }
 
+// numpy's median (the mean of the middle two for an even count), rounded down to a whole voxel.
 std::int64_t median_of(std::vector<std::int64_t> v) {
   std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 }  // namespace
@@ -28,9 +30,12 @@ TrainingData prepare_training_data(const std::string& root, io::PreprocessPlan p
   VG_CHECK(!ds.training.empty(), root << ": the dataset has no training cases (imagesTr/labelsTr)");
   for (const io::Case& c : ds.training) VG_CHECK(!c.label.empty(), root << ": training case " << c.id << " has no label");
 
+  // Training reads only the training cases: a problem with a test case is predict's business.
+  io::Dataset training_only = ds;
+  training_only.test.clear();
   io::CheckOptions check;
   check.progress = true;
-  io::check_dataset(ds, check);
+  io::check_dataset(training_only, check);
 
   // Every case is held in memory twice at most (raw, then preprocessed): datasets voxgrad trains on
   // a CPU or one GPU fit.

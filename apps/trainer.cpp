@@ -44,7 +44,7 @@ const double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 // One finished epoch, as log.csv and metrics.json report it.
 struct EpochRecord {
-  std::int64_t epoch = 0;
+  std::int64_t epoch = 0;  // 1-based, as the progress lines count them
   double lr = 0.0;
   double train_loss = 0.0;
   double val_dice = kNaN;
@@ -57,7 +57,7 @@ struct Progress {
   std::vector<EpochRecord> history;
   double epoch_loss_sum = 0.0;  // over the iterations of the current epoch done so far
   double best_dice = -1.0;
-  std::int64_t best_epoch = -1;
+  std::int64_t best_epoch = 0;  // 1-based; 0: none yet
 };
 
 Json number_or_null(double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); }
@@ -142,8 +142,8 @@ void write_reports(const std::string& run, const Progress& p, int classes, const
   }
   write_text(run_file(run, "log.csv"), csv);
   Json metrics = {{"epochs_done", static_cast<std::int64_t>(p.history.size())},
-                  {"best_epoch", p.best_epoch >= 0 ? Json(p.best_epoch) : Json(nullptr)},
-                  {"best_val_dice", p.best_epoch >= 0 ? number_or_null(p.best_dice) : Json(nullptr)},
+                  {"best_epoch", p.best_epoch > 0 ? Json(p.best_epoch) : Json(nullptr)},
+                  {"best_val_dice", p.best_epoch > 0 ? number_or_null(p.best_dice) : Json(nullptr)},
                   {"last", p.history.empty() ? Json(nullptr) : record_json(p.history.back())},
                   {"epochs", epochs}};
   write_text(run_file(run, "metrics.json"), metrics.dump(2) + "\n");
@@ -155,7 +155,6 @@ void write_reports(const std::string& run, const Progress& p, int classes, const
 Tensor labels_at(const Tensor& labels, const Shape& logits_shape, int classes) {
   const io::Shape3 out{logits_shape[2], logits_shape[3], logits_shape[4]};
   if (labels.size(1) == out[0] && labels.size(2) == out[1] && labels.size(3) == out[2]) return labels;
-  std::vector<Tensor> parts;
   const std::int64_t n = labels.size(0);
   Tensor result = empty({n, out[0], out[1], out[2]}, DType::Int32);
   const std::int64_t per = out[0] * out[1] * out[2];
@@ -240,6 +239,8 @@ RunConfig plan_run(const TrainOptions& o, const TrainingData& data) {
   c.model.base_features = o.base;
   c.model.levels = o.levels;
   c.model.deep_supervision = o.deep_supervision;
+  VG_CHECK(!o.deep_supervision || o.levels >= 2,
+           "--deep-supervision needs --levels 2 or more (it adds the loss of every lower decoder level)");
   TrainingSettings& t = c.training;
   t.loss = loss_kind_name(parse_loss_kind(o.loss));
   t.patch = o.patch ? *o.patch : default_patch(data.median_shape, o.levels);
@@ -253,6 +254,13 @@ RunConfig plan_run(const TrainOptions& o, const TrainingData& data) {
   for (const PreparedCase& pc : data.cases) ids.push_back(pc.id);
   split_cases(ids, o.seed, t.train_cases, t.val_cases);
   return c;
+}
+
+// A double as the user would write it (1e-07, 0.01), not std::to_string's fixed six decimals.
+std::string number_text(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
 }
 
 // --resume: a flag given now must agree with the run it continues.
@@ -271,7 +279,7 @@ void check_resume_flags(const TrainOptions& o, RunConfig& c) {
     refuse("--batch-size", std::to_string(o.batch_size), std::to_string(t.batch_size));
   if (o.given.count("--iters-per-epoch") && o.iters_per_epoch != t.iters_per_epoch)
     refuse("--iters-per-epoch", std::to_string(o.iters_per_epoch), std::to_string(t.iters_per_epoch));
-  if (o.given.count("--lr") && o.lr && *o.lr != t.lr) refuse("--lr", std::to_string(*o.lr), std::to_string(t.lr));
+  if (o.given.count("--lr") && o.lr && *o.lr != t.lr) refuse("--lr", number_text(*o.lr), number_text(t.lr));
   if (o.given.count("--optim") && o.optim != t.optim) refuse("--optim", o.optim, t.optim);
   if (o.given.count("--base") && o.base != c.model.base_features)
     refuse("--base", std::to_string(o.base), std::to_string(c.model.base_features));
@@ -353,9 +361,9 @@ int run_train(const TrainOptions& o, const GlobalOptions& global) {
     VG_CHECK(state.rng_seed == t.seed, latest << ": sampler seed " << state.rng_seed << " differs from config.json's "
                                               << t.seed);
     write_run_config(o.out, config);  // --epochs may have changed
-    logging::info("resuming " + o.out + " at step " + std::to_string(step) + " (epoch " +
-                  std::to_string(step / t.iters_per_epoch) + ", iteration " + std::to_string(step % t.iters_per_epoch) +
-                  ")");
+    logging::info("resuming " + o.out + " after step " + std::to_string(step) + " (epoch " +
+                  std::to_string(step / t.iters_per_epoch + 1) + ", iteration " +
+                  std::to_string(step % t.iters_per_epoch + 1) + " comes next)");
   }
   const std::string title = "voxgrad train: " + config.dataset_name + ", " + t.loss;
   write_reports(o.out, progress, config.plan.classes, title);
@@ -400,7 +408,14 @@ int run_train(const TrainOptions& o, const GlobalOptions& global) {
     state.config = progress_to_json(progress);
     return state;
   };
-  auto save_latest = [&] { save_training_checkpoint(latest, model, *optimizer, state_now()); };
+  std::int64_t saved_step = step;  // what checkpoint_latest holds
+  auto save_latest = [&] {
+    save_training_checkpoint(latest, model, *optimizer, state_now());
+    saved_step = step;
+  };
+  // A fresh run saves its initial state at once, so a run stopped (or killed) before its first
+  // epoch ends can still be resumed rather than leave a folder that is neither new nor resumable.
+  if (!o.resume) save_latest();
 
   const std::vector<double> ds_weights =
       deep_supervision_weights(config.model.deep_supervision ? config.model.levels - 1 : 1);
@@ -429,11 +444,10 @@ int run_train(const TrainOptions& o, const GlobalOptions& global) {
         loss = loss.defined() ? add(loss, term) : term;
       }
       const double value = loss.item();
-      VG_CHECK(std::isfinite(value),
-               "step " << step + 1 << " (epoch " << epoch + 1 << ", iteration " << it + 1 << "): the loss is " << value
-                       << "; training stopped. " << latest
-                       << " holds the last good state (saved at the end of the last complete epoch); lower --lr or "
-                          "check the data");
+      VG_CHECK(std::isfinite(value), "step " << step + 1 << " (epoch " << epoch + 1 << ", iteration " << it + 1
+                                             << "): the loss is " << value << "; training stopped. " << latest
+                                             << " holds the last good state (after step " << saved_step
+                                             << "); lower --lr or check the data");
       loss.backward();
       clip_grad_norm_(model.parameters(), t.grad_clip);
       optimizer->step();
@@ -454,11 +468,10 @@ int run_train(const TrainOptions& o, const GlobalOptions& global) {
     bar.finish(fields);
 
     EpochRecord record;
-    record.epoch = epoch;
+    record.epoch = epoch + 1;
     record.lr = optimizer->lr();
     record.train_loss = progress.epoch_loss_sum / static_cast<double>(t.iters_per_epoch);
     const Validation v = validate(model, val_cases, t.patch, config.plan.classes, dev);
-    model.train();
     record.val_dice = v.dice;
     record.val_dice_per_class = v.per_class;
     record.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
@@ -467,21 +480,21 @@ int run_train(const TrainOptions& o, const GlobalOptions& global) {
     const bool best = std::isfinite(v.dice) && v.dice > progress.best_dice;
     if (best) {
       progress.best_dice = v.dice;
-      progress.best_epoch = epoch;
+      progress.best_epoch = epoch + 1;
     }
     // Best before latest: a crash between the two leaves latest one epoch behind, and resuming
     // redoes that epoch to the same numbers.
     if (best) {
       save_training_checkpoint(run_file(o.out, "checkpoint_best.safetensors"), model, *optimizer, state_now());
       save_model(run_file(o.out, "model_best.safetensors"), model,
-                 {{"epoch", std::to_string(epoch)}, {"val_dice", csv_number(v.dice)}});
+                 {{"epoch", std::to_string(epoch + 1)}, {"val_dice", csv_number(v.dice)}});
     }
     save_latest();
     write_reports(o.out, progress, config.plan.classes, title);
     char line[160];
     std::snprintf(line, sizeof line, "epoch %lld/%lld: train loss %.4f, val Dice %.4f (best %.4f, epoch %lld), %.1f s",
                   static_cast<long long>(epoch + 1), static_cast<long long>(t.epochs), record.train_loss, v.dice,
-                  progress.best_dice, static_cast<long long>(progress.best_epoch + 1), record.seconds);
+                  progress.best_dice, static_cast<long long>(progress.best_epoch), record.seconds);
     logging::info(line);
     if (InterruptGuard::requested() && step < total_steps) {
       logging::info("interrupted after epoch " + std::to_string(epoch + 1) + ": " + latest +
@@ -495,8 +508,8 @@ int run_train(const TrainOptions& o, const GlobalOptions& global) {
                               {"steps", step},
                               {"train_loss", number_or_null(last.train_loss)},
                               {"val_dice", number_or_null(last.val_dice)},
-                              {"best_epoch", progress.best_epoch >= 0 ? Json(progress.best_epoch) : Json(nullptr)},
-                              {"best_val_dice", progress.best_epoch >= 0 ? Json(progress.best_dice) : Json(nullptr)}});
+                              {"best_epoch", progress.best_epoch > 0 ? Json(progress.best_epoch) : Json(nullptr)},
+                              {"best_val_dice", progress.best_epoch > 0 ? Json(progress.best_dice) : Json(nullptr)}});
   return kExitOk;
 }
 

@@ -9,7 +9,7 @@
 namespace voxgrad::io {
 
 struct EpochPoint {
-  std::int64_t epoch = 0;   // 0-based
+  std::int64_t epoch = 0;   // as the caller counts them (voxgrad train: from 1)
   double train_loss = 0.0;  // NaN: not plotted
   double val_dice = 0.0;    // foreground mean Dice; NaN: not plotted
 };

@@ -158,13 +158,20 @@ std::vector<std::string> split_words(const std::string& s) {
   return words;
 }
 
-// Waits (up to a minute) until `path` exists.
-bool wait_for(const std::string& path) {
-  for (int i = 0; i < 12000; ++i) {
-    if (fs::exists(path)) return true;
+// Waits (up to two minutes) until the run's metrics.json counts `epochs` finished epochs (it is
+// written atomically, so it always parses).
+bool wait_for_epochs(const std::string& run, int epochs) {
+  for (int i = 0; i < 24000; ++i) {
+    if (fs::exists(run + "/metrics.json") &&
+        json::parse(read_text(run + "/metrics.json")).at("epochs_done").get<int>() >= epochs)
+      return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   return false;
+}
+
+std::string checkpoint_step(const std::string& path) {
+  return voxgrad::load_safetensors(path).metadata.at("step");
 }
 
 TEST_F(TrainCli, EndToEndTrainPredictEval) {
@@ -276,12 +283,12 @@ TEST_F(TrainCli, CtrlCThenResumeIsBitIdentical) {
     fs::remove_all(run);
     const Background b =
         start_voxgrad(split_words("train --data " + data() + " --out " + run + " " + kTiny + " " + schedule), dir);
-    ASSERT_TRUE(wait_for(run + "/checkpoint_latest.safetensors"));
+    ASSERT_TRUE(wait_for_epochs(run, 1));
     std::this_thread::sleep_for(std::chrono::milliseconds(20 + 40 * attempt));
     kill(b.pid, SIGINT);
     ASSERT_EQ(b.wait(), 130) << read_text(b.err_path);
     EXPECT_NE(read_text(b.err_path).find("--resume"), std::string::npos);
-    saved_step = std::stoll(voxgrad::load_safetensors(run + "/checkpoint_latest.safetensors").metadata.at("step"));
+    saved_step = std::stoll(checkpoint_step(run + "/checkpoint_latest.safetensors"));
   }
   ASSERT_NE(saved_step % 30, 0) << "no interruption landed inside an epoch";
   const json partial = json::parse(read_text(run + "/metrics.json"));
@@ -305,7 +312,7 @@ TEST_F(TrainCli, SigkillResumesFromLastCompleteCheckpoint) {
 
   const std::string run = dir + "/killed";
   const Background b = start_voxgrad(split_words("train --data " + data() + " --out " + run + " " + kTiny + " " + schedule), dir);
-  ASSERT_TRUE(wait_for(run + "/checkpoint_latest.safetensors"));
+  ASSERT_TRUE(wait_for_epochs(run, 1));
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   kill(b.pid, SIGKILL);
   ASSERT_EQ(b.wait(), 128 + SIGKILL);
@@ -324,6 +331,53 @@ TEST_F(TrainCli, NonFiniteLossStopsAndNamesTheStep) {
   expect_one_error(r, 1, "the loss is");
   EXPECT_NE(r.err.find("step "), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("training stopped"), std::string::npos) << r.err;
+  // It diverges within the first epoch: checkpoint_latest still holds the initial state (step 0),
+  // and the error says so.
+  EXPECT_EQ(checkpoint_step(dir + "/run/checkpoint_latest.safetensors"), "0");
+  EXPECT_NE(r.err.find("after step 0"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir + "/run/model_best.safetensors"));
+}
+
+// A run killed before its first epoch ends resumes from its initial checkpoint.
+TEST_F(TrainCli, RunKilledInItsFirstEpochResumes) {
+  const std::string dir = temp_dir("train-early");
+  const std::string run = dir + "/run";
+  const std::string schedule = " --epochs 1 --iters-per-epoch 60";
+  const Background b = start_voxgrad(split_words("train --data " + data() + " --out " + run + " " + kTiny + schedule), dir);
+  for (int i = 0; i < 24000 && !fs::exists(run + "/checkpoint_latest.safetensors"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  kill(b.pid, SIGKILL);
+  ASSERT_EQ(b.wait(), 128 + SIGKILL);
+  ASSERT_EQ(checkpoint_step(run + "/checkpoint_latest.safetensors"), "0");
+  const CommandResult r = run_voxgrad("train --out " + run + " --resume --device cpu");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(checkpoint_step(run + "/checkpoint_latest.safetensors"), "60");
+  EXPECT_EQ(json::parse(read_text(run + "/metrics.json")).at("epochs_done"), 1);
+}
+
+
+// An input on another grid than training's (twice the voxel size in x, half the voxels) is
+// resampled to the training spacing for the network and the labels come back on the input's grid.
+TEST_F(TrainCli, PredictResamplesToTheTrainingSpacingAndBack) {
+  const std::string dir = temp_dir("predict-spacing");
+  ASSERT_EQ(train(dir + "/run", "--epochs 1 --iters-per-epoch 2").exit_code, 0);
+  io::Volume image = io::read_nifti(data() + "/imagesTs/synth_003_0000.nii.gz");
+  // Every other voxel along x (the last tensor axis), with the x column of the affine doubled.
+  const voxgrad::Tensor full = image.to_float32();
+  std::vector<float> half;
+  const std::vector<float> v = full.to_vector<float>();
+  for (std::size_t i = 0; i < v.size(); i += 2) half.push_back(v[i]);
+  io::Affine affine = image.affine;
+  for (int r = 0; r < 3; ++r) affine[r][0] *= 2;
+  fs::create_directories(dir + "/in");
+  io::write_nifti(dir + "/in/coarse.nii.gz", io::make_volume(voxgrad::from_vector(half, {24, 24, 12}), affine));
+  const CommandResult p = run_voxgrad("predict --model " + dir + "/run --checkpoint latest --input " + dir +
+                                      "/in --out " + dir + "/pred --device cpu");
+  ASSERT_EQ(p.exit_code, 0) << p.err;
+  const io::Volume labels = io::read_nifti(dir + "/pred/coarse.nii.gz");
+  EXPECT_EQ(labels.dims(), (std::vector<std::int64_t>{12, 24, 24}));
+  EXPECT_EQ(labels.affine, affine);
+  EXPECT_NEAR(labels.spacing[0], 1.6, 1e-6);
 }
 
 TEST_F(TrainCli, BadInputGivesOneErrorLine) {
@@ -333,6 +387,9 @@ TEST_F(TrainCli, BadInputGivesOneErrorLine) {
   expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r3 --loss hinge"), 2, "--loss");
   expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r4 --patch 0,4"), 2, "--patch");
   expect_one_error(run_voxgrad("train --out " + dir + "/r5 --resume"), 1, "nothing to resume");
+  expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r5b --levels 1 --deep-supervision --patch 8"),
+                   1, "--deep-supervision needs --levels 2");
+  EXPECT_FALSE(fs::exists(dir + "/r5b/config.json"));
   // A patch the U-Net cannot take (3 levels need multiples of 4).
   expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r6 --patch 18 --levels 3 --device cpu"), 1,
                    "18");
@@ -360,6 +417,10 @@ TEST_F(TrainCli, BadInputGivesOneErrorLine) {
   }
   expect_one_error(run_voxgrad("train --data " + bad + " --out " + dir + "/r9 " + kTiny), 1, "synth_002");
   EXPECT_FALSE(fs::exists(dir + "/r9/config.json"));
+  // A training image that is missing.
+  io::write_nifti(bad + "/labelsTr/synth_002.nii.gz", io::read_nifti(data() + "/labelsTr/synth_002.nii.gz"));
+  fs::remove(bad + "/imagesTr/synth_000_0000.nii.gz");
+  expect_one_error(run_voxgrad("train --data " + bad + " --out " + dir + "/r10 " + kTiny), 1, "synth_000");
 }
 
 TEST_F(TrainCli, PredictBadInputGivesOneErrorLine) {
@@ -375,6 +436,15 @@ TEST_F(TrainCli, PredictBadInputGivesOneErrorLine) {
                    "no .nii");
   expect_one_error(run_voxgrad("predict --model " + run + " --input x --out y --overlap 1.5"), 2, "--overlap");
   expect_one_error(run_voxgrad("predict --model " + run + " --input x --out y --checkpoint newest"), 2, "--checkpoint");
+  // For a one-channel model, names ending in _0001, _0002 are cases, not channels.
+  fs::create_directories(dir + "/numbered");
+  fs::copy_file(data() + "/imagesTs/synth_003_0000.nii.gz", dir + "/numbered/liver_0001.nii.gz");
+  fs::copy_file(data() + "/imagesTs/synth_004_0000.nii.gz", dir + "/numbered/liver_0002.nii.gz");
+  const CommandResult numbered =
+      run_voxgrad("predict --model " + run + " --input " + dir + "/numbered --out " + dir + "/pn --device cpu");
+  ASSERT_EQ(numbered.exit_code, 0) << numbered.err;
+  EXPECT_TRUE(fs::exists(dir + "/pn/liver_0001.nii.gz"));
+  EXPECT_TRUE(fs::exists(dir + "/pn/liver_0002.nii.gz"));
   // A corrupt image: one error line naming the file.
   fs::create_directories(dir + "/corrupt");
   std::ofstream(dir + "/corrupt/case_0000.nii.gz") << "not a nifti file";
