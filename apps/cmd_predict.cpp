@@ -199,6 +199,8 @@ int run_predict(const PredictOptions& o, const GlobalOptions& global) {
   for (std::size_t i = 0; i < cases.size(); ++i) {
     const InputCase& c = cases[i];
     const LoadedCase loaded = load_case(c);
+    if (loaded.reference.intent_code == 1002)
+      logging::warning(c.files[0] + " is marked as a label map (NIfTI intent 1002); predicting on it anyway");
     const std::vector<double>& sp = loaded.reference.spacing;
     const io::Spacing3 spacing{sp.size() > 2 ? sp[2] : 1.0, sp[1], sp[0]};
     const io::PreprocessedCase pre = io::preprocess_case(loaded.image, Tensor(), spacing, config.plan);
@@ -206,6 +208,10 @@ int run_predict(const PredictOptions& o, const GlobalOptions& global) {
     sw.patch = config.training.patch;
     sw.overlap = o.overlap;
     sw.mirror = o.tta;
+    // Whole volumes can take a while on a CPU: the case bar also counts the windows.
+    sw.on_window = [&](std::int64_t done, std::int64_t total) {
+      bar.update(static_cast<std::int64_t>(i), c.id + " window " + std::to_string(done) + "/" + std::to_string(total));
+    };
     Tensor logits = sliding_window_logits(model, pre.image, sw, dev);
     const io::Shape3 original = pre.original_shape;
     if (logits.size(1) != original[0] || logits.size(2) != original[1] || logits.size(3) != original[2])

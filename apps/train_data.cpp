@@ -2,11 +2,13 @@
 #include "apps/train_data.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <random>
 
 #include "engine/error.h"
 #include "engine/log.h"
+#include "io/nifti.h"
 
 namespace voxgrad::apps {
 
@@ -37,28 +39,32 @@ TrainingData prepare_training_data(const std::string& root, io::PreprocessPlan p
   check.progress = true;
   io::check_dataset(training_only, check);
 
-  // Every case is held in memory twice at most (raw, then preprocessed): datasets voxgrad trains on
-  // a CPU or one GPU fit.
-  std::vector<Tensor> images, labels;
+  // The spacings come from the headers, so planning needs no voxels (except for CT statistics),
+  // and each case is then loaded, preprocessed and its raw volumes dropped: memory holds the
+  // preprocessed cases plus one raw case.
   std::vector<io::Spacing3> spacings;
-  {
-    logging::ProgressBar bar("loading", static_cast<std::int64_t>(ds.training.size()), "case");
-    for (const io::Case& c : ds.training) {
-      io::CaseImage image = io::load_case_image(ds, c);
-      io::CaseLabel label = io::load_case_label(ds, c);
-      images.push_back(image.data);
-      labels.push_back(label.data);
-      spacings.push_back(zyx(image.spacing));
-      bar.update(static_cast<std::int64_t>(images.size()), c.id);
-    }
-    bar.finish();
+  for (const io::Case& c : ds.training) {
+    const std::vector<double> pixdim = io::read_nifti_header(c.images[0]).spacing();
+    std::array<double, 3> xyz{1.0, 1.0, 1.0};
+    for (std::size_t i = 0; i < 3 && i < pixdim.size(); ++i) xyz[i] = pixdim[i];
+    spacings.push_back(zyx(xyz));
   }
 
   if (!reuse_plan) {
     plan.target_spacing = io::median_spacing(spacings);
     plan.classes = ds.num_classes();
     plan.ct_stats.clear();
-    if (plan.normalization == io::Normalization::CT) plan.ct_stats = io::foreground_intensity_stats(images, labels);
+    if (plan.normalization == io::Normalization::CT) {
+      std::vector<Tensor> images, labels;
+      logging::ProgressBar bar("CT statistics", static_cast<std::int64_t>(ds.training.size()), "case");
+      for (const io::Case& c : ds.training) {
+        images.push_back(io::load_case_image(ds, c).data);
+        labels.push_back(io::load_case_label(ds, c).data);
+        bar.update(static_cast<std::int64_t>(images.size()), c.id);
+      }
+      bar.finish();
+      plan.ct_stats = io::foreground_intensity_stats(images, labels);
+    }
   }
   VG_CHECK(plan.classes == ds.num_classes(), root << ": the dataset declares " << ds.num_classes()
                                                   << " classes, the run was planned for " << plan.classes);
@@ -67,12 +73,13 @@ TrainingData prepare_training_data(const std::string& root, io::PreprocessPlan p
   logging::ProgressBar bar("preprocessing", static_cast<std::int64_t>(ds.training.size()), "case");
   std::vector<std::int64_t> sizes[3];
   for (std::size_t i = 0; i < ds.training.size(); ++i) {
-    PreparedCase prepared{ds.training[i].id, io::preprocess_case(images[i], labels[i], spacings[i], plan)};
-    images[i] = Tensor();  // the raw volumes go as soon as they are no longer needed
-    labels[i] = Tensor();
+    const io::Case& c = ds.training[i];
+    const io::CaseImage image = io::load_case_image(ds, c);
+    const io::CaseLabel label = io::load_case_label(ds, c);
+    PreparedCase prepared{c.id, io::preprocess_case(image.data, label.data, spacings[i], plan)};
     for (int a = 0; a < 3; ++a) sizes[a].push_back(prepared.data.image.size(1 + a));
     data.cases.push_back(std::move(prepared));
-    bar.update(static_cast<std::int64_t>(i + 1), ds.training[i].id);
+    bar.update(static_cast<std::int64_t>(i + 1), c.id);
   }
   bar.finish();
   for (int a = 0; a < 3; ++a) data.median_shape[a] = median_of(sizes[a]);

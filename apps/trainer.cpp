@@ -1,8 +1,9 @@
-// The training loop of `voxgrad train` and the run folder it keeps. Resuming is exact because
+// The training loop of `voxgrad train`. Resuming is exact because
 // everything a step depends on is either in checkpoint_latest (weights, optimizer state, the epoch
 // history and the running loss sum) or a pure function of (seed, step) (the batches).
 #include "apps/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -10,12 +11,12 @@
 #include <limits>
 #include <memory>
 #include <sstream>
-#include <span>
 #include <string>
 #include <vector>
 
 #include "apps/interrupt.h"
 #include "apps/run_config.h"
+#include "apps/run_history.h"
 #include "apps/sliding_window.h"
 #include "apps/train_data.h"
 #include "engine/autograd.h"
@@ -28,9 +29,7 @@
 #include "engine/metrics.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
-#include "io/gzip_stream.h"
 #include "io/patch_sampler.h"
-#include "io/training_curve.h"
 #include "models/unet3d.h"
 
 namespace voxgrad::apps {
@@ -41,114 +40,6 @@ namespace fs = std::filesystem;
 
 constexpr int kExitInterrupted = 130;  // 128 + SIGINT, what shells report for Ctrl-C
 const double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-// One finished epoch, as log.csv and metrics.json report it.
-struct EpochRecord {
-  std::int64_t epoch = 0;  // 1-based, as the progress lines count them
-  double lr = 0.0;
-  double train_loss = 0.0;
-  double val_dice = kNaN;
-  std::vector<double> val_dice_per_class;  // (K), NaN where undefined (background included, NaN)
-  double seconds = 0.0;
-};
-
-// What checkpoint_latest holds besides tensors, as JSON in TrainingState::config.
-struct Progress {
-  std::vector<EpochRecord> history;
-  double epoch_loss_sum = 0.0;  // over the iterations of the current epoch done so far
-  double best_dice = -1.0;
-  std::int64_t best_epoch = 0;  // 1-based; 0: none yet
-};
-
-Json number_or_null(double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); }
-double number_or_nan(const Json& j) { return j.is_number() ? j.get<double>() : kNaN; }
-
-Json record_json(const EpochRecord& r) {
-  Json per_class = Json::array();
-  for (double d : r.val_dice_per_class) per_class.push_back(number_or_null(d));
-  return {{"epoch", r.epoch},
-          {"lr", r.lr},
-          {"train_loss", number_or_null(r.train_loss)},
-          {"val_dice", number_or_null(r.val_dice)},
-          {"val_dice_per_class", per_class},
-          {"seconds", r.seconds}};
-}
-
-EpochRecord record_from_json(const Json& j) {
-  EpochRecord r;
-  r.epoch = j.at("epoch").get<std::int64_t>();
-  r.lr = j.at("lr").get<double>();
-  r.train_loss = number_or_nan(j.at("train_loss"));
-  r.val_dice = number_or_nan(j.at("val_dice"));
-  for (const Json& d : j.at("val_dice_per_class")) r.val_dice_per_class.push_back(number_or_nan(d));
-  r.seconds = j.at("seconds").get<double>();
-  return r;
-}
-
-std::string progress_to_json(const Progress& p) {
-  Json history = Json::array();
-  for (const EpochRecord& r : p.history) history.push_back(record_json(r));
-  // nlohmann writes doubles with 17 significant digits: the running sum comes back bit for bit.
-  return Json{{"history", history},
-              {"epoch_loss_sum", p.epoch_loss_sum},
-              {"best_dice", p.best_dice},
-              {"best_epoch", p.best_epoch}}
-      .dump();
-}
-
-Progress progress_from_json(const std::string& text, const std::string& path) {
-  try {
-    const Json j = Json::parse(text);
-    Progress p;
-    for (const Json& r : j.at("history")) p.history.push_back(record_from_json(r));
-    p.epoch_loss_sum = j.at("epoch_loss_sum").get<double>();
-    p.best_dice = j.at("best_dice").get<double>();
-    p.best_epoch = j.at("best_epoch").get<std::int64_t>();
-    return p;
-  } catch (const std::exception& e) {
-    VG_FAIL(path << ": the training progress it records is unreadable (" << e.what() << ")");
-  }
-}
-
-void write_text(const std::string& path, const std::string& text) {
-  io::write_file_bytes(path, std::as_bytes(std::span(text.data(), text.size())));
-}
-
-std::string csv_number(double v) {
-  if (!std::isfinite(v)) return "nan";
-  std::ostringstream s;
-  s.precision(9);
-  s << v;
-  return s.str();
-}
-
-// log.csv, metrics.json and training_curve.svg from the history: rewritten whole, atomically, so
-// they always agree with the checkpoint they were written beside.
-void write_reports(const std::string& run, const Progress& p, int classes, const std::string& title) {
-  std::string csv = "epoch,lr,train_loss,val_dice";
-  for (int c = 1; c < classes; ++c) csv += ",val_dice_" + std::to_string(c);
-  csv += ",seconds\n";
-  Json epochs = Json::array();
-  std::vector<io::EpochPoint> points;
-  for (const EpochRecord& r : p.history) {
-    // append(), not "," + string: GCC 12 warns (-Wrestrict, a false positive) on the latter.
-    csv.append(std::to_string(r.epoch));
-    for (double v : {r.lr, r.train_loss, r.val_dice}) csv.append(",").append(csv_number(v));
-    for (int c = 1; c < classes; ++c)
-      csv.append(",").append(csv_number(c < static_cast<int>(r.val_dice_per_class.size()) ? r.val_dice_per_class[c] : kNaN));
-    csv.append(",").append(csv_number(r.seconds)).append("\n");
-    epochs.push_back(record_json(r));
-    points.push_back({r.epoch, r.train_loss, r.val_dice});
-  }
-  write_text(run_file(run, "log.csv"), csv);
-  Json metrics = {{"epochs_done", static_cast<std::int64_t>(p.history.size())},
-                  {"best_epoch", p.best_epoch > 0 ? Json(p.best_epoch) : Json(nullptr)},
-                  {"best_val_dice", p.best_epoch > 0 ? number_or_null(p.best_dice) : Json(nullptr)},
-                  {"last", p.history.empty() ? Json(nullptr) : record_json(p.history.back())},
-                  {"epochs", epochs}};
-  write_text(run_file(run, "metrics.json"), metrics.dump(2) + "\n");
-  io::write_training_curve_svg(run_file(run, "training_curve.svg"), points, title);
-}
 
 // (N, D, H, W) int32 labels to each deep-supervision output's grid, by nearest neighbour (nnU-Net
 // downsamples segmentations with order 0).
@@ -352,7 +243,7 @@ int run_train(const TrainOptions& o, const GlobalOptions& global) {
   fs::create_directories(o.out);
   if (!o.resume) write_run_config(o.out, config);
 
-  Progress progress;
+  TrainingProgress progress;
   std::int64_t step = 0;
   if (o.resume) {
     const TrainingState state = load_training_checkpoint(latest, model, *optimizer);
@@ -366,7 +257,7 @@ int run_train(const TrainOptions& o, const GlobalOptions& global) {
                   std::to_string(step % t.iters_per_epoch + 1) + " comes next)");
   }
   const std::string title = "voxgrad train: " + config.dataset_name + ", " + t.loss;
-  write_reports(o.out, progress, config.plan.classes, title);
+  write_run_reports(o.out, progress, config.plan.classes, title);
 
   // Cases: training ones padded to the patch for the sampler; validation ones as they are (the
   // sliding window pads what it needs).
@@ -490,7 +381,7 @@ int run_train(const TrainOptions& o, const GlobalOptions& global) {
                  {{"epoch", std::to_string(epoch + 1)}, {"val_dice", csv_number(v.dice)}});
     }
     save_latest();
-    write_reports(o.out, progress, config.plan.classes, title);
+    write_run_reports(o.out, progress, config.plan.classes, title);
     char line[160];
     std::snprintf(line, sizeof line, "epoch %lld/%lld: train loss %.4f, val Dice %.4f (best %.4f, epoch %lld), %.1f s",
                   static_cast<long long>(epoch + 1), static_cast<long long>(t.epochs), record.train_loss, v.dice,

@@ -257,6 +257,11 @@ TEST_F(TrainCli, DeepSupervisionAndEveryLossTrain) {
     const CommandResult r = train(dir + "/" + loss, std::string("--epochs 1 --iters-per-epoch 2 --loss ") + loss);
     EXPECT_EQ(r.exit_code, 0) << loss << ": " << r.err;
   }
+  const CommandResult ct = train(dir + "/ct", "--epochs 1 --iters-per-epoch 2 --norm ct");
+  ASSERT_EQ(ct.exit_code, 0) << ct.err;
+  const voxgrad::apps::RunConfig ct_config = voxgrad::apps::read_run_config(dir + "/ct");
+  ASSERT_EQ(ct_config.plan.ct_stats.size(), 1u);
+  EXPECT_LT(ct_config.plan.ct_stats[0].lower, ct_config.plan.ct_stats[0].upper);
   const CommandResult r = train(dir + "/ds", "--epochs 1 --iters-per-epoch 2 --deep-supervision --optim adam");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(voxgrad::apps::read_run_config(dir + "/ds").model.deep_supervision);
