@@ -241,7 +241,6 @@ int run_train(const TrainOptions& o, const GlobalOptions& global) {
   const LossKind loss_kind = parse_loss_kind(t.loss);
 
   fs::create_directories(o.out);
-  if (!o.resume) write_run_config(o.out, config);
 
   TrainingProgress progress;
   std::int64_t step = 0;
@@ -305,8 +304,12 @@ int run_train(const TrainOptions& o, const GlobalOptions& global) {
     saved_step = step;
   };
   // A fresh run saves its initial state at once, so a run stopped (or killed) before its first
-  // epoch ends can still be resumed rather than leave a folder that is neither new nor resumable.
-  if (!o.resume) save_latest();
+  // epoch ends can still be resumed rather than leave a folder that is neither new nor resumable;
+  // config.json, which marks the folder as a run, comes right after the checkpoint it needs.
+  if (!o.resume) {
+    save_latest();
+    write_run_config(o.out, config);
+  }
 
   const std::vector<double> ds_weights =
       deep_supervision_weights(config.model.deep_supervision ? config.model.levels - 1 : 1);

@@ -349,7 +349,8 @@ TEST_F(TrainCli, RunKilledInItsFirstEpochResumes) {
   const std::string run = dir + "/run";
   const std::string schedule = " --epochs 1 --iters-per-epoch 60";
   const Background b = start_voxgrad(split_words("train --data " + data() + " --out " + run + " " + kTiny + schedule), dir);
-  for (int i = 0; i < 24000 && !fs::exists(run + "/checkpoint_latest.safetensors"); ++i)
+  // config.json comes right after the initial checkpoint: from then on the folder is a run.
+  for (int i = 0; i < 60000 && !fs::exists(run + "/config.json"); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   kill(b.pid, SIGKILL);
   ASSERT_EQ(b.wait(), 128 + SIGKILL);
