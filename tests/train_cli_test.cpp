@@ -458,6 +458,31 @@ TEST_F(TrainCli, PredictBadInputGivesOneErrorLine) {
                    1, "case_0000.nii.gz");
 }
 
+// The CUDA path end to end: training runs on the device, and the device's prediction of the same
+// weights agrees with the CPU's on almost every voxel (float32 sums in another order can flip a
+// voxel whose two best classes tie within rounding).
+TEST_F(TrainCli, CudaTrainsAndPredictsLikeTheCpu) {
+  VG_REQUIRE_CUDA();
+  const std::string dir = temp_dir("train-cuda");
+  const CommandResult t = run_voxgrad("train --data " + data() + " --out " + dir +
+                                      "/run --patch 16 --base 4 --levels 3 --batch-size 2 --seed 3 --device cuda "
+                                      "--epochs 2 --iters-per-epoch 5 --deep-supervision");
+  ASSERT_EQ(t.exit_code, 0) << t.err;
+  for (const char* device : {"cpu", "cuda"}) {
+    const CommandResult p = run_voxgrad("predict --model " + dir + "/run --checkpoint latest --tta --input " + data() +
+                                        "/imagesTs --out " + dir + "/pred_" + device + " --device " + device);
+    ASSERT_EQ(p.exit_code, 0) << device << ": " << p.err;
+  }
+  for (const char* id : {"synth_003", "synth_004"}) {
+    const auto cpu = io::read_nifti(dir + "/pred_cpu/" + id + ".nii.gz").to_labels().to_vector<std::int32_t>();
+    const auto gpu = io::read_nifti(dir + "/pred_cuda/" + id + ".nii.gz").to_labels().to_vector<std::int32_t>();
+    ASSERT_EQ(cpu.size(), gpu.size());
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < cpu.size(); ++i) differ += cpu[i] != gpu[i];
+    EXPECT_LE(differ, cpu.size() / 1000) << id << ": " << differ << " voxels differ";
+  }
+}
+
 TEST(TrainRecipe, DeepSupervisionWeightsAreNnunets) {
   const std::vector<double> w = voxgrad::apps::deep_supervision_weights(4);
   // 1, 1/2, 1/4, 0 normalised by 1.75.
