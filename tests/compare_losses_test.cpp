@@ -13,21 +13,11 @@
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-std::string binary() {
-  const char* from_env = std::getenv("VOXGRAD_BINARY");
-  return from_env != nullptr && *from_env != '\0' ? from_env : VOXGRAD_BINARY;
-}
+using voxgrad::test::read_file;
+using voxgrad::test::voxgrad_binary;
 
 std::string script(const std::string& args, const std::string& dir) {
-  return "VOXGRAD_BINARY='" + binary() + "' '" + std::string(VOXGRAD_SOURCE_DIR) + "/tools/compare-losses' " + args +
+  return "VOXGRAD_BINARY='" + voxgrad_binary() + "' '" + std::string(VOXGRAD_SOURCE_DIR) + "/tools/compare-losses' " + args +
          " >" + dir + "/out 2>" + dir + "/err";
 }
 
@@ -40,24 +30,24 @@ TEST(CompareLosses, OneShortRunPerLossGivesTheTable) {
                                dir)
                             .c_str()),
             0)
-      << read_text(dir + "/err");
-  std::istringstream out(read_text(dir + "/out"));
+      << read_file(dir + "/err");
+  std::istringstream out(read_file(dir + "/out"));
   std::vector<std::string> lines;
   for (std::string line; std::getline(out, line);) lines.push_back(line);
-  ASSERT_EQ(lines.size(), 5u) << read_text(dir + "/out");
+  ASSERT_EQ(lines.size(), 5u) << read_file(dir + "/out");
   EXPECT_EQ(lines[0].rfind("| loss | Dice | Jaccard | Dice 1 | Dice 2 |", 0), 0u) << lines[0];
   EXPECT_EQ(lines[2].rfind("| ce | ", 0), 0u);
   EXPECT_EQ(lines[3].rfind("| dice | ", 0), 0u);
   EXPECT_EQ(lines[4].rfind("| lovasz | ", 0), 0u);
 
-  const nlohmann::json rows = nlohmann::json::parse(read_text(work + "/compare.json"));
+  const nlohmann::json rows = nlohmann::json::parse(read_file(work + "/compare.json"));
   ASSERT_EQ(rows.size(), 3u);
   for (const nlohmann::json& row : rows) {
     const std::string loss = row.at("loss");
-    const nlohmann::json summary = nlohmann::json::parse(read_text(work + "/" + loss + "/summary.json"));
+    const nlohmann::json summary = nlohmann::json::parse(read_file(work + "/" + loss + "/summary.json"));
     EXPECT_EQ(row.at("dice"), summary.at("foreground_mean").at("Dice")) << loss;
     // Each run trained with its own loss, everything else equal.
-    const nlohmann::json config = nlohmann::json::parse(read_text(work + "/" + loss + "/run/config.json"));
+    const nlohmann::json config = nlohmann::json::parse(read_file(work + "/" + loss + "/run/config.json"));
     EXPECT_EQ(config.at("training").at("loss"), loss);
     EXPECT_EQ(config.at("training").at("seed"), 0);
   }
@@ -67,7 +57,7 @@ TEST(CompareLosses, RefusesAnUnknownLoss) {
   const std::string dir = voxgrad::test::temp_dir("compare-losses-bad");
   const int status = std::system(script("--losses ce,focal", dir).c_str());
   EXPECT_EQ(WEXITSTATUS(status), 2);
-  EXPECT_NE(read_text(dir + "/err").find("unknown loss 'focal'"), std::string::npos) << read_text(dir + "/err");
+  EXPECT_NE(read_file(dir + "/err").find("unknown loss 'focal'"), std::string::npos) << read_file(dir + "/err");
 }
 
 }  // namespace

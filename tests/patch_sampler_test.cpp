@@ -147,15 +147,7 @@ struct Placement {
   return ::testing::AssertionSuccess();
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a voxgrad::Error";
-  return "";
-}
+using voxgrad::test::error_of;
 
 TEST(PatchSampler, BatchIsAPureFunctionOfSeedAndIndex) {
   const PatchSampler a(mixed_cases(), small_options(7));

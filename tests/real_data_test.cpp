@@ -17,34 +17,24 @@
 namespace {
 
 namespace fs = std::filesystem;
+using voxgrad::test::read_file;
+using voxgrad::test::voxgrad_binary;
 namespace io = voxgrad::io;
 
 const std::string kItkData = "/usr/share/doc/insighttoolkit5-examples/examples/Data/";
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-std::string binary() {
-  const char* from_env = std::getenv("VOXGRAD_BINARY");
-  return from_env != nullptr && *from_env != '\0' ? from_env : VOXGRAD_BINARY;
-}
 
 TEST(RealData, ItkT1TrainsPredictsAndScoresAtSmallScale) {
   if (!fs::exists(kItkData + "KmeansTest_T1UCharRaw.nii.gz") || !fs::exists("/usr/bin/python3"))
     GTEST_SKIP() << "needs Debian's insighttoolkit5-examples and python3 (tools/deps --test-data installs them)";
   const std::string dir = voxgrad::test::temp_dir("real-data");
   const std::string work = dir + "/work";
-  const std::string cmd = "VOXGRAD_BINARY='" + binary() + "' '" + std::string(VOXGRAD_SOURCE_DIR) +
+  const std::string cmd = "VOXGRAD_BINARY='" + voxgrad_binary() + "' '" + std::string(VOXGRAD_SOURCE_DIR) +
                           "/tools/real-data' --work " + work +
                           " --epochs 1 --iters-per-epoch 2 --patch 16,32,32 --device cpu >" + dir + "/out 2>" + dir +
                           "/err";
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << read_text(dir + "/err");
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << read_file(dir + "/err");
 
-  const std::string out = read_text(dir + "/out");
+  const std::string out = read_file(dir + "/out");
   const std::regex line(R"(real-data: foreground mean Dice (\d\.\d{3}|n/a) on case t1_001 \(6 classes\) in \d+ s\n)");
   EXPECT_TRUE(std::regex_match(out, line)) << out;
 
@@ -77,7 +67,7 @@ TEST(RealData, ItkT1TrainsPredictsAndScoresAtSmallScale) {
   const io::Volume pred = io::read_nifti(work + "/pred/t1_001.nii.gz");
   EXPECT_EQ(pred.dims(), test.dims());
   EXPECT_EQ(pred.affine, test.affine);
-  const nlohmann::json summary = nlohmann::json::parse(read_text(work + "/summary.json"));
+  const nlohmann::json summary = nlohmann::json::parse(read_file(work + "/summary.json"));
   EXPECT_TRUE(summary.contains("foreground_mean"));
 }
 

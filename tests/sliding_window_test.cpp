@@ -44,15 +44,7 @@ SlidingWindowOptions options_8(bool mirror = false) {
   return o;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a voxgrad::Error";
-  return "";
-}
+using voxgrad::test::error_of;
 
 std::vector<double> as_double(const Tensor& t) {
   const std::vector<float> v = t.to_vector<float>();

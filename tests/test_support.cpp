@@ -1,6 +1,8 @@
 // Shared test helpers; see test_support.h.
 #include "tests/test_support.h"
 
+#include "engine/error.h"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -50,13 +52,29 @@ std::string temp_dir(const std::string& tag) {
   return made;
 }
 
-CommandResult run_voxgrad(const std::string& args, const std::string& env) {
-  const std::string dir = temp_dir("cmd");
-  const std::string out = dir + "/stdout", err = dir + "/stderr";
+std::string voxgrad_binary() {
   // VOXGRAD_BINARY in the environment wins: a build copied to another machine (tools/gpu-check)
   // no longer has the binary at the path compiled in here.
   const char* from_env = std::getenv("VOXGRAD_BINARY");
-  const std::string binary = from_env != nullptr && *from_env != '\0' ? from_env : VOXGRAD_BINARY;
+  return from_env != nullptr && *from_env != '\0' ? from_env : VOXGRAD_BINARY;
+}
+
+std::string read_file(const std::string& path) { return slurp(path); }
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a voxgrad::Error";
+  return "";
+}
+
+CommandResult run_voxgrad(const std::string& args, const std::string& env) {
+  const std::string dir = temp_dir("cmd");
+  const std::string out = dir + "/stdout", err = dir + "/stderr";
+  const std::string binary = voxgrad_binary();
   const std::string cmd = env + (env.empty() ? "" : " ") + "'" + binary + "' " + args + " </dev/null >'" + out +
                           "' 2>'" + err + "'";
   const int status = std::system(cmd.c_str());

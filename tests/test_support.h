@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include <string>
 #include <vector>
 
@@ -20,6 +22,16 @@ struct CommandResult {
   std::string err;
 };
 CommandResult run_voxgrad(const std::string& args, const std::string& env = "");
+
+// The voxgrad binary run_voxgrad runs: $VOXGRAD_BINARY when set (a build copied to another
+// machine), else the one this build made. For tests that start it themselves.
+std::string voxgrad_binary();
+
+// A whole file's bytes ("" when it cannot be read).
+std::string read_file(const std::string& path);
+
+// The message of the voxgrad::Error `f` throws; adds a test failure when it throws nothing.
+std::string error_of(const std::function<void()>& f);
 
 // A fresh empty folder under the system temp dir, removed at process exit.
 std::string temp_dir(const std::string& tag);

@@ -34,23 +34,13 @@ extern char** environ;
 namespace {
 
 namespace fs = std::filesystem;
+using voxgrad::test::read_file;
+using voxgrad::test::voxgrad_binary;
 namespace io = voxgrad::io;
 using nlohmann::json;
 using voxgrad::test::CommandResult;
 using voxgrad::test::run_voxgrad;
 using voxgrad::test::temp_dir;
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-std::string binary() {
-  const char* from_env = std::getenv("VOXGRAD_BINARY");
-  return from_env != nullptr && *from_env != '\0' ? from_env : VOXGRAD_BINARY;
-}
 
 // The tiny network and schedule every run here uses (a training step takes milliseconds).
 const std::string kTiny = "--patch 16 --base 4 --levels 3 --batch-size 2 --seed 3 --device cpu";
@@ -96,7 +86,7 @@ void expect_one_error(const CommandResult& r, int status, const std::string& nee
 
 // log.csv without its last column (seconds, the only thing allowed to differ between runs).
 std::string log_without_seconds(const std::string& run) {
-  std::istringstream in(read_text(run + "/log.csv"));
+  std::istringstream in(read_file(run + "/log.csv"));
   std::string out;
   for (std::string line; std::getline(in, line);) out += line.substr(0, line.rfind(',')) + "\n";
   return out;
@@ -141,7 +131,7 @@ Background start_voxgrad(const std::vector<std::string>& args, const std::string
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addopen(&actions, 1, (dir + "/stdout").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   posix_spawn_file_actions_addopen(&actions, 2, b.err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  std::vector<std::string> all{binary()};
+  std::vector<std::string> all{voxgrad_binary()};
   all.insert(all.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (std::string& a : all) argv.push_back(a.data());
@@ -163,7 +153,7 @@ std::vector<std::string> split_words(const std::string& s) {
 bool wait_for_epochs(const std::string& run, int epochs) {
   for (int i = 0; i < 24000; ++i) {
     if (fs::exists(run + "/metrics.json") &&
-        json::parse(read_text(run + "/metrics.json")).at("epochs_done").get<int>() >= epochs)
+        json::parse(read_file(run + "/metrics.json")).at("epochs_done").get<int>() >= epochs)
       return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
@@ -185,7 +175,7 @@ TEST_F(TrainCli, EndToEndTrainPredictEval) {
                         "checkpoint_best.safetensors", "model_best.safetensors", "training_curve.svg"})
     EXPECT_TRUE(fs::exists(run + "/" + f)) << f;
   // Two epochs in the log, each with a validation Dice in [0, 1].
-  const json metrics = json::parse(read_text(run + "/metrics.json"));
+  const json metrics = json::parse(read_file(run + "/metrics.json"));
   ASSERT_EQ(metrics.at("epochs").size(), 2u);
   for (const json& e : metrics.at("epochs")) {
     EXPECT_TRUE(e.at("train_loss").is_number());
@@ -228,8 +218,8 @@ TEST_F(TrainCli, EndToEndTrainPredictEval) {
     const std::string cmd = "nifti_tool -disp_hdr -field dim -field sform_code -infiles " + pred + "/" + id +
                             ".nii.gz >" + probe + " 2>&1";
     if (std::system("command -v nifti_tool >/dev/null 2>&1") == 0) {
-      ASSERT_EQ(std::system(cmd.c_str()), 0) << read_text(probe);
-      const std::string text = read_text(probe);
+      ASSERT_EQ(std::system(cmd.c_str()), 0) << read_file(probe);
+      const std::string text = read_file(probe);
       EXPECT_NE(text.find("3 24 24 24 1 1 1 1"), std::string::npos) << text;
     }
   }
@@ -291,12 +281,12 @@ TEST_F(TrainCli, CtrlCThenResumeIsBitIdentical) {
     ASSERT_TRUE(wait_for_epochs(run, 1));
     std::this_thread::sleep_for(std::chrono::milliseconds(20 + 40 * attempt));
     kill(b.pid, SIGINT);
-    ASSERT_EQ(b.wait(), 130) << read_text(b.err_path);
-    EXPECT_NE(read_text(b.err_path).find("--resume"), std::string::npos);
+    ASSERT_EQ(b.wait(), 130) << read_file(b.err_path);
+    EXPECT_NE(read_file(b.err_path).find("--resume"), std::string::npos);
     saved_step = std::stoll(checkpoint_step(run + "/checkpoint_latest.safetensors"));
   }
   ASSERT_NE(saved_step % 30, 0) << "no interruption landed inside an epoch";
-  const json partial = json::parse(read_text(run + "/metrics.json"));
+  const json partial = json::parse(read_file(run + "/metrics.json"));
   EXPECT_LT(partial.at("epochs_done").get<int>(), 4);
 
   const CommandResult resumed = run_voxgrad("train --out " + run + " --resume --device cpu");
@@ -358,7 +348,7 @@ TEST_F(TrainCli, RunKilledInItsFirstEpochResumes) {
   const CommandResult r = run_voxgrad("train --out " + run + " --resume --device cpu");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(checkpoint_step(run + "/checkpoint_latest.safetensors"), "60");
-  EXPECT_EQ(json::parse(read_text(run + "/metrics.json")).at("epochs_done"), 1);
+  EXPECT_EQ(json::parse(read_file(run + "/metrics.json")).at("epochs_done"), 1);
 }
 
 
