@@ -4,7 +4,6 @@
 // NIfTI per case with the input's dims and affine (plus the softmax probabilities when asked).
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -24,6 +23,7 @@
 #include "engine/error.h"
 #include "engine/json.h"
 #include "engine/log.h"
+#include "engine/metrics.h"
 #include "engine/ops.h"
 #include "io/dataset.h"
 #include "io/nifti.h"
@@ -201,8 +201,7 @@ int run_predict(const PredictOptions& o, const GlobalOptions& global) {
     const LoadedCase loaded = load_case(c);
     if (loaded.reference.intent_code == 1002)
       logging::warning(c.files[0] + " is marked as a label map (NIfTI intent 1002); predicting on it anyway");
-    const std::vector<double>& sp = loaded.reference.spacing;
-    const io::Spacing3 spacing{sp.size() > 2 ? sp[2] : 1.0, sp[1], sp[0]};
+    const io::Spacing3 spacing = io::spacing_zyx(loaded.reference.spacing);
     const io::PreprocessedCase pre = io::preprocess_case(loaded.image, Tensor(), spacing, config.plan);
     SlidingWindowOptions sw;
     sw.patch = config.training.patch;
@@ -217,29 +216,12 @@ int run_predict(const PredictOptions& o, const GlobalOptions& global) {
     if (logits.size(1) != original[0] || logits.size(2) != original[1] || logits.size(3) != original[2])
       logits = io::resample_image(logits, original);
 
-    // Argmax over classes (the lowest class on ties), and the softmax when it is kept.
-    const std::int64_t voxels = original[0] * original[1] * original[2];
-    const float* z = logits.data<float>();
-    Tensor labels = empty({original[0], original[1], original[2]}, classes <= 256 ? DType::UInt8 : DType::Int32);
-    Tensor probabilities;
-    if (o.save_probabilities) probabilities = empty({classes, original[0], original[1], original[2]});
-#pragma omp parallel for schedule(static)
-    for (std::int64_t v = 0; v < voxels; ++v) {
-      int best = 0;
-      for (int k = 1; k < classes; ++k)
-        if (z[k * voxels + v] > z[best * voxels + v]) best = k;
-      if (labels.dtype() == DType::UInt8)
-        labels.data<std::uint8_t>()[v] = static_cast<std::uint8_t>(best);
-      else
-        labels.data<std::int32_t>()[v] = best;
-      if (!probabilities.defined()) continue;
-      const float top = z[best * voxels + v];
-      double sum = 0;
-      for (int k = 0; k < classes; ++k) sum += std::exp(static_cast<double>(z[k * voxels + v] - top));
-      for (int k = 0; k < classes; ++k)
-        probabilities.data<float>()[k * voxels + v] =
-            static_cast<float>(std::exp(static_cast<double>(z[k * voxels + v] - top)) / sum);
-    }
+    // The engine's argmax (the first class on ties) and softmax over the class axis.
+    Shape batched = logits.shape();
+    batched.insert(batched.begin(), 1);
+    Tensor labels = argmax_classes(reshape(logits, batched));
+    if (classes <= 256) labels = labels.to(DType::UInt8);
+    const Tensor probabilities = o.save_probabilities ? softmax(logits, 0) : Tensor();
 
     io::Volume out = io::make_volume(reshape(labels, loaded.reference.data.shape()), loaded.reference.affine);
     out.spacing = loaded.reference.spacing;

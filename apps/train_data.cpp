@@ -2,7 +2,6 @@
 #include "apps/train_data.h"
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <random>
 
@@ -13,8 +12,6 @@
 namespace voxgrad::apps {
 
 namespace {
-
-io::Spacing3 zyx(const std::array<double, 3>& xyz) { return {xyz[2], xyz[1], xyz[0]}; }
 
 // numpy's median (the mean of the middle two for an even count), rounded down to a whole voxel.
 std::int64_t median_of(std::vector<std::int64_t> v) {
@@ -44,10 +41,7 @@ TrainingData prepare_training_data(const std::string& root, io::PreprocessPlan p
   // preprocessed cases plus one raw case.
   std::vector<io::Spacing3> spacings;
   for (const io::Case& c : ds.training) {
-    const std::vector<double> pixdim = io::read_nifti_header(c.images[0]).spacing();
-    std::array<double, 3> xyz{1.0, 1.0, 1.0};
-    for (std::size_t i = 0; i < 3 && i < pixdim.size(); ++i) xyz[i] = pixdim[i];
-    spacings.push_back(zyx(xyz));
+    spacings.push_back(io::spacing_zyx(io::read_nifti_header(c.images[0]).spacing()));
   }
 
   if (!reuse_plan) {

@@ -155,6 +155,12 @@ const char* normalization_name(Normalization n) {
   return "?";
 }
 
+Spacing3 spacing_zyx(const std::vector<double>& pixdim) {
+  Spacing3 zyx{1.0, 1.0, 1.0};
+  for (std::size_t i = 0; i < 3 && i < pixdim.size(); ++i) zyx[2 - i] = pixdim[i];
+  return zyx;
+}
+
 Spacing3 median_spacing(const std::vector<Spacing3>& spacings) {
   VG_CHECK(!spacings.empty(), "median_spacing: no spacings given");
   for (const Spacing3& s : spacings) check_spacing("median_spacing", s);

@@ -37,6 +37,10 @@ struct PreprocessPlan {
   LabelResampling label_resampling = LabelResampling::OneHotLinear;
 };
 
+// A NIfTI spacing list (pixdim[1..], x first, as Volume::spacing and NiftiHeader::spacing() give it)
+// in tensor order (z, y, x); 1 mm for axes the list lacks (2-D images).
+Spacing3 spacing_zyx(const std::vector<double>& pixdim);
+
 // The per-axis median of the cases' spacings (z, y, x), nnU-Net's default target spacing.
 Spacing3 median_spacing(const std::vector<Spacing3>& spacings);
 

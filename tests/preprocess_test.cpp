@@ -75,6 +75,12 @@ double dice(const std::vector<std::int32_t>& a, const std::vector<std::int32_t>&
 
 // ---- grid sizes ------------------------------------------------------------------------------
 
+TEST(Preprocess, NiftiSpacingTurnsIntoTensorOrder) {
+  EXPECT_EQ(io::spacing_zyx({0.8, 0.9, 2.0}), (io::Spacing3{2.0, 0.9, 0.8}));
+  EXPECT_EQ(io::spacing_zyx({0.8, 0.9, 2.0, 1.5}), (io::Spacing3{2.0, 0.9, 0.8}));  // time is not space
+  EXPECT_EQ(io::spacing_zyx({0.5, 0.6}), (io::Spacing3{1.0, 0.6, 0.5}));             // a 2-D image
+}
+
 TEST(ResampledShape, RoundsEachAxisAndKeepsAtLeastOne) {
   // 30 * 0.7 is 20.999999999999996 in double: rounding, not truncation, gives 21.
   EXPECT_EQ(resampled_shape({10, 20, 30}, {2.5, 1.0, 0.7}, {1.0, 1.0, 1.0}), (Shape3{25, 20, 21}));

@@ -187,6 +187,10 @@ TEST_F(TrainCli, EndToEndTrainPredictEval) {
   EXPECT_EQ(config.training.train_cases.size() + config.training.val_cases.size(), 3u);
   EXPECT_EQ(config.model.classes, 3);
   EXPECT_EQ(config.training.patch, (io::Shape3{16, 16, 16}));
+  // synth writes pixdim (0.8, 0.8, 2.0) mm: the plan keeps it in tensor order (z, y, x).
+  EXPECT_NEAR(config.plan.target_spacing[0], 2.0, 1e-6);  // pixdim is float32
+  EXPECT_NEAR(config.plan.target_spacing[1], 0.8, 1e-6);
+  EXPECT_NEAR(config.plan.target_spacing[2], 0.8, 1e-6);
   EXPECT_NE(t.err.find("epoch 2/2"), std::string::npos) << t.err;
 
   const std::string pred = dir + "/pred";
