@@ -19,10 +19,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
+using voxgrad::test::read_file;
 
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -97,7 +94,7 @@ TEST(Checkpoint, ByteLayoutMatchesTheFormat) {
   save_safetensors(path,
                    {{"w", from_vector<float>({1.0f, 2.0f}, {2})}, {"b", from_vector<std::uint8_t>({7}, {1, 1})}},
                    {{"k", "v"}});
-  const std::string bytes = read_bytes(path);
+  const std::string bytes = read_file(path);
   std::string header =
       R"({"__metadata__":{"k":"v"},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
       R"("b":{"dtype":"U8","shape":[1,1],"data_offsets":[8,9]}})";
@@ -158,7 +155,7 @@ TEST(Checkpoint, MalformedFilesAreRefusedWithTheReason) {
 TEST(Checkpoint, TruncatedRealFileIsRefused) {
   const std::string dir = test::temp_dir("ckpt");
   save_safetensors(dir + "/m.safetensors", {{"w", ones({4, 4})}});
-  const std::string bytes = read_bytes(dir + "/m.safetensors");
+  const std::string bytes = read_file(dir + "/m.safetensors");
   for (std::size_t keep : {std::size_t{0}, std::size_t{7}, std::size_t{20}, bytes.size() - 1}) {
     write_bytes(dir + "/cut.safetensors", bytes.substr(0, keep));
     EXPECT_THROW(load_safetensors(dir + "/cut.safetensors"), Error) << "kept " << keep << " bytes";
@@ -284,7 +281,7 @@ TEST(Checkpoint, WritesAreAtomic) {
   save_safetensors(path, {{"w", ones({3})}});
   save_safetensors(path, {{"w", full({3}, 2.0)}});  // replaces it
   EXPECT_EQ(files_in(dir), std::vector<std::string>{"model.safetensors"});  // no temporary left
-  const std::string old_bytes = read_bytes(path);
+  const std::string old_bytes = read_file(path);
 
   // Refused before writing: an undefined tensor, a reserved or repeated name.
   EXPECT_NE(error_of([&] { save_safetensors(path, {{"w", ones({3})}, {"v", Tensor()}}); }).find("\"v\" is undefined"),
@@ -300,7 +297,7 @@ TEST(Checkpoint, WritesAreAtomic) {
                 .find("cannot create the temporary file"),
             std::string::npos);
   EXPECT_EQ(files_in(dir), (std::vector<std::string>{"a_folder", "model.safetensors"}));
-  EXPECT_EQ(read_bytes(path), old_bytes);
+  EXPECT_EQ(read_file(path), old_bytes);
   EXPECT_EQ(load_safetensors(path).tensors[0].second.to_vector<float>(), std::vector<float>(3, 2.0f));
 }
 
@@ -309,7 +306,7 @@ TEST(Checkpoint, UnwritableFolderLeavesTheOldFile) {
   fs::create_directories(dir);
   const std::string path = dir + "/model.safetensors";
   save_safetensors(path, {{"w", ones({3})}});
-  const std::string old_bytes = read_bytes(path);
+  const std::string old_bytes = read_file(path);
   fs::permissions(dir, fs::perms::owner_read | fs::perms::owner_exec);
   const bool writable = ::access(dir.c_str(), W_OK) == 0;  // root ignores the mode
   if (!writable) {
@@ -317,7 +314,7 @@ TEST(Checkpoint, UnwritableFolderLeavesTheOldFile) {
   }
   fs::permissions(dir, fs::perms::owner_all);
   if (writable) GTEST_SKIP() << "running as a user that can write to a read-only folder (root)";
-  EXPECT_EQ(read_bytes(path), old_bytes);
+  EXPECT_EQ(read_file(path), old_bytes);
   EXPECT_EQ(files_in(dir), std::vector<std::string>{"model.safetensors"});
 }
 

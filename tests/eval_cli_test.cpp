@@ -39,12 +39,7 @@ std::vector<std::int32_t> labels(std::initializer_list<std::pair<int, int>> runs
   return v;
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using voxgrad::test::read_file;
 
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> lines;
@@ -101,7 +96,7 @@ TEST(EvalCli, DiceJaccardAndCountsMatchHandComputedValues) {
   EXPECT_EQ(line["summary"], d.root + "/out/summary.json");
   EXPECT_EQ(line["left_out"], 1);
 
-  const json s = json::parse(read_text(d.root + "/out/summary.json"));
+  const json s = json::parse(read_file(d.root + "/out/summary.json"));
   EXPECT_EQ(s["classes"], json::array({1, 2}));  // the union of positive reference values
   const json& a1 = metrics_of(s, "case_a", "1");
   EXPECT_NEAR(a1["Dice"].get<double>(), 2.0 / 3, 1e-12);
@@ -158,7 +153,7 @@ TEST(EvalCli, ClassAbsentEverywhereIsNullAndCounted) {
   const Dataset d = make_dataset("eval-absent");
   const CommandResult r = eval(d, "--labels 1,2,3");
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  const json s = json::parse(read_text(d.root + "/out/summary.json"));
+  const json s = json::parse(read_file(d.root + "/out/summary.json"));
   EXPECT_TRUE(metrics_of(s, "case_a", "3")["Dice"].is_null());
   EXPECT_TRUE(metrics_of(s, "case_b", "3")["Dice"].is_null());
   EXPECT_TRUE(s["mean"]["3"]["Dice"].is_null());
@@ -174,7 +169,7 @@ TEST(EvalCli, CsvHasOneRowPerCaseAndClass) {
   const Dataset d = make_dataset("eval-csv");
   const CommandResult r = eval(d);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::vector<std::string> rows = lines_of(read_text(d.root + "/out/summary.csv"));
+  const std::vector<std::string> rows = lines_of(read_file(d.root + "/out/summary.csv"));
   ASSERT_EQ(rows.size(), 5u);
   EXPECT_EQ(rows[0], "case,class,dice,jaccard,tp,fp,fn");
   EXPECT_EQ(rows[1], "case_a,1,0.66666666666666663,0.5,4,2,2");
@@ -231,7 +226,7 @@ std::uint32_t be32(const std::string& s, std::size_t at) {
 }
 
 void check_png(const std::string& path, std::uint32_t width, std::uint32_t height) {
-  const std::string png = read_text(path);
+  const std::string png = read_file(path);
   ASSERT_GE(png.size(), 8u + 25u) << path;
   EXPECT_EQ(png.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
   EXPECT_EQ(png.substr(12, 4), "IHDR");

@@ -27,18 +27,13 @@ using voxgrad::test::CommandResult;
 using voxgrad::test::run_voxgrad;
 using voxgrad::test::temp_dir;
 
-std::string read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using voxgrad::test::read_file;
 
 // Every file under root, relative path -> bytes.
 std::map<std::string, std::string> all_files(const std::string& root) {
   std::map<std::string, std::string> files;
   for (const auto& e : fs::recursive_directory_iterator(root))
-    if (e.is_regular_file()) files[fs::relative(e.path(), root).string()] = read_bytes(e.path());
+    if (e.is_regular_file()) files[fs::relative(e.path(), root).string()] = read_file(e.path());
   return files;
 }
 
@@ -176,7 +171,7 @@ TEST(SynthCli, NonEmptyOutNeedsForceAndKeepsOtherFiles) {
 
   ASSERT_EQ(synth(out, "--size 16 --cases 3 --test-cases 0 --force").exit_code, 0);
   ASSERT_EQ(synth(out, "--size 16 --cases 1 --test-cases 0 --force").exit_code, 0);
-  EXPECT_EQ(read_bytes(out + "/notes.txt"), "mine");
+  EXPECT_EQ(read_file(out + "/notes.txt"), "mine");
   // The smaller second run leaves no stale cases behind.
   EXPECT_EQ(io::read_dataset(out).training.size(), 1u);
 }
