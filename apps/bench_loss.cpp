@@ -297,7 +297,7 @@ NestedCommand add_bench_loss(CLI::App& bench) {
       ->capture_default_str();
   sub->add_option("--losses", opt->losses, "Comma-separated losses to time (default: all)")
       ->delimiter(',')
-      ->check(CLI::IsMember(loss_names()));
+      ->check(one_of(loss_names()));
   sub->add_flag("--json", opt->json, "One JSON line per case on stdout (the table goes to stderr)");
   sub->add_option("--torch-script", opt->torch_script, "The PyTorch reference (default: tools/lovasz_reference.py)")
       ->type_name("FILE");

@@ -208,10 +208,10 @@ NestedCommand add_bench_train(CLI::App& bench) {
   sub->add_option("--base", opt->base, "Features at full resolution")->check(number_above_zero())->capture_default_str();
   sub->add_option("--levels", opt->levels, "Resolution levels")->check(number_above_zero())->capture_default_str();
   sub->add_option("--classes", opt->classes, "Output classes (background included)")
-      ->check(CLI::Range(2, 1000))
+      ->check(number_in_range(2, 1000))
       ->capture_default_str();
   sub->add_option("--loss", opt->loss, "Loss: ce, wce, dice, jaccard, lovasz, lovasz_hinge, dice_ce")
-      ->check(CLI::IsMember({"ce", "wce", "dice", "jaccard", "lovasz", "lovasz_hinge", "dice_ce"}))
+      ->check(one_of({"ce", "wce", "dice", "jaccard", "lovasz", "lovasz_hinge", "dice_ce"}))
       ->capture_default_str();
   sub->add_option("--steps", opt->steps, "Timed steps")->check(number_above_zero())->capture_default_str();
   sub->add_option("--warmup", opt->warmup, "Untimed steps before timing")

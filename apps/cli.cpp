@@ -8,8 +8,13 @@
 #include <exception>
 #include <fstream>
 #include <iostream>
+#include <regex>
+#include <utility>
+#include <vector>
 
+#include "apps/cli_checks.h"
 #include "engine/device.h"
+#include "engine/error.h"
 #include "engine/log.h"
 #include "engine/profiler.h"
 
@@ -53,6 +58,23 @@ std::string lower_first(std::string s) {
   return s;
 }
 
+// CLI11's own phrasing in plain words ("--epochs: At Most 1 required but received 2" becomes
+// "--epochs is given 2 times; give it once"); messages it does not match pass unchanged.
+std::string plain_parse_message(const std::string& text) {
+  static const std::vector<std::pair<std::regex, std::string>> rules = {
+      {std::regex(R"(^(\S+): At Most 1 required but received (\d+)$)"), "$1 is given $2 times; give it once"},
+      {std::regex(R"(^(\S+): At Most (\d+) required but received (\d+)$)"), "$1 takes at most $2 values, got $3"},
+      {std::regex(R"(^(\S+): At least (\d+) required but received (\d+)$)"), "$1 needs at least $2 values, got $3"},
+      {std::regex(R"(^(\S+): \d+ required (\S+) missing$)"), "$1 needs a value ($2)"},
+      {std::regex(R"(^Could not convert: (\S+) = (.*)$)"), "$1: '$2' is not a valid value"},
+      {std::regex(R"(^(\S+): too many inputs for a flag$)"), "$1 is a flag and takes no value"},
+      {std::regex(R"(^(\S+): Should be true/false or a number$)"), "$1 takes true or false"},
+  };
+  for (const auto& [pattern, replacement] : rules)
+    if (std::regex_match(text, pattern)) return std::regex_replace(text, pattern, replacement);
+  return text;
+}
+
 int usage_error(const std::string& reason, const std::string& subcommand) {
   const std::string help = subcommand.empty() ? "voxgrad --help" : "voxgrad " + subcommand + " --help";
   logging::error(lower_first(one_line(reason)) + " (see '" + help + "')");
@@ -62,7 +84,7 @@ int usage_error(const std::string& reason, const std::string& subcommand) {
 void add_global_options(CLI::App& sub, GlobalOptions& global) {
   const std::string group = "Global options";
   sub.add_option("--device", global.device, "Where to compute: cpu, cuda, or auto (CUDA when available)")
-      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
+      ->check(one_of({"cpu", "cuda", "auto"}))
       ->capture_default_str()
       ->group(group);
   sub.add_flag("--profile", global.profile, "Print a per-op time table on stderr at exit")->group(group);
@@ -90,6 +112,9 @@ int run_command(const RunFn& run, const GlobalOptions& global) {
   int status = kExitFailure;
   try {
     status = run(global);
+  } catch (const UsageError& e) {
+    logging::error(one_line(e.what()));
+    status = kExitUsage;
   } catch (const std::exception& e) {
     logging::error(one_line(e.what()));
     status = kExitFailure;
@@ -158,7 +183,7 @@ int parse_and_run(int argc, char** argv) {
     std::cout << e.what() << std::endl;
     return kExitOk;
   } catch (const CLI::ParseError& e) {
-    return usage_error(e.what(), sub_name);
+    return usage_error(plain_parse_message(one_line(e.what())), sub_name);
   }
 
   for (std::size_t i = 0; i < subs.size(); ++i)

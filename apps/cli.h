@@ -24,8 +24,8 @@ struct GlobalOptions {
   std::string trace;            // Chrome trace JSON written at exit when non-empty
 };
 
-// What a parsed subcommand does; returns the exit status. Errors are thrown (voxgrad::Error or any
-// std::exception) and become one "voxgrad: error: ..." line and status 1.
+// What a parsed subcommand does; returns the exit status. Errors are thrown and become one
+// "voxgrad: error: ..." line: status 2 for a voxgrad::UsageError, 1 for anything else.
 using RunFn = std::function<int(const GlobalOptions&)>;
 
 struct Command {

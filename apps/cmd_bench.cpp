@@ -24,6 +24,7 @@
 #include "apps/bench_train.h"
 #include "apps/cli.h"
 #include "apps/cli_checks.h"
+#include "engine/files.h"
 #include "engine/json.h"
 #include "engine/log.h"
 #include "engine/ops.h"
@@ -217,12 +218,10 @@ struct NiftiBenchOptions {
   int warmup = 1;
 };
 
-// A file descriptor closed on every path out.
+// A file descriptor closed on every path out; only regular files (a FIFO would block the bench).
 struct Fd {
   int fd = -1;
-  explicit Fd(const std::string& path) : fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
-    if (fd < 0) VG_FAIL(path << ": cannot open: " << std::strerror(errno));
-  }
+  explicit Fd(const std::string& path) : fd(files::open_regular_for_reading(path)) {}
   ~Fd() {
     if (fd >= 0) ::close(fd);
   }
@@ -239,7 +238,7 @@ std::size_t refill(const Fd& f, std::vector<unsigned char>& in, const unsigned c
     const ssize_t got = ::read(f.fd, in.data() + have, in.size() - have);
     if (got < 0) {
       if (errno == EINTR) continue;
-      VG_FAIL(path << ": read failed: " << std::strerror(errno));
+      VG_INPUT_FAIL(path << ": read failed: " << std::strerror(errno));
     }
     if (got == 0) break;
     have += static_cast<std::size_t>(got);
@@ -264,7 +263,7 @@ std::uint64_t inflate_file(const std::string& path, std::byte* dst, std::uint64_
     // As the reader reads plain voxels: straight into the destination, no staging chunk after the first.
     if (dst == nullptr) {
       const off_t end = ::lseek(f.fd, 0, SEEK_END);
-      if (end < 0) VG_FAIL(path << ": cannot seek: " << std::strerror(errno));
+      if (end < 0) VG_INPUT_FAIL(path << ": cannot seek: " << std::strerror(errno));
       return static_cast<std::uint64_t>(end);
     }
     VG_CHECK(avail <= cap, path << ": more bytes than the buffer holds");
@@ -273,7 +272,7 @@ std::uint64_t inflate_file(const std::string& path, std::byte* dst, std::uint64_
     while (produced < cap) {
       const ssize_t got = ::read(f.fd, dst + produced, std::min<std::uint64_t>(cap - produced, kMaxSpan));
       if (got < 0 && errno == EINTR) continue;
-      if (got < 0) VG_FAIL(path << ": read failed: " << std::strerror(errno));
+      if (got < 0) VG_INPUT_FAIL(path << ": read failed: " << std::strerror(errno));
       if (got == 0) break;
       produced += static_cast<std::uint64_t>(got);
     }
@@ -292,7 +291,7 @@ std::uint64_t inflate_file(const std::string& path, std::byte* dst, std::uint64_
   for (;;) {
     if (z.avail_in == 0) {
       avail = refill(f, in, in.data(), 0, path);
-      if (avail == 0) VG_FAIL(path << ": gzip stream ends early");
+      if (avail == 0) VG_INPUT_FAIL(path << ": file truncated: it ends inside its gzip data");
       z.next_in = in.data();
       z.avail_in = static_cast<uInt>(avail);
     }
@@ -314,9 +313,9 @@ std::uint64_t inflate_file(const std::string& path, std::byte* dst, std::uint64_
       if (z.avail_in < 2 || z.next_in[0] != 0x1f || z.next_in[1] != 0x8b) return produced;
       inflateReset(&z);
     } else if (rc == Z_BUF_ERROR && z.avail_in > 0 && z.avail_out == 0) {
-      VG_FAIL(path << ": inflates to more than the " << cap << " bytes it did in the counting pass");
+      VG_INPUT_FAIL(path << ": inflates to more than the " << cap << " bytes it did in the counting pass");
     } else if (rc != Z_OK && rc != Z_BUF_ERROR) {
-      VG_FAIL(path << ": inflate: " << (z.msg != nullptr ? z.msg : zError(rc)));
+      VG_INPUT_FAIL(path << ": corrupt gzip data: " << (z.msg != nullptr ? z.msg : zError(rc)));
     }
   }
 }
@@ -344,7 +343,7 @@ int run_bench_nifti(const NiftiBenchOptions& opt) {
   // The yardstick's buffer is sized by one counting pass and touched before timing, so the timed
   // runs measure inflate alone, not page faults.
   const std::uint64_t inflated = inflate_file(image, nullptr, 0);
-  VG_CHECK(inflated <= std::numeric_limits<std::size_t>::max(), path << ": too large for this machine");
+  VG_INPUT_CHECK(inflated <= std::numeric_limits<std::size_t>::max(), path << ": too large for this machine");
   auto buffer = std::make_unique<std::byte[]>(static_cast<std::size_t>(inflated));  // zero-filled: touched
 
   // GB/s counts the bytes each path produces: the whole inflated file, or the voxels.
@@ -429,7 +428,8 @@ int run_bench_nifti(const NiftiBenchOptions& opt) {
                {"voxel_bytes", header.data_bytes()},
                {"reps", opt.reps}};
   for (std::size_t p = 0; p < paths.size(); ++p) line[paths[p].key] = timing_json(t[p]);
-  // The measure: >= 0.9 means reading costs at most ~11% more than inflating alone.
+  // The measure: >= 0.95 means reading (with every gzip trailer checked) costs at most ~5% more
+  // than zlib inflating the whole file alone.
   for (const char* key : {"read_raw", "read_float32", "read_volume_float32"})
     line[std::string("inflate_over_") + key] = median("inflate") / median(key);
   write_json_line(std::cout, line);
@@ -478,7 +478,7 @@ Command bench_command() {
                                      ->capture_default_str());
             op_options.push_back(sub.add_option("--cases", opt->cases, "Comma-separated cases to run (default: all)")
                                      ->delimiter(',')
-                                     ->check(CLI::IsMember(names)));
+                                     ->check(one_of(names)));
             op_options.push_back(
                 sub.add_flag("--compare-cpu", opt->compare_cpu, "With a CUDA device, time the CPU too (ratio columns)"));
 

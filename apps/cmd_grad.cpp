@@ -4,11 +4,13 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "apps/cli.h"
@@ -16,6 +18,7 @@
 #include "apps/grad_stats.h"
 #include "engine/device.h"
 #include "engine/error.h"
+#include "engine/files.h"
 #include "engine/json.h"
 #include "engine/log.h"
 #include "engine/losses.h"
@@ -55,7 +58,7 @@ Shape logits_shape(const io::Volume& v, const std::string& path) {
     case 4: return {1, s[0], s[1], s[2], s[3]};
     case 5: return s;
     default:
-      VG_FAIL(path << ": logits must be (X,Y,Z,K) for one image or (X,Y,Z,K,N) for a batch, got dims "
+      VG_INPUT_FAIL(path << ": logits must be (X,Y,Z,K) for one image or (X,Y,Z,K,N) for a batch, got dims "
                    << dims_str(v.dims()));
   }
 }
@@ -67,7 +70,7 @@ Shape labels_shape(const io::Volume& v, const std::string& path) {
     case 3: return {1, s[0], s[1], s[2]};
     case 4: return s;
     default:
-      VG_FAIL(path << ": labels must be (X,Y,Z) for one image or (X,Y,Z,N) for a batch, got dims "
+      VG_INPUT_FAIL(path << ": labels must be (X,Y,Z) for one image or (X,Y,Z,N) for a batch, got dims "
                    << dims_str(v.dims()));
   }
 }
@@ -134,7 +137,18 @@ int run_grad(const GradOptions& opt, const CLI::App& sub, const GlobalOptions& g
   warn_unused(kind, sub);
   // Refused before the work rather than after it: write_nifti writes single files only.
   if (!opt.out.empty() && !ends_with(opt.out, ".nii") && !ends_with(opt.out, ".nii.gz"))
-    VG_FAIL("--out " << opt.out << ": the gradient is written as .nii or .nii.gz");
+    VG_USAGE_FAIL("--out " << opt.out << ": the gradient is written as .nii or .nii.gz");
+  for (const auto& [flag, path] : {std::pair{"--logits", &opt.logits}, std::pair{"--label", &opt.label}})
+    VG_USAGE_CHECK(std::filesystem::exists(*path), flag << " '" << *path << "': no such file");
+  // The gradient never lands on one of the files it is computed from (compared by identity).
+  files::InputFiles inputs;
+  inputs.add(opt.logits);
+  inputs.add(opt.label);
+  if (!opt.out.empty())
+    if (const auto input = inputs.overwritten_by(opt.out))
+      VG_INPUT_FAIL("--out " << opt.out << ": would overwrite the input " << *input
+                             << " (grad never writes over its inputs); choose another --out");
+  const Device dev = resolve_device(global.device);
 
   const io::Volume logits_vol = io::read_nifti(opt.logits);
   const io::Volume label_vol = io::read_nifti(opt.label);
@@ -142,7 +156,7 @@ int run_grad(const GradOptions& opt, const CLI::App& sub, const GlobalOptions& g
   const Shape ys = labels_shape(label_vol, opt.label);    // (N, D, H, W)
   const Shape z_spatial(zs.begin() + 2, zs.end()), y_spatial(ys.begin() + 1, ys.end());
   if (zs[0] != ys[0] || z_spatial != y_spatial)
-    VG_FAIL("the logits and the labels disagree: " << opt.logits << " has dims " << dims_str(logits_vol.dims())
+    VG_INPUT_FAIL("the logits and the labels disagree: " << opt.logits << " has dims " << dims_str(logits_vol.dims())
                                                    << " (" << zs[0] << " image(s) of X,Y,Z " << zs[4] << "x" << zs[3]
                                                    << "x" << zs[2] << "), " << opt.label << " has dims "
                                                    << dims_str(label_vol.dims()) << " (" << ys[0]
@@ -150,20 +164,33 @@ int run_grad(const GradOptions& opt, const CLI::App& sub, const GlobalOptions& g
                                                    << ")");
   const std::int64_t K = zs[1];
   if (kind == LossKind::LovaszHinge && K != 1)
-    VG_FAIL("lovasz_hinge takes one logit channel (K = 1), but " << opt.logits << " has K = " << K << " (dims "
+    VG_INPUT_FAIL("lovasz_hinge takes one logit channel (K = 1), but " << opt.logits << " has K = " << K << " (dims "
                                                                  << dims_str(logits_vol.dims())
                                                                  << "); use --loss lovasz for K classes");
   if (kind == LossKind::WeightedCrossEntropy && !opt.class_weights.empty() &&
       static_cast<std::int64_t>(opt.class_weights.size()) != K)
-    VG_FAIL("--class-weights gives " << opt.class_weights.size() << " weights but " << opt.logits << " has K = " << K
-                                     << " classes");
+    VG_USAGE_FAIL("--class-weights gives " << opt.class_weights.size() << " weights but " << opt.logits
+                                           << " has K = " << K << " classes");
   if (!same_affine(logits_vol.affine, label_vol.affine))
     logging::warning(opt.logits + " and " + opt.label + " have different affines; --out uses the label's");
 
-  const Device dev = resolve_device(global.device);
   // A measuring instrument on the CPU (float64); the GPU computes what training computes (float32).
   const DType dtype = dev.is_cuda() ? DType::Float32 : DType::Float64;
-  Tensor z = reshape(logits_vol.data.to(dtype).to(dev), zs).detach();  // (N, K, D, H, W)
+  // A NaN or Inf logit makes every number below meaningless: refused, with where the first one is.
+  const Tensor logits64 = logits_vol.data.to(DType::Float64);
+  {
+    const double* v = logits64.data<double>();
+    std::int64_t bad = 0, first = -1;
+    for (std::int64_t i = 0; i < logits64.numel(); ++i)
+      if (!std::isfinite(v[i])) {
+        if (first < 0) first = i;
+        ++bad;
+      }
+    VG_INPUT_CHECK(bad == 0, opt.logits << ": " << bad
+                                        << " logits are not finite (NaN or Inf; the first at voxel index " << first
+                                        << "); the loss and its gradient need finite logits");
+  }
+  Tensor z = reshape(logits64.to(dtype).to(dev), zs).detach();  // (N, K, D, H, W)
   z.requires_grad_(true);
   const Tensor y = reshape(label_vol.to_labels().to(dev), ys);  // (N, D, H, W) int32
 
@@ -246,16 +273,16 @@ Command grad_command() {
                 ->type_name("FILE")
                 ->required();
             sub.add_option("--loss", opt->loss, "The loss")
-                ->check(CLI::IsMember({"ce", "wce", "dice", "jaccard", "lovasz", "lovasz_hinge", "dice_ce"}))
+                ->check(one_of({"ce", "wce", "dice", "jaccard", "lovasz", "lovasz_hinge", "dice_ce"}))
                 ->required();
             sub.add_option("--classes", opt->classes,
                            "Classes a region loss averages: all, fg (all but 0), present (default: fg for "
                            "dice, jaccard, dice_ce; present for lovasz)")
-                ->check(CLI::IsMember({"all", "fg", "present"}));
+                ->check(one_of({"all", "fg", "present"}));
             sub.add_option("--aggregate", opt->aggregate,
                            "One set per image or one over the batch (default: per-image for dice, jaccard, "
                            "dice_ce, lovasz_hinge; batch for lovasz)")
-                ->check(CLI::IsMember({"per-image", "batch"}));
+                ->check(one_of({"per-image", "batch"}));
             sub.add_option("--eps", opt->eps, "Dice and Jaccard smoothing")
                 ->check(number_above_zero(false))
                 ->capture_default_str();

@@ -1,6 +1,7 @@
-// `voxgrad info FILE...`: one JSON line per image on stdout with its header fields and the min, max,
-// mean and NaN count of its scaled voxels. A file that cannot be read gives one "error: PATH: reason"
-// line on stderr and status 1; the others still print. Needs no GPU, so it never touches CUDA.
+// `voxgrad info FILE...`: one JSON line per image on stdout with its header fields (spacing and
+// affine in mm, and the unit the file declared) and the min, max, mean and NaN count of its scaled
+// voxels. A file that cannot be read gives one "voxgrad: error: PATH: reason" line on stderr and
+// status 1; the others still print. Needs no GPU, so it never touches CUDA.
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <exception>
@@ -11,6 +12,7 @@
 
 #include "apps/cli.h"
 #include "engine/json.h"
+#include "engine/log.h"
 #include "io/nifti.h"
 
 namespace voxgrad::apps {
@@ -39,6 +41,7 @@ Json info_json(const std::string& path) {
           {"datatype", io::nifti_datatype_name(h.datatype)},
           {"byte_order", io::byte_order_name(h.byte_order)},
           {"spacing", h.spacing()},
+          {"units", io::spatial_units_name(h.xyzt_units)},
           {"affine", affine},
           {"scl_slope", finite_or_null(h.scl_slope)},
           {"scl_inter", finite_or_null(h.scl_inter)},
@@ -55,10 +58,10 @@ std::string one_line(std::string s) {
 }
 
 // The reader's messages already start with the path; anything else (bad_alloc, ...) gets it here.
-std::string error_line(const std::string& path, const std::string& what) {
+std::string error_message(const std::string& path, const std::string& what) {
   const std::string msg = one_line(what);
-  if (msg.rfind(path + ": ", 0) == 0) return "error: " + msg;
-  return "error: " + path + ": " + msg;
+  if (msg.rfind(path + ": ", 0) == 0) return msg;
+  return path + ": " + msg;
 }
 
 int run_info(const InfoOptions& opt) {
@@ -67,7 +70,7 @@ int run_info(const InfoOptions& opt) {
     try {
       write_json_line(std::cout, info_json(path));
     } catch (const std::exception& e) {
-      std::cerr << error_line(path, e.what()) << std::endl;
+      logging::error(error_message(path, e.what()));
       status = kExitFailure;
     }
   }

@@ -5,13 +5,16 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <string>
 #include <system_error>
 
 #include "apps/cli.h"
+#include "apps/cli_checks.h"
 #include "apps/synth_volume.h"
 #include "engine/error.h"
+#include "engine/files.h"
 #include "engine/json.h"
 #include "engine/log.h"
 #include "engine/tensor.h"
@@ -55,7 +58,7 @@ std::string test_label_path(const std::string& root, const std::string& id) {
 bool is_empty_or_missing(const std::string& dir) {
   std::error_code ec;
   if (!fs::exists(dir, ec)) return true;
-  VG_CHECK(fs::is_directory(dir, ec), dir << ": exists and is not a folder");
+  VG_USAGE_CHECK(fs::is_directory(dir, ec), "--out " << dir << ": exists and is not a folder");
   return fs::is_empty(dir, ec);
 }
 
@@ -94,10 +97,9 @@ void write_case(const std::string& root, const std::string& id, bool test, const
 int run_synth(const SynthOptions& opt) {
   if (!is_empty_or_missing(opt.out)) {
     if (!opt.force) {
-      // A plain message, not VG_CHECK's: the user needs the remedy, not the source line.
-      logging::error(opt.out + ": exists and is not empty; choose a new folder, or pass --force to write into it "
-                               "(earlier synth_* cases there are replaced, other files are kept)");
-      return kExitFailure;
+      VG_USAGE_FAIL("--out " << opt.out
+                             << ": exists and is not empty; choose a new folder, or pass --force to "
+                                "write into it (earlier synth_* cases there are replaced, other files are kept)");
     }
     remove_old_cases(opt.out);
   }
@@ -108,9 +110,7 @@ int run_synth(const SynthOptions& opt) {
 
   io::create_dataset_folders(opt.out, /*with_test=*/opt.test_cases > 0);
   if (opt.test_cases > 0) {
-    std::error_code ec;
-    fs::create_directories(fs::path(opt.out) / "labelsTs", ec);
-    VG_CHECK(!ec, (fs::path(opt.out) / "labelsTs").string() << ": cannot create (" << ec.message() << ")");
+    files::create_folder((fs::path(opt.out) / "labelsTs").string(), "--out");
   }
 
   const int total = opt.cases + opt.test_cases;
@@ -160,19 +160,23 @@ Command synth_command() {
             sub.add_option("--preset", opt->preset,
                            "demo: structures of thousands of voxels; small-structures: also some of a few "
                            "hundred voxels")
-                ->check(CLI::IsMember({"demo", "small-structures"}))
+                ->check(one_of({"demo", "small-structures"}))
                 ->capture_default_str();
-            sub.add_option("--cases", opt->cases, "Training cases")->check(CLI::Range(1, 100000))->capture_default_str();
+            sub.add_option("--cases", opt->cases, "Training cases")
+                ->check(number_in_range(1, 100000))
+                ->capture_default_str();
             sub.add_option("--test-cases", opt->test_cases, "Test cases (imagesTs, labelsTs)")
-                ->check(CLI::Range(0, 100000))
+                ->check(number_in_range(0, 100000))
                 ->capture_default_str();
             sub.add_option("--size", opt->size, "Volume side S (S^3 voxels)")
-                ->check(CLI::Range(16, 512))
+                ->check(number_in_range(16, 512))
                 ->capture_default_str();
             sub.add_option("--classes", opt->classes, "Classes K including the background")
-                ->check(CLI::Range(2, 255))
+                ->check(number_in_range(2, 255))
                 ->capture_default_str();
-            sub.add_option("--seed", opt->seed, "Random seed: the same seed gives the same files")->capture_default_str();
+            sub.add_option("--seed", opt->seed, "Random seed: the same seed gives the same files")
+                ->check(whole_number(0, std::numeric_limits<std::uint64_t>::max()))
+                ->capture_default_str();
             sub.add_flag("--force", opt->force, "Write into a non-empty --out (replaces earlier synth_* cases only)");
             // --device is accepted like everywhere and ignored: synthesis runs on the host.
             return [opt](const GlobalOptions&) { return run_synth(*opt); };

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <limits>
 #include <memory>
 
 #include "apps/cli.h"
@@ -173,9 +174,11 @@ Command toy_command() {
                 ->check(number_above_zero())
                 ->capture_default_str();
             sub.add_option("--lr", opt->lr, "Learning rate")->check(number_above_zero())->capture_default_str();
-            sub.add_option("--seed", opt->seed, "Seed of the data and of the initial weights")->capture_default_str();
+            sub.add_option("--seed", opt->seed, "Seed of the data and of the initial weights")
+                ->check(whole_number(0, std::numeric_limits<std::uint64_t>::max()))
+                ->capture_default_str();
             sub.add_option("--size", opt->size, "Edge of the cubic volume in voxels")
-                ->check(CLI::Range(4, 256))
+                ->check(number_in_range(4, 256))
                 ->capture_default_str();
             return [opt](const GlobalOptions& global) { return run_toy(*opt, global); };
           }};

@@ -2,6 +2,7 @@
 // dataset folder, with the loss of the user's choice).
 #include <CLI/CLI.hpp>
 #include <charconv>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -58,7 +59,7 @@ Command train_command() {
                 ->type_name("RUN")
                 ->required();
             sub.add_option("--loss", opt->loss, "ce, wce, dice, jaccard, lovasz or dice_ce")
-                ->check(CLI::IsMember({"ce", "wce", "dice", "jaccard", "lovasz", "dice_ce"}))
+                ->check(one_of({"ce", "wce", "dice", "jaccard", "lovasz", "dice_ce"}))
                 ->capture_default_str();
             sub.add_option("--patch", *patch, "Patch size D,H,W or S (default: from the median case shape, <= 128)")
                 ->check(patch_validator());
@@ -70,20 +71,21 @@ Command train_command() {
             sub.add_option("--lr", *lr, "Initial learning rate, decayed by poly(0.9) per epoch (default 0.01 sgd, 3e-4 adam)")
                 ->check(number_above_zero());
             sub.add_option("--optim", opt->optim, "sgd (momentum 0.99, Nesterov) or adam")
-                ->check(CLI::IsMember({"sgd", "adam"}))
+                ->check(one_of({"sgd", "adam"}))
                 ->capture_default_str();
             sub.add_option("--base", opt->base, "Features at full resolution (doubled per level, capped at 320)")
-                ->check(CLI::Range(1, 320))
+                ->check(number_in_range(1, 320))
                 ->capture_default_str();
             sub.add_option("--levels", opt->levels, "Resolution levels of the U-Net (levels - 1 downsamplings)")
-                ->check(CLI::Range(1, 7))
+                ->check(number_in_range(1, 7))
                 ->capture_default_str();
             sub.add_option("--norm", opt->norm, "Intensity normalisation: zscore (per case) or ct (dataset percentiles)")
-                ->check(CLI::IsMember({"zscore", "ct"}))
+                ->check(one_of({"zscore", "ct"}))
                 ->capture_default_str();
             sub.add_flag("--deep-supervision", opt->deep_supervision,
                          "Add the loss of every decoder level (nnU-Net's weights 1/2^i, lowest 0)");
             sub.add_option("--seed", opt->seed, "Seed of the initial weights, the validation split and the sampler")
+                ->check(whole_number(0, std::numeric_limits<std::uint64_t>::max()))
                 ->capture_default_str();
             sub.add_flag("--resume", opt->resume, "Continue RUN from checkpoint_latest.safetensors");
             return [opt, patch, lr, &sub](const GlobalOptions& global) {

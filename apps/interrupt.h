@@ -1,6 +1,7 @@
-// Ctrl-C and SIGTERM as a request, not a kill: while an InterruptGuard lives, the first SIGINT or
-// SIGTERM only sets a flag that long-running loops poll between steps (so they can save and exit
-// cleanly); the handler then resets itself, so a second signal terminates the process as usual.
+// Ctrl-C, SIGTERM and SIGHUP (a dropped ssh session) as a request, not a kill: while an
+// InterruptGuard lives, the first of them only sets a flag that long-running loops poll between
+// steps (so they can save and exit cleanly); the handler then resets itself, so a second signal
+// terminates the process as usual.
 #pragma once
 
 namespace voxgrad::apps {

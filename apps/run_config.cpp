@@ -2,6 +2,8 @@
 #include "apps/run_config.h"
 
 #include <charconv>
+#include <cmath>
+#include <limits>
 #include <filesystem>
 #include <span>
 
@@ -14,34 +16,87 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// Bounds on what config.json may say, so that no number read from it can wrap or size a huge
+// allocation: label values fit the uint8 label maps predict writes.
+constexpr std::int64_t kMaxLabelValue = 255;
+constexpr std::int64_t kMaxChannels = 1024;
+constexpr std::int64_t kMaxPatchSide = 4096;
+constexpr std::int64_t kMaxCount = std::int64_t{1} << 40;
+constexpr double kHuge = 1e30;
+
 Json shape_json(const io::Shape3& s) { return Json::array({s[0], s[1], s[2]}); }
 
 const char* label_resampling_name(io::LabelResampling m) {
   return m == io::LabelResampling::Nearest ? "nearest" : "one_hot_linear";
 }
 
-// A key of `j` as T, or an Error naming the file and the key path.
+// A key of `j` as T, or an InputError naming the file and the key path.
 template <class T>
 T get(const Json& j, const char* key, const std::string& where) {
-  VG_CHECK(j.is_object() && j.contains(key), where << ": missing key \"" << key << "\"");
+  VG_INPUT_CHECK(j.is_object() && j.contains(key), where << ": missing key \"" << key << "\"");
   try {
     return j.at(key).get<T>();
   } catch (const std::exception&) {
-    VG_FAIL(where << ": key \"" << key << "\" has the wrong type (" << j.at(key).type_name() << ")");
+    VG_INPUT_FAIL(where << ": key \"" << key << "\" has the wrong type (" << j.at(key).type_name() << ")");
   }
+}
+
+// A whole number in [lo, hi]: nlohmann's get<int> would truncate 2^40 or 1.5 without a word.
+std::int64_t whole_number(const Json& v, const std::string& name, std::int64_t lo, std::int64_t hi,
+                          const std::string& where) {
+  bool ok = false;
+  std::int64_t n = 0;
+  if (v.is_number_integer() && !v.is_number_unsigned()) {
+    n = v.get<std::int64_t>();
+    ok = true;
+  } else if (v.is_number_unsigned()) {
+    const auto u = v.get<std::uint64_t>();
+    ok = u <= static_cast<std::uint64_t>(hi);
+    n = ok ? static_cast<std::int64_t>(u) : hi;
+  }
+  VG_INPUT_CHECK(ok && n >= lo && n <= hi,
+                 where << ": \"" << name << "\" is " << v.dump() << "; it must be a whole number from " << lo << " to "
+                       << hi);
+  return n;
+}
+
+std::int64_t get_int(const Json& j, const char* key, std::int64_t lo, std::int64_t hi, const std::string& where) {
+  VG_INPUT_CHECK(j.is_object() && j.contains(key), where << ": missing key \"" << key << "\"");
+  return whole_number(j.at(key), key, lo, hi, where);
+}
+
+// A seed: any whole number from 0 to 2^64 - 1 (nlohmann stores the large ones as unsigned).
+std::uint64_t get_seed(const Json& j, const std::string& where) {
+  VG_INPUT_CHECK(j.is_object() && j.contains("seed"), where << ": missing key \"seed\"");
+  const Json& v = j.at("seed");
+  const bool ok = v.is_number_unsigned() || (v.is_number_integer() && v.get<std::int64_t>() >= 0);
+  VG_INPUT_CHECK(ok, where << ": \"seed\" is " << v.dump() << "; it must be a whole number from 0 to "
+                           << std::numeric_limits<std::uint64_t>::max());
+  return v.get<std::uint64_t>();
+}
+
+// A finite number in [lo, hi] (`above_lo`: strictly above lo).
+double get_number(const Json& j, const char* key, double lo, double hi, bool above_lo, const std::string& where) {
+  const auto v = get<double>(j, key, where);
+  const bool in_range = std::isfinite(v) && (above_lo ? v > lo : v >= lo) && v <= hi;
+  VG_INPUT_CHECK(in_range, where << ": \"" << key << "\" is " << v << "; it must be a finite number "
+                                 << (above_lo ? "above " : "from ") << lo << (above_lo ? " and up to " : " to ") << hi);
+  return v;
 }
 
 // An object under `key` by reference (a copy through get<Json> trips GCC 12's uninitialised-use warning).
 const Json& child(const Json& j, const char* key, const std::string& where) {
-  VG_CHECK(j.is_object() && j.contains(key) && (j.at(key).is_object() || j.at(key).is_array()),
-           where << ": missing key \"" << key << "\" (an object or array)");
+  VG_INPUT_CHECK(j.is_object() && j.contains(key) && (j.at(key).is_object() || j.at(key).is_array()),
+                 where << ": missing key \"" << key << "\" (an object or array)");
   return j.at(key);
 }
 
 io::Shape3 get_shape(const Json& j, const char* key, const std::string& where) {
-  const auto v = get<std::vector<std::int64_t>>(j, key, where);
-  VG_CHECK(v.size() == 3, where << ": \"" << key << "\" must hold 3 numbers, not " << v.size());
-  return {v[0], v[1], v[2]};
+  const Json& v = child(j, key, where);
+  VG_INPUT_CHECK(v.is_array() && v.size() == 3, where << ": \"" << key << "\" must hold 3 numbers");
+  io::Shape3 s{};
+  for (int a = 0; a < 3; ++a) s[a] = whole_number(v[a], key, 1, kMaxPatchSide, where);
+  return s;
 }
 
 }  // namespace
@@ -87,9 +142,9 @@ Json run_config_to_json(const RunConfig& c) {
 }
 
 RunConfig run_config_from_json(const Json& j, const std::string& source) {
-  VG_CHECK(j.is_object(), source << ": not a JSON object");
+  VG_INPUT_CHECK(j.is_object(), source << ": not a JSON object");
   const auto format = get<std::string>(j, "format", source);
-  VG_CHECK(format == kRunConfigFormat,
+  VG_INPUT_CHECK(format == kRunConfigFormat,
            source << ": format \"" << format << "\" is not \"" << kRunConfigFormat << "\" (a voxgrad run folder?)");
   RunConfig c;
   const Json& d = child(j, "dataset", source);
@@ -100,36 +155,42 @@ RunConfig run_config_from_json(const Json& j, const std::string& source) {
   for (const auto& [value, name] : child(d, "labels", dw).items()) {
     int number = 0;
     const auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), number);
-    VG_CHECK(error == std::errc() && end == value.data() + value.size() && number >= 0,
-             dw << ": label key \"" << value << "\" is not a label value (0, 1, ...)");
-    VG_CHECK(name.is_string(), dw << ": label " << value << " has no name");
+    VG_INPUT_CHECK(error == std::errc() && end == value.data() + value.size() && number >= 0 &&
+                       number <= kMaxLabelValue,
+                   dw << ": label key \"" << value << "\" is not a label value (0 to " << kMaxLabelValue << ")");
+    VG_INPUT_CHECK(name.is_string(), dw << ": label " << value << " has no name");
     c.labels[number] = name.get<std::string>();
   }
 
   const Json& m = child(j, "model", source);
   const std::string mw = source + " model";
-  c.model.in_channels = get<int>(m, "in_channels", mw);
-  c.model.classes = get<int>(m, "classes", mw);
-  c.model.base_features = get<int>(m, "base_features", mw);
-  c.model.levels = get<int>(m, "levels", mw);
-  c.model.feature_cap = get<int>(m, "feature_cap", mw);
+  c.model.in_channels = static_cast<int>(get_int(m, "in_channels", 1, kMaxChannels, mw));
+  c.model.classes = static_cast<int>(get_int(m, "classes", 2, kMaxLabelValue + 1, mw));
+  c.model.base_features = static_cast<int>(get_int(m, "base_features", 1, 320, mw));
+  c.model.levels = static_cast<int>(get_int(m, "levels", 1, 7, mw));
+  c.model.feature_cap = static_cast<int>(get_int(m, "feature_cap", 1, 4096, mw));
   const auto norm = get<std::string>(m, "norm", mw);
-  VG_CHECK(norm == "instance" || norm == "batch", mw << ": norm \"" << norm << "\" is not instance or batch");
+  VG_INPUT_CHECK(norm == "instance" || norm == "batch", mw << ": norm \"" << norm << "\" is not instance or batch");
   c.model.norm = norm == "batch" ? Norm::Batch : Norm::Instance;
   c.model.deep_supervision = get<bool>(m, "deep_supervision", mw);
 
   const Json& p = child(j, "plan", source);
   const std::string pw = source + " plan";
   const auto spacing = get<std::vector<double>>(p, "target_spacing_zyx", pw);
-  VG_CHECK(spacing.size() == 3, pw << ": target_spacing_zyx must hold 3 numbers");
+  VG_INPUT_CHECK(spacing.size() == 3, pw << ": target_spacing_zyx must hold 3 numbers");
+  for (double mm : spacing)
+    VG_INPUT_CHECK(std::isfinite(mm) && mm > 0 && mm <= 1e6,
+                   pw << ": target_spacing_zyx holds " << mm << "; spacings must be finite millimetres above 0");
   c.plan.target_spacing = {spacing[0], spacing[1], spacing[2]};
   c.plan.normalization = io::parse_normalization(get<std::string>(p, "normalization", pw));
   for (const Json& s : child(p, "ct_stats", pw))
-    c.plan.ct_stats.push_back({get<double>(s, "lower", pw), get<double>(s, "upper", pw), get<double>(s, "mean", pw),
-                               get<double>(s, "std", pw)});
-  c.plan.classes = get<int>(p, "classes", pw);
+    c.plan.ct_stats.push_back({get_number(s, "lower", -kHuge, kHuge, false, pw),
+                               get_number(s, "upper", -kHuge, kHuge, false, pw),
+                               get_number(s, "mean", -kHuge, kHuge, false, pw),
+                               get_number(s, "std", 0, kHuge, true, pw)});
+  c.plan.classes = static_cast<int>(get_int(p, "classes", 2, kMaxLabelValue + 1, pw));
   const auto resampling = get<std::string>(p, "label_resampling", pw);
-  VG_CHECK(resampling == "nearest" || resampling == "one_hot_linear",
+  VG_INPUT_CHECK(resampling == "nearest" || resampling == "one_hot_linear",
            pw << ": label_resampling \"" << resampling << "\" is not nearest or one_hot_linear");
   c.plan.label_resampling =
       resampling == "nearest" ? io::LabelResampling::Nearest : io::LabelResampling::OneHotLinear;
@@ -139,22 +200,27 @@ RunConfig run_config_from_json(const Json& j, const std::string& source) {
   TrainingSettings& s = c.training;
   s.loss = get<std::string>(t, "loss", tw);
   s.patch = get_shape(t, "patch", tw);
-  s.batch_size = get<std::int64_t>(t, "batch_size", tw);
-  s.epochs = get<std::int64_t>(t, "epochs", tw);
-  s.iters_per_epoch = get<std::int64_t>(t, "iters_per_epoch", tw);
-  s.lr = get<double>(t, "lr", tw);
+  s.batch_size = get_int(t, "batch_size", 1, kMaxCount, tw);
+  s.epochs = get_int(t, "epochs", 1, kMaxCount, tw);
+  s.iters_per_epoch = get_int(t, "iters_per_epoch", 1, kMaxCount, tw);
+  // Their product counts steps: it must not overflow either.
+  VG_INPUT_CHECK(s.epochs <= kMaxCount / s.iters_per_epoch,
+                 tw << ": epochs x iters_per_epoch is more steps than voxgrad counts");
+  s.lr = get_number(t, "lr", 0, kHuge, true, tw);
   s.optim = get<std::string>(t, "optim", tw);
-  s.weight_decay = get<double>(t, "weight_decay", tw);
-  s.grad_clip = get<double>(t, "grad_clip", tw);
-  s.seed = get<std::uint64_t>(t, "seed", tw);
+  s.weight_decay = get_number(t, "weight_decay", 0, kHuge, false, tw);
+  s.grad_clip = get_number(t, "grad_clip", 0, kHuge, true, tw);
+  s.seed = get_seed(t, tw);
   s.train_cases = get<std::vector<std::string>>(t, "train_cases", tw);
   s.val_cases = get<std::vector<std::string>>(t, "val_cases", tw);
-  VG_CHECK(c.model.in_channels == static_cast<int>(c.channels.size()) && c.model.classes == c.plan.classes,
+  VG_INPUT_CHECK(c.model.in_channels == static_cast<int>(c.channels.size()) && c.model.classes == c.plan.classes,
            source << ": model, dataset and plan disagree on channels or classes");
   return c;
 }
 
-std::string run_file(const std::string& run_dir, const std::string& name) { return (fs::path(run_dir) / name).string(); }
+std::string run_file(const std::string& run_dir, const std::string& name) {
+  return (fs::path(run_dir) / name).string();
+}
 
 std::string run_config_path(const std::string& run_dir) { return run_file(run_dir, "config.json"); }
 
@@ -166,14 +232,14 @@ void write_run_config(const std::string& run_dir, const RunConfig& config) {
 RunConfig read_run_config(const std::string& run_dir) {
   const std::string path = run_config_path(run_dir);
   std::error_code ec;
-  VG_CHECK(fs::is_directory(run_dir, ec), run_dir << ": no such run folder");
-  VG_CHECK(fs::exists(path, ec), path << ": missing (is " << run_dir << " a voxgrad train --out folder?)");
+  VG_INPUT_CHECK(fs::is_directory(run_dir, ec), run_dir << ": no such run folder");
+  VG_INPUT_CHECK(fs::exists(path, ec), path << ": missing (is " << run_dir << " a voxgrad train --out folder?)");
   const std::string text = io::read_file_bytes(path);
   Json j;
   try {
     j = Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    VG_FAIL(path << ": not valid JSON (" << e.what() << ")");
+  } catch (const Json::exception& e) {  // parse_error, and out_of_range for numbers like 1e999
+    VG_INPUT_FAIL(path << ": not valid JSON (" << e.what() << ")");
   }
   return run_config_from_json(j, path);
 }

@@ -69,7 +69,7 @@ TrainingProgress progress_from_json(const std::string& text, const std::string& 
     p.best_epoch = j.at("best_epoch").get<std::int64_t>();
     return p;
   } catch (const std::exception& e) {
-    VG_FAIL(path << ": the training progress it records is unreadable (" << e.what() << ")");
+    VG_INPUT_FAIL(path << ": the training progress it records is unreadable (" << e.what() << ")");
   }
 }
 

@@ -7,6 +7,8 @@
 
 #include "engine/error.h"
 #include "engine/log.h"
+#include "engine/memory_budget.h"
+#include "io/image_health.h"
 #include "io/nifti.h"
 
 namespace voxgrad::apps {
@@ -26,14 +28,18 @@ TrainingData prepare_training_data(const std::string& root, io::PreprocessPlan p
   TrainingData data;
   data.dataset = io::read_dataset(root);
   const io::Dataset& ds = data.dataset;
-  VG_CHECK(!ds.training.empty(), root << ": the dataset has no training cases (imagesTr/labelsTr)");
-  for (const io::Case& c : ds.training) VG_CHECK(!c.label.empty(), root << ": training case " << c.id << " has no label");
+  VG_INPUT_CHECK(!ds.training.empty(), root << ": the dataset has no training cases (imagesTr/labelsTr)");
+  for (const io::Case& c : ds.training)
+    VG_INPUT_CHECK(!c.label.empty(), root << ": training case " << c.id << " has no label");
 
   // Training reads only the training cases: a problem with a test case is predict's business.
   io::Dataset training_only = ds;
   training_only.test.clear();
   io::CheckOptions check;
   check.progress = true;
+  // Image values are checked while preprocessing below (still before train writes anything), so
+  // that every image is read once, not twice.
+  check.check_image_values = false;
   io::check_dataset(training_only, check);
 
   // The spacings come from the headers, so planning needs no voxels (except for CT statistics),
@@ -60,22 +66,47 @@ TrainingData prepare_training_data(const std::string& root, io::PreprocessPlan p
       plan.ct_stats = io::foreground_intensity_stats(images, labels);
     }
   }
-  VG_CHECK(plan.classes == ds.num_classes(), root << ": the dataset declares " << ds.num_classes()
+  VG_INPUT_CHECK(plan.classes == ds.num_classes(), root << ": the dataset declares " << ds.num_classes()
                                                   << " classes, the run was planned for " << plan.classes);
   data.plan = plan;
 
+  // Every case must fit in memory at the plan's spacing, and all of them together (training keeps
+  // them), which the headers tell before any voxel is read.
+  std::uint64_t total_bytes = 0;
+  for (std::size_t i = 0; i < ds.training.size(); ++i) {
+    const io::Case& c = ds.training[i];
+    const std::vector<std::int64_t> dims = io::read_nifti_header(c.images[0]).dims();  // x, y, z, ...
+    const io::Shape3 shape{dims.size() > 2 ? dims[2] : 1, dims.size() > 1 ? dims[1] : 1, dims[0]};
+    const auto channels = static_cast<std::int64_t>(ds.num_channels());
+    io::check_preprocess_fits(c.images[0], channels, shape, spacings[i], plan, /*with_label=*/true);
+    total_bytes = memory::saturating_add(total_bytes, io::preprocess_bytes(channels, shape, spacings[i], plan, true));
+  }
+  memory::check_fits(total_bytes, root + ": the " + std::to_string(ds.training.size()) +
+                                      " preprocessed training cases, which training keeps in memory");
+
   logging::ProgressBar bar("preprocessing", static_cast<std::int64_t>(ds.training.size()), "case");
   std::vector<std::int64_t> sizes[3];
+  std::vector<std::string> problems;  // images training cannot use, all named in one error
   for (std::size_t i = 0; i < ds.training.size(); ++i) {
     const io::Case& c = ds.training[i];
     const io::CaseImage image = io::load_case_image(ds, c);
     const io::CaseLabel label = io::load_case_label(ds, c);
-    PreparedCase prepared{c.id, io::preprocess_case(image.data, label.data, spacings[i], plan)};
+    PreparedCase prepared{c.id, io::preprocess_case(image.data, label.data, spacings[i], plan, c.images[0])};
+    const std::vector<std::string> unusable = io::health_problems(prepared.data.health, c.images);
+    for (const std::string& problem : unusable) problems.push_back("case " + c.id + ": " + problem);
+    if (unusable.empty())  // else the error below says it all
+      for (const std::string& warning : io::health_warnings(prepared.data.health, c.images)) logging::warning(warning);
     for (int a = 0; a < 3; ++a) sizes[a].push_back(prepared.data.image.size(1 + a));
     data.cases.push_back(std::move(prepared));
     bar.update(static_cast<std::int64_t>(i + 1), c.id);
   }
   bar.finish();
+  if (!problems.empty()) {
+    std::string all;
+    for (const std::string& p : problems) all += (all.empty() ? "" : "; ") + p;
+    VG_INPUT_FAIL("dataset " << root << ": " << problems.size() << " image problem" << (problems.size() > 1 ? "s" : "")
+                             << " (training cannot normalise or learn from them): " << all);
+  }
   for (int a = 0; a < 3; ++a) data.median_shape[a] = median_of(sizes[a]);
   return data;
 }
@@ -96,7 +127,8 @@ void split_cases(const std::vector<std::string>& ids, std::uint64_t seed, std::v
   // A Fisher-Yates shuffle driven by mt19937_64's raw output (portable, unlike the distributions).
   std::mt19937_64 rng(seed ^ 0x5eed5eedULL);
   for (std::size_t i = order.size() - 1; i > 0; --i) std::swap(order[i], order[rng() % (i + 1)]);
-  const std::size_t n_val = std::max<std::size_t>(1, static_cast<std::size_t>(std::lround(0.2 * static_cast<double>(ids.size()))));
+  const std::size_t n_val =
+      std::max<std::size_t>(1, static_cast<std::size_t>(std::lround(0.2 * static_cast<double>(ids.size()))));
   std::vector<bool> is_val(ids.size(), false);
   for (std::size_t i = 0; i < n_val; ++i) is_val[order[i]] = true;
   for (std::size_t i = 0; i < ids.size(); ++i) (is_val[i] ? val : train).push_back(ids[i]);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "apps/interrupt.h"
+#include "apps/output_folder.h"
 #include "apps/run_config.h"
 #include "apps/run_history.h"
 #include "apps/sliding_window.h"
@@ -23,6 +24,7 @@
 #include "engine/checkpoint.h"
 #include "engine/device.h"
 #include "engine/error.h"
+#include "engine/files.h"
 #include "engine/json.h"
 #include "engine/log.h"
 #include "engine/losses.h"
@@ -114,7 +116,7 @@ std::unique_ptr<Optimizer> make_optimizer(const TrainingSettings& t, const Named
     o.weight_decay = t.weight_decay;
     return std::make_unique<Adam>(params, o);
   }
-  VG_FAIL("--optim: unknown optimizer \"" << t.optim << "\" (choices: sgd, adam)");
+  VG_INPUT_FAIL("--optim: unknown optimizer \"" << t.optim << "\" (choices: sgd, adam)");
 }
 
 // A fresh run's settings from the command line and the data.
@@ -130,8 +132,6 @@ RunConfig plan_run(const TrainOptions& o, const TrainingData& data) {
   c.model.base_features = o.base;
   c.model.levels = o.levels;
   c.model.deep_supervision = o.deep_supervision;
-  VG_CHECK(!o.deep_supervision || o.levels >= 2,
-           "--deep-supervision needs --levels 2 or more (it adds the loss of every lower decoder level)");
   TrainingSettings& t = c.training;
   t.loss = loss_kind_name(parse_loss_kind(o.loss));
   t.patch = o.patch ? *o.patch : default_patch(data.median_shape, o.levels);
@@ -157,7 +157,7 @@ std::string number_text(double v) {
 // --resume: a flag given now must agree with the run it continues.
 void check_resume_flags(const TrainOptions& o, RunConfig& c) {
   auto refuse = [&](const std::string& flag, const std::string& now, const std::string& then) {
-    VG_FAIL(flag << " " << now << " differs from the run's " << then << " (" << run_config_path(o.out)
+    VG_USAGE_FAIL(flag << " " << now << " differs from the run's " << then << " (" << run_config_path(o.out)
                  << "); leave it out to continue the run, or train into a new --out");
   };
   const TrainingSettings& t = c.training;
@@ -165,7 +165,8 @@ void check_resume_flags(const TrainOptions& o, RunConfig& c) {
     return std::to_string(s[0]) + "," + std::to_string(s[1]) + "," + std::to_string(s[2]);
   };
   if (o.given.count("--loss") && loss_kind_name(parse_loss_kind(o.loss)) != t.loss) refuse("--loss", o.loss, t.loss);
-  if (o.given.count("--patch") && o.patch && *o.patch != t.patch) refuse("--patch", shape_text(*o.patch), shape_text(t.patch));
+  if (o.given.count("--patch") && o.patch && *o.patch != t.patch)
+    refuse("--patch", shape_text(*o.patch), shape_text(t.patch));
   if (o.given.count("--batch-size") && o.batch_size != t.batch_size)
     refuse("--batch-size", std::to_string(o.batch_size), std::to_string(t.batch_size));
   if (o.given.count("--iters-per-epoch") && o.iters_per_epoch != t.iters_per_epoch)
@@ -192,6 +193,31 @@ void check_resume_flags(const TrainOptions& o, RunConfig& c) {
   }
 }
 
+// What the command line alone can refuse (exit 2), checked before any file is read: a training
+// run must not spend minutes on preprocessing before saying that a flag is wrong.
+void check_command_line(const TrainOptions& o) {
+  if (!o.resume) VG_USAGE_CHECK(!o.data.empty(), "--data is required (a dataset folder with dataset.json)");
+  if (!o.data.empty()) {
+    std::error_code ec;
+    VG_USAGE_CHECK(fs::is_directory(o.data, ec), "--data '" << o.data << "': no such folder");
+  }
+  if (o.resume) return;  // the network and the patch come from config.json
+  VG_USAGE_CHECK(!o.deep_supervision || o.levels >= 2,
+                 "--deep-supervision needs --levels 2 or more (it adds the loss of every lower decoder level)");
+  if (!o.patch) return;
+  // Every level halves each axis, so the patch must divide by 2^(levels-1): refused, never rounded.
+  const std::int64_t q = std::int64_t{1} << (o.levels - 1);
+  static const char* axis_name[3] = {"D", "H", "W"};
+  for (int a = 0; a < 3; ++a) {
+    const std::int64_t side = (*o.patch)[a];
+    if (side % q == 0) continue;
+    const std::int64_t below = side / q * q;
+    VG_USAGE_FAIL("--patch: " << axis_name[a] << " = " << side << " is not divisible by " << q << " (--levels "
+                              << o.levels << " halves each axis " << o.levels - 1 << " times); use "
+                              << (below > 0 ? std::to_string(below) + " or " : std::string()) << below + q);
+  }
+}
+
 }  // namespace
 
 std::vector<double> deep_supervision_weights(int outputs) {
@@ -208,31 +234,48 @@ std::vector<double> deep_supervision_weights(int outputs) {
 }
 
 int run_train(const TrainOptions& o, const GlobalOptions& global) {
+  // The command line first (exit 2), before any file is read.
+  check_command_line(o);
+  const Device dev = resolve_device(global.device);
+  if (o.resume)
+    VG_USAGE_CHECK(fs::is_directory(o.out),
+                   "--out '" << o.out << "': no such run folder, so there is nothing to resume");
+
+  // The run folder belongs to this process from here to its exit: a second train (or --resume)
+  // into it is refused with this process's id, and the kernel releases it however we exit.
+  OutputFolder folder(o.out, "--out");
+  files::FolderLock lock;
+  try {
+    lock = files::FolderLock(o.out, "the run folder");
+  } catch (const InputError&) {
+    folder.keep();  // the holder may be about to write into it
+    throw;
+  }
+
+  // Everything is read and checked before the first byte is written, so a refused or failed
+  // start leaves the folder exactly as it was.
   const std::string latest = run_file(o.out, "checkpoint_latest.safetensors");
   std::error_code ec;
   RunConfig config;
   TrainingData data;
   if (o.resume) {
-    VG_CHECK(fs::exists(latest, ec), latest << ": missing, so there is nothing to resume (start without --resume)");
+    VG_USAGE_CHECK(
+        fs::exists(latest, ec),
+        "--out " << o.out << ": " << latest << " is missing, so there is nothing to resume (start without --resume)");
     config = read_run_config(o.out);
     check_resume_flags(o, config);
     io::PreprocessPlan plan = config.plan;
     data = prepare_training_data(o.given.count("--data") ? o.data : config.dataset_root, plan, /*reuse_plan=*/true);
   } else {
-    VG_CHECK(!o.data.empty(), "--data is required (a dataset folder with dataset.json)");
-    VG_CHECK(!fs::exists(run_config_path(o.out), ec),
-             o.out << ": already holds a run (config.json); --resume continues it, or choose another --out");
+    VG_USAGE_CHECK(!fs::exists(run_config_path(o.out), ec) && !fs::exists(latest, ec),
+                   "--out " << o.out << ": already holds a run; --resume continues it, or choose another --out");
     io::PreprocessPlan plan;
     plan.normalization = io::parse_normalization(o.norm);
-    VG_CHECK(o.batch_size >= 1 && o.epochs >= 1 && o.iters_per_epoch >= 1,
-             "--batch-size, --epochs and --iters-per-epoch must be at least 1");
     data = prepare_training_data(o.data, plan, /*reuse_plan=*/false);
     config = plan_run(o, data);
   }
   const TrainingSettings& t = config.training;
-  const Device dev = resolve_device(global.device);
 
-  // The network first: a patch it cannot take fails before any file is written.
   Generator init(t.seed);
   UNet3d model(config.model, init);
   model.check_input({t.batch_size, config.model.in_channels, t.patch[0], t.patch[1], t.patch[2]});
@@ -240,7 +283,28 @@ int run_train(const TrainOptions& o, const GlobalOptions& global) {
   std::unique_ptr<Optimizer> optimizer = make_optimizer(t, model.named_parameters());
   const LossKind loss_kind = parse_loss_kind(t.loss);
 
-  fs::create_directories(o.out);
+  // Cases: training ones padded to the patch for the sampler; validation ones as they are (the
+  // sliding window pads what it needs).
+  std::vector<io::SamplerCase> sampler_cases;
+  std::vector<std::string> sampler_ids;  // the case id of each sampler case, for messages
+  std::vector<const PreparedCase*> val_cases;
+  for (const PreparedCase& pc : data.cases) {
+    const bool train = std::find(t.train_cases.begin(), t.train_cases.end(), pc.id) != t.train_cases.end();
+    const bool val = std::find(t.val_cases.begin(), t.val_cases.end(), pc.id) != t.val_cases.end();
+    if (train) {
+      sampler_cases.push_back(
+          {io::pad_to_at_least(pc.data.image, t.patch, 0.0), io::pad_to_at_least(pc.data.label, t.patch, 0.0)});
+      sampler_ids.push_back(pc.id);
+    }
+    if (val) val_cases.push_back(&pc);
+  }
+  VG_INPUT_CHECK(sampler_cases.size() == t.train_cases.size() && val_cases.size() == t.val_cases.size(),
+                 "the dataset's training cases are not the ones " << run_config_path(o.out) << " lists");
+  io::PatchSamplerOptions sampling;
+  sampling.patch = t.patch;
+  sampling.batch_size = t.batch_size;
+  sampling.seed = t.seed;
+  const io::PatchSampler sampler(std::move(sampler_cases), sampling);
 
   TrainingProgress progress;
   std::int64_t step = 0;
@@ -248,35 +312,9 @@ int run_train(const TrainOptions& o, const GlobalOptions& global) {
     const TrainingState state = load_training_checkpoint(latest, model, *optimizer);
     progress = progress_from_json(state.config, latest);
     step = state.step;
-    VG_CHECK(state.rng_seed == t.seed, latest << ": sampler seed " << state.rng_seed << " differs from config.json's "
-                                              << t.seed);
-    write_run_config(o.out, config);  // --epochs may have changed
-    logging::info("resuming " + o.out + " after step " + std::to_string(step) + " (epoch " +
-                  std::to_string(step / t.iters_per_epoch + 1) + ", iteration " +
-                  std::to_string(step % t.iters_per_epoch + 1) + " comes next)");
+    VG_INPUT_CHECK(state.rng_seed == t.seed, latest << ": sampler seed " << state.rng_seed
+                                                    << " differs from config.json's " << t.seed);
   }
-  const std::string title = "voxgrad train: " + config.dataset_name + ", " + t.loss;
-  write_run_reports(o.out, progress, config.plan.classes, title);
-
-  // Cases: training ones padded to the patch for the sampler; validation ones as they are (the
-  // sliding window pads what it needs).
-  std::vector<io::SamplerCase> sampler_cases;
-  std::vector<const PreparedCase*> val_cases;
-  for (const PreparedCase& pc : data.cases) {
-    const bool train = std::find(t.train_cases.begin(), t.train_cases.end(), pc.id) != t.train_cases.end();
-    const bool val = std::find(t.val_cases.begin(), t.val_cases.end(), pc.id) != t.val_cases.end();
-    if (train)
-      sampler_cases.push_back({io::pad_to_at_least(pc.data.image, t.patch, 0.0), io::pad_to_at_least(pc.data.label, t.patch, 0.0)});
-    if (val) val_cases.push_back(&pc);
-  }
-  VG_CHECK(sampler_cases.size() == t.train_cases.size() && val_cases.size() == t.val_cases.size(),
-           "the dataset's training cases are not the ones " << run_config_path(o.out) << " lists");
-  io::PatchSamplerOptions sampling;
-  sampling.patch = t.patch;
-  sampling.batch_size = t.batch_size;
-  sampling.seed = t.seed;
-  const io::PatchSampler sampler(std::move(sampler_cases), sampling);
-
   const std::int64_t total_steps = t.epochs * t.iters_per_epoch;
   logging::info("training on " + dev.str() + ": " + std::to_string(model.parameter_count()) + " parameters, patch " +
                 std::to_string(t.patch[0]) + "x" + std::to_string(t.patch[1]) + "x" + std::to_string(t.patch[2]) +
@@ -288,6 +326,17 @@ int run_train(const TrainOptions& o, const GlobalOptions& global) {
     logging::info("the run has already done its " + std::to_string(t.epochs) + " epochs");
     return kExitOk;
   }
+
+  // The first writes.
+  folder.keep();
+  const std::string title = "voxgrad train: " + config.dataset_name + ", " + t.loss;
+  if (o.resume) {
+    write_run_config(o.out, config);  // --epochs may have changed
+    logging::info("resuming " + o.out + " after step " + std::to_string(step) + " (epoch " +
+                  std::to_string(step / t.iters_per_epoch + 1) + ", iteration " +
+                  std::to_string(step % t.iters_per_epoch + 1) + " comes next)");
+  }
+  write_run_reports(o.out, progress, config.plan.classes, title);
 
   auto state_now = [&] {
     TrainingState state;
@@ -338,24 +387,26 @@ int run_train(const TrainOptions& o, const GlobalOptions& global) {
         loss = loss.defined() ? add(loss, term) : term;
       }
       const double value = loss.item();
-      VG_CHECK(std::isfinite(value), "step " << step + 1 << " (epoch " << epoch + 1 << ", iteration " << it + 1
-                                             << "): the loss is " << value << "; training stopped. " << latest
-                                             << " holds the last good state (after step " << saved_step
-                                             << "); lower --lr or check the data");
+      if (!std::isfinite(value)) {
+        std::string batch_cases;
+        for (int c : batch.cases) batch_cases += (batch_cases.empty() ? "" : ", ") + sampler_ids.at(c);
+        VG_INPUT_FAIL("step " << step + 1 << " (epoch " << epoch + 1 << ", iteration " << it + 1 << "): the loss is "
+                              << value << " on patches of " << batch_cases << "; training stopped. " << latest
+                              << " holds the state after step " << saved_step << "; lower --lr or check those cases");
+      }
       loss.backward();
       clip_grad_norm_(model.parameters(), t.grad_clip);
       optimizer->step();
       progress.epoch_loss_sum += value;
       ++step;
       std::snprintf(fields, sizeof fields, "loss %.4f lr %.3g", value, optimizer->lr());
-      // The last iteration's line is finish()'s, so plain output does not print it twice.
-      if (it + 1 < t.iters_per_epoch) bar.update(it + 1, fields);
+      bar.update(it + 1, fields);
       if (InterruptGuard::requested() && it + 1 < t.iters_per_epoch) {
         bar.finish(fields);
         save_latest();
         logging::info("interrupted after step " + std::to_string(step) + " (epoch " + std::to_string(epoch + 1) +
-                      ", iteration " + std::to_string(it + 1) + "): " + latest + " saved; continue with `voxgrad train --out " +
-                      o.out + " --resume`");
+                      ", iteration " + std::to_string(it + 1) + "): " + latest +
+                      " saved; continue with `voxgrad train --out " + o.out + " --resume`");
         return kExitInterrupted;
       }
     }

@@ -1,6 +1,7 @@
 // Checkpoints in the safetensors format (what safetensors.torch.load_file opens): model files (a
 // module's state_dict) and training checkpoints (weights, optimizer state and progress in one file,
-// so a crash never leaves them out of step). Files are written atomically; loading validates strictly.
+// so a crash never leaves them out of step). Files are written atomically, carry a checksum, and
+// loading validates strictly: a damaged or foreign file is refused with a voxgrad::InputError.
 #pragma once
 
 #include <cstdint>
@@ -14,27 +15,61 @@ namespace voxgrad {
 
 using Metadata = std::map<std::string, std::string>;
 
+// The checksum every file voxgrad writes carries, in its "__metadata__" under this key, as 8
+// lowercase hex digits: zlib's CRC-32 of
+//   1. the data section (every byte after the header), then, continuing the same CRC,
+//   2. for each tensor in data order (by begin offset, then end offset, then name):
+//        name '\0' dtype '\0' shape as decimal sizes joined by ',' '\0'
+//   3. for each other metadata entry in byte order of its key: key '\0' value '\0'.
+// One CRC over the bytes and the header's meaning rather than one per tensor: a flipped bit in
+// any weight, a renamed or reordered tensor and an edited metadata value (a step, the config) all
+// change it, and it does not depend on JSON spacing or key order, so a file re-saved by another
+// safetensors writer with the same content still verifies. It guards against damage, not
+// intent: a file stripped of the key loads, with the no-checksum warning. In Python
+// (tests/fuzz/make_safetensors_seeds.py writes files this way):
+//   c = zlib.crc32(data)
+//   for n in names in data order: c = zlib.crc32(f"{n}\0{dtype}\0{','.join(map(str, shape))}\0".encode(), c)
+//   for k in sorted(meta) if k != key: c = zlib.crc32(f"{k}\0{meta[k]}\0".encode(), c)
+inline constexpr const char* kChecksumKey = "voxgrad_crc32";
+
 struct SafeTensors {
-  NamedTensors tensors;  // in file order
-  Metadata metadata;     // the "__metadata__" string map (empty when the file has none)
+  NamedTensors tensors;  // in data order
+  Metadata metadata;     // the "__metadata__" string map without the checksum (empty when none)
+  bool checksum_verified = false;  // the file carried a checksum and it matched
 };
 
-// Writes F32, F64, I32 and U8 tensors (any device) in the given order, the header padded with
-// spaces to a multiple of 8 bytes. Atomic: a temporary file in the same folder is written, synced
-// and renamed over `path`, so `path` holds either the old file or the complete new one.
-void save_safetensors(const std::string& path, const NamedTensors& tensors, const Metadata& metadata = {});
+// Whether a floating-point tensor may hold NaN or Inf. Weights never may: a network with such a
+// value predicts nothing, so by default such a tensor is neither written nor read.
+enum class NonFinite { refuse, allow };
 
-// Reads and validates a whole file (header size and JSON, dtypes, shapes against offsets, offsets
-// covering the data without gaps or overlaps); tensors are placed on `device`. Throws
-// voxgrad::Error naming the path and the problem.
-SafeTensors load_safetensors(const std::string& path, Device device = Device::cpu());
+// Writes F32, F64, I32 and U8 tensors (any device) in the given order with their checksum, the
+// header padded with spaces to a multiple of 8 bytes. Atomic (files::AtomicFile): `path` holds
+// either the old file or the complete new one. With NonFinite::refuse a tensor holding NaN or Inf
+// is an InputError naming it and nothing is written, so a diverged network never replaces a good
+// file. `metadata` must not use kChecksumKey.
+void save_safetensors(const std::string& path, const NamedTensors& tensors, const Metadata& metadata = {},
+                      NonFinite non_finite = NonFinite::refuse);
+
+// Reads and validates a whole file: a regular file only (a FIFO or device is refused at once),
+// the header size against the file and a limit, the header JSON (nesting at most 64 deep),
+// dtypes, shapes against offsets, offsets covering the data without gaps or overlaps, the
+// checksum when the file has one (a file without one loads with a warning that its bytes cannot
+// be verified), and with NonFinite::refuse that every F32/F64 value is finite. Every allocation is
+// bounded by the file's size, and the tensors' total is checked against the memory available
+// before any is made. When every floating-point tensor is all zeros it warns (such weights
+// predict one class everywhere) but loads: a zero-initialised tensor is legal, only a whole file
+// of zeros is suspicious. Tensors are placed on `device`. Anything wrong with the file throws
+// voxgrad::InputError "PATH: reason" (header text in it cut to its first 200 characters).
+SafeTensors load_safetensors(const std::string& path, Device device = Device::cpu(),
+                             NonFinite non_finite = NonFinite::refuse);
 
 // Copies `tensors` into the module's parameters and buffers (on their devices). Names, shapes and
-// dtypes must match; strict also refuses missing and unexpected names. The error lists every
-// difference. Non-strict loading skips missing and unexpected names but never a mismatched shape.
+// dtypes must match; strict also refuses missing and unexpected names. The InputError lists the
+// differences. Non-strict loading skips missing and unexpected names but never a mismatched shape.
 void load_state_dict(Module& module, const NamedTensors& tensors, bool strict = true);
 
-// Model files: the module's state_dict, names as in PyTorch ("encoder.0.conv1.weight").
+// Model files: the module's state_dict, names as in PyTorch ("encoder.0.conv1.weight"). Weights
+// holding NaN or Inf are refused on both sides (InputError; nothing is written).
 void save_model(const std::string& path, const Module& module, const Metadata& metadata = {});
 void load_model(const std::string& path, Module& module, bool strict = true);
 
@@ -47,11 +82,16 @@ struct TrainingState {
   std::string config = "{}";
 };
 
-// One file: "model.<name>" for the weights, "optimizer.state.<param>.<what>" for the optimizer's
-// state; metadata keys format, optimizer, lr, step, epoch, rng_seed, rng_offset and config.
+// One file: "model.<name>" for the weights, "optimizer.<name>" for the optimizer's state
+// (Optimizer::state() names); metadata keys format, optimizer, lr, step, epoch, rng_seed,
+// rng_offset and config. Weights or optimizer state holding NaN or Inf are refused (InputError,
+// nothing written): the file on disk stays the last good state.
 void save_training_checkpoint(const std::string& path, const Module& module, const Optimizer& optimizer,
                               const TrainingState& state);
 // Restores the module's weights, the optimizer's state and learning rate; returns the progress.
+// All or nothing: when anything is refused, the module keeps its own weights.
 TrainingState load_training_checkpoint(const std::string& path, Module& module, Optimizer& optimizer);
+// Only the weights ("model.*") of a training checkpoint, e.g. for inference from the latest state.
+void load_checkpoint_weights(const std::string& path, Module& module, bool strict = true);
 
 }  // namespace voxgrad

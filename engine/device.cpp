@@ -11,7 +11,7 @@ Device resolve_device(const std::string& choice) {
   if (choice == "cpu") return Device::cpu();
   if (choice == "cuda") {
     if (cuda_device_count() == 0)
-      VG_FAIL("--device cuda: no CUDA device is usable (" << cuda_unavailable_reason()
+      VG_USAGE_FAIL("--device cuda: no CUDA device is usable (" << cuda_unavailable_reason()
                                                           << "); use --device cpu or --device auto");
     return Device::cuda(0);
   }
@@ -20,7 +20,7 @@ Device resolve_device(const std::string& choice) {
     logging::notice_once("cpu-mode", "no CUDA device (" + cuda_unavailable_reason() + "), running on the CPU");
     return Device::cpu();
   }
-  VG_FAIL("--device '" << choice << "' is not a device: use cpu, cuda or auto");
+  VG_USAGE_FAIL("--device '" << choice << "' is not a device: use cpu, cuda or auto");
 }
 
 }  // namespace voxgrad

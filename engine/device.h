@@ -36,7 +36,7 @@ std::string cuda_unavailable_reason();
 // Name and compute capability of device `index`, e.g. "NVIDIA H100 80GB HBM3 (sm_90)".
 std::string cuda_device_name(int index = 0);
 
-// The --device choice: "cpu", "cuda" (fails with a clear Error when there is none) or "auto"
+// The --device choice: "cpu", "cuda" (a UsageError, exit 2, when there is none) or "auto"
 // (CUDA when available, else the CPU, saying so once on stderr).
 Device resolve_device(const std::string& choice);
 

@@ -181,6 +181,8 @@ void ProgressBar::update(std::int64_t done, const std::string& fields) {
   fields_ = fields;
   const auto now = std::chrono::steady_clock::now();
   const auto min_gap = tty_ ? std::chrono::milliseconds(100) : std::chrono::milliseconds(5000);
+  // The last step's line is finish()'s: drawing it here too would print it twice in plain mode.
+  if (total_ > 0 && done >= total_ && drawn_) return;
   // The first update is always shown, so that even a short plain log has a start and an end.
   if (!drawn_ || now - last_draw_ >= min_gap) draw(false);
 }

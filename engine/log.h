@@ -29,6 +29,7 @@ class ProgressBar {
   // Now at `done` steps; `fields` is shown after the bar ("loss 0.123 lr 0.01"). The first
   // update is drawn at once; after it, a terminal redraws at most ~10 times a second and plain
   // output gets a line at most every ~5 s.
+  // Reaching `total` draws nothing: that line is finish()'s, printed once.
   void update(std::int64_t done, const std::string& fields = "");
   // The final line, always printed once (also in plain mode).
   void finish(const std::string& fields = "");

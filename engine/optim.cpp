@@ -118,14 +118,17 @@ void Optimizer::load_state(const NamedTensors& state) {
     const std::string prefix = "state." + name + ".";
     const Tensor* step = find(prefix + "step");
     if (step == nullptr) continue;  // this parameter had no state yet
-    VG_CHECK(step->numel() == 1, "optimizer state \"" << prefix << "step\" must hold one value, got shape "
-                                                      << shape_str(step->shape()));
-    steps[i] = static_cast<std::int64_t>(step->item());
-    VG_CHECK(steps[i] > 0, "optimizer state \"" << prefix << "step\" must be positive, got " << steps[i]);
+    VG_INPUT_CHECK(step->numel() == 1, "optimizer state \"" << prefix << "step\" must hold one value, got shape "
+                                                            << shape_str(step->shape()));
+    // Checked as a double first: casting 1e300 or NaN to an integer is undefined behaviour.
+    const double s = step->item();
+    VG_INPUT_CHECK(s >= 1 && s <= 9007199254740992.0 && s == std::floor(s),
+                   "optimizer state \"" << prefix << "step\" must be a whole number of steps >= 1, got " << s);
+    steps[i] = static_cast<std::int64_t>(s);
     for (const auto& what : buffer_names_) {
       const Tensor* b = find(prefix + what);
-      VG_CHECK(b != nullptr, "optimizer state for \"" << name << "\" lacks \"" << prefix << what << "\"");
-      VG_CHECK(b->shape() == p.shape() && b->dtype() == p.dtype(),
+      VG_INPUT_CHECK(b != nullptr, "optimizer state for \"" << name << "\" lacks \"" << prefix << what << "\"");
+      VG_INPUT_CHECK(b->shape() == p.shape() && b->dtype() == p.dtype(),
                "optimizer state \"" << prefix << what << "\" is " << dtype_name(b->dtype()) << " "
                                     << shape_str(b->shape()) << " but the parameter is " << dtype_name(p.dtype())
                                     << " " << shape_str(p.shape()));
@@ -133,8 +136,8 @@ void Optimizer::load_state(const NamedTensors& state) {
     }
   }
   for (std::size_t j = 0; j < state.size(); ++j)
-    VG_CHECK(used[j], "optimizer state \"" << state[j].first << "\" matches no parameter of this " << name()
-                                           << " optimizer");
+    VG_INPUT_CHECK(used[j], "optimizer state \"" << state[j].first << "\" matches no parameter of this " << name()
+                                                 << " optimizer");
   buffers_ = std::move(buffers);
   steps_ = std::move(steps);
 }

@@ -1,9 +1,9 @@
 // dataset.json in both layouts users have (MSD / nnU-Net v1 and nnU-Net v2) turned into one
-// Dataset: keys parsed and type-checked, cases listed (v1) or found from file names (v2), and
-// nnU-Net v2's dataset.json and file names written. Loading and checking cases is dataset_check.cpp.
+// Dataset: keys parsed, type- and range-checked (every number it holds), cases listed (v1) or found
+// from file names (v2), only regular files accepted; and nnU-Net v2's dataset.json and file names
+// written. Loading and checking cases is dataset_check.cpp.
 #include "io/dataset.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,14 +14,16 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <set>
 #include <sstream>
+#include <string_view>
 
 #include "engine/error.h"
+#include "engine/files.h"
 #include "engine/json.h"
 #include "engine/log.h"
+#include "engine/memory_budget.h"
 
 namespace voxgrad::io {
 
@@ -59,7 +61,7 @@ namespace dataset_detail {
   for (std::size_t i = 0; i < problems.size() && i < kShown; ++i) msg << "\n  " << problems[i];
   if (problems.size() > kShown) msg << "\n  ... and " << problems.size() - kShown << " more";
   msg << "\n";
-  VG_FAIL(msg.str());
+  VG_INPUT_FAIL(msg.str());
 }
 
 }  // namespace dataset_detail
@@ -70,12 +72,25 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-bool is_file(const fs::path& p) {
-  std::error_code ec;
-  return fs::is_regular_file(p, ec);  // follows symlinks: linked datasets are common
+// Why `p` cannot serve as a case file, or nothing when it is a regular file. Links are followed:
+// linked datasets are common. Only stat() is used: a FIFO is never opened here, so it cannot block.
+struct FileProblem {
+  bool missing = false;  // nothing there (or a dangling link)
+  std::string text;      // "PATH does not exist", "PATH: not a regular file (a FIFO)"
+};
+std::optional<FileProblem> file_problem(const fs::path& p) {
+  struct stat st {};
+  if (::stat(p.c_str(), &st) != 0 && (errno == ENOENT || errno == ENOTDIR))
+    return FileProblem{true, p.string() + " does not exist"};
+  try {
+    files::require_regular_file(p.string());
+  } catch (const InputError& e) {
+    return FileProblem{false, e.what()};
+  }
+  return std::nullopt;
 }
 
-// A whole-string non-negative decimal integer ("0", "12"); nothing else.
+// A whole-string non-negative decimal integer ("0", "12") that fits an int; nothing else.
 std::optional<int> parse_index(const std::string& s) {
   int value = 0;
   const char* end = s.data() + s.size();
@@ -84,20 +99,45 @@ std::optional<int> parse_index(const std::string& s) {
   return value;
 }
 
-// A JSON number that is a whole int (1 and 1.0 alike).
-std::optional<int> json_int(const Json& j) {
-  if (j.is_number_integer()) {
-    const auto v = j.get<std::int64_t>();
-    if (v >= std::numeric_limits<int>::min() && v <= std::numeric_limits<int>::max()) return static_cast<int>(v);
+bool all_digits(const std::string& s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+}
+
+// A JSON number that is exactly a whole int64 (1 and 1.0 alike); nothing for fractions, for
+// non-numbers and for values beyond int64 (an unsigned 18446744073709551615 must not become -1).
+std::optional<std::int64_t> whole_number(const Json& j) {
+  if (j.is_number_unsigned()) {
+    const auto v = j.get<std::uint64_t>();
+    if (v <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) return static_cast<std::int64_t>(v);
     return std::nullopt;
   }
+  if (j.is_number_integer()) return j.get<std::int64_t>();
   if (j.is_number_float()) {
     const double v = j.get<double>();
-    // The range test comes first: casting an out-of-range double to int is undefined.
-    if (v >= std::numeric_limits<int>::min() && v <= std::numeric_limits<int>::max() && v == std::floor(v))
-      return static_cast<int>(v);
+    // The range test comes first: converting an out-of-range double to an integer is undefined.
+    if (v >= -9223372036854775808.0 && v < 9223372036854775808.0 && v == std::floor(v))
+      return static_cast<std::int64_t>(v);
   }
   return std::nullopt;
+}
+
+// A value as the file writes it, cut short: an error line must stay a line.
+std::string brief(const Json& j) {
+  constexpr std::size_t kLongest = 80;
+  std::string text = j.dump();
+  if (text.size() > kLongest) text = text.substr(0, kLongest) + "...";
+  return text;
+}
+
+// A label value: a whole number 0..kMaxLabelValue. `shown` is the value as dataset.json writes it
+// (a v1 key or a v2 number), `whose` says whose value it is ("label \"tumor\"").
+int label_value(std::optional<std::int64_t> value, const std::string& shown, const std::string& whose,
+                const std::string& path) {
+  VG_INPUT_CHECK(value.has_value() && *value >= 0 && *value <= kMaxLabelValue,
+                 path << ": " << whose << " has value " << shown << "; label values must be "
+                      << (value.has_value() ? "" : "whole numbers ") << "0.." << kMaxLabelValue
+                      << " (label maps are written as 8-bit integers)");
+  return static_cast<int>(*value);
 }
 
 // Objects in which a repeated key would silently drop an entry (nlohmann, like Python, keeps the
@@ -107,12 +147,44 @@ bool guards_duplicates(int depth, const std::string& object_key) {
          (depth == 1 && (object_key == "labels" || object_key == "modality" || object_key == "channel_names"));
 }
 
-Json parse_dataset_json(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  VG_CHECK(in, path << ": cannot open (" << std::strerror(errno) << ")");
-  std::ostringstream text;
-  text << in.rdbuf();
+// dataset.json's bytes, refusing FIFOs, devices and folders before they could block, and files
+// far larger than any dataset description (nlohmann's tree takes several times the text).
+std::string read_dataset_json(const std::string& path) {
+  constexpr std::int64_t kLargest = 64 << 20;
+  const int fd = files::open_regular_for_reading(path);
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && st.st_size > kLargest) {
+    ::close(fd);
+    VG_INPUT_FAIL(path << ": " << memory::format_bytes(static_cast<std::uint64_t>(st.st_size))
+                       << " is far more than a dataset description takes (at most " << memory::format_bytes(kLargest)
+                       << " is read)");
+  }
+  std::string text;
+  char buffer[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      VG_INPUT_FAIL(path << ": cannot read: " << std::strerror(err));
+    }
+    if (n == 0) break;
+    text.append(buffer, static_cast<std::size_t>(n));
+    if (static_cast<std::int64_t>(text.size()) > kLargest) {  // grew while being read
+      ::close(fd);
+      VG_INPUT_FAIL(path << ": more than " << memory::format_bytes(kLargest)
+                         << ", far more than a dataset description takes");
+    }
+  }
+  ::close(fd);
+  return text;
+}
 
+Json parse_dataset_json(std::string_view text, const std::string& path) {
+  // dataset.json nests four levels deep; a limit keeps dump() and every recursive walk of a
+  // hostile file's tree off the end of the stack.
+  constexpr int kDeepest = 32;
   // Per open object: its key in the parent and the keys seen so far.
   struct Frame {
     std::string key;
@@ -123,7 +195,10 @@ Json parse_dataset_json(const std::string& path) {
   const auto callback = [&](int depth, Json::parse_event_t event, Json& parsed) {
     switch (event) {
       case Json::parse_event_t::object_start:
-        frames.push_back({depth == 0 ? "" : last_key, {}});
+      case Json::parse_event_t::array_start:
+        VG_INPUT_CHECK(depth < kDeepest, path << ": values nested more than " << kDeepest
+                                              << " deep; a dataset.json needs a handful of levels");
+        if (event == Json::parse_event_t::object_start) frames.push_back({depth == 0 ? "" : last_key, {}});
         break;
       case Json::parse_event_t::object_end:
         frames.pop_back();
@@ -145,45 +220,52 @@ Json parse_dataset_json(const std::string& path) {
   };
   Json j;
   try {
-    j = Json::parse(text.str(), callback);
+    j = Json::parse(text, callback);
   } catch (const Json::exception& e) {
     // nlohmann's message carries the line and column ("parse error at line 3, column 7: ...").
-    VG_FAIL(path << ": not valid JSON: " << e.what());
+    VG_INPUT_FAIL(path << ": not valid JSON: " << e.what());
   }
-  VG_CHECK(duplicate.empty(), path << ": " << duplicate << " (only the last would be kept)");
-  VG_CHECK(j.is_object(), path << ": expected a JSON object at the top level, found " << j.type_name());
+  VG_INPUT_CHECK(duplicate.empty(), path << ": " << duplicate << " (only the last would be kept)");
+  VG_INPUT_CHECK(j.is_object(), path << ": expected a JSON object at the top level, found " << j.type_name());
   return j;
 }
 
 std::string optional_string(const Json& j, const char* key, const std::string& path) {
   if (!j.contains(key) || j[key].is_null()) return "";
-  VG_CHECK(j[key].is_string(), path << ": \"" << key << "\" must be a string, found " << j[key].type_name());
+  VG_INPUT_CHECK(j[key].is_string(), path << ": \"" << key << "\" must be a string, found " << j[key].type_name());
   return j[key].get<std::string>();
 }
 
 const Json& required(const Json& j, const char* key, const char* type_word, const std::string& path,
                      const char* layout_word) {
-  VG_CHECK(j.contains(key), path << ": missing key \"" << key << "\" (" << layout_word << " dataset.json needs it)");
+  VG_INPUT_CHECK(j.contains(key),
+                 path << ": missing key \"" << key << "\" (" << layout_word << " dataset.json needs it)");
   const Json& v = j[key];
   const std::string want = type_word;
   const bool ok = (want == "object" && v.is_object()) || (want == "array" && v.is_array());
-  VG_CHECK(ok, path << ": \"" << key << "\" must be an " << want << ", found " << v.type_name());
+  VG_INPUT_CHECK(ok, path << ": \"" << key << "\" must be an " << want << ", found " << v.type_name());
   return v;
 }
 
 // {"0": "T2", "1": "ADC"} -> {"T2", "ADC"}: indices 0..C-1, each once.
 std::vector<std::string> parse_channels(const Json& obj, const char* key, const std::string& path) {
-  VG_CHECK(!obj.empty(), path << ": \"" << key << "\" declares no channels");
+  VG_INPUT_CHECK(!obj.empty(), path << ": \"" << key << "\" declares no channels");
+  VG_INPUT_CHECK(obj.size() <= static_cast<std::size_t>(kMaxChannels),
+                 path << ": \"" << key << "\" declares " << obj.size() << " channels; nnU-Net file names number them"
+                      << " with 4 digits, so at most " << kMaxChannels);
   std::vector<std::string> channels(obj.size());
   std::vector<bool> given(obj.size(), false);
-  for (const auto& [k, v] : obj.items()) {
+  for (const auto& item : obj.items()) {
+    const std::string& k = item.key();
+    const Json& v = item.value();
     const std::optional<int> index = parse_index(k);
-    VG_CHECK(index.has_value(),
-             path << ": \"" << key << "\" keys must be channel numbers \"0\", \"1\", ...; found \"" << k << "\"");
-    VG_CHECK(*index < static_cast<int>(obj.size()) && !given[static_cast<std::size_t>(*index)],
-             path << ": \"" << key << "\" must number its " << obj.size() << " channels 0 to " << obj.size() - 1
-                  << " once each; found \"" << k << "\"");
-    VG_CHECK(v.is_string(), path << ": \"" << key << "\"[\"" << k << "\"] must be a name, found " << v.type_name());
+    VG_INPUT_CHECK(index.has_value(),
+                   path << ": \"" << key << "\" keys must be channel numbers \"0\", \"1\", ...; found \"" << k << "\"");
+    VG_INPUT_CHECK(*index < static_cast<int>(obj.size()) && !given[static_cast<std::size_t>(*index)],
+                   path << ": \"" << key << "\" must number its " << obj.size() << " channels 0 to " << obj.size() - 1
+                        << " once each; found \"" << k << "\"");
+    VG_INPUT_CHECK(v.is_string(),
+                   path << ": \"" << key << "\"[\"" << k << "\"] must be a name, found " << v.type_name());
     channels[static_cast<std::size_t>(*index)] = v.get<std::string>();
     given[static_cast<std::size_t>(*index)] = true;
   }
@@ -191,59 +273,72 @@ std::vector<std::string> parse_channels(const Json& obj, const char* key, const 
 }
 
 void add_label(Dataset& ds, int value, const std::string& name, const std::string& path) {
-  VG_CHECK(value >= 0, path << ": label \"" << name << "\" has the negative value " << value);
-  const auto [it, inserted] = ds.labels.emplace(value, name);
-  VG_CHECK(inserted,
-           path << ": label value " << value << " is declared twice (\"" << it->second << "\" and \"" << name << "\")");
+  const auto placed = ds.labels.emplace(value, name);
+  VG_INPUT_CHECK(placed.second, path << ": label value " << value << " is declared twice (\"" << placed.first->second
+                                     << "\" and \"" << name << "\")");
 }
 
 void finish_labels(Dataset& ds, const std::string& path) {
-  VG_CHECK(ds.labels.count(0) == 1, path << ": \"labels\" declares no value 0; 0 is the background and must be there");
+  VG_INPUT_CHECK(ds.labels.count(0) == 1,
+                 path << ": \"labels\" declares no value 0; 0 is the background and must be there");
   std::map<std::string, int> by_name;
-  for (const auto& [value, name] : ds.labels) {
-    const auto [it, inserted] = by_name.emplace(name, value);
-    VG_CHECK(inserted, path << ": label name \"" << name << "\" is given to both " << it->second << " and " << value);
+  for (const auto& label : ds.labels) {
+    const int value = label.first;
+    const std::string& name = label.second;
+    const auto placed = by_name.emplace(name, value);
+    VG_INPUT_CHECK(placed.second, path << ": label name \"" << name << "\" is given to both " << placed.first->second
+                                       << " and " << value);
     if (name == "ignore") ds.ignore_label = value;
   }
 }
 
 // MSD v1: {"0": "background", "1": "edema"}.
 void parse_labels_v1(Dataset& ds, const Json& obj, const std::string& path) {
-  for (const auto& [k, v] : obj.items()) {
-    const std::optional<int> value = parse_index(k);
-    VG_CHECK(value.has_value() && v.is_string(),
-             path << ": \"labels\" must map numbers to names in an MSD dataset.json ({\"0\": \"background\", \"1\": "
-                     "\"edema\"}); found \""
-                  << k << "\": " << v.dump());
-    add_label(ds, *value, v.get<std::string>(), path);
+  for (const auto& item : obj.items()) {
+    const std::string& k = item.key();
+    const Json& v = item.value();
+    VG_INPUT_CHECK(all_digits(k) && v.is_string(),
+                   path << ": \"labels\" must map numbers to names in an MSD dataset.json ({\"0\": \"background\", "
+                           "\"1\": \"edema\"}); found \""
+                        << k << "\": " << brief(v));
+    const std::string name = v.get<std::string>();
+    std::int64_t parsed = 0;
+    const auto [end, ec] = std::from_chars(k.data(), k.data() + k.size(), parsed);
+    const std::optional<std::int64_t> value =
+        ec == std::errc() && end == k.data() + k.size() ? std::optional<std::int64_t>(parsed) : std::nullopt;
+    // Digits too many for int64 are still a number, just far out of range: say so, not "not a number".
+    VG_INPUT_CHECK(value.has_value(), path << ": label \"" << name << "\" has value " << k
+                                           << "; label values must be 0.." << kMaxLabelValue
+                                           << " (label maps are written as 8-bit integers)");
+    add_label(ds, label_value(value, k, "label \"" + name + "\"", path), name, path);
   }
   finish_labels(ds, path);
 }
 
 // nnU-Net v2: {"background": 0, "tumor": 1}, region-based entries as lists {"whole tumor": [1, 2]}.
 void parse_labels_v2(Dataset& ds, const Json& obj, const std::string& path) {
-  for (const auto& [k, v] : obj.items()) {
+  for (const auto& item : obj.items()) {
+    const std::string& k = item.key();
+    const Json& v = item.value();
     if (v.is_array()) {
       LabelRegion region{k, {}};
       for (const Json& e : v) {
-        const std::optional<int> value = json_int(e);
-        VG_CHECK(value.has_value() && *value >= 0,
-                 path << ": region \"" << k << "\" in \"labels\" must list label values, found " << e.dump());
-        region.values.push_back(*value);
+        VG_INPUT_CHECK(e.is_number(),
+                       path << ": region \"" << k << "\" in \"labels\" must list label values, found " << brief(e));
+        region.values.push_back(label_value(whole_number(e), e.dump(), "region \"" + k + "\" in \"labels\"", path));
       }
-      VG_CHECK(!region.values.empty(), path << ": region \"" << k << "\" in \"labels\" lists no values");
+      VG_INPUT_CHECK(!region.values.empty(), path << ": region \"" << k << "\" in \"labels\" lists no values");
       ds.regions.push_back(std::move(region));
       continue;
     }
-    const std::optional<int> value = json_int(v);
-    if (!value.has_value()) {
-      const bool looks_v1 = parse_index(k).has_value() && v.is_string();
-      VG_FAIL(path << ": \"labels\" must map names to numbers in an nnU-Net v2 dataset.json ({\"background\": 0, "
-                      "\"tumor\": 1}); found \""
-                   << k << "\": " << v.dump()
-                   << (looks_v1 ? " (number -> name is the MSD v1 form; this file has v2 keys)" : ""));
+    if (!v.is_number()) {
+      const bool looks_v1 = all_digits(k) && v.is_string();
+      VG_INPUT_FAIL(path << ": \"labels\" must map names to numbers in an nnU-Net v2 dataset.json ({\"background\": "
+                            "0, \"tumor\": 1}); found \""
+                         << k << "\": " << brief(v)
+                         << (looks_v1 ? " (number -> name is the MSD v1 form; this file has v2 keys)" : ""));
     }
-    add_label(ds, *value, k, path);
+    add_label(ds, label_value(whole_number(v), v.dump(), "label \"" + k + "\"", path), k, path);
   }
   finish_labels(ds, path);
 }
@@ -266,10 +361,11 @@ std::string strip_ending(const std::string& name, const std::string& ending) {
 
 void check_count(const Json& j, const char* key, std::size_t found, const char* what, const std::string& path) {
   if (!j.contains(key)) return;
-  const std::optional<int> declared = json_int(j[key]);
-  if (!declared.has_value()) {
-    logging::warning(path + ": \"" + key + "\" is not a number: " + j[key].dump());
-  } else if (*declared < 0 || static_cast<std::size_t>(*declared) != found) {
+  const std::optional<std::int64_t> declared = whole_number(j[key]);
+  if (!declared.has_value() || *declared < 0) {
+    logging::warning(path + ": \"" + key + "\" is not a count of cases: " + brief(j[key]) + "; " +
+                     std::to_string(found) + " " + what + " were found");
+  } else if (static_cast<std::uint64_t>(*declared) != found) {
     logging::warning(path + ": \"" + key + "\" says " + std::to_string(*declared) + " but " + std::to_string(found) +
                      " " + what + " were found; using the " + std::to_string(found));
   }
@@ -283,17 +379,22 @@ Case v1_case(const Dataset& ds, const std::string& listed, const std::string& wh
   const fs::path image = resolve(ds.root, listed);
   const std::string file = image.filename().string();
   const std::optional<std::string> ending = nifti_ending(file);
-  VG_CHECK(ending.has_value(), path << ": " << where << " \"" << listed
-                                    << "\" is not a NIfTI file (.nii or .nii.gz); voxgrad reads NIfTI only");
+  VG_INPUT_CHECK(ending.has_value(), path << ": " << where << " \"" << listed
+                                          << "\" is not a NIfTI file (.nii or .nii.gz); voxgrad reads NIfTI only");
   Case c;
   c.id = strip_ending(file, *ending);
-  if (is_file(image)) {
+  const std::optional<FileProblem> listed_problem = file_problem(image);
+  if (!listed_problem) {
     c.images = {image.string()};
     c.channels_in_one_file = ds.num_channels() > 1;
     return c;
   }
+  if (!listed_problem->missing) {  // there, but a FIFO, a folder, unreadable...
+    problems.push_back("case " + c.id + ": image " + listed_problem->text);
+    return c;
+  }
   const fs::path first = image.parent_path() / (c.id + "_0000" + *ending);
-  if (!is_file(first)) {
+  if (const std::optional<FileProblem> p = file_problem(first); p && p->missing) {
     problems.push_back("case " + c.id + ": image " + image.string() + " does not exist (nor " + first.string() + ")");
     return c;
   }
@@ -301,9 +402,8 @@ Case v1_case(const Dataset& ds, const std::string& listed, const std::string& wh
     char suffix[16];
     std::snprintf(suffix, sizeof suffix, "_%04d", ch);
     const fs::path p = image.parent_path() / (c.id + suffix + *ending);
-    if (!is_file(p))
-      problems.push_back("case " + c.id + ": channel " + std::to_string(ch) + " image " + p.string() +
-                         " does not exist");
+    if (const std::optional<FileProblem> problem = file_problem(p))
+      problems.push_back("case " + c.id + ": channel " + std::to_string(ch) + " image " + problem->text);
     c.images.push_back(p.string());
   }
   return c;
@@ -320,10 +420,10 @@ void read_v1(Dataset& ds, const Json& j, const std::string& path, std::vector<st
   for (std::size_t i = 0; i < training.size(); ++i) {
     const Json& e = training[i];
     const std::string where = "training[" + std::to_string(i) + "]";
-    VG_CHECK(
+    VG_INPUT_CHECK(
         e.is_object() && e.contains("image") && e["image"].is_string() && e.contains("label") && e["label"].is_string(),
         path << ": " << where << " must be {\"image\": \"./imagesTr/x.nii.gz\", \"label\": \"./labelsTr/x.nii.gz\"}"
-             << ", found " << e.dump());
+             << ", found " << brief(e));
     const std::string listed = e["image"].get<std::string>();
     Case c = v1_case(ds, listed, where + ".image", path, problems);
     if (!ending_known) {
@@ -332,7 +432,8 @@ void read_v1(Dataset& ds, const Json& j, const std::string& path, std::vector<st
     }
     const fs::path label = resolve(ds.root, e["label"].get<std::string>());
     c.label = label.string();
-    if (!is_file(label)) problems.push_back("case " + c.id + ": label " + c.label + " does not exist");
+    if (const std::optional<FileProblem> p = file_problem(label))
+      problems.push_back("case " + c.id + ": label " + p->text);
     if (!ids.insert(c.id).second) problems.push_back("case " + c.id + ": listed twice in \"training\"");
     ds.training.push_back(std::move(c));
   }
@@ -344,7 +445,7 @@ void read_v1(Dataset& ds, const Json& j, const std::string& path, std::vector<st
       const Json& e = test[i];
       const Json* p =
           e.is_string() ? &e : (e.is_object() && e.contains("image") && e["image"].is_string() ? &e["image"] : nullptr);
-      VG_CHECK(p != nullptr, path << ": test[" << i << "] must be an image path, found " << e.dump());
+      VG_INPUT_CHECK(p != nullptr, path << ": test[" << i << "] must be an image path, found " << brief(e));
       ds.test.push_back(v1_case(ds, p->get<std::string>(), "test[" + std::to_string(i) + "]", path, problems));
     }
   }
@@ -352,17 +453,26 @@ void read_v1(Dataset& ds, const Json& j, const std::string& path, std::vector<st
   check_count(j, "numTest", ds.test.size(), "test cases", path);
 }
 
+// A folder's entries, sorted; an unreadable folder is an InputError naming it, not the library's
+// "filesystem error" text.
+std::vector<fs::directory_entry> list_folder(const fs::path& folder) {
+  std::vector<fs::directory_entry> entries;
+  std::error_code ec;
+  fs::directory_iterator it(folder, ec);
+  for (; !ec && it != fs::directory_iterator(); it.increment(ec)) entries.push_back(*it);
+  VG_INPUT_CHECK(!ec, folder.string() << ": cannot list the folder: " << ec.message());
+  std::sort(entries.begin(), entries.end());
+  return entries;
+}
+
 // Cases of an nnU-Net v2 images folder: <case>_<XXXX><ending>, every channel 0..C-1 for every case.
 std::map<std::string, Case> discover_images(const Dataset& ds, bool test, std::vector<std::string>& problems) {
   const fs::path folder = fs::path(ds.root) / (test ? "imagesTs" : "imagesTr");
   std::map<std::string, std::set<int>> found;
-  std::error_code ec;
-  fs::directory_iterator it(folder, ec);
-  VG_CHECK(!ec, folder.string() << ": cannot list (" << ec.message() << ")");
-  for (const fs::directory_entry& entry : it) {
+  for (const fs::directory_entry& entry : list_folder(folder)) {
     const std::string name = entry.path().filename().string();
     // Hidden files are skipped: the Decathlon's archives carry macOS "._BRATS_001.nii.gz" twins.
-    if (name.empty() || name[0] == '.' || !ends_with(name, ds.file_ending) || !is_file(entry.path())) continue;
+    if (name.empty() || name[0] == '.' || !ends_with(name, ds.file_ending)) continue;
     const std::string stem = strip_ending(name, ds.file_ending);
     const std::optional<int> channel =
         stem.size() > 5 && stem[stem.size() - 5] == '_' ? parse_index(stem.substr(stem.size() - 4)) : std::nullopt;
@@ -377,6 +487,10 @@ std::map<std::string, Case> discover_images(const Dataset& ds, bool test, std::v
                          " but dataset.json declares " + std::to_string(ds.num_channels()) + " channel(s)");
       continue;
     }
+    // A FIFO or a folder under a case's name is refused here, before anything could open it;
+    // the channel still counts as found, so the case gets this one line rather than two.
+    if (const std::optional<FileProblem> p = file_problem(entry.path()))
+      problems.push_back("case " + id + ": " + p->text);
     found[id].insert(*channel);
   }
   std::map<std::string, Case> cases;
@@ -397,24 +511,28 @@ std::map<std::string, Case> discover_images(const Dataset& ds, bool test, std::v
 
 // v2's optional explicit list: "dataset": {"case": {"images": ["imagesTr/case_0000.nii.gz"], "label": ...}}.
 void read_v2_explicit(Dataset& ds, const Json& obj, const std::string& path, std::vector<std::string>& problems) {
-  VG_CHECK(obj.is_object(), path << ": \"dataset\" must be an object of cases, found " << obj.type_name());
-  for (const auto& [id, e] : obj.items()) {
-    VG_CHECK(e.is_object() && e.contains("images") && e["images"].is_array() && e.contains("label") &&
-                 e["label"].is_string(),
-             path << ": dataset[\"" << id << "\"] must be {\"images\": [...], \"label\": \"...\"}, found " << e.dump());
+  VG_INPUT_CHECK(obj.is_object(), path << ": \"dataset\" must be an object of cases, found " << obj.type_name());
+  for (const auto& item : obj.items()) {
+    const std::string& id = item.key();
+    const Json& e = item.value();
+    VG_INPUT_CHECK(
+        e.is_object() && e.contains("images") && e["images"].is_array() && e.contains("label") &&
+            e["label"].is_string(),
+        path << ": dataset[\"" << id << "\"] must be {\"images\": [...], \"label\": \"...\"}, found " << brief(e));
     Case c;
     c.id = id;
     for (const Json& p : e["images"]) {
-      VG_CHECK(p.is_string(), path << ": dataset[\"" << id << "\"].images must hold paths, found " << p.dump());
+      VG_INPUT_CHECK(p.is_string(), path << ": dataset[\"" << id << "\"].images must hold paths, found " << brief(p));
       c.images.push_back(resolve(ds.root, p.get<std::string>()).string());
-      if (!is_file(c.images.back()))
-        problems.push_back("case " + id + ": image " + c.images.back() + " does not exist");
+      if (const std::optional<FileProblem> problem = file_problem(c.images.back()))
+        problems.push_back("case " + id + ": image " + problem->text);
     }
     if (c.images.size() != static_cast<std::size_t>(ds.num_channels()))
       problems.push_back("case " + id + ": " + std::to_string(c.images.size()) +
                          " images listed but dataset.json declares " + std::to_string(ds.num_channels()) + " channels");
     c.label = resolve(ds.root, e["label"].get<std::string>()).string();
-    if (!is_file(c.label)) problems.push_back("case " + id + ": label " + c.label + " does not exist");
+    if (const std::optional<FileProblem> p = file_problem(c.label))
+      problems.push_back("case " + id + ": label " + p->text);
     ds.training.push_back(std::move(c));
   }
 }
@@ -428,15 +546,15 @@ void read_v2(Dataset& ds, const Json& j, const std::string& path, std::vector<st
   if (j.contains("regions_class_order")) {
     const Json& order = required(j, "regions_class_order", "array", path, layout);
     for (const Json& e : order) {
-      const std::optional<int> v = json_int(e);
-      VG_CHECK(v.has_value(), path << ": \"regions_class_order\" must list numbers, found " << e.dump());
-      ds.regions_class_order.push_back(*v);
+      VG_INPUT_CHECK(e.is_number(), path << ": \"regions_class_order\" must list label values, found " << brief(e));
+      ds.regions_class_order.push_back(label_value(whole_number(e), e.dump(), "\"regions_class_order\" entry", path));
     }
   }
   const std::string ending = optional_string(j, "file_ending", path);
   if (!ending.empty()) ds.file_ending = ending;
-  VG_CHECK(ds.file_ending == ".nii.gz" || ds.file_ending == ".nii",
-           path << ": \"file_ending\" is \"" << ds.file_ending << "\"; voxgrad reads NIfTI only (.nii.gz or .nii)");
+  VG_INPUT_CHECK(
+      ds.file_ending == ".nii.gz" || ds.file_ending == ".nii",
+      path << ": \"file_ending\" is \"" << ds.file_ending << "\"; voxgrad reads NIfTI only (.nii.gz or .nii)");
 
   const fs::path root(ds.root);
   if (j.contains("dataset")) {
@@ -444,17 +562,18 @@ void read_v2(Dataset& ds, const Json& j, const std::string& path, std::vector<st
   } else {
     const fs::path images = root / "imagesTr", labels = root / "labelsTr";
     std::error_code ec;
-    VG_CHECK(fs::is_directory(images, ec), images.string()
-                                               << ": folder does not exist (nnU-Net v2 keeps training images there)");
-    VG_CHECK(fs::is_directory(labels, ec), labels.string()
-                                               << ": folder does not exist (nnU-Net v2 keeps training labels there)");
+    VG_INPUT_CHECK(fs::is_directory(images, ec),
+                   images.string() << ": folder does not exist (nnU-Net v2 keeps training images there)");
+    VG_INPUT_CHECK(fs::is_directory(labels, ec),
+                   labels.string() << ": folder does not exist (nnU-Net v2 keeps training labels there)");
     std::map<std::string, Case> cases = discover_images(ds, /*test=*/false, problems);
     for (auto& [id, c] : cases) {
       c.label = label_path(ds.root, id, ds.file_ending);
-      if (!is_file(c.label)) problems.push_back("case " + id + ": label " + c.label + " is missing");
+      if (const std::optional<FileProblem> p = file_problem(c.label))
+        problems.push_back("case " + id + ": label " + (p->missing ? c.label + " is missing" : p->text));
       ds.training.push_back(std::move(c));
     }
-    for (const fs::directory_entry& entry : fs::directory_iterator(labels, ec)) {
+    for (const fs::directory_entry& entry : list_folder(labels)) {
       const std::string name = entry.path().filename().string();
       if (name.empty() || name[0] == '.' || !ends_with(name, ds.file_ending)) continue;
       const std::string id = strip_ending(name, ds.file_ending);
@@ -478,10 +597,20 @@ void read_v2(Dataset& ds, const Json& j, const std::string& path, std::vector<st
 
 Dataset read_dataset(const std::string& root) {
   std::error_code ec;
-  VG_CHECK(fs::is_directory(root, ec), root << ": dataset folder does not exist");
+  if (!fs::is_directory(root, ec)) {
+    VG_INPUT_CHECK(!fs::exists(root, ec), root << ": not a folder (a dataset is a folder holding dataset.json)");
+    VG_INPUT_FAIL(root << ": dataset folder does not exist");
+  }
   const std::string path = (fs::path(root) / "dataset.json").string();
-  VG_CHECK(is_file(path), path << ": does not exist (a dataset folder holds dataset.json, imagesTr/ and labelsTr/)");
-  const Json j = parse_dataset_json(path);
+  const std::optional<FileProblem> problem = file_problem(path);
+  VG_INPUT_CHECK(!problem || !problem->missing,
+                 path << ": does not exist (a dataset folder holds dataset.json, imagesTr/ and labelsTr/)");
+  return parse_dataset(read_dataset_json(path), root);
+}
+
+Dataset parse_dataset(std::string_view json_text, const std::string& root) {
+  const std::string path = (fs::path(root) / "dataset.json").string();
+  const Json j = parse_dataset_json(json_text, path);
 
   Dataset ds;
   ds.root = root;
@@ -495,8 +624,8 @@ Dataset read_dataset(const std::string& root) {
     ds.layout = DatasetLayout::MsdV1;
     read_v1(ds, j, path, problems);
   } else {
-    VG_FAIL(path << ": cannot tell the layout: expected \"channel_names\" and \"file_ending\" (nnU-Net v2) or "
-                    "\"modality\" and \"training\" (MSD / nnU-Net v1)");
+    VG_INPUT_FAIL(path << ": cannot tell the layout: expected \"channel_names\" and \"file_ending\" (nnU-Net v2) or "
+                          "\"modality\" and \"training\" (MSD / nnU-Net v1)");
   }
   if (!problems.empty()) dataset_detail::throw_problems(path, problems);
   return ds;
@@ -517,15 +646,16 @@ std::string label_path(const std::string& root, const std::string& case_id, cons
 void create_dataset_folders(const std::string& root, bool with_test) {
   for (const char* sub : {"imagesTr", "labelsTr", "imagesTs"}) {
     if (!with_test && std::string(sub) == "imagesTs") continue;
-    std::error_code ec;
-    fs::create_directories(fs::path(root) / sub, ec);
-    VG_CHECK(!ec, (fs::path(root) / sub).string() << ": cannot create (" << ec.message() << ")");
+    files::create_folder((fs::path(root) / sub).string(), "dataset folder");
   }
 }
 
 void write_dataset_v2(const std::string& root, const DatasetV2Spec& spec) {
+  // The spec is made by a program (synth) that checked its flags: these are invariants.
   const std::string path = (fs::path(root) / "dataset.json").string();
   VG_CHECK(!spec.channel_names.empty(), path << ": a dataset needs at least one channel name");
+  VG_CHECK(spec.channel_names.size() <= static_cast<std::size_t>(kMaxChannels),
+           path << ": " << spec.channel_names.size() << " channels do not fit nnU-Net's 4-digit file names");
   VG_CHECK(spec.labels.count(0) == 1, path << ": labels must hold 0 (the background)");
   VG_CHECK(spec.file_ending == ".nii.gz" || spec.file_ending == ".nii",
            path << ": file_ending \"" << spec.file_ending << "\" is not .nii.gz or .nii");
@@ -539,51 +669,22 @@ void write_dataset_v2(const std::string& root, const DatasetV2Spec& spec) {
   for (std::size_t i = 0; i < spec.channel_names.size(); ++i) channels[std::to_string(i)] = spec.channel_names[i];
   j["channel_names"] = channels;
   nlohmann::ordered_json labels = nlohmann::ordered_json::object();
-  for (const auto& [value, name] : spec.labels) {
-    VG_CHECK(value >= 0, path << ": label \"" << name << "\" has the negative value " << value);
+  for (const auto& label : spec.labels) {
+    const int value = label.first;
+    const std::string& name = label.second;
+    VG_CHECK(value >= 0 && value <= kMaxLabelValue, path << ": label \"" << name << "\" has value " << value
+                                                         << "; label values must be 0.." << kMaxLabelValue);
     VG_CHECK(!labels.contains(name), path << ": label name \"" << name << "\" is used twice");
     labels[name] = value;
   }
   j["labels"] = labels;
   j["numTraining"] = spec.num_training;
   j["file_ending"] = spec.file_ending;
-  const std::string text = j.dump(4) + "\n";
 
-  std::error_code ec;
-  fs::create_directories(root, ec);
-  VG_CHECK(!ec, root << ": cannot create (" << ec.message() << ")");
-  // Temporary file in the same folder, then rename: a reader never sees half a dataset.json.
-  std::string tmp = (fs::path(root) / ".dataset.json.tmp-XXXXXX").string();
-  const int fd = mkstemp(tmp.data());
-  VG_CHECK(fd >= 0, path << ": cannot create a temporary file (" << std::strerror(errno) << ")");
-  const char* p = text.data();
-  std::size_t left = text.size();
-  while (left > 0) {
-    const ssize_t n = ::write(fd, p, left);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      VG_FAIL(path << ": write failed (" << std::strerror(err) << ")");
-    }
-    p += n;
-    left -= static_cast<std::size_t>(n);
-  }
-  // mkstemp makes 0600; a dataset.json is shared like any other file.
-  ::fchmod(fd, 0644);
-  const bool synced = ::fsync(fd) == 0;
-  const int sync_err = errno;
-  ::close(fd);
-  if (!synced) {
-    ::unlink(tmp.c_str());
-    VG_FAIL(path << ": fsync failed (" << std::strerror(sync_err) << ")");
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    VG_FAIL(path << ": cannot rename the temporary file into place (" << std::strerror(err) << ")");
-  }
+  files::create_folder(root, "dataset folder");
+  files::remove_stale_temporaries(root);  // a killed writer's "dataset.json.tmp-PID-N"
+  // A temporary next to it, then a rename: a reader never sees half a dataset.json.
+  files::write_file_atomically(path, j.dump(4) + "\n");
 }
 
 }  // namespace voxgrad::io

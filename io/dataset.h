@@ -8,6 +8,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/tensor.h"
@@ -20,6 +21,12 @@ enum class DatasetLayout {
   NnunetV2,  // cases found from file names: "channel_names", "labels" name -> number, "file_ending"
 };
 const char* dataset_layout_name(DatasetLayout layout);  // "msd_v1", "nnunet_v2"
+
+// The largest label value a dataset may declare: predict writes label maps as uint8, and a value
+// of 100000 would otherwise build a 100001-class network.
+constexpr int kMaxLabelValue = 255;
+// nnU-Net names channel files <case>_0000 .. <case>_9999.
+constexpr int kMaxChannels = 10000;
 
 // One case. Paths are full paths (the dataset root joined with what dataset.json or the folder says).
 struct Case {
@@ -61,13 +68,22 @@ struct Dataset {
 
 // Reads root/dataset.json and the cases it names or the folders hold. The layout is v2 when the
 // json has "channel_names" or "file_ending", else MSD v1 when it has "training" or "modality".
-// Throws voxgrad::Error naming the file and what is wrong: no dataset.json, bad JSON (with the
-// parser's position), missing or mistyped keys, labels that are not number <-> name or repeat a
-// value, a file ending voxgrad cannot read (NIfTI only). Every problem with the cases themselves
-// (a referenced file that does not exist, a channel missing for a case, a label without images)
-// is collected and thrown as one Error listing how many and the first few. numTraining / numTest
-// that disagree with the cases found are a warning on stderr, not an error.
+// Throws voxgrad::InputError naming the file and what is wrong: no dataset.json, one that is not a
+// regular file (a FIFO is refused, never opened for reading), bad JSON (with the parser's
+// position), missing or mistyped keys, labels that are not number <-> name or repeat a value, a
+// label value that is not a whole number 0..kMaxLabelValue (in "labels", a region or
+// "regions_class_order"; named with its key and value), more than kMaxChannels channels, a file
+// ending voxgrad cannot read (NIfTI only). Every problem with the cases themselves (a referenced
+// file that does not exist or is not a regular file, a channel missing for a case, a label without
+// images) is collected and thrown as one InputError listing how many and the first few.
+// numTraining / numTest that disagree with the cases found, or are not counts, are a warning on
+// stderr, not an error.
 Dataset read_dataset(const std::string& root);
+
+// The same from dataset.json's text already in memory (the cases are still found under `root`;
+// messages name root/dataset.json). Any bytes give a Dataset or an InputError: the fuzz target's
+// entry point.
+Dataset parse_dataset(std::string_view json_text, const std::string& root);
 
 // A case's image as float32 (C, Z, Y, X), C = dataset.num_channels(), and the geometry of its
 // first file. 2-D files count as Z = 1. The channels' dims must agree; their affines are not
@@ -95,6 +111,9 @@ struct CheckOptions {
   // below a voxel, far above the float32 rounding of the sform and the qform round trip.
   double affine_tolerance = 1e-4;
   bool check_label_values = true;  // read every label volume (the slow part) and compare its values
+  // Read every image volume: a channel with no finite voxel (all NaN or infinite) or with zero
+  // variance (one value everywhere) is a problem; training cannot normalise or learn from it.
+  bool check_image_values = true;
   bool progress = false;           // a progress bar on stderr for check_dataset
 };
 
@@ -104,13 +123,15 @@ bool affines_close(const Affine& a, const Affine& b, double tolerance);
 // What is wrong with one case, one line each ("case BRATS_003: ..."), empty when nothing is:
 // every channel has the same spatial dims and affine as channel 0, the channel count matches
 // dataset.json, the label has the image's dims and affine and only declared values (naming the
-// unexpected values and how many voxels hold each). Geometry comes from the headers alone; voxels
-// are read only for the value check. Unreadable files are reported as problems, not thrown.
+// unexpected values and how many voxels hold each), every image channel has a finite voxel and
+// more than one value, and the case's image fits in this machine's memory. Geometry comes from
+// the headers alone; voxels are read only for the value checks. Unreadable files are reported as
+// problems, not thrown.
 std::vector<std::string> find_case_problems(const Dataset& dataset, const Case& c, const CheckOptions& options = {});
 // The same for every training and test case, in order.
 std::vector<std::string> find_dataset_problems(const Dataset& dataset, const CheckOptions& options = {});
 
-// Throwing forms: one voxgrad::Error with the number of problems and the first few lines, so a
+// Throwing forms: one voxgrad::InputError with the number of problems and the first few lines, so a
 // user sees everything wrong with a dataset in one run instead of fixing one case at a time.
 void check_case(const Dataset& dataset, const Case& c, const CheckOptions& options = {});
 void check_dataset(const Dataset& dataset, const CheckOptions& options = {});
@@ -125,8 +146,8 @@ struct DatasetV2Spec {
   std::string file_ending = ".nii.gz";
 };
 // Writes root/dataset.json in nnU-Net v2 form (channel_names, labels name -> number, numTraining,
-// file_ending, name, description), atomically: a temporary file in root, then a rename. Creates
-// root when missing.
+// file_ending, name, description), atomically (engine/files.h: a temporary next to it, then a
+// rename; a killed writer's stale temporaries are removed first). Creates root when missing.
 void write_dataset_v2(const std::string& root, const DatasetV2Spec& spec);
 // Creates root/imagesTr and root/labelsTr (and root/imagesTs when `with_test`).
 void create_dataset_folders(const std::string& root, bool with_test = false);

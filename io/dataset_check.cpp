@@ -1,16 +1,19 @@
 // Loading a dataset case into tensors ((C, Z, Y, X) float32 image, (Z, Y, X) int32 label) and
-// checking cases: channel and label geometry from the headers alone, then the label values, with
-// every problem collected so one run reports them all.
+// checking cases: channel and label geometry and memory from the headers alone, then the label
+// values and the image values, with every problem collected so one run reports them all.
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <sstream>
 
 #include "engine/error.h"
 #include "engine/log.h"
+#include "engine/memory_budget.h"
 #include "io/dataset.h"
+#include "io/image_health.h"
 #include "io/nifti.h"
 
 namespace voxgrad::io {
@@ -36,8 +39,8 @@ Layout layout_of(const std::vector<std::int64_t>& dims) {
   for (std::size_t i = 0; i < dims.size(); ++i) {
     if (i < 3)
       l.spatial[i] = dims[i];
-    else
-      l.volumes *= dims[i];
+    else if (__builtin_mul_overflow(l.volumes, dims[i], &l.volumes))  // a hostile header's dims must not wrap
+      l.volumes = std::numeric_limits<std::int64_t>::max();
   }
   return l;
 }
@@ -107,12 +110,43 @@ std::string channel_names(const Dataset& ds) {
   return out;
 }
 
+// What reading one file holds at once: its voxels as stored and their 32-bit copy (float32 for
+// images, int32 for labels).
+std::uint64_t reading_bytes(const NiftiHeader& h) {
+  return memory::saturating_product({h.numel(), std::max(1, h.bitpix / 8) + 4});
+}
+
 struct Header {
   std::string path;
   Layout layout;
   std::vector<std::int64_t> dims;
   Affine affine;
+  std::uint64_t read_bytes = 0;  // reading_bytes
 };
+
+Header header_of(const std::string& path) {
+  const NiftiHeader h = read_nifti_header(path);
+  return {path, layout_of(h.dims()), h.dims(), h.affine, reading_bytes(h)};
+}
+
+void check_label_fits(const Case& c, const Header& label) {
+  memory::check_fits(label.read_bytes, "case " + c.id + ": reading its label " + c.label,
+                     dims_str(label.dims) + " voxels");
+}
+
+// A case's image is sized by its headers: the (C, Z, Y, X) float32 tensor plus the largest file
+// being read into it. Refused, with the case named, when this machine cannot hold it, before any
+// voxel is read.
+void check_image_fits(const Case& c, std::int64_t channels, const std::vector<Header>& files) {
+  const Spatial& spatial = files.at(0).layout.spatial;
+  std::uint64_t largest = 0;
+  for (const Header& h : files) largest = std::max(largest, h.read_bytes);
+  const std::uint64_t bytes = memory::saturating_add(
+      memory::saturating_product({channels, spatial[0], spatial[1], spatial[2], std::int64_t{sizeof(float)}}), largest);
+  memory::check_fits(bytes, "case " + c.id + ": loading its image " + c.images[0],
+                     std::to_string(channels) + (channels == 1 ? " channel" : " channels") + " of " +
+                         dims_str(spatial) + " voxels as float32");
+}
 
 }  // namespace
 
@@ -123,6 +157,11 @@ bool affines_close(const Affine& a, const Affine& b, double tolerance) {
 CaseImage load_case_image(const Dataset& dataset, const Case& c) {
   const std::int64_t channels = dataset.num_channels();
   VG_CHECK(!c.images.empty(), "load_case_image: case " << c.id << " lists no image files");
+  {
+    std::vector<Header> headers;
+    for (const std::string& path : c.images) headers.push_back(header_of(path));
+    check_image_fits(c, channels, headers);
+  }
   CaseImage out;
   Spatial spatial{};
   std::int64_t filled = 0;
@@ -135,13 +174,13 @@ CaseImage load_case_image(const Dataset& dataset, const Case& c) {
       out.affine = v.affine;
       out.spacing = spatial_spacing(v.spacing);
     } else {
-      VG_CHECK(l.spatial == spatial, path << ": case " << c.id << ": dims " << dims_str(l.spatial) << " differ from "
-                                          << c.images[0] << "'s " << dims_str(spatial));
+      VG_INPUT_CHECK(l.spatial == spatial, path << ": case " << c.id << ": dims " << dims_str(l.spatial)
+                                                << " differ from " << c.images[0] << "'s " << dims_str(spatial));
     }
-    VG_CHECK(filled + l.volumes <= channels, path << ": case " << c.id << ": the image files hold more than the "
-                                                  << channels << " channel(s) dataset.json declares ("
-                                                  << channel_names(dataset) << "); this one has dims "
-                                                  << dims_str(v.dims()));
+    VG_INPUT_CHECK(l.volumes <= channels - filled, path << ": case " << c.id << ": the image files hold more than the "
+                                                        << channels << " channel(s) dataset.json declares ("
+                                                        << channel_names(dataset) << "); this one has dims "
+                                                        << dims_str(v.dims()));
     const Shape shape{channels, spatial[2], spatial[1], spatial[0]};  // (C, Z, Y, X)
     Tensor values = v.to_float32();
     if (c.images.size() == 1 && l.volumes == channels) {
@@ -153,19 +192,20 @@ CaseImage load_case_image(const Dataset& dataset, const Case& c) {
                 values.nbytes());
     filled += l.volumes;
   }
-  VG_CHECK(filled == channels, c.images[0] << ": case " << c.id << ": the image files hold " << filled
-                                           << " channel(s) but dataset.json declares " << channels << " ("
-                                           << channel_names(dataset) << ")");
+  VG_INPUT_CHECK(filled == channels, c.images[0] << ": case " << c.id << ": the image files hold " << filled
+                                                 << " channel(s) but dataset.json declares " << channels << " ("
+                                                 << channel_names(dataset) << ")");
   return out;
 }
 
 CaseLabel load_case_label(const Dataset& dataset, const Case& c) {
   (void)dataset;  // labels read alike in both layouts; the parameter mirrors load_case_image
   VG_CHECK(!c.label.empty(), "load_case_label: case " << c.id << " has no label (is it a test case?)");
+  check_label_fits(c, header_of(c.label));
   const Volume v = read_nifti(c.label);
   const Layout l = layout_of(v.dims());
-  VG_CHECK(l.volumes == 1, c.label << ": case " << c.id << ": a label must be one 3-D volume; this file has dims "
-                                   << dims_str(v.dims()));
+  VG_INPUT_CHECK(l.volumes == 1, c.label << ": case " << c.id << ": a label must be one 3-D volume; this file has dims "
+                                         << dims_str(v.dims()));
   CaseLabel out;
   out.data = with_shape(v.to_labels(), Shape{l.spatial[2], l.spatial[1], l.spatial[0]});  // (Z, Y, X)
   out.affine = v.affine;
@@ -196,6 +236,28 @@ std::map<std::int32_t, std::int64_t> unexpected_values(const Tensor& labels, con
   return other;
 }
 
+// A channel with no finite voxel or with one value everywhere: training cannot normalise it
+// ((v - mean) / std is NaN or 0 everywhere) and a network learns nothing from it.
+std::vector<std::string> image_value_problems(const std::vector<Header>& images) {
+  std::vector<std::string> problems;
+  std::vector<ChannelHealth> health;
+  std::vector<std::string> files;
+  for (const Header& h : images) {
+    try {
+      const Tensor values = read_nifti(h.path).to_float32();
+      const std::int64_t per_volume = values.numel() / std::max<std::int64_t>(1, h.layout.volumes);
+      for (std::int64_t v = 0; v < h.layout.volumes; ++v) {
+        health.push_back(channel_health(values.data<float>() + v * per_volume, per_volume));
+        files.push_back(h.layout.volumes == 1 ? h.path : h.path + " channel " + std::to_string(v));
+      }
+    } catch (const Error& e) {
+      problems.push_back(std::string("image ") + e.what());
+    }
+  }
+  if (!problems.empty()) return problems;
+  return health_problems(health, files);  // one name per channel: `files` is as long as `health`
+}
+
 }  // namespace
 
 std::vector<std::string> find_case_problems(const Dataset& dataset, const Case& c, const CheckOptions& options) {
@@ -210,8 +272,7 @@ std::vector<std::string> find_case_problems(const Dataset& dataset, const Case& 
   std::vector<Header> images;
   for (const std::string& path : c.images) {
     try {
-      const NiftiHeader h = read_nifti_header(path);
-      images.push_back({path, layout_of(h.dims()), h.dims(), h.affine});
+      images.push_back(header_of(path));
     } catch (const Error& e) {
       problems.push_back(who + e.what());
     }
@@ -220,7 +281,9 @@ std::vector<std::string> find_case_problems(const Dataset& dataset, const Case& 
 
   const Header& ref = images[0];
   std::int64_t channels = 0;
-  for (const Header& h : images) channels += h.layout.volumes;
+  for (const Header& h : images)
+    if (__builtin_add_overflow(channels, h.layout.volumes, &channels))
+      channels = std::numeric_limits<std::int64_t>::max();
   if (channels != dataset.num_channels()) {
     std::string files;
     for (const Header& h : images) files += (files.empty() ? "" : ", ") + h.path + " dims " + dims_str(h.dims);
@@ -242,12 +305,20 @@ std::vector<std::string> find_case_problems(const Dataset& dataset, const Case& 
       problems.push_back(os.str());
     }
   }
+  if (problems.empty()) {  // the channels agree: the voxels are worth reading
+    try {
+      check_image_fits(c, channels, images);
+      if (options.check_image_values)
+        for (std::string& p : image_value_problems(images)) problems.push_back(who + p);
+    } catch (const InputError& e) {
+      problems.push_back(e.what());  // names the case already
+    }
+  }
   if (c.label.empty()) return problems;
 
   Header label;
   try {
-    const NiftiHeader h = read_nifti_header(c.label);
-    label = {c.label, layout_of(h.dims()), h.dims(), h.affine};
+    label = header_of(c.label);
   } catch (const Error& e) {
     problems.push_back(who + e.what());
     return problems;
@@ -271,6 +342,12 @@ std::vector<std::string> find_case_problems(const Dataset& dataset, const Case& 
   }
   if (!geometry_ok || !options.check_label_values) return problems;
 
+  try {
+    check_label_fits(c, label);
+  } catch (const InputError& e) {
+    problems.push_back(e.what());
+    return problems;
+  }
   try {
     const Tensor values = read_nifti(c.label).to_labels();
     const std::vector<int> allowed = dataset.label_values();

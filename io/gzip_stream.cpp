@@ -3,20 +3,18 @@
 // chunk, so reading an image costs one pass of inflate and no copy of the voxels.
 #include "io/gzip_stream.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <limits>
-#include <random>
 #include <vector>
 
 #include "engine/error.h"
+#include "engine/files.h"
 
 namespace voxgrad::io {
 namespace {
@@ -37,25 +35,12 @@ std::size_t read_fully(int fd, void* dst, std::size_t n, const std::string& path
     const ssize_t got = ::read(fd, out + done, want);
     if (got < 0) {
       if (errno == EINTR) continue;
-      VG_FAIL(path << ": read failed: " << errno_text(errno));
+      VG_INPUT_FAIL(path << ": read failed: " << errno_text(errno));
     }
     if (got == 0) break;
     done += static_cast<std::size_t>(got);
   }
   return done;
-}
-
-void write_fully(int fd, const void* src, std::size_t n, const std::string& path) {
-  const auto* in = static_cast<const unsigned char*>(src);
-  while (n > 0) {
-    const ssize_t put = ::write(fd, in, std::min<std::size_t>(n, kMaxZlibSpan));
-    if (put < 0) {
-      if (errno == EINTR) continue;
-      VG_FAIL(path << ": write failed: " << errno_text(errno));
-    }
-    in += put;
-    n -= static_cast<std::size_t>(put);
-  }
 }
 
 std::uint64_t saturating_bound(std::uint64_t compressed) {
@@ -79,7 +64,8 @@ struct InputStream::Impl {
   // gzip state
   z_stream z{};
   bool z_ready = false;
-  bool z_finished = false;              // last member ended and nothing that looks like another follows
+  bool z_finished = false;              // last member ended (trailer checked) and no other member follows
+  bool ended_in_member = false;         // the source ran out before the current member's trailer
   std::vector<unsigned char> in_buf;    // file sources only: memory sources feed zlib in place
   bool source_done = false;
 
@@ -160,16 +146,29 @@ struct InputStream::Impl {
     z_ready = true;
   }
 
+  // zlib's verdict on bad data in plain words: the trailer checks get fixed messages, anything
+  // else says where in the uncompressed data the damage shows.
+  [[noreturn]] void corrupt(int rc, std::uint64_t offset) {
+    const std::string msg = z.msg != nullptr ? z.msg : zError(rc);
+    if (msg == "incorrect data check") VG_INPUT_FAIL(path << ": corrupt gzip data (CRC mismatch)");
+    if (msg == "incorrect length check") VG_INPUT_FAIL(path << ": corrupt gzip data (length mismatch)");
+    VG_INPUT_FAIL(path << ": corrupt gzip data at uncompressed offset " << offset << ": " << msg);
+  }
+
   std::size_t inflate_into(unsigned char* out, std::size_t n) {
     std::size_t done = 0;
     while (done < n && !z_finished) {
-      if (z.avail_in == 0 && !refill()) break;  // truncated stream: the caller reports the shortfall
+      if (z.avail_in == 0 && !refill()) {
+        ended_in_member = true;  // the caller reports the shortfall or the missing trailer
+        break;
+      }
       const std::size_t span = std::min(n - done, kMaxZlibSpan);
       z.next_out = out + done;
       z.avail_out = static_cast<uInt>(span);
       const int rc = inflate(&z, Z_NO_FLUSH);
       done += span - z.avail_out;
       if (rc == Z_STREAM_END) {
+        // zlib has checked this member's CRC32 and length before saying so.
         if (next_member_follows()) {
           VG_CHECK(inflateReset(&z) == Z_OK, path << ": cannot restart inflate for the next gzip member");
         } else {
@@ -177,15 +176,32 @@ struct InputStream::Impl {
         }
       } else if (rc == Z_BUF_ERROR) {
         // No progress possible. With input exhausted the stream is truncated (the caller reports
-        // the shortfall); with input and output room left zlib is stuck, which only bad data causes.
-        if (z.avail_in > 0) VG_FAIL(path << ": corrupt gzip data at uncompressed offset " << position + done);
-        if (!refill()) break;
+        // it); with input and output room left zlib is stuck, which only bad data causes.
+        if (z.avail_in > 0) VG_INPUT_FAIL(path << ": corrupt gzip data at uncompressed offset " << position + done);
+        if (!refill()) {
+          ended_in_member = true;
+          break;
+        }
       } else if (rc != Z_OK) {
-        VG_FAIL(path << ": corrupt gzip data at uncompressed offset " << position + done << ": "
-                     << (z.msg != nullptr ? z.msg : zError(rc)));
+        corrupt(rc, position + done);
       }
     }
     return done;
+  }
+
+  // Why a read of `want` bytes came back with fewer.
+  std::string shortfall(std::uint64_t want, std::uint64_t got, const char* what) const {
+    std::string why;
+    if (!gzip) {
+      why = "file truncated";
+    } else if (ended_in_member) {
+      why = "file truncated: it ends inside its gzip data";
+    } else {
+      why = "the gzip data end there: the image was truncated before it was compressed, or the header's dims or "
+            "datatype are wrong";
+    }
+    return path + ": " + what + ": expected " + std::to_string(want) + " bytes, got " + std::to_string(got) + " (" +
+           why + ")";
   }
 };
 
@@ -197,11 +213,9 @@ InputStream::~InputStream() = default;
 InputStream InputStream::open_file(const std::string& path) {
   auto impl = std::make_unique<Impl>();
   impl->path = path;
-  impl->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (impl->fd < 0) VG_FAIL(path << ": cannot open: " << errno_text(errno));
+  impl->fd = files::open_regular_for_reading(path);
   struct stat st {};
-  if (::fstat(impl->fd, &st) != 0) VG_FAIL(path << ": cannot stat: " << errno_text(errno));
-  if (S_ISDIR(st.st_mode)) VG_FAIL(path << ": is a directory, not a file");
+  if (::fstat(impl->fd, &st) != 0) VG_INPUT_FAIL(path << ": cannot read its size: " << errno_text(errno));
   impl->size = static_cast<std::uint64_t>(st.st_size);
   unsigned char magic[2] = {0, 0};
   const ssize_t got = ::pread(impl->fd, magic, 2, 0);
@@ -240,10 +254,7 @@ std::size_t InputStream::read_some(void* dst, std::size_t n) {
 
 void InputStream::read_exact(void* dst, std::size_t n, const char* what) {
   const std::size_t got = read_some(dst, n);
-  if (got < n) {
-    VG_FAIL(impl_->path << ": " << what << ": expected " << n << " bytes, got " << got << " ("
-                        << (impl_->gzip ? "gzip stream ended early" : "file truncated") << ")");
-  }
+  if (got < n) VG_INPUT_FAIL(impl_->shortfall(n, got, what));
 }
 
 void InputStream::skip(std::uint64_t n, const char* what) {
@@ -251,21 +262,16 @@ void InputStream::skip(std::uint64_t n, const char* what) {
   if (!impl_->gzip && impl_->fd >= 0) {
     // Plain files seek; a seek past the end is caught by the next read's shortfall, so check here.
     const std::uint64_t target = impl_->position + n;
-    if (target > impl_->size) {
-      VG_FAIL(impl_->path << ": " << what << ": expected " << n << " bytes, got "
-                          << (impl_->size > impl_->position ? impl_->size - impl_->position : 0)
-                          << " (file truncated)");
-    }
+    if (target > impl_->size)
+      VG_INPUT_FAIL(impl_->shortfall(n, impl_->size > impl_->position ? impl_->size - impl_->position : 0, what));
     if (::lseek(impl_->fd, static_cast<off_t>(target), SEEK_SET) < 0)
-      VG_FAIL(impl_->path << ": seek failed: " << errno_text(errno));
+      VG_INPUT_FAIL(impl_->path << ": seek failed: " << errno_text(errno));
     impl_->position = target;
     return;
   }
   if (!impl_->gzip) {
     const std::uint64_t left = impl_->mem_size - impl_->mem_pos;
-    if (n > left) {
-      VG_FAIL(impl_->path << ": " << what << ": expected " << n << " bytes, got " << left << " (file truncated)");
-    }
+    if (n > left) VG_INPUT_FAIL(impl_->shortfall(n, left, what));
     impl_->mem_pos += n;
     impl_->position += n;
     return;
@@ -276,10 +282,7 @@ void InputStream::skip(std::uint64_t n, const char* what) {
     const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(left, scratch.size()));
     const std::size_t got = read_some(scratch.data(), want);
     left -= got;
-    if (got < want) {
-      VG_FAIL(impl_->path << ": " << what << ": expected " << n << " bytes, got " << n - left
-                          << " (gzip stream ended early)");
-    }
+    if (got < want) VG_INPUT_FAIL(impl_->shortfall(n, n - left, what));
   }
 }
 
@@ -287,33 +290,55 @@ void InputStream::check_backed(std::uint64_t offset, std::uint64_t bytes, const 
   const std::uint64_t limit = max_decoded_size();
   if (offset > limit || bytes > limit - offset) {
     if (impl_->gzip) {
-      VG_FAIL(impl_->path << ": " << what << " needs " << bytes << " bytes after offset " << offset
-                          << ", more than " << impl_->size << " compressed bytes can inflate to (at most "
-                          << limit << "); the header's dims or datatype are wrong or the file is truncated");
+      VG_INPUT_FAIL(impl_->path << ": " << what << " needs " << bytes << " bytes after offset " << offset
+                                << ", more than " << impl_->size << " compressed bytes can inflate to (at most "
+                                << limit << "); the header's dims or datatype are wrong or the file is truncated");
     }
     if (offset > limit) {
-      VG_FAIL(impl_->path << ": " << what << " starts at offset " << offset << ", past the end of the file ("
-                          << impl_->size << " bytes)");
+      VG_INPUT_FAIL(impl_->path << ": " << what << " starts at offset " << offset << ", past the end of the file ("
+                                << impl_->size << " bytes)");
     }
-    VG_FAIL(impl_->path << ": " << what << " needs " << bytes << " bytes after offset " << offset
-                        << " but the file has only " << limit - offset
-                        << " there (file truncated, or the header's dims or datatype are wrong)");
+    VG_INPUT_FAIL(impl_->path << ": " << what << " needs " << bytes << " bytes after offset " << offset
+                              << " but the file has only " << limit - offset
+                              << " there (file truncated, or the header's dims or datatype are wrong)");
+  }
+}
+
+void InputStream::verify_to_end() {
+  if (!impl_->gzip || impl_->z_finished) return;
+  // Bounded: what lies past the image is inflated only to be checked, so a small file claiming
+  // gigabytes there is refused rather than inflated.
+  const std::uint64_t limit = std::max(kMaxTrailingInflateBytes, impl_->position);
+  std::vector<unsigned char> scratch(kSkipChunk);
+  std::uint64_t past = 0;
+  while (!impl_->z_finished) {
+    const std::size_t got = impl_->inflate_into(scratch.data(), scratch.size());
+    impl_->position += got;
+    past += got;
+    if (past > limit) {
+      VG_INPUT_FAIL(impl_->path << ": the gzip data go on for more than " << limit
+                                << " bytes past the image the header declares; refusing to inflate further (a "
+                                   "gzip bomb, or a header whose dims are too small)");
+    }
+    if (impl_->ended_in_member) {
+      VG_INPUT_FAIL(impl_->path << ": file truncated: it ends inside its gzip data, before the CRC32 and length "
+                                   "trailer that would confirm them");
+    }
   }
 }
 
 std::string read_file_bytes(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) VG_FAIL(path << ": cannot open: " << errno_text(errno));
+  const int fd = files::open_regular_for_reading(path);
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
+  if (::fstat(fd, &st) != 0) {
     const int err = errno;
     ::close(fd);
-    if (S_ISDIR(st.st_mode)) VG_FAIL(path << ": is a directory, not a file");
-    VG_FAIL(path << ": cannot stat: " << errno_text(err));
+    VG_INPUT_FAIL(path << ": cannot read its size: " << errno_text(err));
   }
-  std::string out(static_cast<std::size_t>(st.st_size), '\0');
+  std::string out;
   std::size_t got = 0;
   try {
+    out.resize(static_cast<std::size_t>(st.st_size));
     got = read_fully(fd, out.data(), out.size(), path);
   } catch (...) {
     ::close(fd);
@@ -333,20 +358,18 @@ void write_file_bytes(const std::string& path, std::span<const std::byte> bytes)
 // ---- AtomicOutputStream ------------------------------------------------------------------------
 
 struct AtomicOutputStream::Impl {
+  explicit Impl(const std::string& target) : path(target), file(target) {}
+  ~Impl() {
+    if (z_ready) deflateEnd(&z);
+  }  // an uncommitted AtomicFile removes its temporary itself
+
   std::string path;
-  std::string temp_path;
-  int fd = -1;
+  files::AtomicFile file;
   bool gzip = false;
   z_stream z{};
   bool z_ready = false;
   std::vector<unsigned char> out_buf;
   bool committed = false;
-
-  ~Impl() {
-    if (z_ready) deflateEnd(&z);
-    if (fd >= 0) ::close(fd);
-    if (!committed && !temp_path.empty()) ::unlink(temp_path.c_str());
-  }
 
   void pump(int flush) {
     do {
@@ -354,35 +377,15 @@ struct AtomicOutputStream::Impl {
       z.avail_out = static_cast<uInt>(out_buf.size());
       const int rc = deflate(&z, flush);
       if (rc == Z_STREAM_ERROR) VG_FAIL(path << ": deflate failed");
-      write_fully(fd, out_buf.data(), out_buf.size() - z.avail_out, temp_path);
+      file.write(out_buf.data(), out_buf.size() - z.avail_out);
       if (rc == Z_STREAM_END) break;
     } while (z.avail_out == 0 || (flush == Z_FINISH));
   }
 };
 
-AtomicOutputStream::AtomicOutputStream(const std::string& path, int gzip_level) : impl_(std::make_unique<Impl>()) {
+AtomicOutputStream::AtomicOutputStream(const std::string& path, int gzip_level) {
   VG_CHECK(gzip_level >= 0 && gzip_level <= 9, path << ": gzip level " << gzip_level << " is not 0..9");
-  impl_->path = path;
-  // A unique name next to the target so the final rename stays within one file system. O_EXCL
-  // with mode 0666 lets the umask decide permissions, as for any ordinary new file.
-  static std::atomic<std::uint64_t> counter{0};
-  std::random_device rd;
-  for (int attempt = 0; attempt < 16 && impl_->fd < 0; ++attempt) {
-    char suffix[64];
-    std::snprintf(suffix, sizeof suffix, ".tmp-%d-%llx-%x", static_cast<int>(::getpid()),
-                  static_cast<unsigned long long>(counter++), static_cast<unsigned>(rd()));
-    impl_->temp_path = path + suffix;
-    impl_->fd = ::open(impl_->temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (impl_->fd < 0 && errno != EEXIST) {
-      const int err = errno;
-      impl_->temp_path.clear();
-      VG_FAIL(path << ": cannot create a temporary file next to it: " << errno_text(err));
-    }
-  }
-  if (impl_->fd < 0) {
-    impl_->temp_path.clear();
-    VG_FAIL(path << ": cannot create a unique temporary file next to it");
-  }
+  impl_ = std::make_unique<Impl>(path);
   if (gzip_level > 0) {
     impl_->gzip = true;
     impl_->out_buf.resize(kInputChunk);
@@ -398,7 +401,7 @@ AtomicOutputStream::~AtomicOutputStream() = default;
 void AtomicOutputStream::write(const void* src, std::size_t n) {
   VG_CHECK(!impl_->committed, impl_->path << ": write after commit");
   if (!impl_->gzip) {
-    write_fully(impl_->fd, src, n, impl_->temp_path);
+    impl_->file.write(src, n);
     return;
   }
   const auto* in = static_cast<const unsigned char*>(src);
@@ -415,24 +418,8 @@ void AtomicOutputStream::write(const void* src, std::size_t n) {
 void AtomicOutputStream::commit() {
   VG_CHECK(!impl_->committed, impl_->path << ": committed twice");
   if (impl_->gzip) impl_->pump(Z_FINISH);
-  // fsync before rename: after a crash the name points at complete data or at the old file.
-  if (::fsync(impl_->fd) != 0) VG_FAIL(impl_->path << ": fsync failed: " << errno_text(errno));
-  if (::close(impl_->fd) != 0) {
-    impl_->fd = -1;
-    VG_FAIL(impl_->path << ": close failed: " << errno_text(errno));
-  }
-  impl_->fd = -1;
-  if (::rename(impl_->temp_path.c_str(), impl_->path.c_str()) != 0)
-    VG_FAIL(impl_->path << ": cannot rename the temporary file onto it: " << errno_text(errno));
+  impl_->file.commit();
   impl_->committed = true;
-  // Make the rename itself durable: fsync the folder (best effort; some file systems refuse).
-  const auto slash = impl_->path.rfind('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : impl_->path.substr(0, slash));
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
 }
 
 }  // namespace voxgrad::io

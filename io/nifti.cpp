@@ -11,6 +11,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <optional>
 
 #include "engine/error.h"
 #include "io/gzip_stream.h"
@@ -69,6 +70,23 @@ int nifti_datatype_size(int code) {
   }
 }
 
+const char* spatial_units_name(int xyzt_units) {
+  switch (xyzt_units & nifti_units::kSpaceMask) {
+    case nifti_units::kMeter: return "m";
+    case nifti_units::kMm: return "mm";
+    case nifti_units::kMicron: return "um";
+    default: return "unknown";
+  }
+}
+
+double millimetres_per_unit(int xyzt_units) {
+  switch (xyzt_units & nifti_units::kSpaceMask) {
+    case nifti_units::kMeter: return 1e3;
+    case nifti_units::kMicron: return 1e-3;
+    default: return 1.0;  // mm, and unknown: the de facto unit of medical images (ITK's default too)
+  }
+}
+
 const char* write_type_name(NiftiWriteType t) {
   switch (t) {
     case NiftiWriteType::UInt8: return "uint8";
@@ -86,7 +104,10 @@ std::vector<std::int64_t> NiftiHeader::dims() const {
 }
 
 std::vector<double> NiftiHeader::spacing() const {
-  return std::vector<double>(pixdim.begin() + 1, pixdim.begin() + 1 + ndim());
+  std::vector<double> s(pixdim.begin() + 1, pixdim.begin() + 1 + ndim());
+  const double mm = millimetres_per_unit(xyzt_units);
+  for (std::size_t i = 0; i < s.size() && i < 3; ++i) s[i] *= mm;
+  return s;
 }
 
 Shape NiftiHeader::shape() const {
@@ -388,43 +409,45 @@ std::string find_partner(const std::string& path, bool to_image) {
   const std::string other = swap_pair_extension(path, gz, !gz, to_image);
   if (file_exists(same)) return same;
   if (file_exists(other)) return other;
-  VG_FAIL(path << ": the " << (to_image ? "image" : "header") << " file of this .hdr/.img pair is missing (looked for "
-               << same << " and " << other << ")");
+  VG_INPUT_FAIL(path << ": the " << (to_image ? "image" : "header")
+                     << " file of this .hdr/.img pair is missing (looked for " << same << " and " << other << ")");
 }
 
 void check_dims_and_type(NiftiHeader& h) {
   const std::string& path = h.path;
   if (h.dim[0] < 1 || h.dim[0] > 7) {
-    VG_FAIL(path << ": dim[0] is " << h.dim[0] << " (the number of dimensions must be 1 to 7)");
+    VG_INPUT_FAIL(path << ": dim[0] is " << h.dim[0] << " (the number of dimensions must be 1 to 7)");
   }
   std::int64_t n = 1;
   for (int i = 1; i <= h.ndim(); ++i) {
     const std::int64_t d = h.dim[static_cast<std::size_t>(i)];
-    if (d < 1) VG_FAIL(path << ": dim[" << i << "] is " << d << " (every dimension must be at least 1)");
+    if (d < 1) VG_INPUT_FAIL(path << ": dim[" << i << "] is " << d << " (every dimension must be at least 1)");
     if (__builtin_mul_overflow(n, d, &n)) {
-      VG_FAIL(path << ": the product of the dims overflows 64 bits (dim[" << i << "] = " << d << ")");
+      VG_INPUT_FAIL(path << ": the product of the dims overflows 64 bits (dim[" << i << "] = " << d << ")");
     }
   }
   const int size = nifti_datatype_size(h.datatype);
   if (size == 0) {
     const char* name = nifti_datatype_name(h.datatype);
     if (std::strcmp(name, "unknown") == 0) {
-      VG_FAIL(path << ": unknown datatype code " << h.datatype
-                   << " (voxgrad reads uint8, int8, int16, uint16, int32, uint32, int64, uint64, float32, float64)");
+      VG_INPUT_FAIL(path << ": unknown datatype code " << h.datatype
+                         << " (voxgrad reads uint8, int8, int16, uint16, int32, uint32, int64, uint64, float32, "
+                            "float64)");
     }
-    VG_FAIL(path << ": datatype " << name << " (code " << h.datatype
-                 << ") is not supported (voxgrad reads uint8, int8, int16, uint16, int32, uint32, int64, uint64, "
-                    "float32, float64)");
+    VG_INPUT_FAIL(path << ": datatype " << name << " (code " << h.datatype
+                       << ") is not supported (voxgrad reads uint8, int8, int16, uint16, int32, uint32, int64, uint64, "
+                          "float32, float64)");
   }
   std::int64_t bytes = 0;
   if (__builtin_mul_overflow(n, static_cast<std::int64_t>(size), &bytes)) {
-    VG_FAIL(path << ": the image size overflows 64 bits (" << n << " voxels of " << size << " bytes)");
+    VG_INPUT_FAIL(path << ": the image size overflows 64 bits (" << n << " voxels of " << size << " bytes)");
   }
 }
 
 // vox_offset as stored (a float in NIfTI-1/ANALYZE) -> a byte offset, refusing what is not one.
 std::int64_t checked_offset(const std::string& path, double v) {
-  if (!std::isfinite(v) || v < 0 || v > 9.0e18) VG_FAIL(path << ": vox_offset " << v << " is not a valid byte offset");
+  if (!std::isfinite(v) || v < 0 || v > 9.0e18)
+    VG_INPUT_FAIL(path << ": vox_offset " << v << " is not a valid byte offset");
   return static_cast<std::int64_t>(v);  // truncated like the reference library and nibabel
 }
 
@@ -485,7 +508,7 @@ void decode_nifti2(NiftiHeader& h, const Fields& f) {
   for (int i = 0; i < 3; ++i) h.intent_p[static_cast<std::size_t>(i)] = f.get<double>(80 + 8 * i);
   for (int i = 0; i < 8; ++i) h.pixdim[static_cast<std::size_t>(i)] = f.get<double>(104 + 8 * i);
   const std::int64_t off = f.get<std::int64_t>(168);
-  if (off < 0) VG_FAIL(h.path << ": vox_offset " << off << " is not a valid byte offset");
+  if (off < 0) VG_INPUT_FAIL(h.path << ": vox_offset " << off << " is not a valid byte offset");
   h.vox_offset = off;
   h.scl_slope = f.get<double>(176);
   h.scl_inter = f.get<double>(184);
@@ -563,6 +586,14 @@ void compute_affines(NiftiHeader& h) {
     h.base_affine[i][3] = -origin[i] * zoom[i];
   }
 
+  // World coordinates in mm: the file's unit scales every row, rotation-zoom and translation alike.
+  const double mm = millimetres_per_unit(h.xyzt_units);
+  if (mm != 1.0) {
+    for (Affine* a : {&h.qform_affine, &h.sform_affine, &h.base_affine})
+      for (std::size_t r = 0; r < 3; ++r)
+        for (std::size_t c = 0; c < 4; ++c) (*a)[r][c] *= mm;
+  }
+
   if (h.sform_code > 0) {
     h.affine = h.sform_affine;
   } else if (h.qform_code > 0) {
@@ -590,8 +621,8 @@ NiftiHeader read_header_block(InputStream& s, bool pair_name) {
     swap = true;
     sizeof_hdr = swapped;
   } else {
-    VG_FAIL(h.path << ": not a NIfTI or ANALYZE file: sizeof_hdr is " << sizeof_hdr << " (byte-swapped " << swapped
-                   << "); it must be 348 (NIfTI-1, ANALYZE) or 540 (NIfTI-2)");
+    VG_INPUT_FAIL(h.path << ": not a NIfTI or ANALYZE file: sizeof_hdr is " << sizeof_hdr << " (byte-swapped "
+                         << swapped << "); it must be 348 (NIfTI-1, ANALYZE) or 540 (NIfTI-2)");
   }
   h.sizeof_hdr = sizeof_hdr;
   h.byte_order = (swap != kHostLittle) ? ByteOrder::Little : ByteOrder::Big;
@@ -605,12 +636,12 @@ NiftiHeader read_header_block(InputStream& s, bool pair_name) {
     if (m[0] == 'n' && (m[1] == '+' || m[1] == 'i') && m[2] == '2' && m[3] == 0) {
       magic = m[1] == '+' ? Magic::Single : Magic::Pair;
     } else {
-      VG_FAIL(h.path << ": bad magic in a 540-byte header: expected \"n+2\" or \"ni2\" (NIfTI-2)");
+      VG_INPUT_FAIL(h.path << ": bad magic in a 540-byte header: expected \"n+2\" or \"ni2\" (NIfTI-2)");
     }
     // The 4 bytes after the magic catch text-mode transfers that rewrote line endings.
     if (!(m[4] == '\r' && m[5] == '\n' && m[6] == 032 && m[7] == '\n')) {
-      VG_FAIL(h.path << ": bad magic: the NIfTI-2 signature bytes after \"n+2\" are not \\r\\n\\032\\n "
-                        "(was the file transferred in text mode?)");
+      VG_INPUT_FAIL(h.path << ": bad magic: the NIfTI-2 signature bytes after \"n+2\" are not \\r\\n\\032\\n "
+                              "(was the file transferred in text mode?)");
     }
     decode_nifti2(h, f);
   } else {
@@ -620,35 +651,37 @@ NiftiHeader read_header_block(InputStream& s, bool pair_name) {
       magic = m[1] == '+' ? Magic::Single : Magic::Pair;
       h.format = NiftiFormat::Nifti1;
     } else if (nifti_like && m[2] >= '2' && m[2] <= '9') {
-      VG_FAIL(h.path << ": bad magic: \"n" << m[1] << m[2] << "\" says NIfTI-" << m[2]
-                     << " but sizeof_hdr is 348 (NIfTI-1)");
+      VG_INPUT_FAIL(h.path << ": bad magic: \"n" << m[1] << m[2] << "\" says NIfTI-" << m[2]
+                           << " but sizeof_hdr is 348 (NIfTI-1)");
     } else if (pair_name) {
       h.format = NiftiFormat::Analyze;
     } else {
-      VG_FAIL(h.path << ": bad magic: expected \"n+1\" (a single-file NIfTI-1 image); a header without NIfTI "
-                        "magic is read only as the .hdr of an ANALYZE 7.5 pair");
+      VG_INPUT_FAIL(h.path << ": bad magic: expected \"n+1\" (a single-file NIfTI-1 image); a header without NIfTI "
+                              "magic is read only as the .hdr of an ANALYZE 7.5 pair");
     }
     decode_nifti1(h, f, h.format == NiftiFormat::Analyze);
   }
   h.pair = magic != Magic::Single;
   if (h.pair && !pair_name) {
-    VG_FAIL(h.path << ": the magic marks the header of a .hdr/.img pair (\"ni" << (h.sizeof_hdr == 540 ? 2 : 1)
-                   << "\") but the file is not named .hdr or .img");
+    VG_INPUT_FAIL(h.path << ": the magic marks the header of a .hdr/.img pair (\"ni" << (h.sizeof_hdr == 540 ? 2 : 1)
+                         << "\") but the file is not named .hdr or .img");
   }
   check_dims_and_type(h);
   if (!h.pair && h.vox_offset < h.sizeof_hdr) {
-    VG_FAIL(h.path << ": vox_offset " << h.vox_offset << " lies inside the " << h.sizeof_hdr
-                   << "-byte header (a single-file image keeps its voxels after the header)");
+    VG_INPUT_FAIL(h.path << ": vox_offset " << h.vox_offset << " lies inside the " << h.sizeof_hdr
+                         << "-byte header (a single-file image keeps its voxels after the header)");
   }
   compute_affines(h);
   return h;
 }
 
 // The header and a stream positioned at the first voxel, with the declared size checked against
-// what the stream can back (before anyone allocates it).
+// what the stream can back (before anyone allocates it). A pair keeps its gzip header stream too,
+// so that its trailer is checked when the voxels are read.
 struct Opened {
   NiftiHeader header;
   InputStream image;
+  std::optional<InputStream> pair_header;
 };
 
 Opened open_positioned(InputStream header_stream, bool pair_name) {
@@ -659,14 +692,23 @@ Opened open_positioned(InputStream header_stream, bool pair_name) {
     header_stream.check_backed(static_cast<std::uint64_t>(h.vox_offset), h.data_bytes(), "the voxel data");
     header_stream.skip(static_cast<std::uint64_t>(h.vox_offset) - header_stream.position(),
                        "extensions before vox_offset");
-    return {std::move(h), std::move(header_stream)};
+    return {std::move(h), std::move(header_stream), std::nullopt};
   }
   h.image_path = find_partner(h.path, /*to_image=*/true);
   InputStream img = InputStream::open_file(h.image_path);
   h.image_gzip = img.is_gzip();
   img.check_backed(static_cast<std::uint64_t>(h.vox_offset), h.data_bytes(), "the voxel data");
   img.skip(static_cast<std::uint64_t>(h.vox_offset), "bytes before vox_offset");
-  return {std::move(h), std::move(img)};
+  std::optional<InputStream> header_gz;
+  if (header_stream.is_gzip()) header_gz.emplace(std::move(header_stream));
+  return {std::move(h), std::move(img), std::move(header_gz)};
+}
+
+// Once the voxels are in: reads every gzip stream they came from on to its end, so no voxel is
+// handed out from a file whose CRC32 or length trailer disagrees (or that was cut short).
+void verify_streams(Opened& o) {
+  o.image.verify_to_end();
+  if (o.pair_header) o.pair_header->verify_to_end();
 }
 
 Opened open_path(const std::string& path) {
@@ -717,6 +759,7 @@ void read_voxels(Opened& o, void* dst) {
   const NiftiHeader& h = o.header;
   const std::uint64_t n = h.data_bytes();
   o.image.read_exact(dst, static_cast<std::size_t>(n), "voxel data");
+  verify_streams(o);
   if (needs_swap(h)) swap_in_place(dst, static_cast<std::uint64_t>(h.numel()), static_cast<int>(h.bytes_per_voxel()));
 }
 
@@ -724,10 +767,10 @@ Tensor allocate_tensor(const NiftiHeader& h, DType t) {
   try {
     return empty(h.shape(), t);
   } catch (const std::bad_alloc&) {
-    VG_FAIL(h.path << ": cannot allocate " << h.numel() << " " << dtype_name(t) << " voxels");
+    VG_INPUT_FAIL(h.path << ": cannot allocate " << h.numel() << " " << dtype_name(t) << " voxels");
   } catch (const Error& e) {
     // The allocator's own message ("out of host memory ...") still needs the path in front.
-    VG_FAIL(h.path << ": cannot allocate " << h.numel() << " " << dtype_name(t) << " voxels: " << e.what());
+    VG_INPUT_FAIL(h.path << ": cannot allocate " << h.numel() << " " << dtype_name(t) << " voxels: " << e.what());
   }
 }
 
@@ -737,7 +780,7 @@ NiftiRaw read_raw(Opened o) {
   try {
     raw.bytes = std::make_unique_for_overwrite<std::byte[]>(raw.nbytes);
   } catch (const std::bad_alloc&) {
-    VG_FAIL(o.header.path << ": cannot allocate " << raw.nbytes << " bytes for the voxel data");
+    VG_INPUT_FAIL(o.header.path << ": cannot allocate " << raw.nbytes << " bytes for the voxel data");
   }
   read_voxels(o, raw.bytes.get());
   raw.header = std::move(o.header);
@@ -799,7 +842,11 @@ Volume make_result(const NiftiHeader& h, Tensor data, bool scaled) {
   v.spacing = h.spacing();
   v.source_datatype = static_cast<std::int16_t>(h.datatype);
   v.intent_code = h.intent_code;
-  v.xyzt_units = h.xyzt_units;
+  // The affine and spacing are in mm now; a unit left at metres would scale them twice on writing.
+  v.xyzt_units = millimetres_per_unit(h.xyzt_units) != 1.0
+                     ? (h.xyzt_units & ~nifti_units::kSpaceMask) | nifti_units::kMm
+                     : h.xyzt_units;
+  v.path = h.path;
   v.scl_slope = h.scl_slope;
   v.scl_inter = h.scl_inter;
   v.scaled = scaled;
@@ -908,6 +955,7 @@ Tensor read_converted(Opened o, bool scale) {
       convert_loop<S, D>(chunk.data(), dst + start, m, scale, slope, inter);
     }
   });
+  verify_streams(o);
   return t;
 }
 
@@ -1079,19 +1127,20 @@ template <class D>
 D checked_cast(double v, std::int64_t index, const std::string& path, const char* type_name) {
   if constexpr (std::is_floating_point_v<D>) {
     if (std::isfinite(v) && std::fabs(v) > static_cast<double>(std::numeric_limits<D>::max())) {
-      VG_FAIL(path << ": voxel " << index << " holds " << v << ", outside the range of " << type_name);
+      VG_INPUT_FAIL(path << ": voxel " << index << " holds " << v << ", outside the range of " << type_name);
     }
     return static_cast<D>(v);
   } else {
     constexpr double lo = static_cast<double>(std::numeric_limits<D>::min());
     constexpr double hi = static_cast<double>(std::numeric_limits<D>::max());
     if (!std::isfinite(v) || v != std::floor(v)) {
-      VG_FAIL(path << ": voxel " << index << " holds " << v << ", which is not an integer and cannot be stored as "
-                   << type_name << " (write float32, or round the data first)");
+      VG_INPUT_FAIL(path << ": voxel " << index << " holds " << v
+                         << ", which is not an integer and cannot be stored as " << type_name
+                         << " (write float32, or round the data first)");
     }
     if (v < lo || v > hi) {
-      VG_FAIL(path << ": voxel " << index << " holds " << v << ", outside the range of " << type_name << " (" << lo
-                   << " to " << hi << ")");
+      VG_INPUT_FAIL(path << ": voxel " << index << " holds " << v << ", outside the range of " << type_name << " ("
+                         << lo << " to " << hi << ")");
     }
     return static_cast<D>(v);
   }
@@ -1136,18 +1185,19 @@ void write_nifti(const std::string& path, const Volume& v) { write_nifti(path, v
 void write_nifti(const std::string& path, const Volume& v, NiftiWriteType as) {
   const bool gz = ends_with_ci(path, ".nii.gz");
   if (!gz && !ends_with_ci(path, ".nii")) {
-    VG_FAIL(path << ": cannot write here: voxgrad writes single-file NIfTI-1 images named .nii or .nii.gz");
+    VG_INPUT_FAIL(path << ": cannot write here: voxgrad writes single-file NIfTI-1 images named .nii or .nii.gz");
   }
   VG_CHECK(v.data.defined(), path << ": cannot write a volume that holds no data");
   const Tensor data = v.data.cpu();
   const int ndim = data.dim();
-  if (ndim < 1 || ndim > 7) VG_FAIL(path << ": cannot write a " << ndim << "-D tensor (NIfTI holds 1 to 7 dimensions)");
+  if (ndim < 1 || ndim > 7)
+    VG_INPUT_FAIL(path << ": cannot write a " << ndim << "-D tensor (NIfTI holds 1 to 7 dimensions)");
   const Shape& shape = data.shape();
   for (const auto& row : v.affine)
     for (double x : row)
-      if (!std::isfinite(x)) VG_FAIL(path << ": the affine has a non-finite entry (" << x << ")");
+      if (!std::isfinite(x)) VG_INPUT_FAIL(path << ": the affine has a non-finite entry (" << x << ")");
   if (v.intent_code < std::numeric_limits<std::int16_t>::min() || v.intent_code > std::numeric_limits<std::int16_t>::max())
-    VG_FAIL(path << ": intent_code " << v.intent_code << " does not fit NIfTI-1's 16 bits");
+    VG_INPUT_FAIL(path << ": intent_code " << v.intent_code << " does not fit NIfTI-1's 16 bits");
 
   unsigned char hdr[352] = {};
   put<std::int32_t>(hdr, 0, 348);
@@ -1157,7 +1207,7 @@ void write_nifti(const std::string& path, const Volume& v, NiftiWriteType as) {
     std::int64_t d = 1;
     if (i <= ndim) d = shape[static_cast<std::size_t>(ndim - i)];
     if (d < 1 || d > std::numeric_limits<std::int16_t>::max()) {
-      VG_FAIL(path << ": dimension " << i << " has size " << d << "; NIfTI-1 holds 1 to 32767 voxels per axis");
+      VG_INPUT_FAIL(path << ": dimension " << i << " has size " << d << "; NIfTI-1 holds 1 to 32767 voxels per axis");
     }
     put<std::int16_t>(hdr, 40 + 2 * static_cast<std::size_t>(i), static_cast<std::int16_t>(d));
   }

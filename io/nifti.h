@@ -40,10 +40,17 @@ const char* nifti_datatype_name(int code);
 // Bytes per voxel for the datatypes we read (the ten real types); 0 for the rest.
 int nifti_datatype_size(int code);
 
-// NIfTI units (xyzt_units bits).
+// NIfTI units (xyzt_units bits: 0-2 space, 3-5 time).
 namespace nifti_units {
 inline constexpr int kMeter = 1, kMm = 2, kMicron = 3, kSec = 8, kMsec = 16, kUsec = 24;
+inline constexpr int kSpaceMask = 0x07;
 }
+// The spatial unit xyzt_units declares: "m", "mm", "um", or "unknown" (0, or a code the standard
+// does not define).
+const char* spatial_units_name(int xyzt_units);
+// Millimetres per spatial unit, as ITK's NiftiImageIO (and so SimpleITK and nnU-Net) scales them:
+// 1000 for metres, 0.001 for micrometres, 1 for millimetres and for unknown units.
+double millimetres_per_unit(int xyzt_units);
 // NIfTI xform codes (qform_code, sform_code).
 namespace nifti_xform {
 inline constexpr int kUnknown = 0, kScannerAnat = 1, kAlignedAnat = 2, kTalairach = 3, kMni152 = 4;
@@ -85,7 +92,9 @@ struct NiftiHeader {
 
   std::array<std::int16_t, 3> analyze_origin{};  // SPM originator (ANALYZE only), 1-based voxel
 
-  // Derived when read.
+  // Derived when read, in millimetres whatever spatial unit xyzt_units declares (the raw fields
+  // above stay as stored): each affine's rows are scaled by millimetres_per_unit, translation
+  // included, so the world coordinates of a file in metres or micrometres come out in mm.
   // qform_code > 0: nifti_quatern_to_mat44 of the quaternion fields (non-finite ones read as 0,
   // qfac = -1 when pixdim[0] < 0 else 1); otherwise the reference library's diag(pixdim[1..3]).
   Affine qform_affine = identity_affine();
@@ -96,7 +105,7 @@ struct NiftiHeader {
 
   int ndim() const { return static_cast<int>(dim[0]); }
   std::vector<std::int64_t> dims() const;     // dim[1..ndim]
-  std::vector<double> spacing() const;        // pixdim[1..ndim]
+  std::vector<double> spacing() const;        // pixdim[1..ndim]; the first three in mm (scaled by the unit)
   Shape shape() const;                        // dims reversed: the Volume tensor shape
   std::int64_t numel() const;                 // product of dims (checked for overflow when read)
   std::int64_t bytes_per_voxel() const;       // nifti_datatype_size(datatype)
@@ -124,6 +133,12 @@ struct VoxelStats {
 struct NiftiReadOptions {
   bool apply_scaling = true;  // off: data holds the raw values even when the file has a slope
 };
+
+// Every reader opens files through files::open_regular_for_reading (a FIFO or device named x.nii
+// is "PATH: not a regular file", never a hang) and throws voxgrad::InputError for what is wrong with
+// a file. Whenever voxel data are read, every gzip stream they came from (and a pair's gzip header)
+// is read on to its end so that each member's CRC32 and length trailer is checked: a mismatch is
+// "PATH: corrupt gzip data (CRC mismatch)", a file cut short "PATH: ... truncated ...".
 
 // Header only (reads no voxel data, but checks that the image file can back the declared size).
 NiftiHeader read_nifti_header(const std::string& path);

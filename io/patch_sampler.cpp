@@ -99,6 +99,10 @@ std::vector<std::vector<std::int64_t>> index_locations(const Tensor& label) {
   const std::int64_t n = label.numel();
   std::int32_t max_class = 0;
   for (std::int64_t i = 0; i < n; ++i) max_class = std::max(max_class, l[i]);
+  // The tables below are sized by the largest value: preprocessing keeps labels below the plan's
+  // classes (at most 256), so anything larger is a caller's bug that must not allocate gigabytes.
+  VG_CHECK(max_class <= 255,
+           "PatchSampler: label value " << max_class << " is above 255; labels must be preprocessed first");
   // Negative values (an ignore label) are not foreground and are not indexed.
   std::vector<std::int64_t> count(static_cast<std::size_t>(max_class) + 1, 0);
   for (std::int64_t i = 0; i < n; ++i)

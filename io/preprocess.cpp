@@ -1,16 +1,18 @@
-// nnU-Net's per-case preprocessing: z-score or CT normalisation with NaN voxels left out of every
-// statistic, resampling to the plan's spacing, the dataset statistics a plan holds, and padding /
+// nnU-Net's per-case preprocessing: z-score or CT normalisation with non-finite voxels left out of
+// every statistic, resampling to the plan's spacing, the dataset statistics a plan holds, and padding /
 // cropping of the last three axes. Sums run per slice in double and are added in slice order, so
 // results are the same for any OpenMP thread count.
 #include "io/preprocess.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <sstream>
 
 #include "engine/error.h"
+#include "engine/memory_budget.h"
 
 namespace voxgrad::io {
 
@@ -24,8 +26,9 @@ std::string shape3_str(const Shape3& s) {
   return os.str();
 }
 
-// Mean and population standard deviation (numpy's default, ddof = 0) of the non-NaN values of
-// `v[0 .. slices * slice_len)`, two passes for accuracy; count 0 when every value is NaN.
+// Mean and population standard deviation (numpy's default, ddof = 0) of the finite values of
+// `v[0 .. slices * slice_len)`, two passes for accuracy; count 0 when no value is finite. An
+// infinite voxel is left out exactly as NaN is: one would make the mean, and so every voxel, NaN.
 struct Moments {
   std::int64_t count = 0;
   double mean = 0.0, std = 0.0;
@@ -39,7 +42,7 @@ Moments nan_moments(const float* v, std::int64_t slices, std::int64_t slice_len)
     double sum = 0.0;
     std::int64_t count = 0;
     for (const float* p = v + s * slice_len; p != v + (s + 1) * slice_len; ++p) {
-      if (std::isnan(*p)) continue;
+      if (!std::isfinite(*p)) continue;
       sum += *p;
       ++count;
     }
@@ -58,7 +61,7 @@ Moments nan_moments(const float* v, std::int64_t slices, std::int64_t slice_len)
   for (std::int64_t s = 0; s < slices; ++s) {
     double sq = 0.0;
     for (const float* p = v + s * slice_len; p != v + (s + 1) * slice_len; ++p) {
-      if (std::isnan(*p)) continue;
+      if (!std::isfinite(*p)) continue;
       const double d = *p - m.mean;
       sq += d * d;
     }
@@ -78,20 +81,31 @@ double percentile_sorted(const std::vector<double>& sorted, double q) {
   return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - static_cast<double>(lo));
 }
 
-void check_spacing(const char* what, const Spacing3& s) {
-  for (int a = 0; a < 3; ++a)
-    VG_CHECK(std::isfinite(s[a]) && s[a] > 0,
-             what << ": spacing (" << s[0] << ", " << s[1] << ", " << s[2] << ") must be positive and finite");
+// (z, y, x) spacings and shapes as a NIfTI header shows them: x first.
+std::string xyz_str(const Spacing3& s) {
+  std::ostringstream os;
+  os << "(" << s[2] << ", " << s[1] << ", " << s[0] << ")";
+  return os.str();
 }
 
-void check_labels_in_range(const char* what, const Tensor& label, int classes) {
+// `what` names the file ("CASE.nii.gz") or the plan ("the plan's target spacing").
+void check_spacing(const std::string& what, const Spacing3& s) {
+  for (int a = 0; a < 3; ++a)
+    VG_INPUT_CHECK(std::isfinite(s[a]) && s[a] > 0,
+                   what << ": spacing " << xyz_str(s) << " mm (x, y, z) must be positive and finite");
+}
+
+void check_labels_in_range(const std::string& what, const Tensor& label, int classes) {
   const std::int64_t Y = label.size(1), X = label.size(2);
   const std::int32_t* l = label.data<std::int32_t>();
   for (std::int64_t i = 0; i < label.numel(); ++i)
-    VG_CHECK(l[i] >= 0 && l[i] < classes, what << ": label value " << l[i] << " at voxel (z, y, x) = (" << i / (Y * X)
-                                               << ", " << i / X % Y << ", " << i % X << ") is outside [0, " << classes
-                                               << ") (the plan has " << classes << " classes)");
+    VG_INPUT_CHECK(l[i] >= 0 && l[i] < classes, what << ": label value " << l[i] << " at voxel (z, y, x) = ("
+                                                     << i / (Y * X) << ", " << i / X % Y << ", " << i % X
+                                                     << ") is outside [0, " << classes << ") (the plan has " << classes
+                                                     << " classes)");
 }
+
+std::string source_name(const std::string& source) { return source.empty() ? "the image" : source; }
 
 // Writes `n` copies of `value` converted to `t`; integer dtypes need a whole value in range.
 void fill_as(void* dst, std::int64_t n, DType t, double value, const char* what) {
@@ -144,7 +158,7 @@ void copy_block(const Tensor& src, const Shape3& src_start, Tensor& dst, const S
 Normalization parse_normalization(const std::string& name) {
   if (name == "zscore") return Normalization::ZScore;
   if (name == "ct") return Normalization::CT;
-  VG_FAIL("unknown normalization \"" << name << "\" (choices: zscore, ct)");
+  VG_INPUT_FAIL("unknown normalization \"" << name << "\" (choices: zscore, ct)");
 }
 
 const char* normalization_name(Normalization n) {
@@ -163,7 +177,7 @@ Spacing3 spacing_zyx(const std::vector<double>& pixdim) {
 
 Spacing3 median_spacing(const std::vector<Spacing3>& spacings) {
   VG_CHECK(!spacings.empty(), "median_spacing: no spacings given");
-  for (const Spacing3& s : spacings) check_spacing("median_spacing", s);
+  for (const Spacing3& s : spacings) check_spacing("a case", s);
   Spacing3 out{};
   for (int a = 0; a < 3; ++a) {
     std::vector<double> v;
@@ -210,7 +224,7 @@ std::vector<IntensityStats> foreground_intensity_stats(const std::vector<Tensor>
     for (std::int64_t c = 0; c < channels; ++c) {
       const float* v = img.data<float>() + c * n;
       std::int64_t fg = 0;
-      for (std::int64_t i = 0; i < n; ++i) fg += (l[i] > 0 && !std::isnan(v[i])) ? 1 : 0;
+      for (std::int64_t i = 0; i < n; ++i) fg += (l[i] > 0 && std::isfinite(v[i])) ? 1 : 0;
       if (fg == 0) continue;
       // Evenly spaced ranks among the usable voxels: sample k is rank floor(k * fg / m).
       const std::int64_t m = std::min(fg, samples_per_case);
@@ -222,7 +236,7 @@ std::vector<IntensityStats> foreground_intensity_stats(const std::vector<Tensor>
       };
       std::int64_t want = next_rank(0);
       for (std::int64_t i = 0; i < n && k < m; ++i) {
-        if (!(l[i] > 0 && !std::isnan(v[i]))) continue;
+        if (!(l[i] > 0 && std::isfinite(v[i]))) continue;
         if (rank == want) {
           out.push_back(v[i]);
           want = next_rank(++k);
@@ -235,8 +249,9 @@ std::vector<IntensityStats> foreground_intensity_stats(const std::vector<Tensor>
   std::vector<IntensityStats> stats(static_cast<std::size_t>(channels));
   for (std::int64_t c = 0; c < channels; ++c) {
     std::vector<double>& s = pooled[static_cast<std::size_t>(c)];
-    VG_CHECK(!s.empty(), "foreground_intensity_stats: channel " << c << " has no non-NaN foreground voxel (label > 0) "
-                                                                << "in any of the " << images.size() << " cases");
+    VG_INPUT_CHECK(!s.empty(), "ct normalisation: channel "
+                                   << c << " has no finite foreground voxel (label > 0) in any of the " << images.size()
+                                   << " cases");
     std::sort(s.begin(), s.end());
     IntensityStats& st = stats[static_cast<std::size_t>(c)];
     st.lower = percentile_sorted(s, 0.5);
@@ -261,17 +276,17 @@ void normalize_image(Tensor& image, Normalization scheme, const std::vector<Inte
   VG_CHECK(image.device().is_cpu(), "normalize_image: expected a CPU tensor, got " << image.device().str());
   const std::int64_t C = image.size(0), Z = image.size(1), slice = image.size(2) * image.size(3);
   if (scheme == Normalization::CT) {
-    VG_CHECK(static_cast<std::int64_t>(ct_stats.size()) == C,
-             "normalize_image: ct normalisation needs one IntensityStats per channel: " << ct_stats.size()
-                                                                                        << " given for " << C
-                                                                                        << " channels");
+    // A run's config.json holds the statistics: one edited by hand can disagree with the image.
+    VG_INPUT_CHECK(static_cast<std::int64_t>(ct_stats.size()) == C,
+                   "ct normalisation needs one IntensityStats per channel: " << ct_stats.size() << " given for " << C
+                                                                             << " channels");
     for (std::size_t c = 0; c < ct_stats.size(); ++c) {
       const IntensityStats& s = ct_stats[c];
-      VG_CHECK(std::isfinite(s.lower) && std::isfinite(s.upper) && s.lower <= s.upper && std::isfinite(s.mean) &&
-                   std::isfinite(s.std) && s.std >= 0,
-               "normalize_image: channel " << c << " ct statistics (lower " << s.lower << ", upper " << s.upper
-                                           << ", mean " << s.mean << ", std " << s.std
-                                           << ") need finite values, lower <= upper and std >= 0");
+      VG_INPUT_CHECK(std::isfinite(s.lower) && std::isfinite(s.upper) && s.lower <= s.upper && std::isfinite(s.mean) &&
+                         std::isfinite(s.std) && s.std >= 0,
+                     "ct normalisation: channel " << c << " statistics (lower " << s.lower << ", upper " << s.upper
+                                                  << ", mean " << s.mean << ", std " << s.std
+                                                  << ") need finite values, lower <= upper and std >= 0");
     }
   }
   for (std::int64_t c = 0; c < C; ++c) {
@@ -294,23 +309,58 @@ void normalize_image(Tensor& image, Normalization scheme, const std::vector<Inte
     for (std::int64_t z = 0; z < Z; ++z) {
       for (float* p = v + z * slice; p != v + (z + 1) * slice; ++p) {
         const double clipped = std::clamp(static_cast<double>(*p), lower, upper);
-        *p = std::isnan(*p) ? 0.0f : static_cast<float>((clipped - mean) * inv);
+        *p = std::isfinite(*p) ? static_cast<float>((clipped - mean) * inv) : 0.0f;
       }
     }
   }
 }
 
+std::uint64_t preprocess_bytes(std::int64_t channels, const Shape3& shape, const Spacing3& spacing,
+                               const PreprocessPlan& plan, bool with_label) {
+  const std::array<double, 3> extent = resampled_extent(shape, spacing, plan.target_spacing);
+  constexpr std::int64_t kFloat = 4, kLabel = 4;  // float32 image, int32 labels
+  std::uint64_t bytes = memory::saturating_product({channels, shape[0], shape[1], shape[2], kFloat});
+  if (with_label)
+    bytes = memory::saturating_add(bytes, memory::saturating_product({shape[0], shape[1], shape[2], kLabel}));
+  // 2^62 per axis is already saturation in any product below; the cap keeps the conversion defined.
+  constexpr double kCap = 4611686018427387904.0;
+  Shape3 grid{};
+  for (int a = 0; a < 3; ++a)
+    grid[a] = extent[a] >= kCap ? static_cast<std::int64_t>(kCap) : static_cast<std::int64_t>(extent[a]);
+  if (grid == shape) return bytes;  // already on the plan's grid: no resampled copies
+  bytes = memory::saturating_add(bytes, memory::saturating_product({channels, grid[0], grid[1], grid[2], kFloat}));
+  if (with_label)
+    bytes = memory::saturating_add(bytes, memory::saturating_product({grid[0], grid[1], grid[2], kLabel}));
+  return bytes;
+}
+
+void check_preprocess_fits(const std::string& source, std::int64_t channels, const Shape3& shape,
+                           const Spacing3& spacing, const PreprocessPlan& plan, bool with_label) {
+  check_spacing(source_name(source), spacing);
+  check_spacing("the target spacing", plan.target_spacing);
+  const std::uint64_t bytes = preprocess_bytes(channels, shape, spacing, plan, with_label);
+  const std::array<double, 3> extent = resampled_extent(shape, spacing, plan.target_spacing);
+  std::ostringstream what, detail;
+  what << source_name(source) << ": resampling from spacing " << xyz_str(spacing) << " mm to the target spacing "
+       << xyz_str(plan.target_spacing) << " mm";
+  // Whole numbers without an exponent up to 1e15; beyond that the size of the number is the point.
+  detail.precision(15);
+  detail << "a grid of " << extent[2] << " x " << extent[1] << " x " << extent[0] << " voxels (x, y, z), " << channels
+         << (channels == 1 ? " channel" : " channels");
+  memory::check_fits(bytes, what.str(), detail.str());
+}
+
 PreprocessedCase preprocess_case(const Tensor& image, const Tensor& label, const Spacing3& spacing,
-                                 const PreprocessPlan& plan) {
+                                 const PreprocessPlan& plan, const std::string& source) {
   VG_CHECK(image.defined(), "preprocess_case: the image is undefined");
   VG_CHECK(image.dim() == 4, "preprocess_case: expected a (C, Z, Y, X) image, got shape " << shape_str(image.shape()));
   VG_CHECK(image.dtype() == DType::Float32, "preprocess_case: expected a float32 image, got "
                                                 << dtype_name(image.dtype()));
   VG_CHECK(image.numel() > 0, "preprocess_case: the image " << shape_str(image.shape()) << " holds no voxels");
   VG_CHECK(plan.classes >= 1, "preprocess_case: the plan's classes must be at least 1, got " << plan.classes);
-  check_spacing("preprocess_case", spacing);
-  check_spacing("preprocess_case (plan target)", plan.target_spacing);
   const Shape3 original{image.size(1), image.size(2), image.size(3)};
+  // Before any copy: a spacing far from the plan's must be refused, not attempted.
+  check_preprocess_fits(source, image.size(0), original, spacing, plan, label.defined());
   Tensor lab;
   if (label.defined()) {
     VG_CHECK(label.dtype() == DType::Int32,
@@ -320,12 +370,13 @@ PreprocessedCase preprocess_case(const Tensor& image, const Tensor& label, const
              "preprocess_case: labels " << shape_str(label.shape()) << " do not match the image's (Z, Y, X) "
                                         << shape3_str(original) << " (image " << shape_str(image.shape()) << ")");
     lab = label.device().is_cpu() ? label.clone() : label.cpu();
-    check_labels_in_range("preprocess_case", lab, plan.classes);
+    check_labels_in_range(source_name(source) + " (label)", lab, plan.classes);
   }
 
   PreprocessedCase out;
   out.original_shape = original;
   Tensor work = image.device().is_cpu() ? image.clone() : image.cpu();  // the caller's image stays as it was
+  out.health = image_health(work);
   normalize_image(work, plan.normalization, plan.ct_stats);
   const Shape3 target = resampled_shape(original, spacing, plan.target_spacing);
   if (target == original) {

@@ -1,7 +1,8 @@
 // nnU-Net's preprocessing of one case, shared by training and inference: intensity normalisation
 // (per-case z-score, or `ct`: clip to the foreground 0.5-99.5 percentiles and a global z-score),
-// NaN voxels left out of every statistic and set to 0, then resampling to the plan's target
-// spacing. Also the dataset-level statistics the plan is made of, and the padding to a patch size.
+// non-finite voxels (NaN, ±Inf) left out of every statistic and set to 0, then resampling to the
+// plan's target spacing, checked against the machine's memory first. Also the dataset-level
+// statistics the plan is made of, and the padding to a patch size.
 #pragma once
 
 #include <array>
@@ -10,12 +11,13 @@
 #include <vector>
 
 #include "engine/tensor.h"
+#include "io/image_health.h"
 #include "io/resample.h"
 
 namespace voxgrad::io {
 
 enum class Normalization {
-  ZScore,  // per case and channel: (v - mean) / max(std, 1e-8) over the non-NaN voxels
+  ZScore,  // per case and channel: (v - mean) / max(std, 1e-8) over the finite voxels
   CT,      // clip to [lower, upper] of the dataset's foreground intensities, then (v - mean) / max(std, 1e-8)
 };
 Normalization parse_normalization(const std::string& name);  // "zscore", "ct"; an Error lists the choices
@@ -45,29 +47,53 @@ Spacing3 spacing_zyx(const std::vector<double>& pixdim);
 Spacing3 median_spacing(const std::vector<Spacing3>& spacings);
 
 // Dataset foreground statistics per channel from images (C, Z, Y, X) float32 and labels (Z, Y, X)
-// int32 (voxels with label > 0 are foreground; NaN voxels are skipped). At most
+// int32 (voxels with label > 0 are foreground; NaN and infinite voxels are skipped). At most
 // `samples_per_case` voxels per case enter, taken evenly spaced over its foreground voxels, so
-// the result does not depend on thread count. Throws when no case has a non-NaN foreground voxel.
+// the result does not depend on thread count. Throws InputError when no case has a finite
+// foreground voxel in some channel.
 std::vector<IntensityStats> foreground_intensity_stats(const std::vector<Tensor>& images,
                                                        const std::vector<Tensor>& labels,
                                                        std::int64_t samples_per_case = 10000);
 
-// In place on a (C, Z, Y, X) float32 CPU tensor: the scheme per channel, then NaN -> 0.
-// A channel that is entirely NaN becomes 0. `ct_stats` must hold C entries for CT.
+// In place on a (C, Z, Y, X) float32 CPU tensor: the scheme per channel over the finite voxels,
+// then every non-finite voxel (NaN, +Inf, -Inf) -> 0, so one Inf cannot turn a whole case into
+// NaN. A channel with no finite voxel becomes 0. `ct_stats` must hold C entries for CT.
 void normalize_image(Tensor& image, Normalization scheme, const std::vector<IntensityStats>& ct_stats = {});
 
 // A case on the plan's grid.
 struct PreprocessedCase {
-  Tensor image;  // (C, Z', Y', X') float32, normalised, no NaN
+  Tensor image;  // (C, Z', Y', X') float32, normalised, every voxel finite
   Tensor label;  // (Z', Y', X') int32, undefined when no label was given
   Shape3 original_shape{};  // (Z, Y, X) before resampling: where predictions go back to
+  // The input image's voxels per channel: non-finite counts, channels with no finite voxel or zero
+  // variance. preprocess_case prints nothing: the caller, who knows the files, turns this into
+  // warnings (health_warnings) or refuses the case (health_problems).
+  std::vector<ChannelHealth> health;
 };
 
 // Normalises a copy of `image` (C, Z, Y, X) float32 (the input is left untouched), then resamples
 // image and label (Z, Y, X) int32 (may be undefined) from `spacing` (z, y, x) to the plan's spacing.
-// Labels outside [0, plan.classes) are an Error naming the value.
+// `source` names the case's file in errors ("" says "the image"). InputError, before anything
+// large is allocated, when the spacing is not positive and finite, a label is outside
+// [0, plan.classes) (naming the value and voxel), or the work would not fit in memory
+// (check_preprocess_fits).
 PreprocessedCase preprocess_case(const Tensor& image, const Tensor& label, const Spacing3& spacing,
-                                 const PreprocessPlan& plan);
+                                 const PreprocessPlan& plan, const std::string& source = "");
+
+// Bytes preprocess_case allocates for an image of `channels` x `shape` (z, y, x) at `spacing`
+// (z, y, x): the normalised copy, the label copy, and both resampled to the plan's grid; saturated
+// at UINT64_MAX when the grid is absurd (never wrapped).
+std::uint64_t preprocess_bytes(std::int64_t channels, const Shape3& shape, const Spacing3& spacing,
+                               const PreprocessPlan& plan, bool with_label);
+
+// Throws InputError when preprocess_bytes exceeds the memory this machine has available, e.g.
+//   "CASE.nii.gz: resampling from spacing (0.001, 0.001, 0.001) mm to the target spacing (1, 1, 1)
+//    mm would need 13.8 TiB (a grid of ... voxels (x, y, z), 1 channel), more than the 21.5 GiB
+//    this machine has available"
+// (spacings in NIfTI's x, y, z order, as the header shows them). Needs only the header's dims and
+// spacing, so a command can call it before it reads any voxel; preprocess_case calls it too.
+void check_preprocess_fits(const std::string& source, std::int64_t channels, const Shape3& shape,
+                           const Spacing3& spacing, const PreprocessPlan& plan, bool with_label);
 
 // Pads the last three axes of `t` (any leading axes, any dtype) with `value` up to at least
 // `min_shape`, split evenly before and after (the extra voxel after); returns `t` itself when no

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "engine/error.h"
+#include "engine/memory_budget.h"
 
 namespace voxgrad::io {
 
@@ -60,24 +61,50 @@ void check_out_shape(const char* what, const Shape3& out_shape) {
                                      << out_shape[2] << ") must be at least 1 along every axis");
 }
 
+// Tensor axis a of (z, y, x), as people call it.
+const char* axis_name(int a) { return a == 0 ? "z" : a == 1 ? "y" : "x"; }
+
 std::string shape3_str(const Shape3& s) {
   std::ostringstream os;
   os << "(" << s[0] << ", " << s[1] << ", " << s[2] << ")";
   return os.str();
 }
 
+// The output grid comes from a file's spacing and dims: callers that know the file check first
+// (check_preprocess_fits names it); this guard keeps any other caller from an allocation that
+// cannot succeed.
+void check_output_fits(const Shape3& out_shape, std::int64_t channels, const char* what) {
+  memory::check_fits(memory::saturating_product({channels, out_shape[0], out_shape[1], out_shape[2], 4}),
+                     std::string("resampling ") + what + " to a grid of " + shape3_str(out_shape) + " voxels (z, y, x)",
+                     std::to_string(channels) + (channels == 1 ? " channel" : " channels"));
+}
+
 }  // namespace
 
-Shape3 resampled_shape(const Shape3& shape, const Spacing3& spacing, const Spacing3& target) {
-  Shape3 out{};
+std::array<double, 3> resampled_extent(const Shape3& shape, const Spacing3& spacing, const Spacing3& target) {
+  std::array<double, 3> out{};
   for (int a = 0; a < 3; ++a) {
     VG_CHECK(shape[a] >= 1, "resampled_shape: shape " << shape3_str(shape) << " must be at least 1 along every axis");
-    VG_CHECK(std::isfinite(spacing[a]) && spacing[a] > 0,
-             "resampled_shape: spacing " << spacing[a] << " along axis " << a << " must be positive and finite");
-    VG_CHECK(std::isfinite(target[a]) && target[a] > 0,
-             "resampled_shape: target spacing " << target[a] << " along axis " << a << " must be positive and finite");
-    const double n = std::round(static_cast<double>(shape[a]) * spacing[a] / target[a]);
-    out[a] = std::max<std::int64_t>(1, static_cast<std::int64_t>(n));
+    // Spacings come from headers and config files: a user's problem, named in plain words.
+    VG_INPUT_CHECK(std::isfinite(spacing[a]) && spacing[a] > 0,
+                   "spacing " << spacing[a] << " along axis " << axis_name(a) << " must be positive and finite");
+    VG_INPUT_CHECK(std::isfinite(target[a]) && target[a] > 0,
+                   "target spacing " << target[a] << " along axis " << axis_name(a) << " must be positive and finite");
+    out[a] = std::max(1.0, std::round(static_cast<double>(shape[a]) * spacing[a] / target[a]));
+  }
+  return out;
+}
+
+Shape3 resampled_shape(const Shape3& shape, const Spacing3& spacing, const Spacing3& target) {
+  const std::array<double, 3> extent = resampled_extent(shape, spacing, target);
+  // Converting a double beyond int64's range is undefined; 2^53 is far beyond any memory anyway.
+  constexpr double kMaxAxis = 9007199254740992.0;
+  Shape3 out{};
+  for (int a = 0; a < 3; ++a) {
+    VG_INPUT_CHECK(extent[a] <= kMaxAxis, "resampling " << shape[a] << " voxels of " << spacing[a] << " mm to "
+                                                        << target[a] << " mm along axis " << axis_name(a) << " gives "
+                                                        << extent[a] << " voxels: far more than any memory");
+    out[a] = static_cast<std::int64_t>(extent[a]);
   }
   return out;
 }
@@ -92,6 +119,7 @@ Tensor resample_image(const Tensor& image, const Shape3& out_shape) {
   const std::int64_t C = image.size(0), Z = image.size(1), Y = image.size(2), X = image.size(3);
   const std::int64_t OZ = out_shape[0], OY = out_shape[1], OX = out_shape[2];
   if (OZ == Z && OY == Y && OX == X) return image.clone();
+  check_output_fits(out_shape, C, "an image");
 
   const AxisTaps tz = linear_taps(Z, OZ), ty = linear_taps(Y, OY), tx = linear_taps(X, OX);
   Tensor out = empty({C, OZ, OY, OX}, DType::Float32);  // (C, Z', Y', X')
@@ -139,6 +167,7 @@ Tensor resample_labels(const Tensor& labels, const Shape3& out_shape, int classe
                                                   << i / (Y * X) << ", " << i / X % Y << ", " << i % X
                                                   << ") is outside [0, " << classes << ")");
   if (OZ == Z && OY == Y && OX == X) return labels.clone();
+  check_output_fits(out_shape, 1, "a label map");
 
   Tensor out = empty({OZ, OY, OX}, DType::Int32);  // (Z', Y', X')
   std::int32_t* dst = out.data<std::int32_t>();

@@ -17,8 +17,14 @@ using Shape3 = std::array<std::int64_t, 3>;
 using Spacing3 = std::array<double, 3>;
 
 // The grid a volume of `shape` voxels of `spacing` mm gets at `target` mm:
-// round(shape * spacing / target) along each axis, at least 1.
+// round(shape * spacing / target) along each axis, at least 1. Spacings must be positive and
+// finite, and no axis may exceed 2^53 voxels (InputError: a spacing far from the target's, e.g.
+// micrometres read as millimetres); check_preprocess_fits refuses far smaller grids first.
 Shape3 resampled_shape(const Shape3& shape, const Spacing3& spacing, const Spacing3& target);
+
+// The same in floating point, without the axis limit (an axis may be huge or infinite): for
+// sizing a grid before deciding whether it can be made.
+std::array<double, 3> resampled_extent(const Shape3& shape, const Spacing3& spacing, const Spacing3& target);
 
 // Trilinear resampling of every channel of a (C, Z, Y, X) float32 tensor to (C, out...): output voxel
 // o samples input coordinate (o + 0.5) * in / out - 0.5, clamped to the volume (edge values repeat).

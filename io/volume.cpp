@@ -43,16 +43,17 @@ std::string nifti_index(const Shape& shape, std::int64_t flat) {
 }
 
 template <class T>
-void float_to_labels(const T* src, std::int32_t* dst, std::int64_t n, const Shape& shape) {
+void float_to_labels(const T* src, std::int32_t* dst, std::int64_t n, const Shape& shape, const std::string& path) {
   constexpr double lo = std::numeric_limits<std::int32_t>::min();
   constexpr double hi = std::numeric_limits<std::int32_t>::max();
   for (std::int64_t i = 0; i < n; ++i) {
     const double v = static_cast<double>(src[i]);
     // One comparison chain also rejects NaN (every comparison with NaN is false).
     if (!(v >= lo && v <= hi && v == std::floor(v))) {
-      VG_FAIL("Volume::to_labels: voxel " << nifti_index(shape, i) << " holds " << v
-                                          << ", which is not an integer label (labels must be whole numbers in "
-                                             "int32 range; is this an intensity image?)");
+      VG_INPUT_FAIL((path.empty() ? std::string() : path + ": ")
+                    << "voxel " << nifti_index(shape, i) << " holds " << v
+                    << ", which is not an integer label (labels must be whole numbers in int32 range; is this an "
+                       "intensity image?)");
     }
     dst[i] = static_cast<std::int32_t>(v);
   }
@@ -69,12 +70,12 @@ Tensor Volume::to_labels() const {
       return src.to(DType::Int32);
     case DType::Float32: {
       Tensor out = empty(src.shape(), DType::Int32);
-      float_to_labels(src.data<float>(), out.data<std::int32_t>(), src.numel(), src.shape());
+      float_to_labels(src.data<float>(), out.data<std::int32_t>(), src.numel(), src.shape(), path);
       return out;
     }
     case DType::Float64: {
       Tensor out = empty(src.shape(), DType::Int32);
-      float_to_labels(src.data<double>(), out.data<std::int32_t>(), src.numel(), src.shape());
+      float_to_labels(src.data<double>(), out.data<std::int32_t>(), src.numel(), src.shape(), path);
       return out;
     }
   }

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "engine/tensor.h"
@@ -30,10 +31,13 @@ Affine identity_affine();
 struct Volume {
   Tensor data;                          // (dim[n], ..., dim[2], dim[1]) on the CPU
   Affine affine = identity_affine();    // voxel (i, j, k) -> world (mm, RAS+ as NIfTI defines it)
-  std::vector<double> spacing;          // pixdim[1..ndim], one per NIfTI axis in NIfTI order (x first)
+  std::vector<double> spacing;          // pixdim[1..ndim], one per NIfTI axis in NIfTI order (x first);
+                                        // the spatial ones in mm, whatever unit the file used
   std::int16_t source_datatype = 16;    // NIfTI datatype code the file stored (16 = float32)
   int intent_code = 0;                  // NIfTI intent (0 none, 1002 label, ...)
-  int xyzt_units = 2 | 8;               // NIfTI units bits (2 = mm, 8 = seconds)
+  int xyzt_units = 2 | 8;               // NIfTI units bits (2 = mm, 8 = seconds); a file read in metres or
+                                        // micrometres says mm here, as its affine and spacing now are
+  std::string path;                     // the file it was read from; "" when made in memory
   double scl_slope = 0.0;               // as in the file (0: none); NaN when the file said NaN
   double scl_inter = 0.0;
   bool scaled = false;                  // data already holds slope * raw + inter
@@ -45,8 +49,9 @@ struct Volume {
   // The voxel values as float32 (already scaled when the file had a scaling); shares `data`'s
   // storage when it is float32 already.
   Tensor to_float32() const;
-  // The voxels as an Int32 label tensor. Throws voxgrad::Error when a value is not integral,
-  // not finite or outside int32, naming the first offending voxel (NIfTI index order) and value.
+  // The voxels as an Int32 label tensor. Throws voxgrad::InputError when a value is not integral,
+  // not finite or outside int32, naming the file (`path`, when known), the first offending voxel
+  // (NIfTI index order) and its value.
   Tensor to_labels() const;
 };
 

@@ -1,13 +1,20 @@
-// safetensors files: bit-exact round trips, the byte layout checked by hand, malformed files refused
-// with messages naming the problem, load_state_dict's mismatch report, atomic writes, model files and
-// training checkpoints, and the reference Python reader opening our files (when it is installed).
+// safetensors files: bit-exact round trips, the byte layout and checksum checked by hand, damaged,
+// edited, non-finite and malformed files refused with messages naming the problem, load_state_dict's
+// mismatch report, atomic writes, model files and training checkpoints, and the reference Python
+// reader opening our files (when it is installed).
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
+#include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 
 #include "engine/checkpoint.h"
 #include "engine/json.h"
@@ -64,6 +71,55 @@ std::string error_of(F&& f) {
   return "";
 }
 
+// The message of the InputError `f` throws: a problem with the file, in plain words (no source
+// text). Any other outcome is a test failure.
+template <class F>
+std::string input_error_of(F&& f) {
+  try {
+    f();
+  } catch (const InputError& e) {
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.find(".cpp:"), std::string::npos) << "source text in \"" << msg << "\"";
+    return msg;
+  } catch (const Error& e) {
+    ADD_FAILURE() << "an internal error, not an InputError: " << e.what();
+    return e.what();
+  }
+  ADD_FAILURE() << "no error";
+  return "";
+}
+
+// What `f` writes to stderr (the log's warnings).
+template <class F>
+std::string stderr_of(F&& f) {
+  ::testing::internal::CaptureStderr();
+  try {
+    f();
+  } catch (...) {
+    (void)::testing::internal::GetCapturedStderr();
+    throw;
+  }
+  return ::testing::internal::GetCapturedStderr();
+}
+
+// Where the data section of a safetensors file starts.
+std::size_t data_start(const std::string& bytes) {
+  std::uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), sizeof n);
+  return 8 + static_cast<std::size_t>(n);
+}
+
+std::string hex8(std::uint32_t v) {
+  char buf[9];
+  std::snprintf(buf, sizeof buf, "%08x", v);
+  return buf;
+}
+
+std::uint32_t crc_continue(std::uint32_t crc, const std::string& bytes) {
+  return static_cast<std::uint32_t>(
+      ::crc32(crc, reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(bytes.size())));
+}
+
 TEST(Checkpoint, RoundTripIsBitExactForEveryDtype) {
   const std::string path = test::temp_dir("ckpt") + "/all.safetensors";
   float nan_payload;
@@ -77,8 +133,10 @@ TEST(Checkpoint, RoundTripIsBitExactForEveryDtype) {
       {"scalar", from_vector<float>({2.0f}, {})},
       {"empty", zeros({0, 3})},
   };
-  save_safetensors(path, tensors, {{"epoch", "3"}, {"note", "ünïcode ✓"}});
-  const SafeTensors back = load_safetensors(path);
+  // NaN and Inf are refused by default (they are never weights); the format itself keeps them.
+  save_safetensors(path, tensors, {{"epoch", "3"}, {"note", "ünïcode ✓"}}, NonFinite::allow);
+  const SafeTensors back = load_safetensors(path, Device::cpu(), NonFinite::allow);
+  EXPECT_TRUE(back.checksum_verified);
   ASSERT_EQ(back.tensors.size(), tensors.size());
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     EXPECT_EQ(back.tensors[i].first, tensors[i].first);
@@ -89,20 +147,29 @@ TEST(Checkpoint, RoundTripIsBitExactForEveryDtype) {
   EXPECT_EQ(back.metadata, (Metadata{{"epoch", "3"}, {"note", "ünïcode ✓"}}));
 }
 
-TEST(Checkpoint, ByteLayoutMatchesTheFormat) {
+TEST(Checkpoint, ByteLayoutMatchesTheFormatWithTheDocumentedChecksum) {
   const std::string path = test::temp_dir("ckpt") + "/tiny.safetensors";
   save_safetensors(path,
                    {{"w", from_vector<float>({1.0f, 2.0f}, {2})}, {"b", from_vector<std::uint8_t>({7}, {1, 1})}},
-                   {{"k", "v"}});
+                   {{"k", "vv"}});
   const std::string bytes = read_file(path);
-  std::string header =
-      R"({"__metadata__":{"k":"v"},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-      R"("b":{"dtype":"U8","shape":[1,1],"data_offsets":[8,9]}})";
-  ASSERT_EQ(header.size(), 133u);
-  header += std::string(3, ' ');  // padded to 136, a multiple of 8
-  const std::string expected = le64(136) + header + floats_le({1.0f, 2.0f}) + std::string(1, '\7');
+  const std::string data = floats_le({1.0f, 2.0f}) + std::string(1, '\7');
+  // kChecksumKey's definition: the data, then each tensor in data order, then each other metadata entry.
+  std::uint32_t crc = crc_continue(0, data);
+  crc = crc_continue(crc, std::string("w\0F32\0" "2\0", 8));
+  crc = crc_continue(crc, std::string("b\0U8\0" "1,1\0", 9));
+  crc = crc_continue(crc, std::string("k\0vv\0", 5));
+  std::string header = R"({"__metadata__":{"k":"vv","voxgrad_crc32":")" + hex8(crc) + R"("},)"
+                       R"("w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                       R"("b":{"dtype":"U8","shape":[1,1],"data_offsets":[8,9]}})";
+  ASSERT_EQ(header.size(), 161u);
+  header += std::string(7, ' ');  // padded to 168, a multiple of 8
+  const std::string expected = le64(168) + header + data;
   EXPECT_EQ(bytes.size(), expected.size());
   EXPECT_EQ(bytes, expected);
+  const SafeTensors back = load_safetensors(path);
+  EXPECT_TRUE(back.checksum_verified);
+  EXPECT_EQ(back.metadata, (Metadata{{"k", "vv"}}));  // the checksum describes the file, not its content
 }
 
 struct Malformed {
@@ -122,6 +189,7 @@ TEST(Checkpoint, MalformedFilesAreRefusedWithTheReason) {
       {"header past the end", le64(64) + "{}", "goes beyond the end of the file"},
       {"bad json", file_of("{\"a\":", ""), "not valid JSON"},
       {"not an object", file_of("[1,2]   ", ""), "must be a JSON object"},
+      {"number beyond a double", file_of(R"({"a":1e999})", ""), "not valid JSON (number overflow"},
       {"unknown dtype", file_of(R"({"a":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]}})", "abcd"),
        "dtype \"BF16\" is not supported"},
       {"missing field", file_of(R"({"a":{"dtype":"F32","shape":[2]}})", ""), "needs dtype, shape and data_offsets"},
@@ -137,11 +205,24 @@ TEST(Checkpoint, MalformedFilesAreRefusedWithTheReason) {
       {"gap", file_of(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data8), "belong to no tensor"},
       {"trailing bytes", file_of("{" + ok_entry + "}", data8 + "xx"), "trailing bytes"},
       {"metadata not strings", file_of(R"({"__metadata__":{"step":3}})", ""), "is not a string"},
+      {"huge shape", file_of(R"({"a":{"dtype":"F32","shape":[1099511627776,2],"data_offsets":[0,8]}})", data8),
+       "implausibly large"},
+      // A zero size must not hide sizes whose product overflows wherever strides are computed.
+      {"zero hiding huge sizes",
+       file_of(R"({"a":{"dtype":"U8","shape":[4294967296,0,4294967296],"data_offsets":[0,0]}})", ""),
+       "implausibly large"},
+      {"too many dims", file_of(R"({"a":{"dtype":"U8","shape":[1,1,1,1,1,1,1,1],"data_offsets":[0,1]}})", "x"),
+       "at most 7 sizes"},
+      {"deep nesting", file_of(R"({"a":)" + std::string(100000, '[') + std::string(100000, ']') + "}", ""),
+       "nests deeper than 64 levels"},
+      {"checksum not hex", file_of(R"({"__metadata__":{"voxgrad_crc32":"12345g78"}})", ""), "is not a checksum"},
+      {"checksum mismatch", file_of(R"({"__metadata__":{"voxgrad_crc32":"00000000"},)" + ok_entry + "}", data8),
+       "corrupt file (checksum mismatch"},
   };
   for (const auto& c : cases) {
     const std::string path = dir + "/bad.safetensors";
     write_bytes(path, c.bytes);
-    const std::string msg = error_of([&] { load_safetensors(path); });
+    const std::string msg = input_error_of([&] { load_safetensors(path); });
     EXPECT_NE(msg.find(c.message), std::string::npos) << c.what << ": got \"" << msg << "\"";
     EXPECT_NE(msg.find(path), std::string::npos) << c.what << ": the message does not name the file";
   }
@@ -149,7 +230,8 @@ TEST(Checkpoint, MalformedFilesAreRefusedWithTheReason) {
   write_bytes(dir + "/good.safetensors", file_of("{" + ok_entry + "}", data8));
   EXPECT_EQ(load_safetensors(dir + "/good.safetensors").tensors[0].second.to_vector<float>(),
             (std::vector<float>{1, 2}));
-  EXPECT_NE(error_of([&] { load_safetensors(dir + "/absent.safetensors"); }).find("cannot read"), std::string::npos);
+  EXPECT_NE(input_error_of([&] { load_safetensors(dir + "/absent.safetensors"); }).find("no such file"),
+            std::string::npos);
 }
 
 TEST(Checkpoint, TruncatedRealFileIsRefused) {
@@ -158,7 +240,7 @@ TEST(Checkpoint, TruncatedRealFileIsRefused) {
   const std::string bytes = read_file(dir + "/m.safetensors");
   for (std::size_t keep : {std::size_t{0}, std::size_t{7}, std::size_t{20}, bytes.size() - 1}) {
     write_bytes(dir + "/cut.safetensors", bytes.substr(0, keep));
-    EXPECT_THROW(load_safetensors(dir + "/cut.safetensors"), Error) << "kept " << keep << " bytes";
+    EXPECT_THROW(load_safetensors(dir + "/cut.safetensors"), InputError) << "kept " << keep << " bytes";
   }
 }
 
@@ -180,7 +262,7 @@ TEST(Checkpoint, LoadStateDictReportsEveryDifference) {
       {"0.running_mean", zeros({2}, DType::Float64)},               // dtype
       {"0.extra", ones({1})},                                       // unexpected
   };                                                                // 0.bias missing
-  const std::string msg = error_of([&] { load_state_dict(net, wrong); });
+  const std::string msg = input_error_of([&] { load_state_dict(net, wrong); });
   EXPECT_NE(msg.find("missing keys (1): 0.bias"), std::string::npos) << msg;
   EXPECT_NE(msg.find("unexpected keys (1): 0.extra"), std::string::npos) << msg;
   EXPECT_NE(msg.find("0.weight: checkpoint float32 (3, 2), model float32 (2, 3)"), std::string::npos) << msg;
@@ -205,7 +287,8 @@ TEST(Checkpoint, ModelFileRoundTrip) {
   const auto sa = a.state_dict(), sb = b.state_dict();
   for (std::size_t i = 0; i < sa.size(); ++i) EXPECT_EQ(raw(sa[i].second), raw(sb[i].second)) << sa[i].first;
   Sequential other({std::make_shared<Tiny>()});
-  const std::string msg = error_of([&] { load_model(path, other); });
+  const std::string msg = input_error_of([&] { load_model(path, other); });
+  EXPECT_EQ(msg.rfind(path + ": the tensors do not match the model", 0), 0u) << msg;  // named once
   EXPECT_NE(msg.find(path), std::string::npos);
   EXPECT_NE(msg.find("unexpected keys (3): 1.weight, 1.bias, 1.running_mean"), std::string::npos) << msg;
 }
@@ -291,10 +374,12 @@ TEST(Checkpoint, WritesAreAtomic) {
   // Fails after the whole temporary file is written: the rename onto a folder.
   const std::string folder_target = dir + "/a_folder";
   fs::create_directories(folder_target + "/inside");
-  EXPECT_NE(error_of([&] { save_safetensors(folder_target, {{"w", ones({3})}}); }).find("renaming"), std::string::npos);
+  EXPECT_NE(input_error_of([&] { save_safetensors(folder_target, {{"w", ones({3})}}); })
+                .find(folder_target + ": cannot put the new file in place"),
+            std::string::npos);
   // Fails to start: the folder does not exist.
-  EXPECT_NE(error_of([&] { save_safetensors(dir + "/missing/m.safetensors", {{"w", ones({3})}}); })
-                .find("cannot create the temporary file"),
+  EXPECT_NE(input_error_of([&] { save_safetensors(dir + "/missing/m.safetensors", {{"w", ones({3})}}); })
+                .find("cannot create a file in " + dir + "/missing: no such file"),
             std::string::npos);
   EXPECT_EQ(files_in(dir), (std::vector<std::string>{"a_folder", "model.safetensors"}));
   EXPECT_EQ(read_file(path), old_bytes);
@@ -310,12 +395,276 @@ TEST(Checkpoint, UnwritableFolderLeavesTheOldFile) {
   fs::permissions(dir, fs::perms::owner_read | fs::perms::owner_exec);
   const bool writable = ::access(dir.c_str(), W_OK) == 0;  // root ignores the mode
   if (!writable) {
-    EXPECT_THROW(save_safetensors(path, {{"w", zeros({3})}}), Error);
+    EXPECT_THROW(save_safetensors(path, {{"w", zeros({3})}}), InputError);
   }
   fs::permissions(dir, fs::perms::owner_all);
   if (writable) GTEST_SKIP() << "running as a user that can write to a read-only folder (root)";
   EXPECT_EQ(read_file(path), old_bytes);
   EXPECT_EQ(files_in(dir), std::vector<std::string>{"model.safetensors"});
+}
+
+// A training checkpoint of a Tiny network with random weights after one SGD step.
+std::string saved_checkpoint(const std::string& dir, std::uint64_t seed = 5) {
+  const std::string path = dir + "/checkpoint.safetensors";
+  Generator gen(seed);
+  Sequential net({std::make_shared<Tiny>()});
+  for (auto& [n, t] : net.state_dict()) t.copy_(randn(t.shape(), gen));
+  SGD opt(net.named_parameters(), {.lr = 0.01, .momentum = 0.9});
+  for (Tensor p : net.parameters()) p.set_grad(ones_like(p));
+  opt.step();
+  save_training_checkpoint(path, net, opt, TrainingState{.step = 2, .epoch = 1, .rng_seed = 9});
+  return path;
+}
+
+TEST(Checkpoint, FlippedDataBitIsRefusedAsCorrupt) {
+  const std::string dir = test::temp_dir("ckpt");
+  const std::string path = saved_checkpoint(dir);
+  const std::string good = read_file(path);
+  const std::size_t start = data_start(good);
+  ASSERT_LT(start, good.size());
+  // The lowest bit of a float's mantissa: the value stays finite and plausible, only the checksum tells.
+  for (std::size_t at : {start, start + (good.size() - start) / 2, good.size() - 1}) {
+    std::string bad = good;
+    bad[at] = static_cast<char>(bad[at] ^ 1);
+    write_bytes(path, bad);
+    const std::string msg = input_error_of([&] { load_safetensors(path); });
+    EXPECT_NE(msg.find(path + ": corrupt file (checksum mismatch"), std::string::npos) << "byte " << at << ": " << msg;
+    Sequential net({std::make_shared<Tiny>()});
+    SGD opt(net.named_parameters(), {.lr = 0.01, .momentum = 0.9});
+    EXPECT_NE(input_error_of([&] { load_training_checkpoint(path, net, opt); }).find("checksum mismatch"),
+              std::string::npos);
+    EXPECT_NE(input_error_of([&] { load_checkpoint_weights(path, net); }).find("checksum mismatch"), std::string::npos);
+  }
+  write_bytes(path, good);
+  EXPECT_TRUE(load_safetensors(path).checksum_verified);
+}
+
+TEST(Checkpoint, EditedHeaderIsRefusedAsCorrupt) {
+  const std::string dir = test::temp_dir("ckpt");
+  const std::string path = saved_checkpoint(dir);
+  const std::string good = read_file(path);
+  auto edited = [&](const std::string& from, const std::string& to) {
+    std::string bytes = good;
+    const auto at = bytes.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    if (at != std::string::npos) bytes.replace(at, from.size(), to);
+    return bytes;
+  };
+  // Same lengths, so the header stays well-formed: only the checksum can tell.
+  const std::pair<std::string, std::string> edits[] = {
+      {R"("step":"2")", R"("step":"7")"},                            // a metadata value
+      {R"("model.0.bias")", R"("model.0.bia5")"},                    // a tensor's name
+      {R"("model.0.running_mean":{"dtype":"F32","shape":[2])", R"("model.0.running_mean":{"dtype":"I32","shape":[2])"},
+  };
+  for (const auto& [from, to] : edits) {
+    write_bytes(path, edited(from, to));
+    EXPECT_NE(input_error_of([&] { load_safetensors(path); }).find("checksum mismatch"), std::string::npos) << to;
+  }
+  // Swapping the places of two same-sized tensors moves no data byte but changes which is which.
+  std::string swapped = good;
+  const std::string a = R"("model.0.bias":{"dtype":"F32","shape":[2],"data_offsets":[24,32]})";
+  const std::string b = R"("model.0.running_mean":{"dtype":"F32","shape":[2],"data_offsets":[32,40]})";
+  const auto at_a = swapped.find(a), at_b = swapped.find(b);
+  ASSERT_NE(at_a, std::string::npos);
+  ASSERT_NE(at_b, std::string::npos);
+  swapped.replace(at_a + a.size() - 8, 7, "[32,40]");
+  swapped.replace(at_b + b.size() - 8, 7, "[24,32]");
+  write_bytes(path, swapped);
+  EXPECT_NE(input_error_of([&] { load_safetensors(path); }).find("checksum mismatch"), std::string::npos);
+}
+
+TEST(Checkpoint, NonFiniteWeightsAreRefusedNamingTheTensor) {
+  const std::string dir = test::temp_dir("ckpt");
+  const std::string path = dir + "/model.safetensors";
+  for (const float bad : {NAN, INFINITY, -INFINITY}) {
+    // A file with a valid checksum, as a diverged training would write it.
+    save_safetensors(path, {{"0.weight", from_vector<float>({1, 2, bad, 4, 5, 6}, {2, 3})}, {"0.bias", ones({2})},
+                            {"0.running_mean", zeros({2})}},
+                     {}, NonFinite::allow);
+    const std::string msg = input_error_of([&] { load_safetensors(path); });
+    EXPECT_NE(msg.find(path + ": tensor \"0.weight\" holds 1 non-finite value (NaN or Inf)"), std::string::npos) << msg;
+    Sequential net({std::make_shared<Tiny>()});
+    EXPECT_NE(input_error_of([&] { load_model(path, net); }).find("\"0.weight\" holds 1 non-finite"),
+              std::string::npos);
+    EXPECT_EQ(load_safetensors(path, Device::cpu(), NonFinite::allow).tensors.size(), 3u);
+  }
+  // F64 too.
+  save_safetensors(path, {{"d", from_vector<double>({0.5, NAN}, {2})}}, {}, NonFinite::allow);
+  EXPECT_NE(input_error_of([&] { load_safetensors(path); }).find("tensor \"d\" holds 1 non-finite"), std::string::npos);
+}
+
+TEST(Checkpoint, NonFiniteWeightsAreNeverWrittenOverAGoodFile) {
+  const std::string dir = test::temp_dir("ckpt");
+  const std::string path = dir + "/model_best.safetensors";
+  Sequential net({std::make_shared<Tiny>()});
+  for (auto& [n, t] : net.state_dict()) t.copy_(ones_like(t));
+  save_model(path, net);
+  const std::string good = read_file(path);
+  {
+    NoGradGuard no_grad;
+    net.state_dict()[1].second.copy_(from_vector<float>({1, NAN}, {2}));
+  }
+  const std::string msg = input_error_of([&] { save_model(path, net); });
+  EXPECT_NE(msg.find(path + ": not written: tensor \"0.bias\" holds 1 non-finite value"), std::string::npos) << msg;
+  SGD opt(net.named_parameters(), {.lr = 0.01});
+  EXPECT_NE(input_error_of([&] { save_training_checkpoint(path, net, opt, TrainingState{}); }).find("not written"),
+            std::string::npos);
+  EXPECT_EQ(read_file(path), good);
+  EXPECT_EQ(files_in(dir), std::vector<std::string>{"model_best.safetensors"});
+}
+
+TEST(Checkpoint, FileWithoutChecksumLoadsWithAWarning) {
+  const std::string dir = test::temp_dir("ckpt");
+  const std::string path = dir + "/old.safetensors";
+  write_bytes(path, file_of(R"({"__metadata__":{"epoch":"3"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+                            floats_le({1, 2})));
+  SafeTensors file;
+  const std::string err = stderr_of([&] { file = load_safetensors(path); });
+  EXPECT_NE(err.find("voxgrad: warning: " + path + ": the file carries no checksum"), std::string::npos) << err;
+  EXPECT_NE(err.find("its bytes cannot be verified"), std::string::npos) << err;
+  EXPECT_FALSE(file.checksum_verified);
+  EXPECT_EQ(file.metadata, (Metadata{{"epoch", "3"}}));
+  EXPECT_EQ(file.tensors[0].second.to_vector<float>(), (std::vector<float>{1, 2}));
+  // What voxgrad writes loads in silence.
+  save_safetensors(dir + "/new.safetensors", {{"a", from_vector<float>({1, 2}, {2})}});
+  EXPECT_EQ(stderr_of([&] { load_safetensors(dir + "/new.safetensors"); }), "");
+}
+
+TEST(Checkpoint, AllZeroWeightsLoadWithAWarning) {
+  const std::string dir = test::temp_dir("ckpt");
+  Sequential net({std::make_shared<Tiny>()});  // zero-initialised
+  save_model(dir + "/zeros.safetensors", net);
+  const std::string err = stderr_of([&] { load_model(dir + "/zeros.safetensors", net); });
+  EXPECT_NE(err.find(dir + "/zeros.safetensors: every floating-point tensor is all zeros"), std::string::npos) << err;
+  // One non-zero weight is a legitimate file (zero-initialised biases are common).
+  {
+    NoGradGuard no_grad;
+    net.state_dict()[0].second.copy_(full({2, 3}, 0.5));
+  }
+  save_model(dir + "/some.safetensors", net);
+  EXPECT_EQ(stderr_of([&] { load_model(dir + "/some.safetensors", net); }), "");
+}
+
+TEST(Checkpoint, BadHeaderIsQuotedToItsFirst200Characters) {
+  const std::string dir = test::temp_dir("ckpt");
+  const std::string path = dir + "/bad.safetensors";
+  const std::string filler(100000, 'x');
+  const std::string headers[] = {
+      R"({"__metadata__":{"config":")" + filler,                                  // not JSON (cut short)
+      R"({"a":{"dtype":"F32","note":")" + filler + R"("}})",                    // an entry without fields
+      R"({"__metadata__":{"config":[")" + filler + R"("]}})",                    // a non-string metadata value
+      R"({"a":{"dtype":")" + filler + R"(","shape":[],"data_offsets":[0,0]}})",  // an unknown dtype
+      "[\"" + filler + "\"]",                                                    // not an object
+  };
+  for (const std::string& header : headers) {
+    write_bytes(path, file_of(header, ""));
+    const std::string msg = input_error_of([&] { load_safetensors(path); });
+    EXPECT_LT(msg.size(), 900u) << msg.substr(0, 2000);
+    EXPECT_EQ(msg.find(std::string(201, 'x')), std::string::npos) << msg.substr(0, 2000);
+    EXPECT_NE(msg.find(std::string(100, 'x')), std::string::npos) << msg;  // a useful part is still shown
+  }
+  // Control characters are shown escaped, never sent to the terminal.
+  write_bytes(path, file_of("{\"\x1b[31mred", ""));
+  const std::string msg = input_error_of([&] { load_safetensors(path); });
+  EXPECT_EQ(msg.find('\x1b'), std::string::npos) << msg;
+  EXPECT_NE(msg.find("\\x1b[31mred"), std::string::npos) << msg;
+}
+
+TEST(Checkpoint, OnlyRegularFilesAreRead) {
+  const std::string dir = test::temp_dir("ckpt");
+  const std::string fifo = dir + "/model.safetensors";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto result = std::async(std::launch::async, [&] { return error_of([&] { load_safetensors(fifo); }); });
+  if (result.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+    ADD_FAILURE() << "load_safetensors blocks on a FIFO";
+    const int writer = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);  // lets the blocked open return
+    if (writer >= 0) ::close(writer);
+  }
+  EXPECT_NE(result.get().find(fifo + ": not a regular file (a FIFO)"), std::string::npos);
+  EXPECT_NE(input_error_of([&] { load_safetensors(dir); }).find(dir + ": not a regular file (a folder)"),
+            std::string::npos);
+  EXPECT_NE(input_error_of([&] { load_safetensors("/dev/null"); }).find("/dev/null: not a regular file (a device)"),
+            std::string::npos);
+}
+
+TEST(Checkpoint, TensorsLargerThanTheMemoryAreRefusedBeforeAllocating) {
+  const std::string path = test::temp_dir("ckpt") + "/sparse.safetensors";
+  // 2^38 floats: 1 TiB of data, held as a sparse file that takes no disk space.
+  const std::string header = R"({"w":{"dtype":"F32","shape":[274877906944],"data_offsets":[0,1099511627776]}})";
+  write_bytes(path, le64(header.size()) + header);
+  if (::truncate(path.c_str(), static_cast<off_t>(8 + header.size() + (std::uint64_t{1} << 40))) != 0)
+    GTEST_SKIP() << "this file system holds no 1 TiB sparse file";
+  const std::string msg = input_error_of([&] { load_safetensors(path); });
+  EXPECT_NE(msg.find(path + ": loading its 1 tensors would need 1.0 TiB"), std::string::npos) << msg;
+}
+
+// A valid training checkpoint (checksum and all) whose metadata entry `key` says `value`.
+std::string checkpoint_with(const std::string& dir, const std::string& key, const std::string& value) {
+  SafeTensors file = load_safetensors(saved_checkpoint(dir));
+  file.metadata[key] = value;
+  const std::string path = dir + "/edited.safetensors";
+  save_safetensors(path, file.tensors, file.metadata);
+  return path;
+}
+
+TEST(Checkpoint, TrainingCheckpointMetadataIsChecked) {
+  const std::string dir = test::temp_dir("ckpt");
+  const std::pair<std::string, std::string> bad[] = {
+      {"step", "-1"}, {"epoch", "-3"}, {"step", "12abc"}, {"rng_seed", "-1"},
+      {"lr", "nan"},  {"lr", "inf"},   {"lr", "-0.1"},    {"lr", "0.01x"}, {"format", "something-else"},
+  };
+  for (const auto& [key, value] : bad) {
+    const std::string path = checkpoint_with(dir, key, value);
+    Sequential net({std::make_shared<Tiny>()});
+    SGD opt(net.named_parameters(), {.lr = 0.01, .momentum = 0.9});
+    const std::string msg = input_error_of([&] { load_training_checkpoint(path, net, opt); });
+    EXPECT_EQ(msg.rfind(path + ": ", 0), 0u) << key << "=" << value << ": " << msg;
+    EXPECT_NE(msg.find(key == "format" ? "not a voxgrad training checkpoint" : "\"" + key + "\""), std::string::npos)
+        << key << "=" << value << ": " << msg;
+  }
+  Sequential net({std::make_shared<Tiny>()});
+  SGD opt(net.named_parameters(), {.lr = 0.01, .momentum = 0.9});
+  EXPECT_EQ(load_training_checkpoint(checkpoint_with(dir, "lr", "0.25"), net, opt).step, 2);
+  EXPECT_EQ(opt.lr(), 0.25);
+}
+
+TEST(Checkpoint, WeightsOfATrainingCheckpoint) {
+  const std::string dir = test::temp_dir("ckpt");
+  const std::string path = saved_checkpoint(dir, 11);
+  Sequential net({std::make_shared<Tiny>()});
+  load_checkpoint_weights(path, net);
+  const SafeTensors file = load_safetensors(path);
+  EXPECT_EQ(raw(net.state_dict()[0].second), raw(file.tensors[0].second));  // model.0.weight
+  Sequential other({std::make_shared<Tiny>(), std::make_shared<Tiny>()});
+  const std::string msg = input_error_of([&] { load_checkpoint_weights(path, other); });
+  EXPECT_EQ(msg.rfind(path + ": the tensors do not match the model", 0), 0u) << msg;
+  // A model file is not a training checkpoint.
+  save_model(dir + "/model.safetensors", net);
+  EXPECT_NE(input_error_of([&] { load_checkpoint_weights(dir + "/model.safetensors", net); })
+                .find("not a voxgrad training checkpoint"),
+            std::string::npos);
+}
+
+TEST(Checkpoint, MismatchReportListsAtMostTwentyNames) {
+  Sequential net({std::make_shared<Tiny>()});
+  NamedTensors many = net.state_dict();
+  for (int i = 0; i < 1000; ++i) many.emplace_back("extra." + std::to_string(i), ones({1}));
+  const std::string msg = input_error_of([&] { load_state_dict(net, many); });
+  EXPECT_NE(msg.find("unexpected keys (1000): extra.0, "), std::string::npos) << msg;
+  EXPECT_NE(msg.find("extra.19, and 980 more"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("extra.20,"), std::string::npos) << msg;
+}
+
+// The fuzz seeds carry checksums computed by the Python recipe of kChecksumKey's comment: they verify.
+TEST(Checkpoint, ChecksumRecipeReproducedInPythonVerifies) {
+  const std::string seeds = std::string(VOXGRAD_SOURCE_DIR) + "/tests/fuzz/corpus_safetensors/";
+  for (const char* name : {"model.safetensors", "checkpoint.safetensors", "all_dtypes.safetensors"}) {
+    const SafeTensors file = load_safetensors(seeds + name);
+    EXPECT_TRUE(file.checksum_verified) << name;
+  }
+  Sequential net({std::make_shared<Tiny>()});
+  SGD opt(net.named_parameters(), {.lr = 0.1, .momentum = 0.9});
+  EXPECT_EQ(load_training_checkpoint(seeds + "checkpoint.safetensors", net, opt).step, 3);
 }
 
 // The reference reader (the `safetensors` Python package) opens our file: names, shapes, dtypes, values.

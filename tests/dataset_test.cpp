@@ -1,7 +1,11 @@
 // Datasets: MSD v1 (3-D and 4-D multi-channel images) and nnU-Net v2 layouts built in temp folders
 // with write_nifti, loaded into (C, Z, Y, X) / (Z, Y, X) tensors, v2 written and read back, and
-// every check (missing files, bad JSON, dims, affines, undeclared label values) made to fire.
+// every check (missing files, bad JSON, dims, affines, undeclared label values, label values and
+// counts out of range, FIFOs, unusable image values, memory) made to fire.
 #include "io/dataset.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -9,6 +13,7 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -79,7 +84,9 @@ std::string make_v2(const std::string& tag, int channels, const std::vector<std:
   create_dataset_folders(root);
   std::string channel_json;
   for (int ch = 0; ch < channels; ++ch) {
-    channel_json += (ch ? ", " : "") + ("\"" + std::to_string(ch) + "\": \"ch" + std::to_string(ch) + "\"");
+    // Appended piece by piece: `const char* + std::string` here trips GCC 12's false -Wrestrict.
+    const std::string n = std::to_string(ch);
+    channel_json.append(ch ? ", " : "").append("\"").append(n).append("\": \"ch").append(n).append("\"");
     for (std::size_t i = 0; i < cases.size(); ++i)
       write_image(image_path(root, cases[i], ch), static_cast<float>(100 * ch + 10 * i));
   }
@@ -492,6 +499,229 @@ TEST(Dataset, NumTrainingMismatchIsAWarning) {
   EXPECT_HAS(err,
              "voxgrad: warning: " + root + "/dataset.json: \"numTraining\" says 5 but 1 training cases were found");
   EXPECT_EQ(ds.training.size(), 1u);
+}
+
+// ---- hostile dataset.json values, non-regular files, unusable images ----------------------------
+
+// A v2 dataset.json (one channel, no cases) with `labels` as given.
+std::string v2_json(const std::string& labels, const std::string& extra = "") {
+  return R"({"channel_names": {"0": "CT"}, "file_ending": ".nii.gz", "numTraining": 0, "labels": )" + labels + extra +
+         "}";
+}
+
+std::string error_reading(const std::string& root, const std::string& json) {
+  write_text(root + "/dataset.json", json);
+  fs::create_directories(root + "/imagesTr");
+  fs::create_directories(root + "/labelsTr");
+  return error_of([&] { read_dataset(root); });
+}
+
+TEST(DatasetHostile, LabelValuesMustFitTheEightBitLabelMaps) {
+  const std::string root = test::temp_dir("ds-label-range");
+  const std::string path = root + "/dataset.json";
+  // The value that built a 100001-class network, the one that wrapped the class count, and the
+  // unsigned one that wrapped to -1.
+  EXPECT_HAS(error_reading(root, v2_json(R"({"background": 0, "tumor": 100000})")),
+             path + ": label \"tumor\" has value 100000; label values must be 0..255");
+  EXPECT_HAS(error_reading(root, v2_json(R"({"background": 0, "tumor": 2147483647})")),
+             "label \"tumor\" has value 2147483647; label values must be 0..255");
+  EXPECT_HAS(error_reading(root, v2_json(R"({"background": 0, "tumor": 18446744073709551615})")),
+             "label \"tumor\" has value 18446744073709551615; label values must be whole numbers 0..255");
+  EXPECT_HAS(error_reading(root, v2_json(R"({"background": 0, "tumor": 256})")), "has value 256;");
+  EXPECT_HAS(error_reading(root, v2_json(R"({"background": 0, "tumor": -1})")), "has value -1;");
+  EXPECT_HAS(error_reading(root, v2_json(R"({"background": 0, "tumor": 1.5})")),
+             "label \"tumor\" has value 1.5; label values must be whole numbers 0..255");
+  EXPECT_HAS(error_reading(root, v2_json(R"({"background": 0, "tumor": 1e300})")), "has value 1e+300;");
+  // Regions and the class order hold label values too.
+  EXPECT_HAS(error_reading(root, v2_json(R"({"background": 0, "a": 1, "whole": [1, 300]})")),
+             "region \"whole\" in \"labels\" has value 300; label values must be 0..255");
+  EXPECT_HAS(error_reading(root, v2_json(R"({"background": 0, "a": 1})", R"(, "regions_class_order": [1, 4096])")),
+             "\"regions_class_order\" entry has value 4096");
+  // MSD v1 keys, including digits beyond 64 bits.
+  const std::string v1 = R"({"modality": {"0": "CT"}, "training": [], "labels": )";
+  EXPECT_HAS(error_reading(root, v1 + R"({"0": "background", "100000": "edema"}})"),
+             path + ": label \"edema\" has value 100000; label values must be 0..255");
+  EXPECT_HAS(error_reading(root, v1 + R"({"0": "background", "99999999999999999999": "edema"}})"),
+             "label \"edema\" has value 99999999999999999999; label values must be 0..255");
+
+  // 255 is the largest value a uint8 label map holds: 256 classes.
+  write_text(path, v2_json(R"({"background": 0, "last": 255.0})"));
+  const Dataset ds = read_dataset(root);
+  EXPECT_EQ(ds.num_classes(), 256);
+  EXPECT_EQ(ds.labels.at(255), "last");
+}
+
+TEST(DatasetHostile, ChannelCountIsBoundedByTheFileNames) {
+  const std::string root = test::temp_dir("ds-channels");
+  std::string channels;
+  for (int i = 0; i <= kMaxChannels; ++i) channels += (i ? ", \"" : "\"") + std::to_string(i) + "\": \"c\"";
+  const std::string msg = error_reading(
+      root, R"({"channel_names": {)" + channels + R"(}, "file_ending": ".nii.gz", "labels": {"background": 0}})");
+  EXPECT_HAS(msg, "\"channel_names\" declares 10001 channels");
+  EXPECT_HAS(msg, "at most 10000");
+  EXPECT_HAS(error_reading(root, R"({"channel_names": {"4294967296": "CT"}, "file_ending": ".nii.gz",
+                                     "labels": {"background": 0}})"),
+             "keys must be channel numbers \"0\", \"1\", ...; found \"4294967296\"");
+}
+
+TEST(DatasetHostile, CaseCountsThatAreNotCountsAreWarnings) {
+  const std::string root = make_v2("ds-counts", 1, {"c1"});
+  std::string text;
+  {
+    std::ifstream in(root + "/dataset.json");
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  for (const std::string count : {"18446744073709551615", "-1", "2.5", "1e300", "\"one\""}) {
+    std::string edited = text;
+    edited.replace(edited.find("\"numTraining\": 1"), 16, "\"numTraining\": " + count);
+    write_text(root + "/dataset.json", edited);
+    ::testing::internal::CaptureStderr();
+    Dataset ds;
+    EXPECT_NO_THROW(ds = read_dataset(root)) << count;
+    const std::string err = ::testing::internal::GetCapturedStderr();
+    EXPECT_HAS(err, "\"numTraining\" is not a count of cases: ");
+    EXPECT_HAS(err, "; 1 training cases were found");
+    EXPECT_EQ(ds.training.size(), 1u);
+  }
+}
+
+TEST(DatasetHostile, FifosAreRefusedWithoutBeingOpened) {
+  // A FIFO's open() waits for a writer: every one of these would hang a command that opened it.
+  const std::string root = make_v2("ds-fifo", 1, {"c1", "c2", "c3"});
+  fs::remove(image_path(root, "c1", 0));
+  ASSERT_EQ(::mkfifo(image_path(root, "c1", 0).c_str(), 0600), 0);
+  fs::remove(label_path(root, "c2"));
+  ASSERT_EQ(::mkfifo(label_path(root, "c2").c_str(), 0600), 0);
+  fs::remove(image_path(root, "c3", 0));
+  fs::create_directory(image_path(root, "c3", 0));
+  std::string msg = error_of([&] { read_dataset(root); });
+  EXPECT_HAS(msg, "3 problems");
+  EXPECT_HAS(msg, "case c1: " + image_path(root, "c1", 0) + ": not a regular file (a FIFO)");
+  EXPECT_HAS(msg, "case c2: label " + label_path(root, "c2") + ": not a regular file (a FIFO)");
+  EXPECT_HAS(msg, "case c3: " + image_path(root, "c3", 0) + ": not a regular file (a folder)");
+
+  // dataset.json itself.
+  fs::remove(root + "/dataset.json");
+  ASSERT_EQ(::mkfifo((root + "/dataset.json").c_str(), 0600), 0);
+  msg = error_of([&] { read_dataset(root); });
+  EXPECT_HAS(msg, root + "/dataset.json: not a regular file (a FIFO)");
+
+  // MSD v1 lists its files: a listed FIFO is named as such, not as missing.
+  const std::string v1 = test::temp_dir("ds-fifo-v1");
+  write_image(v1 + "/imagesTr/a.nii.gz", 1.0f);
+  fs::create_directories(v1 + "/labelsTr");
+  ASSERT_EQ(::mkfifo((v1 + "/labelsTr/a.nii.gz").c_str(), 0600), 0);
+  write_text(v1 + "/dataset.json", R"({"modality": {"0": "CT"}, "labels": {"0": "background"},
+    "training": [{"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"}]})");
+  EXPECT_HAS(error_of([&] { read_dataset(v1); }),
+             "case a: label " + v1 + "/labelsTr/a.nii.gz: not a regular file (a FIFO)");
+}
+
+TEST(DatasetHostile, ProblemsAreInputErrors) {
+  // Exit status 1 and no source text: the user's dataset is at fault, not voxgrad.
+  const std::string root = make_v2("ds-input-error", 1, {"c1"});
+  fs::remove(label_path(root, "c1"));
+  EXPECT_THROW(read_dataset(root), InputError);
+  write_text(root + "/dataset.json", "{\"labels\": ");
+  EXPECT_THROW(read_dataset(root), InputError);
+  const std::string msg = error_of([&] { read_dataset(root); });
+  EXPECT_EQ(msg.find(".cpp:"), std::string::npos) << msg;
+}
+
+TEST(DatasetHostile, DeepNestingAndHugeFilesAreRefused) {
+  const std::string root = test::temp_dir("ds-deep");
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  EXPECT_HAS(error_reading(root, v2_json(R"({"background": 0})", ", \"x\": " + deep)),
+             "values nested more than 32 deep");
+  // Sparse: 65 MiB that takes no disk.
+  write_text(root + "/dataset.json", "{");
+  fs::resize_file(root + "/dataset.json", 65 << 20);
+  EXPECT_HAS(error_of([&] { read_dataset(root); }), "65.0 MiB is far more than a dataset description takes");
+}
+
+TEST(DatasetHostile, WritingIsAtomicAndClearsStaleTemporaries) {
+  const std::string root = test::temp_dir("ds-atomic");
+  // A temporary left by a killed writer: no process has a pid this large (pid_max is at most 2^22).
+  write_text(root + "/dataset.json.tmp-99999999-0", "{half");
+  DatasetV2Spec spec;
+  spec.channel_names = {"CT"};
+  spec.labels = {{0, "background"}, {255, "last"}};
+  write_dataset_v2(root, spec);
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(root)) names.push_back(e.path().filename().string());
+  EXPECT_EQ(names, std::vector<std::string>{"dataset.json"});
+  EXPECT_EQ(Json::parse(test::read_file(root + "/dataset.json"))["labels"]["last"], 255);
+  // Others may read what the dataset holds, as with any file the user writes (umask permitting).
+  struct stat st {};
+  ASSERT_EQ(::stat((root + "/dataset.json").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0600, 0600u);
+  // dataset.json must be a file: a folder in its place is named, and left as it is.
+  const std::string blocked = test::temp_dir("ds-atomic-blocked");
+  fs::create_directory(blocked + "/dataset.json");
+  EXPECT_THROW(write_dataset_v2(blocked, spec), InputError);
+  EXPECT_TRUE(fs::is_directory(blocked + "/dataset.json"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(blocked), fs::directory_iterator()), 1);
+}
+
+TEST(DatasetHostile, ImagesWithoutFiniteVoxelsOrVarianceAreProblems) {
+  const std::string root = make_v2("ds-values-image", 2, {"c1", "c2", "c3"});
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  // c1: a few infinite voxels among finite ones is usable (preprocessing zeroes them, with a warning).
+  std::vector<float> some = ramp(kVoxels, 0.0f);
+  some[3] = inf;
+  some[4] = -inf;
+  write_nifti(image_path(root, "c1", 0), make_volume(from_vector(some, {kZ, kY, kX}), test_affine()));
+  // c2: channel 1 holds nothing finite; c3: channel 0 is one value everywhere.
+  std::vector<float> none(static_cast<std::size_t>(kVoxels), inf);
+  none[0] = nan;
+  write_nifti(image_path(root, "c2", 1), make_volume(from_vector(none, {kZ, kY, kX}), test_affine()));
+  write_nifti(image_path(root, "c3", 0),
+              make_volume(from_vector(std::vector<float>(kVoxels, 3.5f), {kZ, kY, kX}), test_affine()));
+  const Dataset ds = read_dataset(root);
+  const std::vector<std::string> problems = find_dataset_problems(ds);
+  ASSERT_EQ(problems.size(), 2u) << joined(problems);
+  EXPECT_EQ(problems[0], "case c2: " + image_path(root, "c2", 1) + ": no finite voxel (all 120 are NaN or infinite)");
+  EXPECT_EQ(problems[1], "case c3: " + image_path(root, "c3", 0) +
+                             ": every finite voxel holds the same value (3.5): zero variance, the channel carries no "
+                             "information");
+  CheckOptions headers_only;
+  headers_only.check_image_values = false;
+  EXPECT_EQ(joined(find_dataset_problems(ds, headers_only)), "");
+}
+
+TEST(DatasetHostile, AnImageLargerThanMemoryIsAProblemFromItsHeaders) {
+  // Uncompressed files whose headers claim 20000 x 20000 x 5000 voxels, made sparse so they take
+  // no disk: the reader accepts them (the file backs the voxels), but no machine holds 7 TiB.
+  const std::string root = test::temp_dir("ds-huge");
+  write_text(root + "/dataset.json", R"({"channel_names": {"0": "CT"}, "file_ending": ".nii", "numTraining": 1,
+                                          "labels": {"background": 0, "a": 1}})");
+  const auto write_huge = [&](const std::string& path, std::int64_t bytes_per_voxel) {
+    if (bytes_per_voxel == 1)
+      write_label(path, label_pattern(kVoxels, 2));
+    else
+      write_image(path, 0.0f);
+    {
+      std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+      const std::int16_t dims[3] = {20000, 20000, 5000};  // dim[1..3] at byte 42
+      f.seekp(42);
+      f.write(reinterpret_cast<const char*>(dims), sizeof dims);
+    }
+    std::error_code ec;
+    fs::resize_file(path, 352 + std::uintmax_t{20000} * 20000 * 5000 * bytes_per_voxel, ec);
+    return !ec;
+  };
+  if (!write_huge(image_path(root, "c1", 0, ".nii"), 4) || !write_huge(label_path(root, "c1", ".nii"), 1))
+    GTEST_SKIP() << "this file system cannot hold a sparse 7 TiB file";
+  const Dataset ds = read_dataset(root);
+  const std::vector<std::string> problems = find_dataset_problems(ds);
+  ASSERT_EQ(problems.size(), 2u) << joined(problems);
+  EXPECT_HAS(problems[0], "case c1: loading its image " + image_path(root, "c1", 0, ".nii") + " would need 21.8 TiB");
+  EXPECT_HAS(problems[0], "(1 channel of (20000, 20000, 5000) voxels as float32), more than the ");
+  EXPECT_HAS(problems[0], " this machine has available");
+  EXPECT_HAS(problems[1], "case c1: reading its label " + label_path(root, "c1", ".nii") + " would need 9.1 TiB");
+  // Loading refuses before it reads or allocates anything.
+  EXPECT_THROW(load_case_image(ds, ds.training[0]), InputError);
+  EXPECT_THROW(load_case_label(ds, ds.training[0]), InputError);
 }
 
 }  // namespace

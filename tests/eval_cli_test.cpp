@@ -1,18 +1,26 @@
 // `voxgrad eval` as a user meets it: Dice, Jaccard and counts equal to hand-computed values on two
-// tiny cases, absent classes null and left out of the means, the CSV rows, one-line errors for a
-// missing prediction and mismatched dims, and a well-formed PNG per case.
+// tiny cases, absent classes null and left out of the means, the CSV rows (read back as RFC 4180),
+// predictions stored with flipped or permuted axes reoriented, other grid differences refused,
+// errors in plain words with the right exit status, no output over an input, and a well-formed PNG
+// per case.
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "io/nifti.h"
+#include "tests/csv_reader.h"
 #include "tests/test_support.h"
 
 namespace {
@@ -211,6 +219,10 @@ TEST(EvalCli, DimsMismatchFailsNamingTheCase) {
   ASSERT_EQ(err.size(), 1u) << r.err;
   EXPECT_NE(err[0].find("case_b"), std::string::npos) << r.err;
   EXPECT_NE(err[0].find("dims"), std::string::npos) << r.err;
+  // Voxels that do not pair up cannot be scored as stored either.
+  const CommandResult ignored = eval(d, "--ignore-geometry");
+  EXPECT_EQ(ignored.exit_code, 1);
+  EXPECT_NE(ignored.err.find("dims 5x3x2 vs 4x3x2"), std::string::npos) << ignored.err;
 }
 
 TEST(EvalCli, UnknownFlagIsAUsageError) {
@@ -264,6 +276,348 @@ TEST(EvalCli, WritesOnePngPerCase) {
   check_png(d.root + "/out/png/case_a.png", kX, kY);
   check_png(d.root + "/out/png/case_b.png", kX, kY);
   EXPECT_NE(r.err.find("case_b_0000"), std::string::npos) << r.err;
+}
+
+}  // namespace
+
+namespace {
+
+// ---- CSV ----------------------------------------------------------------------------------------
+
+TEST(EvalCli, CsvQuotesCaseNamesAndMakesFormulasInert) {
+  const Dataset d = make_dataset("eval-csv-quoting");
+  // Case names a spreadsheet would split or run: a comma and a quote, a formula, a sign, a line break.
+  const std::vector<std::string> names = {"a,b\"c", "=cmd", "-1", "@x", "two\nlines"};
+  for (const std::string& n : names) {
+    write_labels(d.ref + "/" + n + ".nii.gz", labels({{0, 1}, {4, 0}}));
+    write_labels(d.pred + "/" + n + ".nii.gz", labels({{0, 1}, {2, 0}}));
+  }
+  const CommandResult r = eval(d, "--labels 1");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto rows = voxgrad::test::parse_csv(read_file(d.root + "/out/summary.csv"));
+  ASSERT_EQ(rows.size(), 1 + 2 + names.size());
+  EXPECT_EQ(rows[0], (std::vector<std::string>{"case", "class", "dice", "jaccard", "tp", "fp", "fn"}));
+  std::set<std::string> cases;
+  for (std::size_t i = 1; i < rows.size(); ++i) {
+    ASSERT_EQ(rows[i].size(), 7u) << i;
+    cases.insert(rows[i][0]);
+    // Numbers stay numbers (bare, parseable); the class is 1 everywhere.
+    EXPECT_EQ(rows[i][1], "1");
+    EXPECT_NO_THROW((void)std::stod(rows[i][2])) << rows[i][2];
+  }
+  const std::set<std::string> expected = {"case_a", "case_b", "a,b\"c", "'=cmd", "'-1", "'@x", "two\nlines"};
+  EXPECT_EQ(cases, expected);
+  // Formula cells are quoted text, never a bare =.
+  const std::string raw = read_file(d.root + "/out/summary.csv");
+  EXPECT_NE(raw.find("\"'=cmd\",1,0.66666666666666663,0.5,2,0,2\n"), std::string::npos) << raw;
+  EXPECT_EQ(raw.find("\n=cmd"), std::string::npos) << raw;
+}
+
+// ---- geometry -----------------------------------------------------------------------------------
+
+// A label volume on an explicit grid: dims (x, y, z), voxel -> world affine.
+void write_labels_on(const std::string& path, const std::vector<std::int32_t>& v, const std::vector<std::int64_t>& dims,
+                     const io::Affine& affine) {
+  io::write_nifti(path, io::make_volume(voxgrad::from_vector(v, {dims[2], dims[1], dims[0]}), affine),
+                  io::NiftiWriteType::UInt8);
+}
+
+// The reference labels `ref` (dims kX x kY x kZ on `ref_affine`, which must be diagonal) stored on
+// another grid: each stored voxel holds the reference voxel at the same point in the world.
+std::vector<std::int32_t> restore(const std::vector<std::int32_t>& ref, const io::Affine& ref_affine,
+                                  const std::vector<std::int64_t>& dims, const io::Affine& affine) {
+  std::vector<std::int32_t> out(static_cast<std::size_t>(dims[0] * dims[1] * dims[2]));
+  const int ref_dims[3] = {kX, kY, kZ};
+  for (std::int64_t k = 0; k < dims[2]; ++k)
+    for (std::int64_t j = 0; j < dims[1]; ++j)
+      for (std::int64_t i = 0; i < dims[0]; ++i) {
+        int r[3];
+        for (int a = 0; a < 3; ++a) {
+          const double w = affine[a][0] * i + affine[a][1] * j + affine[a][2] * k + affine[a][3];
+          r[a] = static_cast<int>(std::lround((w - ref_affine[a][3]) / ref_affine[a][a]));
+          if (r[a] < 0 || r[a] >= ref_dims[a]) throw std::runtime_error("restore: outside the reference");
+        }
+        out[i + dims[0] * (j + dims[1] * k)] = ref[r[0] + kX * (r[1] + kY * r[2])];
+      }
+  return out;
+}
+
+// case_a's prediction replaced by its reference stored on the grid (dims, affine) (case_a's
+// reference rewritten on `ref_affine`); case_b stays as make_dataset wrote it.
+Dataset make_stored_dataset(const std::string& tag, const io::Affine& ref_affine, const std::vector<std::int64_t>& dims,
+                            const io::Affine& affine) {
+  Dataset d = make_dataset(tag);
+  const std::vector<std::int32_t> ref = labels({{0, 1}, {6, 2}, {10, 0}});
+  write_labels_on(d.ref + "/case_a.nii.gz", ref, {kX, kY, kZ}, ref_affine);
+  write_labels_on(d.pred + "/case_a.nii.gz", restore(ref, ref_affine, dims, affine), dims, affine);
+  return d;
+}
+
+io::Affine affine_of(std::initializer_list<std::initializer_list<double>> rows) {
+  io::Affine a = io::identity_affine();
+  int r = 0;
+  for (const auto& row : rows) {
+    int c = 0;
+    for (double v : row) a[r][c++] = v;
+    ++r;
+  }
+  return a;
+}
+
+int count_of(const std::string& text, const std::string& part) {
+  int n = 0;
+  for (std::size_t at = text.find(part); at != std::string::npos; at = text.find(part, at + 1)) ++n;
+  return n;
+}
+
+// case_a scored perfectly, and stderr saying once that its prediction was reoriented.
+void expect_reoriented(const Dataset& d, const CommandResult& r) {
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json s = json::parse(read_file(d.root + "/out/summary.json"));
+  EXPECT_EQ(metrics_of(s, "case_a", "1")["Dice"], 1.0) << r.err;
+  EXPECT_EQ(metrics_of(s, "case_a", "2")["Dice"], 1.0) << r.err;
+  EXPECT_EQ(metrics_of(s, "case_a", "1")["FP"], 0);
+  EXPECT_EQ(count_of(r.err, "reoriented"), 1) << r.err;
+  EXPECT_NE(r.err.find("case case_a: "), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("warning"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("case_b: the prediction"), std::string::npos) << r.err;
+}
+
+TEST(EvalCli, PredictionWithXFlippedIsReoriented) {
+  const io::Affine identity = io::identity_affine();
+  const Dataset d = make_stored_dataset("eval-flip-x", identity, {kX, kY, kZ},
+                                        affine_of({{-1, 0, 0, kX - 1}, {0, 1, 0, 0}, {0, 0, 1, 0}}));
+  const CommandResult r = eval(d);
+  expect_reoriented(d, r);
+  EXPECT_NE(r.err.find("(-x, y, z)"), std::string::npos) << r.err;
+}
+
+TEST(EvalCli, PredictionWithYAndZSwappedIsReoriented) {
+  const Dataset d = make_stored_dataset("eval-swap-yz", io::identity_affine(), {kX, kZ, kY},
+                                        affine_of({{1, 0, 0, 0}, {0, 0, 1, 0}, {0, 1, 0, 0}}));
+  const CommandResult r = eval(d);
+  expect_reoriented(d, r);
+  EXPECT_NE(r.err.find("(x, z, y)"), std::string::npos) << r.err;
+}
+
+TEST(EvalCli, PredictionFlippedAndPermutedOnAnAnisotropicGridIsReoriented) {
+  // Reference: spacing 2, 1, 3 mm, origin (-10, 5, 7). Prediction: stored z, x, y with x and y reversed.
+  const io::Affine ref = affine_of({{2, 0, 0, -10}, {0, 1, 0, 5}, {0, 0, 3, 7}});
+  const io::Affine pred = affine_of({{0, -2, 0, -10 + 2 * (kX - 1)}, {0, 0, -1, 5 + (kY - 1)}, {3, 0, 0, 7}});
+  const Dataset d = make_stored_dataset("eval-flip-permute", ref, {kZ, kX, kY}, pred);
+  const CommandResult r = eval(d);
+  expect_reoriented(d, r);
+  // The picture is drawn on the reference grid.
+  EXPECT_TRUE(fs::exists(d.root + "/out/png/case_a.png"));
+}
+
+TEST(EvalCli, ShiftedOriginIsAnErrorNamingTheCaseUnlessIgnored) {
+  const Dataset d = make_dataset("eval-shifted");
+  // Stored as the reference's voxels, but 5 mm to the right: not the same place in the patient.
+  write_labels_on(d.pred + "/case_a.nii.gz", labels({{0, 1}, {6, 2}, {10, 0}}), {kX, kY, kZ},
+                  affine_of({{1, 0, 0, 5}, {0, 1, 0, 0}, {0, 0, 1, 0}}));
+  const CommandResult r = eval(d);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+  const std::vector<std::string> err = lines_of(r.err);
+  ASSERT_EQ(err.size(), 1u) << r.err;
+  EXPECT_EQ(err[0].rfind("voxgrad: error: case case_a: ", 0), 0u) << r.err;
+  EXPECT_NE(err[0].find("origin shifted by 5 mm"), std::string::npos) << r.err;
+  EXPECT_NE(err[0].find("--ignore-geometry"), std::string::npos) << r.err;
+  EXPECT_EQ(err[0].find(".cpp:"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(d.root + "/out")) << "nothing is written before the checks pass";
+
+  const CommandResult ignored = eval(d, "--ignore-geometry");
+  ASSERT_EQ(ignored.exit_code, 0) << ignored.err;
+  EXPECT_NE(ignored.err.find("warning: case case_a: "), std::string::npos) << ignored.err;
+  EXPECT_NE(ignored.err.find("origin shifted by 5 mm"), std::string::npos) << ignored.err;
+  // Scored voxel by voxel as stored: the labels are the reference's, so Dice 1.
+  const json s = json::parse(read_file(d.root + "/out/summary.json"));
+  EXPECT_EQ(metrics_of(s, "case_a", "1")["Dice"], 1.0);
+}
+
+TEST(EvalCli, OtherSpacingIsAnErrorNamingTheSpacing) {
+  const Dataset d = make_dataset("eval-spacing");
+  write_labels_on(d.pred + "/case_b.nii.gz", labels({{0, 1}, {2, 0}}), {kX, kY, kZ},
+                  affine_of({{1, 0, 0, 0}, {0, 1, 0, 0}, {0, 0, 2.5, 0}}));
+  const CommandResult r = eval(d);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  const std::vector<std::string> err = lines_of(r.err);
+  ASSERT_EQ(err.size(), 1u) << r.err;
+  EXPECT_NE(err[0].find("case case_b: "), std::string::npos) << r.err;
+  EXPECT_NE(err[0].find("spacing 1x1x2.5 mm vs 1x1x1 mm"), std::string::npos) << r.err;
+}
+
+TEST(EvalCli, PredictionWithATrailingUnitAxisIsTheSameGrid) {
+  // (x, y, z, 1) holds the voxels of (x, y, z): scored as they are, without a word about geometry.
+  const Dataset d = make_dataset("eval-unit-axis");
+  const std::vector<std::int32_t> pred = labels({{0, 1}, {2, 0}});
+  io::write_nifti(d.pred + "/case_b.nii.gz", io::make_volume(voxgrad::from_vector(pred, {1, kZ, kY, kX})),
+                  io::NiftiWriteType::UInt8);
+  const CommandResult r = eval(d);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err.find("case_b"), std::string::npos) << r.err;
+  const json s = json::parse(read_file(d.root + "/out/summary.json"));
+  EXPECT_NEAR(metrics_of(s, "case_b", "1")["Dice"].get<double>(), 2.0 / 3, 1e-12);
+}
+
+TEST(EvalCli, RelativeOutInANewFolder) {
+  const Dataset d = make_dataset("eval-relative");
+  const CommandResult r =
+      run_voxgrad("eval --pred pred --ref ref --out new/deeper/summary.json", "cd '" + d.root + "' &&");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(d.root + "/new/deeper/summary.json"));
+  EXPECT_TRUE(fs::exists(d.root + "/new/deeper/summary.csv"));
+  EXPECT_TRUE(fs::exists(d.root + "/new/deeper/png/case_a.png"));
+}
+
+// ---- errors and output places -------------------------------------------------------------------
+
+void expect_plain_error(const CommandResult& r, int status, const std::vector<std::string>& parts) {
+  EXPECT_EQ(r.exit_code, status) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+  const std::vector<std::string> err = lines_of(r.err);
+  ASSERT_EQ(err.size(), 1u) << r.err;
+  EXPECT_EQ(err[0].rfind("voxgrad: error: ", 0), 0u) << r.err;
+  for (const std::string& p : parts) EXPECT_NE(err[0].find(p), std::string::npos) << p << " in " << r.err;
+  // No source text: no C++ expression, no file.cpp:LINE.
+  EXPECT_EQ(err[0].find(".cpp:"), std::string::npos) << r.err;
+  EXPECT_EQ(err[0].find("static_cast"), std::string::npos) << r.err;
+}
+
+TEST(EvalCli, FolderFlagsNamingUnusablePlacesAreUsageErrors) {
+  const Dataset d = make_dataset("eval-places");
+  const std::string out = " --out '" + d.root + "/out/summary.json'";
+  expect_plain_error(run_voxgrad("eval --pred '" + d.root + "/nowhere' --ref '" + d.ref + "'" + out), 2,
+                     {"--pred", d.root + "/nowhere", "does not exist"});
+  expect_plain_error(run_voxgrad("eval --pred '" + d.pred + "/case_a.nii.gz' --ref '" + d.ref + "'" + out), 2,
+                     {"--pred", "not a folder"});
+  expect_plain_error(run_voxgrad("eval --pred '" + d.pred + "' --ref '" + d.ref + "' --images '" + d.root +
+                                 "/none'" + out),
+                     2, {"--images", "does not exist"});
+  EXPECT_FALSE(fs::exists(d.root + "/out"));
+}
+
+TEST(EvalCli, OutThatCannotBeWrittenIsAUsageError) {
+  const Dataset d = make_dataset("eval-bad-out");
+  const std::string args = "eval --pred '" + d.pred + "' --ref '" + d.ref + "' ";
+  expect_plain_error(run_voxgrad(args + "--out ''"), 2, {"--out is empty"});
+  expect_plain_error(run_voxgrad(args + "--out '" + d.root + "'"), 2, {"--out", "is a folder"});
+  { std::ofstream(d.root + "/afile") << "x"; }
+  expect_plain_error(run_voxgrad(args + "--out '" + d.root + "/afile/summary.json'"), 2,
+                     {"--out", d.root + "/afile", "not a folder"});
+  fs::create_directories(d.root + "/filled");
+  { std::ofstream(d.root + "/filled/png") << "x"; }
+  expect_plain_error(run_voxgrad(args + "--out '" + d.root + "/filled/summary.json'"), 2,
+                     {"--out", d.root + "/filled/png", "not a folder"});
+  fs::create_directories(d.root + "/locked");
+  fs::permissions(d.root + "/locked", fs::perms::owner_read | fs::perms::owner_exec);
+  if (::access((d.root + "/locked").c_str(), W_OK) != 0)  // root may write anywhere
+    expect_plain_error(run_voxgrad(args + "--out '" + d.root + "/locked/sub/summary.json'"), 2,
+                       {"--out", "cannot write in", "permission denied"});
+  fs::permissions(d.root + "/locked", fs::perms::owner_all);
+}
+
+// A FIFO (or any non-regular file) named like a case is refused at once, never opened: opening a
+// FIFO waits for a writer forever. `timeout` turns a hang into a failure instead of a stuck suite.
+TEST(EvalCli, NonRegularInputsAreRefusedAtOnce) {
+  const Dataset d = make_dataset("eval-fifo");
+  fs::remove(d.pred + "/case_b.nii.gz");
+  ASSERT_EQ(::mkfifo((d.pred + "/case_b.nii.gz").c_str(), 0600), 0);
+  expect_plain_error(run_voxgrad("eval --pred '" + d.pred + "' --ref '" + d.ref + "' --out '" + d.root +
+                                     "/out/summary.json'",
+                                 "timeout 20"),
+                     1, {d.pred + "/case_b.nii.gz", "not a regular file"});
+
+  const Dataset e = make_dataset("eval-fifo-image");
+  ASSERT_EQ(::mkfifo((e.images + "/case_a_0000.nii.gz").c_str(), 0600), 0);
+  expect_plain_error(run_voxgrad("eval --pred '" + e.pred + "' --ref '" + e.ref + "' --images '" + e.images +
+                                     "' --out '" + e.root + "/out/summary.json'",
+                                 "timeout 20"),
+                     1, {e.images + "/case_a_0000.nii.gz", "not a regular file"});
+  EXPECT_FALSE(fs::exists(e.root + "/out"));
+}
+
+// Every output that would land on an input is refused, before anything is written, naming both.
+TEST(EvalCli, RefusesToWriteOverItsInputs) {
+  const Dataset d = make_dataset("eval-over-inputs");
+  const std::string args = "eval --pred '" + d.pred + "' --ref '" + d.ref + "' ";
+  const std::string ref_a = d.ref + "/case_a.nii.gz", pred_b = d.pred + "/case_b.nii.gz";
+  const std::string ref_bytes = read_file(ref_a), pred_bytes = read_file(pred_b);
+  auto untouched = [&] {
+    EXPECT_EQ(read_file(ref_a), ref_bytes);
+    EXPECT_EQ(read_file(pred_b), pred_bytes);
+    EXPECT_FALSE(fs::exists(d.root + "/out/png"));
+    EXPECT_FALSE(fs::exists(d.ref + "/png"));
+  };
+
+  // --out is an input, by name.
+  expect_plain_error(run_voxgrad(args + "--out '" + ref_a + "'"), 1, {ref_a, "input"});
+  untouched();
+  // --out is an input under another name (a symbolic link).
+  fs::create_directories(d.root + "/out");
+  fs::create_symlink(ref_a, d.root + "/out/summary.json");
+  expect_plain_error(run_voxgrad(args + "--out '" + d.root + "/out/summary.json'"), 1,
+                     {d.root + "/out/summary.json", ref_a});
+  untouched();
+  EXPECT_TRUE(fs::is_symlink(d.root + "/out/summary.json"));
+  fs::remove(d.root + "/out/summary.json");
+  // The CSV beside --out is an input (a hard link).
+  fs::create_hard_link(pred_b, d.root + "/out/summary.csv");
+  expect_plain_error(run_voxgrad(args + "--out '" + d.root + "/out/summary.json'"), 1,
+                     {d.root + "/out/summary.csv", pred_b});
+  untouched();
+  fs::remove(d.root + "/out/summary.csv");
+  // A picture is an input.
+  fs::create_directories(d.root + "/out2/png");
+  fs::create_symlink(ref_a, d.root + "/out2/png/case_b.png");
+  expect_plain_error(run_voxgrad(args + "--out '" + d.root + "/out2/summary.json'"), 1,
+                     {d.root + "/out2/png/case_b.png", ref_a});
+  untouched();
+  EXPECT_FALSE(fs::exists(d.root + "/out2/summary.json"));
+  EXPECT_FALSE(fs::exists(d.root + "/out2/png/case_a.png"));
+}
+
+// Temporaries that a killed eval left behind are removed by the next one; a live process's stay.
+TEST(EvalCli, RemovesTemporariesOfDeadProcesses) {
+  const Dataset d = make_dataset("eval-stale");
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ASSERT_GT(child, 0);
+  ASSERT_EQ(::waitpid(child, nullptr, 0), child);
+  const std::string dead = std::to_string(child), alive = std::to_string(::getpid());
+  fs::create_directories(d.root + "/out/png");
+  const std::vector<std::string> stale = {d.root + "/out/summary.json.tmp-" + dead + "-0",
+                                          d.root + "/out/png/case_a.png.tmp-" + dead + "-7"};
+  const std::string live = d.root + "/out/png/case_b.png.tmp-" + alive + "-0";
+  for (const std::string& f : stale) std::ofstream(f) << "half";
+  std::ofstream(live) << "busy";
+  const CommandResult r = eval(d);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const std::string& f : stale) EXPECT_FALSE(fs::exists(f)) << f;
+  EXPECT_TRUE(fs::exists(live));
+}
+
+// A case that fails while its voxels are read (after pictures of earlier cases were drawn) leaves
+// the output place as it was: no summary, no pictures, no folders, no temporaries.
+TEST(EvalCli, FailureWhileScoringWritesNothing) {
+  const Dataset d = make_dataset("eval-fails-late");
+  std::vector<float> half(kX * kY * kZ, 0.0f);
+  half[3] = 0.5f;
+  io::write_nifti(d.pred + "/case_b.nii.gz", io::make_volume(voxgrad::from_vector(half, {kZ, kY, kX})));
+  const CommandResult r = eval(d);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find(d.pred + "/case_b.nii.gz"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(d.root + "/out")) << "the output folder was made and left behind";
+
+  // Into a folder that exists already: its list of files stays as it was.
+  fs::create_directories(d.root + "/out");
+  { std::ofstream(d.root + "/out/notes.txt") << "mine"; }
+  const CommandResult again = eval(d);
+  EXPECT_EQ(again.exit_code, 1) << again.err;
+  std::vector<std::string> left;
+  for (const auto& e : fs::recursive_directory_iterator(d.root + "/out")) left.push_back(e.path().filename().string());
+  EXPECT_EQ(left, std::vector<std::string>{"notes.txt"});
 }
 
 }  // namespace

@@ -324,6 +324,7 @@ void expect_error(const CommandResult& r, int status, const std::vector<std::str
   EXPECT_TRUE(r.out.empty()) << r.out;
   EXPECT_EQ(r.err.rfind("voxgrad: error: ", 0), 0u) << r.err;
   EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << "not one line: " << r.err;
+  EXPECT_FALSE(voxgrad::test::has_source_text(r.err)) << r.err;
   for (const std::string& m : mentions) EXPECT_NE(r.err.find(m), std::string::npos) << m << " not in: " << r.err;
 }
 
@@ -331,20 +332,58 @@ TEST(GradCli, ErrorsAreOneLine) {
   const std::string dir = temp_dir("grad_errors");
   const Case c = make_case(dir, 1, 3, 3, 4, 5, 1, /*batch=*/false);
   const std::string label = " --label " + c.label_path;
-  expect_error(run_voxgrad("grad --logits " + dir + "/absent.nii.gz" + label + " --loss ce --device cpu"), 1,
-               {"absent.nii.gz"});
+  // A flag naming a file that is not there is a usage error (2); a file with the wrong content is 1.
+  expect_error(run_voxgrad("grad --logits " + dir + "/absent.nii.gz" + label + " --loss ce --device cpu"), 2,
+               {"--logits", "absent.nii.gz"});
   expect_error(run_voxgrad("grad --logits " + c.logits_path + label + " --loss hinge --device cpu"), 2, {"--loss"});
   expect_error(run_voxgrad("grad --logits " + c.logits_path + label + " --loss lovasz_hinge --device cpu"), 1,
                {"K = 3", c.logits_path});
-  expect_error(run_voxgrad("grad --logits " + c.logits_path + label + " --loss ce --out g.img --device cpu"), 1,
+  expect_error(run_voxgrad("grad --logits " + c.logits_path + label + " --loss ce --out g.img --device cpu"), 2,
                {".nii"});
   expect_error(run_voxgrad("grad --logits " + c.logits_path + label + " --loss wce --class-weights 1,2 --device cpu"),
-               1, {"2 weights"});
+               2, {"2 weights"});
 
   const std::string other = dir + "/other_label.nii.gz";
   io::write_nifti(other, io::make_volume(voxgrad::zeros({3, 4, 4}, DType::Int32)), io::NiftiWriteType::UInt8);
   expect_error(run_voxgrad("grad --logits " + c.logits_path + " --label " + other + " --loss ce --device cpu"), 1,
                {c.logits_path, other, "(5, 4, 3, 3)", "(4, 4, 3)"});
+}
+
+// The gradient never lands on the files it is computed from, however the path is spelled.
+TEST(GradCli, NeverWritesOverItsInputs) {
+  const std::string dir = temp_dir("grad_inputs");
+  const Case c = make_case(dir, 1, 3, 3, 4, 5, 2, /*batch=*/false);
+  const std::string logits_bytes = voxgrad::test::read_file(c.logits_path);
+  const std::string label_bytes = voxgrad::test::read_file(c.label_path);
+  std::filesystem::create_hard_link(c.logits_path, dir + "/linked.nii.gz");
+  for (const std::string& out : {c.logits_path, c.label_path, dir + "/./logits.nii.gz", dir + "/linked.nii.gz"}) {
+    const CommandResult r =
+        run_voxgrad("grad --logits " + c.logits_path + " --label " + c.label_path + " --loss dice --out " + out);
+    expect_error(r, 1, {out, "would overwrite the input"});
+  }
+  EXPECT_EQ(voxgrad::test::read_file(c.logits_path), logits_bytes);
+  EXPECT_EQ(voxgrad::test::read_file(c.label_path), label_bytes);
+}
+
+// NaN or Inf logits, and non-finite option values, are refused up front rather than giving
+// "loss": null with status 0.
+TEST(GradCli, NonFiniteInputsAndValuesAreRefused) {
+  const std::string dir = temp_dir("grad_nonfinite");
+  Case c = make_case(dir, 1, 3, 3, 4, 5, 3, /*batch=*/false);
+  for (const float bad : {std::nanf(""), INFINITY}) {
+    c.logits[7] = bad;
+    io::write_nifti(c.logits_path, io::make_volume(voxgrad::from_vector(c.logits, {3, 3, 4, 5})),
+                    io::NiftiWriteType::Float32);
+    expect_error(run_voxgrad("grad --logits " + c.logits_path + " --label " + c.label_path + " --loss ce --device cpu"),
+                 1, {c.logits_path, "not finite"});
+  }
+  c = make_case(dir, 1, 3, 3, 4, 5, 3, /*batch=*/false);
+  const std::string args = "grad --device cpu --logits " + c.logits_path + " --label " + c.label_path;
+  for (const std::string flag : {"--loss dice --eps nan", "--loss dice --eps inf", "--loss dice_ce --ce-weight inf",
+                                 "--loss wce --class-weights 1,nan,1"}) {
+    const std::string name = flag.substr(flag.rfind("--"), flag.rfind(' ') - flag.rfind("--"));
+    expect_error(run_voxgrad(args + " " + flag), 2, {name});
+  }
 }
 
 }  // namespace

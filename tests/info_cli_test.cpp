@@ -1,8 +1,11 @@
 // `voxgrad info` as a user meets it: one JSON line with exactly the promised keys per good file, one
-// "error: PATH: reason" line per bad one and status 1, header values equal to what the reference
-// library's nifti_tool prints, and NaN voxels and a NaN scl_inter reported as the command promises.
+// "voxgrad: error: PATH: reason" line per bad one and status 1, header values equal to what the
+// reference library's nifti_tool prints, spacing and affine in mm with the file's unit named, NaN
+// voxels and a NaN scl_inter reported as the command promises, and FIFOs and corrupt gzip refused.
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -30,8 +33,9 @@ const std::string kReference =
     "/usr/share/doc/libnifti2-2/examples/ATestReferenceImageForReadingAndWriting.nii.gz";
 
 // Exactly these, no more and no fewer.
-const std::set<std::string> kKeys = {"path",      "format",    "pair", "gzip", "dims", "datatype",  "byte_order", "spacing",
-                                     "affine",    "scl_slope", "scl_inter", "min", "max", "mean", "nan_count"};
+const std::set<std::string> kKeys = {"path",   "format",    "pair",      "gzip", "dims", "datatype", "byte_order",
+                                     "spacing", "units",    "affine",    "scl_slope", "scl_inter", "min", "max",
+                                     "mean",    "nan_count"};
 
 bool exists(const std::string& path) { return ::access(path.c_str(), R_OK) == 0; }
 bool have_nifti_tool() { return std::system("command -v nifti_tool >/dev/null 2>&1") == 0; }
@@ -129,7 +133,7 @@ TEST(InfoCli, GoodFilesPrintOneLineEachAndBadFilesOneErrorLine) {
   ASSERT_EQ(err.size(), 2u) << r.err;
   const std::string bad[2] = {garbage, missing};
   for (int i = 0; i < 2; ++i) {
-    const std::string prefix = "error: " + bad[i] + ": ";
+    const std::string prefix = "voxgrad: error: " + bad[i] + ": ";
     EXPECT_EQ(err[static_cast<std::size_t>(i)].rfind(prefix, 0), 0u) << err[static_cast<std::size_t>(i)];
     EXPECT_GT(err[static_cast<std::size_t>(i)].size(), prefix.size()) << "a reason follows the path";
     // The path once: the reader's message already starts with it.
@@ -256,6 +260,76 @@ TEST(InfoCli, NanVoxelsAreCountedAndLeftOutOfTheStatistics) {
   EXPECT_TRUE(j.at("min").is_null()) << all_nan.out;
   EXPECT_TRUE(j.at("max").is_null()) << all_nan.out;
   EXPECT_TRUE(j.at("mean").is_null()) << all_nan.out;
+}
+
+// The same grid stored in metres, millimetres, micrometres and with no unit: info prints spacing
+// and affine in mm, and the unit the file declared.
+TEST(InfoCli, SpacingAndAffineInMillimetresWithTheFilesUnit) {
+  const std::string dir = voxgrad::test::temp_dir("info-units");
+  std::string args;
+  const std::pair<int, const char*> units[] = {{1, "m"}, {2, "mm"}, {3, "um"}, {0, "unknown"}};
+  for (const auto& [code, name] : units) {
+    const double per_mm = code == 1 ? 1e-3 : code == 3 ? 1e3 : 1.0;  // file units per mm
+    io::Affine a = io::identity_affine();
+    const double zoom[3] = {2, 3, 4}, offset[3] = {10, -20, 30};
+    for (int i = 0; i < 3; ++i) {
+      a[static_cast<std::size_t>(i)][static_cast<std::size_t>(i)] = zoom[i] * per_mm;
+      a[static_cast<std::size_t>(i)][3] = offset[i] * per_mm;
+    }
+    io::Volume v = io::make_volume(voxgrad::zeros({2, 2, 2}), a);
+    v.xyzt_units = code | 8;
+    const std::string path = dir + "/" + name + ".nii.gz";
+    io::write_nifti(path, v, io::NiftiWriteType::UInt8);
+    args.append(" ").append(quoted(path));  // not " " + ...: GCC 12 warns falsely (-Wrestrict)
+  }
+  const CommandResult r = run_voxgrad("info" + args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto out = lines_of(r.out);
+  ASSERT_EQ(out.size(), 4u) << r.out;
+  for (std::size_t f = 0; f < 4; ++f) {
+    const json j = json::parse(out[f]);
+    SCOPED_TRACE(units[f].second);
+    EXPECT_EQ(keys_of(j), kKeys);
+    EXPECT_EQ(j.at("units"), units[f].second);
+    expect_near_all(j.at("spacing"), {2, 3, 4}, 1e-4, "spacing");
+    expect_near_all(j.at("affine")[0], {2, 0, 0, 10}, 1e-4, "affine row 0");
+    expect_near_all(j.at("affine")[1], {0, 3, 0, -20}, 1e-4, "affine row 1");
+    expect_near_all(j.at("affine")[2], {0, 0, 4, 30}, 1e-4, "affine row 2");
+  }
+}
+
+// A FIFO named like an image would block open() for ever: info refuses it at once with exit 1,
+// and still prints the good file named after it. (Run under `timeout`, so an info that blocks
+// fails this test instead of hanging it.)
+TEST(InfoCli, FifosAreRefusedAtOnce) {
+  const std::string dir = voxgrad::test::temp_dir("info-fifo");
+  const std::string fifo = dir + "/x.nii", fifo_gz = dir + "/x.nii.gz", good = dir + "/good.nii";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  ASSERT_EQ(::mkfifo(fifo_gz.c_str(), 0600), 0);
+  io::write_nifti(good, io::make_volume(voxgrad::zeros({2, 2})));
+  const auto t0 = std::chrono::steady_clock::now();
+  const CommandResult r =
+      run_voxgrad("info " + quoted(fifo) + " " + quoted(fifo_gz) + " " + quoted(good), "timeout -s KILL 20");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_LT(seconds, 10.0);
+  EXPECT_EQ(r.err, "voxgrad: error: " + fifo + ": not a regular file (a FIFO)\n" + "voxgrad: error: " + fifo_gz +
+                       ": not a regular file (a FIFO)\n");
+  ASSERT_EQ(lines_of(r.out).size(), 1u) << r.out;
+  EXPECT_EQ(json::parse(lines_of(r.out)[0]).at("path"), good);
+}
+
+// A gzip trailer that disagrees with the data is an error, in fixed words, never a silent read.
+TEST(InfoCli, CorruptGzipIsRefused) {
+  const std::string corpus = std::string(VOXGRAD_SOURCE_DIR) + "/tests/data/nifti_malformed/";
+  const std::string crc = corpus + "crc_mismatch.nii.gz", cut = corpus + "truncated_trailer.nii.gz";
+  const CommandResult r = run_voxgrad("info " + quoted(crc) + " " + quoted(cut));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.out, "");
+  const auto err = lines_of(r.err);
+  ASSERT_EQ(err.size(), 2u) << r.err;
+  EXPECT_EQ(err[0], "voxgrad: error: " + crc + ": corrupt gzip data (CRC mismatch)");
+  EXPECT_EQ(err[1].rfind("voxgrad: error: " + cut + ": file truncated", 0), 0u) << err[1];
 }
 
 // An ANALYZE 7.5 pair (a NIfTI pair made by nifti_tool with its magic cleared, as the reference

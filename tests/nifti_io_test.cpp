@@ -1,19 +1,28 @@
 // NIfTI reading and writing: round trips for every write type and both extensions, 1-D to 7-D,
-// affines through sform and qform, files made by hand here (big-endian, NIfTI-2, pairs, ANALYZE,
-// every datatype, scaling) so the reader is checked against bytes the writer did not produce.
+// affines through sform and qform and in every spatial unit, files made by hand here (big-endian,
+// NIfTI-2, pairs, ANALYZE, every datatype, scaling) so the reader is checked against bytes the
+// writer did not produce; FIFOs refused, gzip bombs bounded, atomic writes.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <numeric>
+#include <regex>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "engine/error.h"
@@ -68,6 +77,7 @@ struct Hdr1 {
   std::array<std::int16_t, 3> analyze_origin{};
   std::int32_t glmax = 0, glmin = 0;
   float cal_max = 0, cal_min = 0;
+  std::uint8_t xyzt_units = 0;
 };
 
 // 348 header bytes, plus the 4 extension bytes when the voxels start at 352 or later.
@@ -86,6 +96,7 @@ std::string build_nifti1(const Hdr1& h) {
   store(b, 128, h.cal_min, h.big);
   store(b, 140, h.glmax, h.big);
   store(b, 144, h.glmin, h.big);
+  b[123] = static_cast<char>(h.xyzt_units);
   if (h.magic.empty()) {
     for (std::size_t i = 0; i < 3; ++i) store(b, 253 + 2 * i, h.analyze_origin[i], h.big);
   } else {
@@ -372,6 +383,71 @@ TEST(NiftiIo, SformWinsOverQformWhenBothAreSet) {
   }
 }
 
+// ---- spatial units -----------------------------------------------------------------------------
+
+// One physical grid (2 x 3 x 4 mm voxels, the first at (10, -20, 30) mm) declared in metres,
+// millimetres, micrometres and with no unit: spacing and every affine come out in mm, as ITK reads
+// them (no unit counts as mm), and a Volume read in metres says mm, so writing it stores mm.
+TEST(NiftiIo, SpatialUnitsComeOutInMillimetres) {
+  const std::string dir = test::temp_dir("nifti_units");
+  struct Unit {
+    std::uint8_t code;
+    double per_mm;  // file units per millimetre
+    const char* name;
+  };
+  const Affine grid = {{{2, 0, 0, 10}, {0, 3, 0, -20}, {0, 0, 4, 30}, {0, 0, 0, 1}}};
+  for (const Unit& u : {Unit{nifti_units::kMeter, 1e-3, "m"}, Unit{nifti_units::kMm, 1, "mm"},
+                        Unit{nifti_units::kMicron, 1e3, "um"}, Unit{0, 1, "unknown"}}) {
+    SCOPED_TRACE(u.name);
+    const auto f = [&](double mm) { return static_cast<float>(mm * u.per_mm); };
+    Hdr1 h;
+    h.dims = {4, 3, 2};
+    h.xyzt_units = static_cast<std::uint8_t>(u.code | nifti_units::kSec);
+    h.pixdim = {1, f(2), f(3), f(4), 1, 1, 1, 1};
+    h.qform_code = 1;
+    h.quatern = {0, 0, 0, f(10), f(-20), f(30)};
+    h.sform_code = 1;
+    h.srow = {{{f(2), 0, 0, f(10)}, {0, f(3), 0, f(-20)}, {0, 0, f(4), f(30)}}};
+    const std::string path = dir + "/" + u.name + ".nii.gz";
+    put_file(path, build_nifti1(h) + std::string(24, '\x07'));
+    const double tol = 1e-5 * 30;  // float32 fields scaled by the unit
+
+    const NiftiHeader hdr = read_nifti_header(path);
+    EXPECT_STREQ(spatial_units_name(hdr.xyzt_units), u.name);
+    EXPECT_EQ(hdr.pixdim[1], f(2)) << "the raw fields stay as stored";
+    const std::vector<double> spacing = hdr.spacing();
+    ASSERT_EQ(spacing.size(), 3u);
+    for (std::size_t i = 0; i < 3; ++i) EXPECT_NEAR(spacing[i], 2.0 + static_cast<double>(i), 1e-5);
+    EXPECT_LT(max_abs_diff(hdr.affine, grid), tol);
+    EXPECT_LT(max_abs_diff(hdr.sform_affine, grid), tol);
+    EXPECT_LT(max_abs_diff(hdr.qform_affine, grid), tol);
+
+    const Volume v = read_nifti(path);
+    EXPECT_LT(max_abs_diff(v.affine, grid), tol);
+    for (std::size_t i = 0; i < 3; ++i) EXPECT_NEAR(v.spacing[i], 2.0 + static_cast<double>(i), 1e-5);
+    EXPECT_EQ(v.xyzt_units & nifti_units::kSpaceMask, u.code == 0 ? 0 : nifti_units::kMm);
+    EXPECT_EQ(v.xyzt_units & ~nifti_units::kSpaceMask, nifti_units::kSec) << "the time unit is kept";
+    NiftiHeader chunked;
+    (void)read_nifti_float32(path, &chunked);
+    EXPECT_LT(max_abs_diff(chunked.affine, grid), tol);
+
+    // Written back, the grid is the same in mm.
+    write_nifti(dir + "/back.nii", v);
+    const NiftiHeader back = read_nifti_header(dir + "/back.nii");
+    EXPECT_LT(max_abs_diff(back.affine, grid), tol);
+    EXPECT_STREQ(spatial_units_name(back.xyzt_units), u.code == 0 ? "unknown" : "mm");
+
+    // With no orientation at all, the centred base affine is in mm too.
+    h.qform_code = h.sform_code = 0;
+    put_file(dir + "/base.nii", build_nifti1(h) + std::string(24, '\0'));
+    const Affine base = {{{-2, 0, 0, 3}, {0, 3, 0, -3}, {0, 0, 4, -2}, {0, 0, 0, 1}}};
+    EXPECT_LT(max_abs_diff(read_nifti_header(dir + "/base.nii").affine, base), tol);
+  }
+  // Codes the standard does not define read as mm and are reported as unknown.
+  EXPECT_STREQ(spatial_units_name(5), "unknown");
+  EXPECT_EQ(millimetres_per_unit(5), 1.0);
+}
+
 // ---- files made by hand: byte order, NIfTI-2, pairs, ANALYZE ---------------------------------------
 
 // Every decoded field but the ones that describe the file itself.
@@ -518,6 +594,22 @@ TEST(NiftiIo, Nifti2InBothByteOrdersAndCompressions) {
   const Volume s = read_nifti(dir + "/s.nii");
   EXPECT_EQ(s.data.dtype(), DType::Float32);
   EXPECT_EQ(s.data.to_vector<float>(), (std::vector<float>{-2.25f, -1.5f, -0.25f, 23.5f}));
+}
+
+// NIfTI-2 keeps xyzt_units in 32 bits: the same conversion applies (a micrometre affine in doubles).
+TEST(NiftiIo, Nifti2UnitsComeOutInMillimetres) {
+  const std::string dir = test::temp_dir("nifti2_units");
+  const std::array<std::array<double, 4>, 3> srow_um = {{{500, 0, 0, -1e4}, {0, 250, 0, 2e3}, {0, 0, 125, 7}}};
+  std::string b = build_nifti2({2, 2, 2}, nifti_dt::kUInt8, 8, false, "n+2", 0, 0, srow_um);
+  store<std::int32_t>(b, 500, nifti_units::kMicron | nifti_units::kMsec, false);
+  put_file(dir + "/um.nii", b + std::string(8, '\1'));
+  const Volume v = read_nifti(dir + "/um.nii");
+  const Affine mm = {{{0.5, 0, 0, -10}, {0, 0.25, 0, 2}, {0, 0, 0.125, 0.007}, {0, 0, 0, 1}}};
+  EXPECT_LT(max_abs_diff(v.affine, mm), 1e-12);
+  // pixdim[1..3] of build_nifti2 are 1.5, 2.5, 3.5 micrometres.
+  EXPECT_NEAR(v.spacing[0], 1.5e-3, 1e-15);
+  EXPECT_NEAR(v.spacing[2], 3.5e-3, 1e-15);
+  EXPECT_EQ(v.xyzt_units, nifti_units::kMm | nifti_units::kMsec);
 }
 
 TEST(NiftiIo, PairsInEveryCompressionMix) {
@@ -766,6 +858,16 @@ TEST(NiftiIo, VolumeConvertsToFloatAndCheckedLabels) {
   v = make_volume(from_vector<std::uint8_t>({7, 255}, {2}));
   EXPECT_EQ(v.to_float32().to_vector<float>(), (std::vector<float>{7, 255}));
   EXPECT_EQ(v.to_labels().to_vector<std::int32_t>(), (std::vector<std::int32_t>{7, 255}));
+  // A volume read from a file names it: the label file at fault is the user's to fix.
+  const std::string path = test::temp_dir("nifti_labels") + "/not_labels.nii.gz";
+  write_nifti(path, make_volume(from_vector<float>({0, 0.5f}, {2})));
+  try {
+    read_nifti(path).to_labels();
+    ADD_FAILURE() << "expected an InputError";
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind(path + ": voxel (1) holds 0.5, which is not an integer label", 0), 0u)
+        << e.what();
+  }
 }
 
 // ---- writer refusals and atomicity -------------------------------------------------------------
@@ -880,9 +982,10 @@ std::int64_t bytes_read_by_process() {
   return -1;
 }
 
-// Reading stops once the declared voxels are in: the ~4 MB of members that would inflate to
-// gigabytes after them are never even read from the file.
-TEST(NiftiIo, InflatesOnlyTheDeclaredBytes) {
+// Every gzip member is checked, but what may follow the image is bounded: the ~4 MB of members
+// that would inflate to 4 GiB after 8 voxels are refused once 256 MiB have gone by, reading only a
+// small part of the file, while a header-only read never inflates past the header.
+TEST(NiftiIo, AGzipBombPastTheImageIsRefusedWithoutInflatingIt) {
   const std::string dir = test::temp_dir("nifti_bomb");
   const std::string path = dir + "/bomb.nii.gz";
   Hdr1 h;
@@ -916,10 +1019,12 @@ TEST(NiftiIo, InflatesOnlyTheDeclaredBytes) {
     out.commit();
   }
   const std::int64_t file_bytes = static_cast<std::int64_t>(std::filesystem::file_size(path));
+  EXPECT_EQ(read_nifti_header(path).dims(), (std::vector<std::int64_t>{8}));
   const std::int64_t before = bytes_read_by_process();
-  const Volume v = read_nifti(path);
+  const std::string message = test::error_of([&] { read_nifti(path); });
   const std::int64_t read = bytes_read_by_process() - before;
-  EXPECT_EQ(v.data.to_vector<std::uint8_t>(), std::vector<std::uint8_t>(8, 0x2a));
+  EXPECT_EQ(message.rfind(path + ": the gzip data go on for more than 268435456 bytes past the image", 0), 0u)
+      << message;
   if (before < 0) GTEST_SKIP() << "/proc/self/io is not readable here";
   EXPECT_LT(read, file_bytes / 4) << "read " << read << " of " << file_bytes << " bytes";
 }
@@ -935,9 +1040,97 @@ TEST(NiftiIo, ErrorsNameThePathFirst) {
   try {
     read_nifti(dir);
     ADD_FAILURE();
-  } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()).rfind(dir + ": ", 0), 0u) << e.what();
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()), dir + ": not a regular file (a folder)");
   }
+}
+
+// Unless `done` is set within two seconds, opens the write end of `fifo`, so that a reader blocked
+// in open() on it (as one that does not refuse FIFOs would be) wakes up and the test fails instead
+// of hanging. Non-blocking: with no reader waiting the open fails (ENXIO) and the thread just ends.
+std::thread unblock_later(const std::string& fifo, const std::atomic<bool>& done) {
+  return std::thread([fifo, &done] {
+    for (int i = 0; i < 40 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (done) return;
+    const int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd >= 0) ::close(fd);
+  });
+}
+
+// A FIFO (or any non-regular file) is refused at once with the path and its kind: a single file, the
+// image half of a pair, and read_file_bytes alike.
+TEST(NiftiIo, FifosAreRefusedAtOnce) {
+  const std::string dir = test::temp_dir("nifti_fifo");
+  Hdr1 h;
+  h.dims = {2};
+  h.vox_offset = 0;
+  h.magic = "ni1";
+  put_file(dir + "/pair.hdr", build_nifti1(h));
+  for (const char* name : {"x.nii", "x.nii.gz", "pair.img"}) ASSERT_EQ(::mkfifo((dir + "/" + name).c_str(), 0600), 0);
+  const std::pair<std::string, std::function<void()>> reads[] = {
+      {dir + "/x.nii", [&] { read_nifti(dir + "/x.nii"); }},
+      {dir + "/x.nii.gz", [&] { read_nifti_header(dir + "/x.nii.gz"); }},
+      {dir + "/pair.img", [&] { read_nifti(dir + "/pair.hdr"); }},
+      {dir + "/x.nii", [&] { (void)read_file_bytes(dir + "/x.nii"); }},
+  };
+  for (const auto& [fifo, read] : reads) {
+    SCOPED_TRACE(fifo);
+    std::atomic<bool> done{false};
+    std::thread helper = unblock_later(fifo, done);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::string message;
+    try {
+      read();
+      ADD_FAILURE() << "read a FIFO without error";
+    } catch (const InputError& e) {
+      message = e.what();
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "not an InputError: " << e.what();
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    done = true;
+    helper.join();
+    EXPECT_EQ(message, fifo + ": not a regular file (a FIFO)");
+    EXPECT_LT(seconds, 1.0) << "the read waited for a writer";
+  }
+}
+
+// AtomicOutputStream writes through files::AtomicFile: its temporary is "<target>.tmp-<pid>-<n>",
+// the name remove_stale_temporaries knows, it is gone after commit and after an abandoned write,
+// and the target appears whole only on commit.
+TEST(NiftiIo, AtomicOutputStreamUsesTheSharedTemporaryNames) {
+  const std::string dir = test::temp_dir("nifti_atomic");
+  const std::string target = dir + "/out.nii.gz";
+  auto names = [&] {
+    std::vector<std::string> all;
+    for (const auto& e : fs::directory_iterator(dir)) all.push_back(e.path().filename().string());
+    return all;
+  };
+  const std::regex temporary("out\\.nii\\.gz\\.tmp-" + std::to_string(::getpid()) + "-[0-9]+");
+  {
+    AtomicOutputStream out(target, 6);
+    out.write("abc", 3);
+    const auto during = names();
+    ASSERT_EQ(during.size(), 1u);
+    EXPECT_TRUE(std::regex_match(during[0], temporary)) << during[0];
+  }
+  EXPECT_TRUE(names().empty()) << "an abandoned write leaves nothing";
+  {
+    AtomicOutputStream out(target, 6);
+    out.write("abc", 3);
+    out.commit();
+  }
+  EXPECT_EQ(names(), std::vector<std::string>{"out.nii.gz"});
+  // One gzip member with a good trailer.
+  InputStream in = InputStream::open_file(target);
+  char got[3];
+  in.read_exact(got, 3, "data");
+  in.verify_to_end();
+  EXPECT_EQ(std::string(got, 3), "abc");
+  // Writing into a folder that does not exist names the target and the reason.
+  const std::string message = test::error_of([&] { AtomicOutputStream(dir + "/missing/x.nii", 0); });
+  EXPECT_EQ(message.rfind(dir + "/missing/x.nii: ", 0), 0u) << message;
+  EXPECT_NE(message.find("no such file or folder"), std::string::npos) << message;
 }
 
 }  // namespace

@@ -415,4 +415,16 @@ TEST(PatchSampler, ConstructorChecksNameTheProblem) {
   EXPECT_NO_THROW(PatchSampler({{zeros({1, 8, 8, 8}), zeros({8, 8, 8}, DType::Int32)}}, o).batch(0));
 }
 
+TEST(PatchSampler, LabelValuesBeyondAnyClassAreRefusedBeforeTablesAreSized) {
+  // The per-class tables are sized by the largest label value: 2^31 - 1 asked for 16 GiB.
+  std::vector<std::int32_t> l(static_cast<std::size_t>(8 * 8 * 8), 0);
+  l[100] = 300;
+  const std::string msg = error_of([&] {
+    PatchSampler({{zeros({1, 8, 8, 8}), from_vector(l, {8, 8, 8})}}, small_options());
+  });
+  EXPECT_NE(msg.find("label value 300 is above 255"), std::string::npos) << msg;
+  l[100] = 255;
+  EXPECT_NO_THROW(PatchSampler({{zeros({1, 8, 8, 8}), from_vector(l, {8, 8, 8})}}, small_options()));
+}
+
 }  // namespace

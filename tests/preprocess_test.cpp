@@ -1,7 +1,8 @@
 // Preprocessing: grid sizes, trilinear resampling against exact linear ramps and smooth images with
 // analytic error bounds, label resampling (values kept, ties, a one-hot reference, Dice of a sphere
-// there and back), z-score and CT normalisation with NaN voxels, numpy-style foreground percentiles,
-// padding and cropping, and the checks preprocess_case makes.
+// there and back), z-score and CT normalisation with NaN and infinite voxels, numpy-style foreground
+// percentiles, padding and cropping, and the checks preprocess_case makes (label range, spacing,
+// memory) with the image-health report it returns.
 #include "io/preprocess.h"
 
 #include <omp.h>
@@ -15,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/memory_budget.h"
+#include "io/image_health.h"
 #include "tests/test_support.h"
 
 namespace {
@@ -23,6 +26,7 @@ using namespace voxgrad;
 using namespace voxgrad::io;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
 
 using voxgrad::test::error_of;
 
@@ -387,8 +391,10 @@ TEST(Normalize, ForegroundStatsMatchNumpyPercentilesAndCtClips) {
                                  (199.005 - 100.5) / s, 0.0};
   EXPECT_TRUE(test::all_close(std::vector<double>(v.begin(), v.end()), want, 1e-6, 1e-6));
 
-  EXPECT_HAS(error_of([&] { foreground_intensity_stats({a_img}, {zeros({2, 10, 11}, DType::Int32)}); }),
-             "no non-NaN foreground voxel");
+  EXPECT_HAS(error_of([&] {
+               foreground_intensity_stats({a_img}, {zeros({2, 10, 11}, DType::Int32)});
+             }),
+             "no finite foreground voxel");
   EXPECT_HAS(error_of([&] { normalize_image(img, Normalization::CT); }), "one IntensityStats per channel");
 }
 
@@ -495,6 +501,168 @@ TEST(PreprocessCase, RejectsLabelsOutOfRangeAndMismatchedShapes) {
              "float32");
   plan.normalization = Normalization::CT;  // without statistics
   EXPECT_HAS(error_of([&] { preprocess_case(img, Tensor(), sp, plan); }), "one IntensityStats per channel");
+}
+
+// ---- non-finite voxels, hostile spacings, memory -------------------------------------------
+
+TEST(Normalize, InfiniteVoxelsAreTreatedExactlyAsNaN) {
+  // One +Inf used to make the mean, and so every voxel, NaN: predict wrote all background.
+  const Shape shape{2, 3, 4, 5};
+  const auto value = [](auto c, double z, double y, double x) { return c == 0 ? z * 20 + y * 5 + x : 100 - x * y; };
+  Tensor with_inf = image_of(shape, value), with_nan = image_of(shape, value);
+  float* a = with_inf.data<float>();
+  float* b = with_nan.data<float>();
+  for (const std::size_t i : {3u, 17u, 59u, 60u, 119u}) {
+    a[i] = (i % 2 == 0) ? kInf : -kInf;
+    b[i] = kNaN;
+  }
+  a[100] = std::numeric_limits<float>::max();  // finite, however large: it stays in the statistics
+  b[100] = std::numeric_limits<float>::max();
+  normalize_image(with_inf, Normalization::ZScore);
+  normalize_image(with_nan, Normalization::ZScore);
+  EXPECT_EQ(with_inf.to_vector<float>(), with_nan.to_vector<float>());
+  for (const float v : with_inf.to_vector<float>()) ASSERT_TRUE(std::isfinite(v));
+  EXPECT_EQ(with_inf.to_vector<float>()[17], 0.0f);
+
+  // CT clips finite values to [lower, upper]; an infinite one is not "very bright", it is unknown.
+  Tensor ct = image_of({1, 1, 1, 4}, [](auto, double, double, double x) { return x; });
+  ct.data<float>()[1] = kInf;
+  ct.data<float>()[2] = -kInf;
+  normalize_image(ct, Normalization::CT, {{0, 3, 1, 2}});
+  EXPECT_EQ(ct.to_vector<float>(), (std::vector<float>{-0.5f, 0.0f, 0.0f, 1.0f}));
+}
+
+TEST(Normalize, ForegroundStatsLeaveInfiniteVoxelsOut) {
+  std::vector<float> v{1, 2, kInf, 3, -kInf, 4};
+  const std::vector<std::int32_t> l(6, 1);
+  const std::vector<IntensityStats> s =
+      foreground_intensity_stats({from_vector(v, {1, 1, 1, 6})}, {from_vector(l, {1, 1, 6})});
+  ASSERT_EQ(s.size(), 1u);
+  EXPECT_DOUBLE_EQ(s[0].lower, 1.015);  // np.percentile([1, 2, 3, 4], 0.5)
+  EXPECT_DOUBLE_EQ(s[0].upper, 3.985);
+  EXPECT_TRUE(std::isfinite(s[0].mean) && std::isfinite(s[0].std));
+  // Nothing finite in the foreground: the user's data, named as such.
+  const std::vector<float> none{kInf, kNaN, -kInf, kInf, kInf, kNaN};
+  EXPECT_THROW(foreground_intensity_stats({from_vector(none, {1, 1, 1, 6})}, {from_vector(l, {1, 1, 6})}), InputError);
+}
+
+TEST(ImageHealth, CountsNonFiniteVoxelsAndFindsUnusableChannels) {
+  Tensor img = image_of({3, 2, 3, 4}, [](auto c, double z, double y, double x) { return c == 2 ? 7.0 : z + y + x; });
+  float* v = img.data<float>();
+  v[0] = kInf;
+  v[5] = kNaN;
+  for (std::size_t i = 24; i < 48; ++i) v[i] = i % 2 ? kNaN : -kInf;  // channel 1: nothing finite
+  v[48] = kNaN;                                                       // channel 2: 7.0 elsewhere
+  const std::vector<ChannelHealth> h = image_health(img);
+  ASSERT_EQ(h.size(), 3u);
+  EXPECT_EQ(h[0].non_finite, 2);
+  EXPECT_EQ(h[0].finite, 22);
+  EXPECT_FALSE(h[0].no_finite() || h[0].constant());
+  EXPECT_TRUE(h[1].no_finite());
+  EXPECT_TRUE(h[2].constant());
+  EXPECT_EQ(h[2].non_finite, 1);
+
+  const std::vector<std::string> files{"a_0000.nii.gz", "a_0001.nii.gz", "a_0002.nii.gz"};
+  EXPECT_EQ(health_warnings(h, files),
+            (std::vector<std::string>{
+                "a_0000.nii.gz: 2 of 24 voxels are not finite (NaN or infinite); they are left out of the intensity "
+                "statistics and set to 0",
+                "a_0001.nii.gz: no finite voxel (all 24 are NaN or infinite)",
+                "a_0002.nii.gz: 1 of 24 voxels are not finite (NaN or infinite); they are left out of the intensity "
+                "statistics and set to 0",
+                "a_0002.nii.gz: every finite voxel holds the same value (7): zero variance, the channel carries no "
+                "information"}));
+  EXPECT_EQ(health_problems(h, {"brats.nii.gz"}),
+            (std::vector<std::string>{
+                "brats.nii.gz channel 1: no finite voxel (all 24 are NaN or infinite)",
+                "brats.nii.gz channel 2: every finite voxel holds the same value (7): zero variance, the channel "
+                "carries no information"}));
+  // Counts do not depend on the number of threads (blocks of a fixed size, merged in order).
+  std::vector<float> big(300000);
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = i % 7 == 0 ? kInf : static_cast<float>(hash01(i));
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const ChannelHealth one = channel_health(big.data(), static_cast<std::int64_t>(big.size()));
+  omp_set_num_threads(std::max(2, threads));
+  const ChannelHealth many = channel_health(big.data(), static_cast<std::int64_t>(big.size()));
+  omp_set_num_threads(threads);
+  EXPECT_EQ(one.non_finite, 42858);
+  EXPECT_EQ(many.non_finite, one.non_finite);
+  EXPECT_EQ(many.min, one.min);
+  EXPECT_EQ(many.max, one.max);
+}
+
+TEST(PreprocessCase, ReportsTheImageHealthAndNeverPassesAnInfiniteVoxelOn) {
+  Tensor img = image_of({1, 2, 3, 4}, [](auto, double z, double y, double x) { return z + y + x; });
+  img.data<float>()[7] = kInf;  // an scl_slope that overflows float32 gives this
+  PreprocessPlan plan;
+  plan.target_spacing = {1, 1, 0.5};
+  const PreprocessedCase pc = preprocess_case(img, Tensor(), {1, 1, 1}, plan, "case.nii.gz");
+  ASSERT_EQ(pc.health.size(), 1u);
+  EXPECT_EQ(pc.health[0].non_finite, 1);
+  for (const float v : pc.image.to_vector<float>()) ASSERT_TRUE(std::isfinite(v));
+  EXPECT_EQ(health_warnings(pc.health, {"case.nii.gz"}).size(), 1u);
+}
+
+TEST(PreprocessCase, RefusesAResamplingThatCannotFitInMemory) {
+  // A spacing in micrometres read as millimetres: 4 voxels of 10 m each become 40000 of 1 mm.
+  const Tensor img = zeros({1, 4, 4, 4});
+  PreprocessPlan plan;
+  plan.target_spacing = {1, 1, 1};
+  const std::string msg = error_of([&] { preprocess_case(img, Tensor(), {10000, 10000, 10000}, plan, "CASE.nii.gz"); });
+  EXPECT_HAS(msg,
+             "CASE.nii.gz: resampling from spacing (10000, 10000, 10000) mm to the target spacing (1, 1, 1) mm "
+             "would need 232.8 TiB (a grid of 40000 x 40000 x 40000 voxels (x, y, z), 1 channel), more than the ");
+  EXPECT_HAS(msg, " this machine has available");
+  EXPECT_THROW(preprocess_case(img, Tensor(), {10000, 10000, 10000}, plan, "CASE.nii.gz"), InputError);
+  // Spacings absurd enough to overflow any integer: saturated, never wrapped to a small size.
+  EXPECT_EQ(preprocess_bytes(1, {4, 4, 4}, {1e300, 1e300, 1e300}, plan, true),
+            std::numeric_limits<std::uint64_t>::max());
+  EXPECT_HAS(error_of([&] {
+               check_preprocess_fits("x.nii", 1, {4, 4, 4}, {1e300, 1, 1}, plan, false);
+             }),
+             "would need more than 16 EiB");
+  // From the header alone, before any voxel is read; and what is needed: the copies and the grid.
+  EXPECT_NO_THROW(check_preprocess_fits("x.nii", 2, {4, 4, 4}, {2, 2, 2}, plan, true));
+  EXPECT_EQ(preprocess_bytes(2, {4, 4, 4}, {2, 2, 2}, plan, true), 2u * 64 * 4 + 64 * 4 + 2u * 512 * 4 + 512 * 4);
+  EXPECT_EQ(preprocess_bytes(2, {4, 4, 4}, {1, 1, 1}, plan, false), 2u * 64 * 4);  // on the grid already
+}
+
+TEST(PreprocessCase, SpacingAndLabelProblemsAreTheUsersAndNameTheSource) {
+  const Tensor img = zeros({1, 2, 3, 4});
+  PreprocessPlan plan;
+  plan.classes = 2;
+  EXPECT_THROW(preprocess_case(img, Tensor(), {1, 0, 1}, plan), InputError);
+  EXPECT_HAS(error_of([&] {
+               preprocess_case(img, Tensor(), {1, 0, 1}, plan, "p.nii.gz");
+             }),
+             "p.nii.gz: spacing (1, 0, 1) mm (x, y, z) must be positive and finite");
+  std::vector<std::int32_t> l(24, 0);
+  l[5] = 7;
+  EXPECT_THROW(preprocess_case(img, from_vector(l, {2, 3, 4}), {1, 1, 1}, plan, "p.nii.gz"), InputError);
+  EXPECT_HAS(error_of([&] {
+               preprocess_case(img, from_vector(l, {2, 3, 4}), {1, 1, 1}, plan, "p.nii.gz");
+             }),
+             "p.nii.gz (label): label value 7 at voxel (z, y, x) = (0, 1, 1) is outside [0, 2)");
+  EXPECT_THROW(parse_normalization("minmax"), InputError);
+}
+
+TEST(ResampleImage, OutputsBeyondMemoryAreRefusedBeforeAllocation) {
+  // 10^15 voxels: a caller that skipped check_preprocess_fits still gets an error, not bad_alloc.
+  const std::string msg = error_of([] { resample_image(zeros({2, 2, 2, 2}), {100000, 100000, 100000}); });
+  EXPECT_HAS(msg, "resampling an image to a grid of (100000, 100000, 100000) voxels (z, y, x) would need 7.1 PiB");
+  EXPECT_THROW(resample_labels(zeros({2, 2, 2}, DType::Int32), {100000, 100000, 100000}, 2, LabelResampling::Nearest),
+               InputError);
+}
+
+TEST(ResampledShape, AxesBeyondAnyMemoryAreRefusedNotWrapped) {
+  // round(4 * 1e300) does not fit an int64: converting it was undefined behaviour.
+  EXPECT_THROW(resampled_shape({4, 4, 4}, {1e300, 1, 1}, {1, 1, 1}), InputError);
+  EXPECT_HAS(error_of([&] { resampled_shape({4, 4, 4}, {1, 1, 1e300}, {1, 1, 1}); }), "along axis x");
+  EXPECT_THROW(resampled_shape({4, 4, 4}, {1, 1, 1}, {1, std::nan(""), 1}), InputError);
+  const std::array<double, 3> e = resampled_extent({4, 4, 4}, {1e300, 1, 1}, {1e-300, 1, 1});
+  EXPECT_TRUE(std::isinf(e[0]));
+  EXPECT_EQ(e[1], 4.0);
 }
 
 }  // namespace

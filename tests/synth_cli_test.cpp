@@ -165,7 +165,7 @@ TEST(SynthCli, NonEmptyOutNeedsForceAndKeepsOtherFiles) {
   const std::string out = temp_dir("synth-force");
   std::ofstream(out + "/notes.txt") << "mine";
   const CommandResult refused = synth(out, "--size 16 --cases 1 --test-cases 0");
-  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_EQ(refused.exit_code, 2);  // --out names a place it cannot use: a usage error
   EXPECT_NE(refused.err.find("--force"), std::string::npos) << refused.err;
   EXPECT_FALSE(fs::exists(out + "/dataset.json"));
 

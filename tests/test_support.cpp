@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <regex>
 #include <sstream>
 
 namespace voxgrad::test {
@@ -60,6 +61,22 @@ std::string voxgrad_binary() {
 }
 
 std::string read_file(const std::string& path) { return slurp(path); }
+
+std::map<std::string, std::string> folder_snapshot(const std::string& folder) {
+  std::map<std::string, std::string> files;
+  for (const auto& e : fs::recursive_directory_iterator(folder)) {
+    const std::string name = fs::relative(e.path(), folder).string();
+    files[name] = e.is_directory() ? "<folder>" : slurp(e.path());
+  }
+  return files;
+}
+
+bool has_source_text(const std::string& line) {
+  static const std::regex place(R"(\.(cpp|h|cu|hpp):\d+)");
+  static const std::regex expression(R"(\[[^\]]*(\(|::|==|!=|&&|\|\|)[^\]]*\])");
+  return std::regex_search(line, place) || std::regex_search(line, expression) ||
+         line.find("static_cast") != std::string::npos || line.find("filesystem error") != std::string::npos;
+}
 
 std::string error_of(const std::function<void()>& f) {
   try {

@@ -5,7 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
-
+#include <map>
 #include <string>
 #include <vector>
 
@@ -32,6 +32,14 @@ std::string read_file(const std::string& path);
 
 // The message of the voxgrad::Error `f` throws; adds a test failure when it throws nothing.
 std::string error_of(const std::function<void()>& f);
+
+// Every file under `folder` (relative path -> bytes; folders as "<folder>"): equal snapshots mean a
+// command changed nothing there, not a name, not a byte.
+std::map<std::string, std::string> folder_snapshot(const std::string& folder);
+
+// True when an error line carries source text, which only internal invariants may: a C++
+// expression in brackets or a file.cpp:LINE place.
+bool has_source_text(const std::string& line);
 
 // A fresh empty folder under the system temp dir, removed at process exit.
 std::string temp_dir(const std::string& tag);

@@ -26,6 +26,7 @@
 #include "apps/train_data.h"
 #include "apps/trainer.h"
 #include "engine/checkpoint.h"
+#include "engine/ops.h"
 #include "io/nifti.h"
 #include "tests/test_support.h"
 
@@ -82,6 +83,7 @@ void expect_one_error(const CommandResult& r, int status, const std::string& nee
   const std::vector<std::string> lines = error_lines(r.err);
   ASSERT_EQ(lines.size(), 1u) << r.err;
   EXPECT_NE(lines[0].find(needle), std::string::npos) << lines[0];
+  EXPECT_FALSE(voxgrad::test::has_source_text(lines[0])) << lines[0];
 }
 
 // log.csv without its last column (seconds, the only thing allowed to differ between runs).
@@ -229,10 +231,11 @@ TEST_F(TrainCli, EndToEndTrainPredictEval) {
   }
   // nibabel, when Debian's python3-nibabel is installed, opens the prediction on the image's grid.
   if (std::system("/usr/bin/python3 -c 'import nibabel' >/dev/null 2>&1") == 0) {
-    const std::string script = "import nibabel as nib, numpy as np, sys; a = nib.load(sys.argv[1]); b = nib.load(sys.argv[2]); "
-                               "assert a.shape == b.shape, (a.shape, b.shape); "
-                               "assert np.allclose(a.affine, b.affine), (a.affine, b.affine); "
-                               "assert set(np.unique(np.asanyarray(a.dataobj))) <= {0, 1, 2}";
+    const std::string script =
+        "import nibabel as nib, numpy as np, sys; a = nib.load(sys.argv[1]); b = nib.load(sys.argv[2]); "
+        "assert a.shape == b.shape, (a.shape, b.shape); "
+        "assert np.allclose(a.affine, b.affine), (a.affine, b.affine); "
+        "assert set(np.unique(np.asanyarray(a.dataobj))) <= {0, 1, 2}";
     const std::string cmd = "/usr/bin/python3 -c \"" + script + "\" " + pred + "/synth_003.nii.gz " + data() +
                             "/imagesTs/synth_003_0000.nii.gz";
     EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
@@ -310,7 +313,8 @@ TEST_F(TrainCli, SigkillResumesFromLastCompleteCheckpoint) {
   ASSERT_EQ(whole.exit_code, 0) << whole.err;
 
   const std::string run = dir + "/killed";
-  const Background b = start_voxgrad(split_words("train --data " + data() + " --out " + run + " " + kTiny + " " + schedule), dir);
+  const Background b =
+      start_voxgrad(split_words("train --data " + data() + " --out " + run + " " + kTiny + " " + schedule), dir);
   ASSERT_TRUE(wait_for_epochs(run, 1));
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   kill(b.pid, SIGKILL);
@@ -337,12 +341,111 @@ TEST_F(TrainCli, NonFiniteLossStopsAndNamesTheStep) {
   EXPECT_FALSE(fs::exists(dir + "/run/model_best.safetensors"));
 }
 
+// A run folder belongs to one process for its whole life: a second train, or a --resume, is
+// refused at once naming the holder's process id; nothing is written to take it (no lock file), and
+// the kernel releases it when the holder dies, however it dies.
+TEST_F(TrainCli, OneProcessOwnsARunFolder) {
+  const std::string dir = temp_dir("train-lock");
+  const std::string run = dir + "/run";
+  const Background first = start_voxgrad(
+      split_words("train --data " + data() + " --out " + run + " " + kTiny + " --epochs 200 --iters-per-epoch 50"),
+      dir);
+  // Wait until it has started writing (its initial checkpoint), then try to share the folder.
+  for (int i = 0; i < 24000 && !fs::exists(run + "/config.json"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(fs::exists(run + "/config.json")) << read_file(first.err_path);
+  const std::string holder = "in use by process " + std::to_string(first.pid);
+  const auto t0 = std::chrono::steady_clock::now();
+  expect_one_error(train(run, "--epochs 1 --iters-per-epoch 1"), 1, holder);
+  expect_one_error(run_voxgrad("train --out " + run + " --resume --device cpu"), 1, holder);
+  // Refused at once: before any dataset is read.
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 30.0);
+  for (const auto& e : fs::directory_iterator(run))
+    EXPECT_EQ(e.path().filename().string().find("lock"), std::string::npos) << e.path();
+  kill(first.pid, SIGKILL);
+  ASSERT_EQ(first.wait(), 128 + SIGKILL);
+  const CommandResult resumed = run_voxgrad("train --out " + run + " --resume --device cpu --epochs 1");
+  EXPECT_EQ(error_lines(resumed.err).size(), 0u) << resumed.err;
+}
+
+// Every check comes before any write: a refused or failed command leaves the run folder's list of
+// files and every byte of them as it found them, and a refused fresh run leaves no folder behind.
+TEST_F(TrainCli, ARefusedCommandChangesNothing) {
+  const std::string dir = temp_dir("train-nochange");
+  const std::string run = dir + "/run";
+  ASSERT_EQ(train(run, "--epochs 1 --iters-per-epoch 2").exit_code, 0);
+  const auto before = voxgrad::test::folder_snapshot(run);
+  // Another dataset (other case ids): the resume fails, after reading everything, before writing.
+  const std::string other = dir + "/other";
+  ASSERT_EQ(run_voxgrad("synth --out " + other + " --size 24 --cases 3 --test-cases 0 --seed 9").exit_code, 0);
+  for (const auto& e : fs::directory_iterator(other + "/imagesTr"))
+    fs::rename(e.path(), other + "/imagesTr/x" + e.path().filename().string());
+  for (const auto& e : fs::directory_iterator(other + "/labelsTr"))
+    fs::rename(e.path(), other + "/labelsTr/x" + e.path().filename().string());
+  const CommandResult r = run_voxgrad("train --out " + run + " --resume --data " + other + " --epochs 3 --device cpu");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(voxgrad::test::folder_snapshot(run), before);
+  // Refusals of every kind, on the existing run and on new folders.
+  expect_one_error(run_voxgrad("train --out " + run + " --resume --lr 0.5 --epochs 3"), 2, "--lr");
+  expect_one_error(train(run, "--epochs 1"), 2, "already holds a run");
+  EXPECT_EQ(voxgrad::test::folder_snapshot(run), before);
+  fs::create_directories(dir + "/broken");
+  std::ofstream(dir + "/broken/dataset.json") << "{ not json";
+  expect_one_error(run_voxgrad("train --data " + dir + "/broken --out " + dir + "/new/deeper " + kTiny), 1,
+                   "dataset.json");
+  EXPECT_FALSE(fs::exists(dir + "/new")) << "a refused run leaves no folder behind";
+}
+
+// What the command line alone can tell is refused first, with status 2, before any case is read.
+TEST_F(TrainCli, UsageErrorsComeFirstWithStatusTwo) {
+  const std::string dir = temp_dir("train-usage");
+  std::ofstream(dir + "/afile") << "x";
+  fs::create_directories(dir + "/locked");
+  fs::permissions(dir + "/locked", fs::perms::owner_read | fs::perms::owner_exec);
+  const std::string base = "train --data " + data() + " --device cpu --base 4 --levels 3 --epochs 1 ";
+  expect_one_error(run_voxgrad(base + "--out " + dir + "/afile"), 2, "exists and is not a folder");
+  expect_one_error(run_voxgrad(base + "--out " + dir + "/afile/run"), 2, "is not a folder");
+  expect_one_error(run_voxgrad(base + "--out ''"), 2, "--out is empty");
+  if (geteuid() != 0)  // root writes anywhere
+    expect_one_error(run_voxgrad(base + "--out " + dir + "/locked/run"), 2, "not writable");
+  expect_one_error(run_voxgrad(base + "--out " + dir + "/r --patch 30,32,32"), 2, "D = 30 is not divisible by 4");
+  expect_one_error(run_voxgrad(base + "--out " + dir + "/r --seed -1"), 2, "--seed");
+  expect_one_error(run_voxgrad(base + "--out " + dir + "/r --seed 18446744073709551616"), 2, "--seed");
+  expect_one_error(run_voxgrad(base + "--out " + dir + "/r --lr inf"), 2, "--lr");
+  expect_one_error(run_voxgrad(base + "--out " + dir + "/r --lr nan"), 2, "--lr");
+  expect_one_error(run_voxgrad(base + "--out " + dir + "/r --epochs 2"), 2, "--epochs is given 2 times");
+  if (!voxgrad::test::has_cuda())
+    expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r --device cuda"), 2, "--device cuda");
+  EXPECT_FALSE(fs::exists(dir + "/r"));
+  fs::permissions(dir + "/locked", fs::perms::owner_all);
+}
+
+// A plain (not a terminal) progress log ends each epoch at 100%, and SIGHUP (a dropped ssh
+// session) saves a checkpoint and stops like SIGTERM.
+TEST_F(TrainCli, PlainProgressEndsAtTheLastStepAndSighupSaves) {
+  const std::string dir = temp_dir("train-hup");
+  const CommandResult done = train(dir + "/short", "--epochs 2 --iters-per-epoch 3");
+  ASSERT_EQ(done.exit_code, 0) << done.err;
+  EXPECT_NE(done.err.find("epoch 1/2 100% 3/3"), std::string::npos) << done.err;
+  EXPECT_NE(done.err.find("epoch 2/2 100% 3/3"), std::string::npos) << done.err;
+
+  const std::string run = dir + "/run";
+  const Background b = start_voxgrad(
+      split_words("train --data " + data() + " --out " + run + " " + kTiny + " --epochs 50 --iters-per-epoch 30"), dir);
+  ASSERT_TRUE(wait_for_epochs(run, 1));
+  kill(b.pid, SIGHUP);
+  ASSERT_EQ(b.wait(), 130) << read_file(b.err_path);
+  EXPECT_NE(read_file(b.err_path).find("--resume"), std::string::npos);
+  EXPECT_GT(std::stoll(checkpoint_step(run + "/checkpoint_latest.safetensors")), 0);
+}
+
 // A run killed before its first epoch ends resumes from its initial checkpoint.
 TEST_F(TrainCli, RunKilledInItsFirstEpochResumes) {
   const std::string dir = temp_dir("train-early");
   const std::string run = dir + "/run";
   const std::string schedule = " --epochs 1 --iters-per-epoch 60";
-  const Background b = start_voxgrad(split_words("train --data " + data() + " --out " + run + " " + kTiny + schedule), dir);
+  const Background b =
+      start_voxgrad(split_words("train --data " + data() + " --out " + run + " " + kTiny + schedule), dir);
   // config.json comes right after the initial checkpoint: from then on the folder is a run.
   for (int i = 0; i < 60000 && !fs::exists(run + "/config.json"); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
@@ -382,22 +485,25 @@ TEST_F(TrainCli, PredictResamplesToTheTrainingSpacingAndBack) {
 
 TEST_F(TrainCli, BadInputGivesOneErrorLine) {
   const std::string dir = temp_dir("train-bad");
-  expect_one_error(run_voxgrad("train --data " + dir + "/nowhere --out " + dir + "/r1"), 1, "nowhere");
+  // Exit 2 for the command line (a flag, its value, a place a flag names that cannot be used),
+  // found before any dataset is read; 1 for the content of the inputs.
+  expect_one_error(run_voxgrad("train --data " + dir + "/nowhere --out " + dir + "/r1"), 2, "nowhere");
   expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r2 --no-such-flag"), 2, "--no-such-flag");
   expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r3 --loss hinge"), 2, "--loss");
   expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r4 --patch 0,4"), 2, "--patch");
-  expect_one_error(run_voxgrad("train --out " + dir + "/r5 --resume"), 1, "nothing to resume");
-  expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r5b --levels 1 --deep-supervision --patch 8"),
-                   1, "--deep-supervision needs --levels 2");
+  expect_one_error(run_voxgrad("train --out " + dir + "/r5 --resume"), 2, "nothing to resume");
+  expect_one_error(
+      run_voxgrad("train --data " + data() + " --out " + dir + "/r5b --levels 1 --deep-supervision --patch 8"), 2,
+      "--deep-supervision needs --levels 2");
   EXPECT_FALSE(fs::exists(dir + "/r5b/config.json"));
   // A patch the U-Net cannot take (3 levels need multiples of 4).
-  expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r6 --patch 18 --levels 3 --device cpu"), 1,
-                   "18");
+  expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r6 --patch 18 --levels 3 --device cpu"),
+                   2, "D = 18 is not divisible by 4");
   // An existing run is never overwritten.
   ASSERT_EQ(train(dir + "/r7", "--epochs 1 --iters-per-epoch 1").exit_code, 0);
-  expect_one_error(train(dir + "/r7", "--epochs 1 --iters-per-epoch 1"), 1, "already holds a run");
+  expect_one_error(train(dir + "/r7", "--epochs 1 --iters-per-epoch 1"), 2, "already holds a run");
   // --resume refuses a flag that contradicts the run.
-  expect_one_error(run_voxgrad("train --out " + dir + "/r7 --resume --lr 0.5"), 1, "--lr");
+  expect_one_error(run_voxgrad("train --out " + dir + "/r7 --resume --lr 0.5"), 2, "--lr");
 
   // A copy of the dataset with a label value outside the declared set, and one with a label of
   // the wrong dims.
@@ -428,12 +534,13 @@ TEST_F(TrainCli, PredictBadInputGivesOneErrorLine) {
   const std::string run = dir + "/run";
   ASSERT_EQ(train(run, "--epochs 1 --iters-per-epoch 1").exit_code, 0);
   expect_one_error(run_voxgrad("predict --model " + dir + "/none --input " + data() + "/imagesTs --out " + dir + "/p"),
-                   1, "none");
-  expect_one_error(run_voxgrad("predict --model " + run + " --input " + dir + "/missing.nii.gz --out " + dir + "/p"), 1,
+                   2, "none");
+  expect_one_error(run_voxgrad("predict --model " + run + " --input " + dir + "/missing.nii.gz --out " + dir + "/p"), 2,
                    "missing.nii.gz");
   fs::create_directories(dir + "/empty");
-  expect_one_error(run_voxgrad("predict --model " + run + " --input " + dir + "/empty --out " + dir + "/p"), 1,
+  expect_one_error(run_voxgrad("predict --model " + run + " --input " + dir + "/empty --out " + dir + "/p"), 2,
                    "no .nii");
+  EXPECT_FALSE(fs::exists(dir + "/p")) << "a refused predict leaves no --out folder behind";
   expect_one_error(run_voxgrad("predict --model " + run + " --input x --out y --overlap 1.5"), 2, "--overlap");
   expect_one_error(run_voxgrad("predict --model " + run + " --input x --out y --checkpoint newest"), 2, "--checkpoint");
   // For a one-channel model, names ending in _0001, _0002 are cases, not channels.
@@ -448,8 +555,104 @@ TEST_F(TrainCli, PredictBadInputGivesOneErrorLine) {
   // A corrupt image: one error line naming the file.
   fs::create_directories(dir + "/corrupt");
   std::ofstream(dir + "/corrupt/case_0000.nii.gz") << "not a nifti file";
-  expect_one_error(run_voxgrad("predict --model " + run + " --input " + dir + "/corrupt --out " + dir + "/p --device cpu"),
-                   1, "case_0000.nii.gz");
+  const CommandResult corrupt =
+      run_voxgrad("predict --model " + run + " --input " + dir + "/corrupt --out " + dir + "/p --device cpu");
+  EXPECT_EQ(corrupt.exit_code, 1);
+  const std::vector<std::string> lines = error_lines(corrupt.err);
+  ASSERT_EQ(lines.size(), 2u) << corrupt.err;
+  EXPECT_NE(lines[0].find("case_0000.nii.gz"), std::string::npos) << lines[0];
+  EXPECT_NE(lines[1].find("1 of 1 cases failed: case"), std::string::npos) << lines[1];
+}
+
+// predict never writes over one of its inputs (compared by identity, so any spelling or link is
+// caught) and never replaces a file it did not write unless told: refused before anything is
+// written, naming both paths, with every byte left as it was.
+TEST_F(TrainCli, PredictNeverOverwritesInputsOrFilesItDidNotWrite) {
+  const std::string dir = temp_dir("predict-inputs");
+  const std::string run = dir + "/run";
+  ASSERT_EQ(train(run, "--epochs 1 --iters-per-epoch 1").exit_code, 0);
+  const std::string predict = "predict --model " + run + " --device cpu";
+
+  // A folder of images named without _0000: case "patient" would be written over patient.nii.gz.
+  const std::string images = dir + "/images";
+  fs::create_directories(images);
+  fs::copy_file(data() + "/imagesTs/synth_003_0000.nii.gz", images + "/patient.nii.gz");
+  const auto before = voxgrad::test::folder_snapshot(images);
+  for (const std::string& out : {images, images + "/.", dir + "/images/../images"}) {
+    const CommandResult r = run_voxgrad(predict + " --input " + images + " --out " + out);
+    expect_one_error(r, 1, "would overwrite the input " + images + "/patient.nii.gz");
+    EXPECT_EQ(voxgrad::test::folder_snapshot(images), before) << out;
+  }
+  // The single-file form, and --overwrite does not lift the rule.
+  expect_one_error(run_voxgrad(predict + " --overwrite --input " + images + "/patient.nii.gz --out " + images), 1,
+                   "would overwrite the input");
+  EXPECT_EQ(voxgrad::test::folder_snapshot(images), before);
+
+  // --out pointing at reference labels: they are not this run's files.
+  const std::string labels = dir + "/labelsTs";
+  fs::create_directories(labels);
+  fs::copy_file(data() + "/labelsTs/synth_003.nii.gz", labels + "/synth_003.nii.gz");
+  const std::string truth = read_file(labels + "/synth_003.nii.gz");
+  const std::string case_input = " --input " + data() + "/imagesTs/synth_003_0000.nii.gz --out " + labels;
+  expect_one_error(run_voxgrad(predict + case_input), 1,
+                   labels + "/synth_003.nii.gz: exists and was not written by this run");
+  EXPECT_EQ(read_file(labels + "/synth_003.nii.gz"), truth);
+  // --continue skips the case whose output exists; --overwrite replaces it.
+  const CommandResult skipped = run_voxgrad(predict + " --continue" + case_input);
+  ASSERT_EQ(skipped.exit_code, 0) << skipped.err;
+  EXPECT_EQ(json::parse(skipped.out).at("skipped"), 1);
+  EXPECT_EQ(read_file(labels + "/synth_003.nii.gz"), truth);
+  const CommandResult replaced = run_voxgrad(predict + " --overwrite" + case_input);
+  ASSERT_EQ(replaced.exit_code, 0) << replaced.err;
+  EXPECT_NE(read_file(labels + "/synth_003.nii.gz"), truth);
+  expect_one_error(run_voxgrad(predict + " --overwrite --continue" + case_input), 2, "--continue");
+}
+
+// A bad case is reported and the others are still segmented; the status says something failed.
+// Temporaries that a killed predict left in --out are cleared by the next one.
+TEST_F(TrainCli, PredictGoesOnPastABadCaseAndClearsStaleTemporaries) {
+  const std::string dir = temp_dir("predict-partial");
+  const std::string run = dir + "/run";
+  ASSERT_EQ(train(run, "--epochs 1 --iters-per-epoch 1").exit_code, 0);
+  const std::string images = dir + "/images";
+  fs::create_directories(images);
+  std::ofstream(images + "/a_0000.nii.gz") << "not a nifti file";
+  fs::copy_file(data() + "/imagesTs/synth_003_0000.nii.gz", images + "/b_0000.nii.gz");
+  const std::string out = dir + "/out";
+  fs::create_directories(out);
+  // A dead process's temporary (its pid: one that has exited) and a file of the user's.
+  const pid_t child = fork();
+  if (child == 0) _exit(0);
+  waitpid(child, nullptr, 0);
+  const std::string stale = out + "/b.nii.gz.tmp-" + std::to_string(child) + "-0";
+  std::ofstream(stale) << "half a file";
+  const CommandResult r =
+      run_voxgrad("predict --model " + run + " --input " + images + " --out " + out + " --device cpu");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  const json result = json::parse(r.out);
+  EXPECT_EQ(result.at("failed"), json::array({"a"}));
+  EXPECT_EQ(result.at("cases"), 1);
+  EXPECT_TRUE(fs::exists(out + "/b.nii.gz"));
+  EXPECT_FALSE(fs::exists(out + "/a.nii.gz"));
+  EXPECT_FALSE(fs::exists(stale));
+  EXPECT_NE(r.err.find("1 of 2 cases failed: a"), std::string::npos) << r.err;
+}
+
+// Single slices, which train takes, are segmented too: the output has the input's dims.
+TEST_F(TrainCli, PredictTakesTwoDimensionalSlices) {
+  const std::string dir = temp_dir("predict-2d");
+  const std::string run = dir + "/run";
+  ASSERT_EQ(train(run, "--epochs 1 --iters-per-epoch 1").exit_code, 0);
+  const io::Volume volume = io::read_nifti(data() + "/imagesTs/synth_003_0000.nii.gz");  // (Z, Y, X)
+  const voxgrad::Tensor one = voxgrad::reshape(voxgrad::slice(volume.data, 0, 5, 6), {24, 24}).clone();
+  io::Volume flat = io::make_volume(one, volume.affine);
+  flat.spacing = {volume.spacing[0], volume.spacing[1]};
+  io::write_nifti(dir + "/slice.nii.gz", flat);
+  const CommandResult r =
+      run_voxgrad("predict --model " + run + " --input " + dir + "/slice.nii.gz --out " + dir + "/p --device cpu");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const io::Volume labels = io::read_nifti(dir + "/p/slice.nii.gz");
+  EXPECT_EQ(labels.dims(), flat.dims());
 }
 
 // The CUDA path end to end: training runs on the device, and the device's prediction of the same

@@ -20,4 +20,8 @@ void fail(const char* file, int line, const char* what, const std::string& detai
   throw Error(msg);
 }
 
+// The user's errors carry their message alone: the place in the source means nothing to them.
+void fail_input(const char*, int, const char*, const std::string& detail) { throw InputError(detail); }
+void fail_usage(const char*, int, const char*, const std::string& detail) { throw UsageError(detail); }
+
 }  // namespace voxgrad::detail

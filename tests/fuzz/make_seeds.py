@@ -2,8 +2,9 @@
 """Writes the valid seed inputs of the NIfTI fuzz target into tests/fuzz/corpus/.
 
 Small well-formed files for every readable datatype in both byte orders, NIfTI-1 (plain and gzip)
-and NIfTI-2, scaled, with qform and sform; plus inputs the target splits into .hdr/.img pairs
-(its first 348 bytes become the header; an odd last byte selects the pair path, bit 1 gzip).
+and NIfTI-2, scaled, with qform and sform; gzip in two members; units in metres and micrometres;
+plus inputs the target splits into .hdr/.img pairs (its first 348 bytes become the header; an odd
+last byte selects the pair path, bit 1 gzip).
 Standard library only, deterministic: python3 tests/fuzz/make_seeds.py
 """
 import gzip
@@ -41,6 +42,18 @@ def main():
             write(f"seed_v1_{code}_{tag}.nii", bytes(h) + data)
             write(f"seed_v1_{code}_{tag}.nii.gz", gzip.compress(bytes(h) + data, mtime=0))
             write(f"seed_v2_{code}_{tag}.nii", mc.nifti2([4, 3, 2], datatype=code, bitpix=bits, endian=end) + data)
+    # The gzip checks: header and voxels in two members (each member's trailer is verified), and
+    # files in metres and micrometres (spacing and affine scaled to mm).
+    ramp = bytes(range(64))
+    head = mc.nifti1([4, 4, 4])
+    write("seed_v1_two_members.nii.gz", gzip.compress(head, mtime=0) + gzip.compress(ramp, mtime=0))
+    for units, tag in ((1, "m"), (3, "um")):
+        h = bytearray(head)
+        h[123] = units | 8
+        struct.pack_into("<hh", h, 252, 1, 1)
+        struct.pack_into("<6f", h, 256, 0, 0, 0, 0.5, -0.25, 2)
+        struct.pack_into("<12f", h, 280, 0.002, 0, 0, 0.5, 0, 0.003, 0, -0.25, 0, 0, 0.004, 2)
+        write(f"seed_v1_units_{tag}.nii.gz", gzip.compress(bytes(h) + ramp, mtime=0))
     # Pair-path inputs: ANALYZE with an SPM origin, ANALYZE with a gzip image, a NIfTI-1 pair.
     a = bytearray(mc.nifti1([4, 4, 4], magic=b"\0\0\0\0", vox_offset=0.0)[:348])
     struct.pack_into("<3h", a, 253, 2, 2, 2)

@@ -66,11 +66,24 @@ def main():
 
     add("empty.nii", b"", "NIfTI header: expected 4 bytes, got 0")
     add("truncated_header.nii", good[:200], "NIfTI header: expected 344 bytes, got 196 (file truncated)")
-    add("truncated_header.nii.gz", gz(good[:200]), "gzip stream ended early")
+    add("truncated_header.nii.gz", gz(good[:200]), "NIfTI header: expected 344 bytes, got 196 (the gzip data end there")
     add("truncated_data.nii", good[:352 + 30], "file has only 30")
-    add("truncated_data.nii.gz", gz(good[:352 + 30]), "voxel data: expected 64 bytes, got 30 (gzip stream ended early)")
+    add("truncated_data.nii.gz", gz(good[:352 + 30]), "voxel data: expected 64 bytes, got 30 (the gzip data end there")
     whole = gz(good, level=0)
-    add("truncated_stream.nii.gz", whole[:len(whole) - 40], "gzip stream ended early")
+    add("truncated_stream.nii.gz", whole[:len(whole) - 40], "(file truncated: it ends inside its gzip data)")
+    # The gzip trailer (CRC32 and ISIZE, 8 bytes) is all that is wrong: every voxel inflates.
+    member = bytearray(gz(good))
+    member[-8] ^= 0x01
+    add("crc_mismatch.nii.gz", bytes(member), "corrupt gzip data (CRC mismatch)")
+    member = bytearray(gz(good))
+    member[-4:] = struct.pack("<I", len(good) + 1)
+    add("isize_mismatch.nii.gz", bytes(member), "corrupt gzip data (length mismatch)")
+    add("truncated_trailer.nii.gz", gz(good)[:-3], "file truncated: it ends inside its gzip data")
+    # Header and voxels in one good member, then a second member whose CRC is wrong: every member
+    # is checked, not only those the voxels came from.
+    second = bytearray(gz(b"padding" * 10))
+    second[-8] ^= 0x80
+    add("crc_mismatch_second_member.nii.gz", gz(good) + bytes(second), "corrupt gzip data (CRC mismatch)")
     add("wrong_sizeof_hdr.nii", struct.pack("<i", 349) + good[4:], "sizeof_hdr is 349")
     add("wrong_sizeof_hdr_nifti2.nii", struct.pack("<i", 541) + nifti2([2, 2])[4:] + ramp(4), "sizeof_hdr is 541")
     add("bad_magic.nii", nifti1([4, 4, 4], magic=b"abc\0") + ramp(64), "bad magic")
@@ -118,8 +131,9 @@ def main():
     files["short_image.img"] = ramp(10)
     add("short_image.hdr", nifti1([4, 4, 4], vox_offset=0.0, magic=b"ni1\0")[:348], "file has only 10")
 
-    # Must read: the declared 64 voxels come from a member that inflates to about 2 MiB; only the
-    # declared bytes may be inflated, and the rest is not an error.
+    # Must read: the declared 64 voxels come from a member that inflates to about 2 MiB; the rest
+    # is inflated only to check the member's trailer (well inside the bound on what may follow the
+    # image), and is not an error.
     bomb = good + bytes(2 << 20)
     add("gzip_bomb.nii.gz", gzip.compress(bomb, compresslevel=9, mtime=0), "-")
     # Must read: header and voxels in two concatenated members, then non-gzip trailing bytes.

@@ -1,0 +1,122 @@
+// libFuzzer target for a run folder's config.json (apps/run_config.h): any bytes must give a
+// RunConfig that survives a write-and-read round trip unchanged, or a voxgrad::Error; never a
+// crash, a sanitizer report, another exception type, a hang or a huge allocation. Built without
+// libFuzzer (VOXGRAD_LIBFUZZER undefined) it is a replay program: `config_json_fuzz_replay
+// FILE_OR_DIR...`. Seeds: tests/fuzz/corpus_config_json (a real config.json and variants).
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "apps/run_config.h"
+#include "engine/error.h"
+
+namespace {
+
+using namespace voxgrad;
+using namespace voxgrad::apps;
+namespace fs = std::filesystem;
+
+// read_run_config reads RUN/config.json: one run folder per process, in memory-backed storage when
+// there is some, removed at exit.
+const std::string& run_dir() {
+  static const std::string dir = [] {
+    const std::string base = fs::exists("/dev/shm") ? "/dev/shm" : fs::temp_directory_path().string();
+    const std::string d = base + "/voxgrad-config-fuzz-" + std::to_string(::getpid());
+    fs::create_directories(d);
+    return d;
+  }();
+  static const bool cleaned_at_exit = std::atexit([] {
+    std::error_code ec;
+    fs::remove_all(run_dir(), ec);
+  }) == 0;
+  (void)cleaned_at_exit;
+  return dir;
+}
+
+void write_input(std::span<const std::byte> bytes) {
+  const std::string path = run_config_path(run_dir());
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) std::abort();
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n <= 0) std::abort();
+    done += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+}
+
+// A bug in the reader, not in the input: stop as a crash does, so libFuzzer keeps the input.
+void require(bool ok, const char* what) {
+  if (!ok) {
+    std::fprintf(stderr, "config_json_fuzz: invariant broken: %s\n", what);
+    std::abort();
+  }
+}
+
+// What `train --resume` and `predict` rely on in an accepted config, and that writing it back
+// (as `train` does) and reading that again changes nothing.
+void use(const RunConfig& c) {
+  require(c.model.in_channels == static_cast<int>(c.channels.size()), "channels agree with the model");
+  require(c.model.classes == c.plan.classes && c.model.classes >= 2, "classes agree");
+  require(c.model.in_channels >= 1 && c.model.base_features >= 1 && c.model.levels >= 1 && c.model.feature_cap >= 1,
+          "a network that can be built");
+  for (const auto& [value, name] : c.labels) require(value >= 0 && value <= 255, "label value range");
+  for (const std::int64_t side : c.training.patch) require(side >= 1, "patch side");
+  require(c.training.batch_size >= 1 && c.training.epochs >= 1 && c.training.iters_per_epoch >= 1, "counts");
+  const Json written = run_config_to_json(c);
+  const Json again = run_config_to_json(run_config_from_json(Json::parse(written.dump(2)), "round trip"));
+  require(written == again, "a written config reads back the same");
+}
+
+void run_one(std::span<const std::byte> bytes) {
+  write_input(bytes);
+  try {
+    use(read_run_config(run_dir()));
+  } catch (const Error&) {
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  run_one(std::span<const std::byte>(reinterpret_cast<const std::byte*>(data), size));
+  return 0;
+}
+
+#ifndef VOXGRAD_LIBFUZZER
+// Replay: every file named, and every file under every folder named, once through the target.
+int main(int argc, char** argv) {
+  std::vector<fs::path> files;
+  for (int i = 1; i < argc; ++i) {
+    const fs::path p(argv[i]);
+    if (fs::is_directory(p)) {
+      for (const auto& e : fs::recursive_directory_iterator(p))
+        if (e.is_regular_file()) files.push_back(e.path());
+    } else {
+      files.push_back(p);
+    }
+  }
+  if (files.empty()) {
+    std::fprintf(stderr, "usage: %s FILE_OR_DIR...\n", argv[0]);
+    return 2;
+  }
+  for (const fs::path& f : files) {
+    std::ifstream in(f, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
+  }
+  std::printf("replayed %zu inputs\n", files.size());
+  return 0;
+}
+#endif
