@@ -3,10 +3,12 @@
 // such line with status 1, and wraps the run in the profiler when --profile or --trace asks for it.
 #include "apps/cli.h"
 
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <cctype>
 #include <exception>
-#include <fstream>
+#include <filesystem>
 #include <iostream>
 #include <regex>
 #include <utility>
@@ -101,11 +103,17 @@ std::string version_text() {
 int run_command(const RunFn& run, const GlobalOptions& global) {
   const bool profiling = global.profile || !global.trace.empty();
   if (!global.trace.empty()) {
-    // Fail before the work, not after it, when the trace cannot be written.
-    std::ofstream probe(global.trace, std::ios::app);
-    if (!probe) {
-      logging::error("cannot write the trace file '" + global.trace + "'");
-      return kExitFailure;
+    // Fail before the work, not after it, when the trace cannot be written; probing creates
+    // nothing, so a refused command leaves no empty trace file behind.
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    const fs::path parent = fs::absolute(global.trace, ec).parent_path();
+    const bool usable = !fs::is_directory(global.trace, ec) && fs::is_directory(parent, ec) &&
+                        ::access(parent.c_str(), W_OK | X_OK) == 0;
+    if (!usable) {
+      logging::error("--trace " + global.trace + ": cannot be written (its folder is missing or not writable, or it "
+                     "is a folder) (see 'voxgrad --help')");
+      return kExitUsage;
     }
   }
   if (profiling) profiler::enable(global.trace);

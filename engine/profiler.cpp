@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "engine/error.h"
+#include "engine/files.h"
 #include "engine/json.h"
 #include "engine/profiler_gpu.h"
 
@@ -192,17 +193,7 @@ void write_trace(const std::string& path, const std::vector<Record>& records) {
                       {"cat", device_kind(r.device)}});
   }
   const Json trace = {{"traceEvents", std::move(events)}, {"displayTimeUnit", "ms"}};
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    VG_CHECK(out.good(), "cannot write the profiler trace '" << tmp << "'");
-    out << trace.dump() << "\n";
-    out.close();
-    VG_CHECK(!out.fail(), "writing the profiler trace '" << tmp << "' failed (disk full?)");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  VG_CHECK(!ec, "cannot move the profiler trace to '" << path << "': " << ec.message());
+  files::write_file_atomically(path, trace.dump() + "\n");
 }
 
 }  // namespace
@@ -211,8 +202,8 @@ void enable(const std::string& trace_path) {
   if (!trace_path.empty()) {
     // Found out now, not after a long run: the trace's folder must exist.
     const std::filesystem::path parent = std::filesystem::path(trace_path).parent_path();
-    VG_CHECK(parent.empty() || std::filesystem::is_directory(parent),
-             "profiler trace '" << trace_path << "': folder '" << parent.string() << "' does not exist");
+    VG_USAGE_CHECK(parent.empty() || std::filesystem::is_directory(parent),
+                   "--trace " << trace_path << ": the folder " << parent.string() << " does not exist");
   }
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);

@@ -1,6 +1,7 @@
 // The command line as a user meets it: help everywhere, one error line and status 2 for usage
 // errors, status 1 for run failures, stdout holding only results (JSON), and the global options
 // (--device, --profile, --trace) working after every subcommand.
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -161,9 +162,33 @@ TEST(Cli, TraceWritesAChromeTrace) {
 
 TEST(Cli, UnwritableTraceFailsBeforeRunning) {
   const CommandResult r = run_voxgrad("toy --device cpu --trace /nonexistent-voxgrad-dir/trace.json");
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2);  // a flag naming a place that cannot be used
   EXPECT_EQ(r.out, "");
   EXPECT_EQ(lines_of(r.err).size(), 1u) << r.err;
+  // A refused command leaves no trace file behind.
+  const std::string dir = voxgrad::test::temp_dir("cli-trace");
+  const CommandResult refused = run_voxgrad("toy --device cpu --steps 0 --trace " + dir + "/t.json");
+  EXPECT_EQ(refused.exit_code, 2) << refused.err;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/t.json"));
+}
+
+// Error lines caused by the user never end with source text (a C++ expression, file.cpp:LINE),
+// and CLI11's own phrasing does not leak through.
+TEST(Cli, UserErrorsCarryNoSourceText) {
+  const std::string dir = voxgrad::test::temp_dir("cli-plain");
+  for (const std::string& args :
+       {"info " + dir + "/missing.nii.gz", "predict --model " + dir + " --input " + dir + " --out " + dir + "/p",
+        "eval --pred " + dir + "/p --ref " + dir + " --out " + dir + "/s.json", "train --data " + dir + " --out " + dir,
+        "train --out " + dir + "/r --resume", "synth --out " + dir + "/s --size 16 --cases 1 --cases 2",
+        std::string("toy --steps 1 --steps 2"), std::string("train --out x --epochs")}) {
+    const CommandResult r = run_voxgrad(args + " --device cpu");
+    EXPECT_NE(r.exit_code, 0) << args;
+    for (const std::string& line : lines_of(r.err)) {
+      EXPECT_FALSE(voxgrad::test::has_source_text(line)) << args << ": " << line;
+      EXPECT_EQ(line.find("At Most"), std::string::npos) << line;
+      EXPECT_EQ(line.find("required but received"), std::string::npos) << line;
+    }
+  }
 }
 
 TEST(Cli, PlainProgressLinesGoToStderr) {

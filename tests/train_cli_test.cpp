@@ -3,6 +3,7 @@
 // nibabel), Ctrl-C and --resume giving bit-identical numbers, a SIGKILLed run resuming from its
 // last complete checkpoint, a non-finite loss stopping the run, and one clear error line for bad input.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,6 +18,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <span>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -636,6 +638,65 @@ TEST_F(TrainCli, PredictGoesOnPastABadCaseAndClearsStaleTemporaries) {
   EXPECT_FALSE(fs::exists(out + "/a.nii.gz"));
   EXPECT_FALSE(fs::exists(stale));
   EXPECT_NE(r.err.find("1 of 2 cases failed: a"), std::string::npos) << r.err;
+}
+
+// A non-finite voxel is left out and set to 0 with a warning naming the file and the count, so the
+// prediction is the same as without it (it was all background); an image with no finite voxel is a
+// named dataset problem for train. A corrupt model file is refused, naming it, and a FIFO among
+// the cases is a failed case, not a hang.
+TEST_F(TrainCli, NonFiniteVoxelsCorruptModelsAndFifos) {
+  const std::string dir = temp_dir("predict-hostile");
+  const std::string run = dir + "/run";
+  ASSERT_EQ(train(run, "--epochs 1 --iters-per-epoch 2").exit_code, 0);
+  const std::string clean = data() + "/imagesTs/synth_003_0000.nii.gz";
+  io::Volume v = io::read_nifti(clean);
+  v.data.data<float>()[100] = INFINITY;
+  fs::create_directories(dir + "/inf");
+  io::write_nifti(dir + "/inf/case_0000.nii.gz", v, io::NiftiWriteType::Float32);
+  const std::string predict = "predict --model " + run + " --device cpu --input ";
+  const CommandResult with_inf = run_voxgrad(predict + dir + "/inf --out " + dir + "/p_inf");
+  ASSERT_EQ(with_inf.exit_code, 0) << with_inf.err;
+  EXPECT_NE(with_inf.err.find(dir + "/inf/case_0000.nii.gz: 1 of"), std::string::npos) << with_inf.err;
+  ASSERT_EQ(run_voxgrad(predict + clean + " --out " + dir + "/p_clean").exit_code, 0);
+  // One voxel left out of the statistics may move a few borderline voxels, no more.
+  const auto a = io::read_nifti(dir + "/p_inf/case.nii.gz").data.to_vector<std::uint8_t>();
+  const auto b = io::read_nifti(dir + "/p_clean/synth_003.nii.gz").data.to_vector<std::uint8_t>();
+  ASSERT_EQ(a.size(), b.size());
+  std::size_t differ = 0, foreground = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    differ += a[i] != b[i];
+    foreground += a[i] != 0;
+  }
+  EXPECT_LE(differ, a.size() / 100);
+  EXPECT_EQ(foreground > 0, std::count_if(b.begin(), b.end(), [](std::uint8_t x) { return x != 0; }) > 0);
+
+  // One altered byte in the model's tensor data: refused, naming the file.
+  const std::string model = run + "/model_best.safetensors";
+  std::string bytes = read_file(model);
+  bytes[bytes.size() - 7] = static_cast<char>(bytes[bytes.size() - 7] ^ 0x10);
+  std::ofstream(model, std::ios::binary | std::ios::trunc) << bytes;
+  expect_one_error(run_voxgrad(predict + clean + " --out " + dir + "/p_corrupt"), 1, model);
+  EXPECT_FALSE(fs::exists(dir + "/p_corrupt"));
+
+  // A FIFO named like a case: reported as a failed case at once, the other case still segmented.
+  fs::create_directories(dir + "/fifo");
+  ASSERT_EQ(mkfifo((dir + "/fifo/a_0000.nii.gz").c_str(), 0644), 0);
+  fs::copy_file(clean, dir + "/fifo/b_0000.nii.gz");
+  const CommandResult fifo = run_voxgrad("predict --model " + run + " --checkpoint latest --device cpu --input " + dir +
+                                         "/fifo --out " + dir + "/p_fifo", "timeout -s KILL 120");
+  EXPECT_EQ(fifo.exit_code, 1) << fifo.err;
+  EXPECT_NE(fifo.err.find("not a regular file"), std::string::npos) << fifo.err;
+  EXPECT_TRUE(fs::exists(dir + "/p_fifo/b.nii.gz"));
+
+  // Training: an image whose voxels are all NaN is a dataset problem naming the case and the file.
+  const std::string bad = dir + "/bad";
+  fs::copy(data(), bad, fs::copy_options::recursive);
+  io::Volume nan = io::read_nifti(bad + "/imagesTr/synth_001_0000.nii.gz");
+  for (float& x : std::span(nan.data.data<float>(), static_cast<std::size_t>(nan.data.numel()))) x = NAN;
+  io::write_nifti(bad + "/imagesTr/synth_001_0000.nii.gz", nan, io::NiftiWriteType::Float32);
+  expect_one_error(run_voxgrad("train --data " + bad + " --out " + dir + "/r_nan " + kTiny), 1,
+                   "case synth_001: " + bad + "/imagesTr/synth_001_0000.nii.gz: no finite voxel");
+  EXPECT_FALSE(fs::exists(dir + "/r_nan"));
 }
 
 // Single slices, which train takes, are segmented too: the output has the input's dims.
