@@ -8,21 +8,13 @@
 #include <vector>
 
 #include "engine/log.h"
+#include "io/grid_match.h"
 #include "io/nifti.h"
 #include "io/png.h"
 
 namespace voxgrad::apps {
 
 namespace {
-
-std::string dims_text(const std::vector<std::int64_t>& d) {
-  std::string s;
-  for (std::size_t i = 0; i < d.size(); ++i) {
-    if (i > 0) s += 'x';
-    s += std::to_string(d[i]);
-  }
-  return s;
-}
 
 // A 2-D view of one slice of a (Z, Y, X) volume: pixel (row, col) -> flat voxel index.
 struct SliceView {
@@ -126,8 +118,8 @@ void write_case_picture(const std::string& path, const io::Volume& ref_volume, c
       const float* im = image.data<float>();
       for (std::size_t k = 0; k < n; ++k) background[k] = im[view.index[k]];
     } else {
-      logging::warning(image_path + ": dims " + dims_text(header.dims()) + " differ from the reference's " +
-                       dims_text(dims) + "; the picture shows the reference labels instead");
+      logging::warning(image_path + ": dims " + io::dims_text(header.dims()) + " differ from the reference's " +
+                       io::dims_text(dims) + "; the picture shows the reference labels instead");
     }
   }
   const std::vector<std::uint8_t> grey = grey_levels(background);

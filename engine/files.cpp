@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "engine/error.h"
+#include "engine/log.h"
 
 namespace voxgrad::files {
 
@@ -247,7 +248,13 @@ FolderLock::FolderLock(const std::string& folder, const std::string& what) {
   const int err = errno;
   ::close(fd_);
   fd_ = -1;
-  if (err != EWOULDBLOCK) VG_INPUT_FAIL(folder << ": cannot lock the folder: " << reason(err));
+  if (err != EWOULDBLOCK) {
+    // Some network file systems cannot lock a folder (NFS emulates flock with fcntl locks, which a
+    // read-only descriptor cannot take): work on unprotected rather than refuse to work there.
+    logging::warning(folder + ": cannot lock " + what + " on this file system (" + reason(err) +
+                     "); make sure no other process writes into it");
+    return;
+  }
   const auto holder = flock_holder(folder);
   VG_INPUT_FAIL(folder << ": " << what << " is in use by "
                        << (holder ? "process " + std::to_string(*holder) : "another process")

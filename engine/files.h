@@ -86,7 +86,8 @@ class FolderLock {
  public:
   FolderLock() = default;
   // Throws InputError "FOLDER: WHAT is in use by process PID; ..." when another process holds it
-  // (`what` says what the folder is: "the run folder").
+  // (`what` says what the folder is: "the run folder"). Where the file system cannot lock folders
+  // at all, warns and holds nothing rather than refuse to work there.
   FolderLock(const std::string& folder, const std::string& what);
   ~FolderLock();
   FolderLock(FolderLock&& other) noexcept;

@@ -30,15 +30,6 @@ std::vector<std::int64_t> extra_dims(const std::vector<std::int64_t>& dims) {
   return e;
 }
 
-std::string dims_text(const std::vector<std::int64_t>& d) {
-  std::string s;
-  for (std::size_t i = 0; i < d.size(); ++i) {
-    if (i > 0) s += 'x';
-    s += std::to_string(d[i]);
-  }
-  return s;
-}
-
 std::string number_text(double v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.4g", std::abs(v) < 5e-7 ? 0.0 : v);
@@ -226,6 +217,15 @@ Tensor reorient(const Tensor& stored, const std::vector<std::int64_t>& stored_di
       VG_FAIL("reorient: unsupported dtype " << dtype_name(src.dtype()));
   }
   return out;
+}
+
+std::string dims_text(const std::vector<std::int64_t>& d) {
+  std::string s;
+  for (std::size_t i = 0; i < d.size(); ++i) {
+    if (i > 0) s += 'x';
+    s += std::to_string(d[i]);
+  }
+  return s;
 }
 
 }  // namespace voxgrad::io

@@ -61,4 +61,7 @@ std::string grid_difference(const Grid& stored, const Grid& target, AffineTolera
 Tensor reorient(const Tensor& stored, const std::vector<std::int64_t>& stored_dims, const AxisMap& map,
                 const Shape& target_shape);
 
+// NIfTI dims as "5x3x2" (x first), for messages about grids.
+std::string dims_text(const std::vector<std::int64_t>& dims);
+
 }  // namespace voxgrad::io
