@@ -1,7 +1,7 @@
 // libFuzzer target for a run folder's config.json (apps/run_config.h): any bytes must give a
 // RunConfig that survives a write-and-read round trip unchanged, or a voxgrad::Error; never a
 // crash, a sanitizer report, another exception type, a hang or a huge allocation. Built without
-// libFuzzer (VOXGRAD_LIBFUZZER undefined) it is a replay program: `config_json_fuzz_replay
+// libFuzzer it is a replay program (tests/fuzz/replay_main.cpp): `config_json_fuzz_replay
 // FILE_OR_DIR...`. Seeds: tests/fuzz/corpus_config_json (a real config.json and variants).
 #include <fcntl.h>
 #include <unistd.h>
@@ -93,30 +93,3 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   run_one(std::span<const std::byte>(reinterpret_cast<const std::byte*>(data), size));
   return 0;
 }
-
-#ifndef VOXGRAD_LIBFUZZER
-// Replay: every file named, and every file under every folder named, once through the target.
-int main(int argc, char** argv) {
-  std::vector<fs::path> files;
-  for (int i = 1; i < argc; ++i) {
-    const fs::path p(argv[i]);
-    if (fs::is_directory(p)) {
-      for (const auto& e : fs::recursive_directory_iterator(p))
-        if (e.is_regular_file()) files.push_back(e.path());
-    } else {
-      files.push_back(p);
-    }
-  }
-  if (files.empty()) {
-    std::fprintf(stderr, "usage: %s FILE_OR_DIR...\n", argv[0]);
-    return 2;
-  }
-  for (const fs::path& f : files) {
-    std::ifstream in(f, std::ios::binary);
-    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
-  }
-  std::printf("replayed %zu inputs\n", files.size());
-  return 0;
-}
-#endif

@@ -1,7 +1,7 @@
 // libFuzzer target for dataset.json parsing: any bytes must give a Dataset whose every number is
 // in range, or a voxgrad::Error; never a crash, a sanitizer report, a hang or a huge allocation.
 // The cases are looked up in a small fixture folder (empty files, and a FIFO that must never be
-// opened). Built without libFuzzer (VOXGRAD_LIBFUZZER undefined) it is a replay program:
+// opened). Built without libFuzzer it is a replay program (tests/fuzz/replay_main.cpp):
 // `dataset_json_fuzz_replay FILE_OR_DIR...`. Seeds: tests/fuzz/corpus_dataset_json.
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <iterator>
 #include <string>
 #include <string_view>
@@ -77,6 +78,13 @@ void use(const Dataset& ds) {
 }
 
 void run_one(std::string_view bytes) {
+  // parse_dataset's warnings would flood the output; sanitizers and libFuzzer write to the
+  // descriptor, not through std::cerr.
+  static const bool quiet = [] {
+    std::cerr.rdbuf(nullptr);
+    return true;
+  }();
+  (void)quiet;
   try {
     use(parse_dataset(bytes, fixture_root()));
   } catch (const Error&) {
@@ -89,30 +97,3 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   run_one(std::string_view(reinterpret_cast<const char*>(data), size));
   return 0;
 }
-
-#ifndef VOXGRAD_LIBFUZZER
-// Replay: every file named, and every file under every folder named, once through the target.
-int main(int argc, char** argv) {
-  std::vector<fs::path> files;
-  for (int i = 1; i < argc; ++i) {
-    const fs::path p(argv[i]);
-    if (fs::is_directory(p)) {
-      for (const auto& e : fs::recursive_directory_iterator(p))
-        if (e.is_regular_file()) files.push_back(e.path());
-    } else {
-      files.push_back(p);
-    }
-  }
-  if (files.empty()) {
-    std::fprintf(stderr, "usage: %s FILE_OR_DIR...\n", argv[0]);
-    return 2;
-  }
-  for (const fs::path& f : files) {
-    std::ifstream in(f, std::ios::binary);
-    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
-  }
-  std::printf("replayed %zu inputs\n", files.size());
-  return 0;
-}
-#endif

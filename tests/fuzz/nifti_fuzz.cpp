@@ -1,12 +1,13 @@
 // libFuzzer target for the NIfTI reader: any bytes must give a Volume or a voxgrad::Error, never a
 // crash, a sanitizer report or an allocation the input cannot back. Built without libFuzzer
-// (VOXGRAD_LIBFUZZER undefined) it is a replay program: `nifti_fuzz_replay FILE_OR_DIR...`.
+// it is a replay program (tests/fuzz/replay_main.cpp): `nifti_fuzz_replay FILE_OR_DIR...`.
 // Seeds: tests/fuzz/corpus (make_seeds.py) and tests/data/nifti_malformed.
 #include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <span>
 #include <string>
@@ -53,6 +54,14 @@ void read_pair(std::span<const std::byte> bytes) {
     std::filesystem::create_directories(d);
     return d;
   }();
+  // Gone at exit: every replay (each ctest run) would otherwise leave one folder behind.
+  static const bool cleanup_registered = [] {
+    return std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }) == 0;
+  }();
+  (void)cleanup_registered;
   const bool gz = (static_cast<unsigned>(bytes.back()) & 2) != 0;
   const std::string hdr = dir + "/p.hdr", img = dir + (gz ? "/p.img.gz" : "/p.img");
   std::filesystem::remove(dir + "/p.img");
@@ -81,29 +90,3 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   run_one(std::span<const std::byte>(reinterpret_cast<const std::byte*>(data), size));
   return 0;
 }
-
-#ifndef VOXGRAD_LIBFUZZER
-// Replay: every file named, and every file under every folder named, once through the target.
-int main(int argc, char** argv) {
-  std::vector<std::filesystem::path> files;
-  for (int i = 1; i < argc; ++i) {
-    const std::filesystem::path p(argv[i]);
-    if (std::filesystem::is_directory(p)) {
-      for (const auto& e : std::filesystem::recursive_directory_iterator(p))
-        if (e.is_regular_file()) files.push_back(e.path());
-    } else {
-      files.push_back(p);
-    }
-  }
-  if (files.empty()) {
-    std::fprintf(stderr, "usage: %s FILE_OR_DIR...\n", argv[0]);
-    return 2;
-  }
-  for (const auto& f : files) {
-    const std::string bytes = read_file_bytes(f.string());
-    LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
-  }
-  std::printf("replayed %zu inputs\n", files.size());
-  return 0;
-}
-#endif

@@ -1,6 +1,6 @@
 // libFuzzer target for the safetensors loader: any bytes must give tensors or a voxgrad::Error, never
 // a crash, a sanitizer report or an allocation the input cannot back. Built without libFuzzer
-// (VOXGRAD_LIBFUZZER undefined) it is a replay program: `safetensors_fuzz_replay FILE_OR_DIR...`.
+// it is a replay program (tests/fuzz/replay_main.cpp): `safetensors_fuzz_replay FILE_OR_DIR...`.
 // Seeds: tests/fuzz/corpus_safetensors (make_safetensors_seeds.py).
 #include <fcntl.h>
 #include <unistd.h>
@@ -116,30 +116,3 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   run_one(std::span<const std::byte>(reinterpret_cast<const std::byte*>(data), size));
   return 0;
 }
-
-#ifndef VOXGRAD_LIBFUZZER
-// Replay: every file named, and every file under every folder named, once through the target.
-int main(int argc, char** argv) {
-  std::vector<std::filesystem::path> files;
-  for (int i = 1; i < argc; ++i) {
-    const std::filesystem::path p(argv[i]);
-    if (std::filesystem::is_directory(p)) {
-      for (const auto& e : std::filesystem::recursive_directory_iterator(p))
-        if (e.is_regular_file()) files.push_back(e.path());
-    } else {
-      files.push_back(p);
-    }
-  }
-  if (files.empty()) {
-    std::fprintf(stderr, "usage: %s FILE_OR_DIR...\n", argv[0]);
-    return 2;
-  }
-  for (const auto& f : files) {
-    std::ifstream in(f, std::ios::binary);
-    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
-  }
-  std::printf("replayed %zu inputs\n", files.size());
-  return 0;
-}
-#endif
