@@ -46,8 +46,12 @@ TrainingData prepare_training_data(const std::string& root, io::PreprocessPlan p
   // and each case is then loaded, preprocessed and its raw volumes dropped: memory holds the
   // preprocessed cases plus one raw case.
   std::vector<io::Spacing3> spacings;
+  std::vector<io::Shape3> shapes;  // (z, y, x) of each case's grid, for the memory check below
   for (const io::Case& c : ds.training) {
-    spacings.push_back(io::spacing_zyx(io::read_nifti_header(c.images[0]).spacing()));
+    const auto header = io::read_nifti_header(c.images[0]);
+    spacings.push_back(io::spacing_zyx(header.spacing()));
+    const std::vector<std::int64_t> dims = header.dims();  // x, y, z, ...
+    shapes.push_back({dims.size() > 2 ? dims[2] : 1, dims.size() > 1 ? dims[1] : 1, dims[0]});
   }
 
   if (!reuse_plan) {
@@ -75,8 +79,7 @@ TrainingData prepare_training_data(const std::string& root, io::PreprocessPlan p
   std::uint64_t total_bytes = 0;
   for (std::size_t i = 0; i < ds.training.size(); ++i) {
     const io::Case& c = ds.training[i];
-    const std::vector<std::int64_t> dims = io::read_nifti_header(c.images[0]).dims();  // x, y, z, ...
-    const io::Shape3 shape{dims.size() > 2 ? dims[2] : 1, dims.size() > 1 ? dims[1] : 1, dims[0]};
+    const io::Shape3& shape = shapes[i];
     const auto channels = static_cast<std::int64_t>(ds.num_channels());
     io::check_preprocess_fits(c.images[0], channels, shape, spacings[i], plan, /*with_label=*/true);
     total_bytes = memory::saturating_add(total_bytes, io::preprocess_bytes(channels, shape, spacings[i], plan, true));
