@@ -17,12 +17,8 @@ thread_local bool g_grad_enabled = true;
 
 // y += x for gradients (same shape, dtype and device), without recording.
 void accumulate_into(const Tensor& x, const Tensor& y) {
-  if (x.device().is_cpu()) {
-    if (x.dtype() == DType::Float64) kernels::cpu::accumulate(x.data<double>(), y.data<double>(), x.numel());
-    else kernels::cpu::accumulate(x.data<float>(), y.data<float>(), x.numel());
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::accumulate(x.data<float>(), y.data<float>(), x.numel(), stream_for(x.device())));
-  }
+  detail::dispatch_floating(x,
+                            [&]<class T>(auto on) { VG_LAUNCH(on, accumulate, x.data<T>(), y.data<T>(), x.numel()); });
 }
 
 void check_gradient(const Tensor& g, const Shape& expected, const std::string& where) {

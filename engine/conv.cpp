@@ -18,6 +18,7 @@ namespace voxgrad {
 
 using detail::check_compatible;
 using detail::check_floating;
+using detail::dispatch_floating;
 using kernels::Conv3dShape;
 
 namespace {
@@ -25,86 +26,17 @@ namespace {
 std::atomic<bool> g_deterministic{false};
 std::atomic<bool> g_allow_tf32{false};
 
-bool is_double(const Tensor& t) { return t.dtype() == DType::Float64; }
-
-[[maybe_unused]] kernels::ConvMathOptions math_options() {
-  return {g_deterministic.load(), g_allow_tf32.load()};
+// The convolution twins' trailing arguments: the CPU twin takes a scratch arena; cuDNN takes the
+// math options its algorithm choice depends on (held by value), then its workspace arena.
+template <class On>
+auto with_conv_args(const On& on, ScratchArena& scratch) {
+  return on.with_cpu_args(scratch).with_cuda_args(kernels::ConvMathOptions{g_deterministic, g_allow_tf32}, scratch);
 }
 
 std::string triple_str(const Triple& t) {
   std::ostringstream s;
   s << "(" << t[0] << ", " << t[1] << ", " << t[2] << ")";
   return s.str();
-}
-
-// ---- the passes on tensors: one device dispatch each ------------------------------------------
-
-// y (n, c_out, out) = conv(x (n, c_in, in), w (c_out, c_in, k)); y overwritten.
-void forward_pass(const Tensor& x, const Tensor& w, const Tensor& y, const Conv3dShape& g) {
-  ScratchArena scratch(x.device());
-  if (x.device().is_cpu()) {
-    if (is_double(x)) kernels::cpu::conv3d_forward(x.data<double>(), w.data<double>(), y.data<double>(), g, scratch);
-    else kernels::cpu::conv3d_forward(x.data<float>(), w.data<float>(), y.data<float>(), g, scratch);
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::conv3d_forward(x.data<float>(), w.data<float>(), y.data<float>(), g, math_options(),
-                                               scratch, stream_for(x.device())));
-  }
-}
-
-// dx (n, c_in, in) from dy (n, c_out, out) and w; dx overwritten.
-void backward_data_pass(const Tensor& dy, const Tensor& w, const Tensor& dx, const Conv3dShape& g) {
-  ScratchArena scratch(dy.device());
-  if (dy.device().is_cpu()) {
-    if (is_double(dy)) {
-      kernels::cpu::conv3d_backward_data(dy.data<double>(), w.data<double>(), dx.data<double>(), g, scratch);
-    } else {
-      kernels::cpu::conv3d_backward_data(dy.data<float>(), w.data<float>(), dx.data<float>(), g, scratch);
-    }
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::conv3d_backward_data(dy.data<float>(), w.data<float>(), dx.data<float>(), g,
-                                                     math_options(), scratch, stream_for(dy.device())));
-  }
-}
-
-// dw (c_out, c_in, k) from x (n, c_in, in) and dy (n, c_out, out); dw overwritten.
-void backward_filter_pass(const Tensor& x, const Tensor& dy, const Tensor& dw, const Conv3dShape& g) {
-  ScratchArena scratch(x.device());
-  if (x.device().is_cpu()) {
-    if (is_double(x)) {
-      kernels::cpu::conv3d_backward_filter(x.data<double>(), dy.data<double>(), dw.data<double>(), g, scratch);
-    } else {
-      kernels::cpu::conv3d_backward_filter(x.data<float>(), dy.data<float>(), dw.data<float>(), g, scratch);
-    }
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::conv3d_backward_filter(x.data<float>(), dy.data<float>(), dw.data<float>(), g,
-                                                       math_options(), scratch, stream_for(x.device())));
-  }
-}
-
-// y (N, C, spatial) += bias (C).
-void bias_forward_pass(const Tensor& y, const Tensor& bias) {
-  const std::int64_t n = y.size(0), c = y.size(1), spatial = y.numel() / (n * c);
-  if (y.device().is_cpu()) {
-    if (is_double(y)) kernels::cpu::conv3d_bias_forward(y.data<double>(), bias.data<double>(), n, c, spatial);
-    else kernels::cpu::conv3d_bias_forward(y.data<float>(), bias.data<float>(), n, c, spatial);
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::conv3d_bias_forward(y.data<float>(), bias.data<float>(), n, c, spatial,
-                                                    stream_for(y.device())));
-  }
-}
-
-// db (C) = sum of dy (N, C, spatial) over N and space.
-Tensor bias_backward_pass(const Tensor& dy) {
-  const std::int64_t n = dy.size(0), c = dy.size(1), spatial = dy.numel() / (n * c);
-  Tensor db = empty({c}, dy.dtype(), dy.device());
-  if (dy.device().is_cpu()) {
-    if (is_double(dy)) kernels::cpu::conv3d_bias_backward(dy.data<double>(), db.data<double>(), n, c, spatial);
-    else kernels::cpu::conv3d_bias_backward(dy.data<float>(), db.data<float>(), n, c, spatial);
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::conv3d_bias_backward(dy.data<float>(), db.data<float>(), n, c, spatial,
-                                                     stream_for(dy.device())));
-  }
-  return db;
 }
 
 // ---- checks shared by both ops ----------------------------------------------------------------
@@ -166,8 +98,14 @@ Tensor conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv3d
   Tensor y = empty({g.n, g.c_out, g.out[0], g.out[1], g.out[2]}, x.dtype(), x.device());
   {
     VG_PROFILE(op, x.device());
-    forward_pass(x, w, y, g);
-    if (bias.defined()) bias_forward_pass(y, bias);
+    dispatch_floating(x, [&]<class T>(auto on) {
+      {
+        ScratchArena scratch(x.device());
+        VG_LAUNCH(with_conv_args(on, scratch), conv3d_forward, x.data<T>(), w.data<T>(), y.data<T>(), g);
+      }
+      if (bias.defined())
+        VG_LAUNCH(on, conv3d_bias_forward, y.data<T>(), bias.data<T>(), g.n, g.c_out, g.out_spatial());
+    });
   }
   const bool need_x = x.requires_grad(), need_w = w.requires_grad();
   const bool need_b = bias.defined() && bias.requires_grad();
@@ -176,15 +114,23 @@ Tensor conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv3d
   Tensor w_saved = need_x ? saved(w) : Tensor();
   return record(op, y, {x, w, bias}, [g, need_x, need_w, need_b, x_saved, w_saved](const Tensor& dy) {
     Tensor dx, dw, db;
-    if (need_x) {
-      dx = empty({g.n, g.c_in, g.in[0], g.in[1], g.in[2]}, dy.dtype(), dy.device());
-      backward_data_pass(dy, w_saved, dx, g);
-    }
-    if (need_w) {
-      dw = empty({g.c_out, g.c_in, g.kernel[0], g.kernel[1], g.kernel[2]}, dy.dtype(), dy.device());
-      backward_filter_pass(x_saved, dy, dw, g);
-    }
-    if (need_b) db = bias_backward_pass(dy);
+    dispatch_floating(dy, [&]<class T>(auto on) {
+      if (need_x) {
+        dx = empty({g.n, g.c_in, g.in[0], g.in[1], g.in[2]}, dy.dtype(), dy.device());
+        ScratchArena scratch(dy.device());
+        VG_LAUNCH(with_conv_args(on, scratch), conv3d_backward_data, dy.data<T>(), w_saved.data<T>(), dx.data<T>(), g);
+      }
+      if (need_w) {
+        dw = empty({g.c_out, g.c_in, g.kernel[0], g.kernel[1], g.kernel[2]}, dy.dtype(), dy.device());
+        ScratchArena scratch(dy.device());
+        VG_LAUNCH(with_conv_args(on, scratch), conv3d_backward_filter, x_saved.data<T>(), dy.data<T>(), dw.data<T>(),
+                  g);
+      }
+      if (need_b) {
+        db = empty({g.c_out}, dy.dtype(), dy.device());
+        VG_LAUNCH(on, conv3d_bias_backward, dy.data<T>(), db.data<T>(), g.n, g.c_out, g.out_spatial());
+      }
+    });
     return std::vector<Tensor>{dx, dw, db};
   });
 }
@@ -217,8 +163,13 @@ Tensor conv_transpose3d(const Tensor& x, const Tensor& w, const Tensor& bias, co
   Tensor y = empty({g.n, g.c_in, g.in[0], g.in[1], g.in[2]}, x.dtype(), x.device());
   {
     VG_PROFILE(op, x.device());
-    backward_data_pass(x, w, y, g);
-    if (bias.defined()) bias_forward_pass(y, bias);
+    dispatch_floating(x, [&]<class T>(auto on) {
+      {
+        ScratchArena scratch(x.device());
+        VG_LAUNCH(with_conv_args(on, scratch), conv3d_backward_data, x.data<T>(), w.data<T>(), y.data<T>(), g);
+      }
+      if (bias.defined()) VG_LAUNCH(on, conv3d_bias_forward, y.data<T>(), bias.data<T>(), g.n, g.c_in, g.in_spatial());
+    });
   }
   const bool need_x = x.requires_grad(), need_w = w.requires_grad();
   const bool need_b = bias.defined() && bias.requires_grad();
@@ -226,16 +177,24 @@ Tensor conv_transpose3d(const Tensor& x, const Tensor& w, const Tensor& bias, co
   Tensor w_saved = need_x ? saved(w) : Tensor();
   return record(op, y, {x, w, bias}, [g, need_x, need_w, need_b, x_saved, w_saved](const Tensor& dy) {
     Tensor dx, dw, db;
-    if (need_x) {
-      dx = empty({g.n, g.c_out, g.out[0], g.out[1], g.out[2]}, dy.dtype(), dy.device());
-      forward_pass(dy, w_saved, dx, g);
-    }
-    if (need_w) {
-      // The transposed op's output gradient is the input of the convolution g, its input g's output.
-      dw = empty({g.c_out, g.c_in, g.kernel[0], g.kernel[1], g.kernel[2]}, dy.dtype(), dy.device());
-      backward_filter_pass(dy, x_saved, dw, g);
-    }
-    if (need_b) db = bias_backward_pass(dy);
+    dispatch_floating(dy, [&]<class T>(auto on) {
+      if (need_x) {
+        dx = empty({g.n, g.c_out, g.out[0], g.out[1], g.out[2]}, dy.dtype(), dy.device());
+        ScratchArena scratch(dy.device());
+        VG_LAUNCH(with_conv_args(on, scratch), conv3d_forward, dy.data<T>(), w_saved.data<T>(), dx.data<T>(), g);
+      }
+      if (need_w) {
+        // The transposed op's output gradient is the input of the convolution g, its input g's output.
+        dw = empty({g.c_out, g.c_in, g.kernel[0], g.kernel[1], g.kernel[2]}, dy.dtype(), dy.device());
+        ScratchArena scratch(dy.device());
+        VG_LAUNCH(with_conv_args(on, scratch), conv3d_backward_filter, dy.data<T>(), x_saved.data<T>(), dw.data<T>(),
+                  g);
+      }
+      if (need_b) {
+        db = empty({g.c_in}, dy.dtype(), dy.device());
+        VG_LAUNCH(on, conv3d_bias_backward, dy.data<T>(), db.data<T>(), g.n, g.c_in, g.in_spatial());
+      }
+    });
     return std::vector<Tensor>{dx, dw, db};
   });
 }

@@ -13,6 +13,9 @@
 
 namespace voxgrad {
 
+using detail::data_or_null;
+using detail::dispatch_floating;
+
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
@@ -36,14 +39,6 @@ const char* kind_literal(LossKind kind) {
   for (const auto& k : kKindNames)
     if (k.kind == kind) return k.name;
   return "loss";
-}
-
-// Only the CUDA branches use it, which CPU-only builds compile away.
-[[maybe_unused]] kernels::Stream stream_of(const Tensor& t) { return stream_for(t.device()); }
-
-template <class T>
-T* data_or_null(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
 }
 
 std::vector<double> host_values(const Tensor& t) {
@@ -175,7 +170,6 @@ LossOutput segmentation_loss_terms(LossKind kind, const Tensor& logits, const Te
 
   const Device device = logits.device();
   const DType dtype = logits.dtype();
-  const bool is_double = dtype == DType::Float64;
   const Tensor y = labels.dtype() == DType::Int32 ? labels : labels.to(DType::Int32);  // (N, D, H, W)
   const std::int64_t sets = kernels::loss_sets(cfg), K = cfg.classes;
   Tensor weights;  // (K)
@@ -192,8 +186,7 @@ LossOutput segmentation_loss_terms(LossKind kind, const Tensor& logits, const Te
 
   {
     VG_PROFILE(name, device);
-    auto run = [&](auto zero) {
-      using T = decltype(zero);
+    dispatch_floating(logits, [&]<class T>(auto on) {
       kernels::LossForwardArgs<T> a;
       a.logits = logits.data<T>();
       a.labels = y.data<std::int32_t>();
@@ -205,19 +198,9 @@ LossOutput segmentation_loss_terms(LossKind kind, const Tensor& logits, const Te
       a.ce_terms = ce_terms.data<T>();
       a.parts = parts.data<T>();
       a.coefs = coefs.data<T>();
-      return a;
-    };
-    if (device.is_cpu()) {
-      if (is_double)
-        kernels::cpu::loss_forward(cfg, run(0.0));
-      else
-        kernels::cpu::loss_forward(cfg, run(0.0f));
-    } else {
-      VG_CUDA_ONLY({
-        ScratchArena scratch(device);
-        kernels::cuda::loss_forward(cfg, run(0.0f), scratch, stream_of(logits));
-      });
-    }
+      ScratchArena scratch(device);
+      VG_LAUNCH(on.with_cuda_args(scratch), loss_forward, cfg, a);
+    });
   }
 
   // The backward reads the softmax (the logits for the hinge), the labels, the Lovász gradient
@@ -227,8 +210,7 @@ LossOutput segmentation_loss_terms(LossKind kind, const Tensor& logits, const Te
       name, loss, {logits},
       [cfg, x_saved, y_saved = saved(y), lg_saved = saved(lovasz_grad), coefs_saved = saved(coefs)](const Tensor& dy) {
         Tensor dz = empty_like(x_saved);  // (N, K, D, H, W)
-        auto run = [&](auto zero) {
-          using T = decltype(zero);
+        dispatch_floating(dz, [&]<class T>(auto on) {
           kernels::LossBackwardArgs<T> a;
           a.saved = x_saved.data<T>();
           a.labels = y_saved.data<std::int32_t>();
@@ -236,16 +218,8 @@ LossOutput segmentation_loss_terms(LossKind kind, const Tensor& logits, const Te
           a.coefs = coefs_saved.data<T>();
           a.grad_output = dy.data<T>();
           a.grad_logits = dz.data<T>();
-          return a;
-        };
-        if (dz.device().is_cpu()) {
-          if (dz.dtype() == DType::Float64)
-            kernels::cpu::loss_backward(cfg, run(0.0));
-          else
-            kernels::cpu::loss_backward(cfg, run(0.0f));
-        } else {
-          VG_CUDA_ONLY(kernels::cuda::loss_backward(cfg, run(0.0f), stream_of(dz)));
-        }
+          VG_LAUNCH(on, loss_backward, cfg, a);
+        });
         return std::vector<Tensor>{dz};
       });
 

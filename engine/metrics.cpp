@@ -50,16 +50,9 @@ Tensor argmax_classes(const Tensor& logits) {
   VG_CHECK(K > 0, "argmax_classes: no classes in logits of shape " << shape_str(logits.shape()));
   Tensor prediction = empty(out_shape, DType::Int32, logits.device());  // (N, D, H, W)
   VG_PROFILE("argmax_classes", logits.device());
-  if (logits.device().is_cpu()) {
-    if (logits.dtype() == DType::Float64) {
-      kernels::cpu::argmax_classes(logits.data<double>(), prediction.data<std::int32_t>(), N, K, S);
-    } else {
-      kernels::cpu::argmax_classes(logits.data<float>(), prediction.data<std::int32_t>(), N, K, S);
-    }
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::argmax_classes(logits.data<float>(), prediction.data<std::int32_t>(), N, K, S,
-                                               stream_for(logits.device())));
-  }
+  detail::dispatch_floating(logits, [&]<class T>(auto on) {
+    VG_LAUNCH(on, argmax_classes, logits.data<T>(), prediction.data<std::int32_t>(), N, K, S);
+  });
   return prediction;
 }
 
@@ -90,14 +83,10 @@ SegmentationMetrics segmentation_metrics(const Tensor& prediction_in, const Tens
   kernels::InvalidClass invalid;
   {
     VG_PROFILE("overlap_counts", prediction.device());
-    if (prediction.device().is_cpu()) {
-      invalid = kernels::cpu::overlap_counts(pb);
-    } else {
-      VG_CUDA_ONLY({
-        ScratchArena scratch(prediction.device());
-        invalid = kernels::cuda::overlap_counts(pb, scratch, stream_for(prediction.device()));
-      });
-    }
+    detail::dispatch_device(prediction.device(), [&](auto on) {
+      ScratchArena scratch(prediction.device());
+      invalid = VG_LAUNCH(on.with_cuda_args(scratch), overlap_counts, pb);
+    });
   }
   if (invalid.found != 0) {
     VG_FAIL(

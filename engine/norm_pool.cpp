@@ -1,6 +1,6 @@
 // instance_norm3d, batch_norm3d, max_pool3d, avg_pool3d and dropout3d: input checks, one device
-// dispatch per kernel call (kernels/norm.h, kernels/pool.h), each forward inside a profiler scope
-// and its backward closure recorded beside it.
+// dispatch per forward and per backward for the kernels of kernels/norm.h and kernels/pool.h, each
+// forward inside a profiler scope and its backward closure recorded beside it.
 #include "engine/norm_pool.h"
 
 #include <limits>
@@ -15,17 +15,10 @@ namespace voxgrad {
 
 using detail::check_compatible;
 using detail::check_floating;
+using detail::data_or_null;
+using detail::dispatch_floating;
 
 namespace {
-
-bool is_double(const Tensor& t) { return t.dtype() == DType::Float64; }
-// Used by the CUDA branches only, which CPU-only builds compile away.
-[[maybe_unused]] kernels::Stream stream_of(const Tensor& t) { return stream_for(t.device()); }
-
-template <class T>
-T* data_or_null(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
 
 void check_volume(const Tensor& x, const char* op) {
   check_floating(x, op);
@@ -43,127 +36,6 @@ void check_channel_tensor(const Tensor& t, const Tensor& x, const char* op, cons
                                                << shape_str(t.shape()));
 }
 
-// ---- norm kernel dispatch ----------------------------------------------------------------------
-
-void norm_stats_kernel(const Tensor& x, const Tensor& mean, const Tensor& var, const Tensor& invstd,
-                       const kernels::NormGeometry& g, double eps) {
-  if (x.device().is_cpu()) {
-    if (is_double(x)) {
-      kernels::cpu::norm_stats(x.data<double>(), mean.data<double>(), var.data<double>(), invstd.data<double>(), g, eps);
-    } else {
-      kernels::cpu::norm_stats(x.data<float>(), mean.data<float>(), var.data<float>(), invstd.data<float>(), g, eps);
-    }
-  } else {
-    ScratchArena scratch(x.device());
-    VG_CUDA_ONLY(kernels::cuda::norm_stats(x.data<float>(), mean.data<float>(), var.data<float>(),
-                                           invstd.data<float>(), g, eps, scratch, stream_of(x)));
-  }
-}
-
-void norm_forward_kernel(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& weight,
-                         const Tensor& bias, const Tensor& y, const kernels::NormGeometry& g) {
-  if (x.device().is_cpu()) {
-    if (is_double(x)) {
-      kernels::cpu::norm_forward(x.data<double>(), mean.data<double>(), invstd.data<double>(),
-                                 data_or_null<double>(weight), data_or_null<double>(bias), y.data<double>(), g);
-    } else {
-      kernels::cpu::norm_forward(x.data<float>(), mean.data<float>(), invstd.data<float>(),
-                                 data_or_null<float>(weight), data_or_null<float>(bias), y.data<float>(), g);
-    }
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::norm_forward(x.data<float>(), mean.data<float>(), invstd.data<float>(),
-                                             data_or_null<float>(weight), data_or_null<float>(bias), y.data<float>(),
-                                             g, stream_of(x)));
-  }
-}
-
-void norm_backward_reduce_kernel(const Tensor& x, const Tensor& dy, const Tensor& mean, const Tensor& invstd,
-                                 const Tensor& sum_dy, const Tensor& sum_dy_xhat, const kernels::NormGeometry& g) {
-  if (x.device().is_cpu()) {
-    if (is_double(x)) {
-      kernels::cpu::norm_backward_reduce(x.data<double>(), dy.data<double>(), mean.data<double>(),
-                                         invstd.data<double>(), sum_dy.data<double>(), sum_dy_xhat.data<double>(), g);
-    } else {
-      kernels::cpu::norm_backward_reduce(x.data<float>(), dy.data<float>(), mean.data<float>(), invstd.data<float>(),
-                                         sum_dy.data<float>(), sum_dy_xhat.data<float>(), g);
-    }
-  } else {
-    ScratchArena scratch(x.device());
-    VG_CUDA_ONLY(kernels::cuda::norm_backward_reduce(x.data<float>(), dy.data<float>(), mean.data<float>(),
-                                                     invstd.data<float>(), sum_dy.data<float>(),
-                                                     sum_dy_xhat.data<float>(), g, scratch, stream_of(x)));
-  }
-}
-
-void norm_backward_input_kernel(const Tensor& x, const Tensor& dy, const Tensor& mean, const Tensor& invstd,
-                                const Tensor& weight, const Tensor& sum_dy, const Tensor& sum_dy_xhat,
-                                const Tensor& dx, const kernels::NormGeometry& g, bool batch_stats) {
-  if (x.device().is_cpu()) {
-    if (is_double(x)) {
-      kernels::cpu::norm_backward_input(x.data<double>(), dy.data<double>(), mean.data<double>(),
-                                        invstd.data<double>(), data_or_null<double>(weight),
-                                        data_or_null<double>(sum_dy), data_or_null<double>(sum_dy_xhat),
-                                        dx.data<double>(), g, batch_stats);
-    } else {
-      kernels::cpu::norm_backward_input(x.data<float>(), dy.data<float>(), mean.data<float>(), invstd.data<float>(),
-                                        data_or_null<float>(weight), data_or_null<float>(sum_dy),
-                                        data_or_null<float>(sum_dy_xhat), dx.data<float>(), g, batch_stats);
-    }
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::norm_backward_input(x.data<float>(), dy.data<float>(), mean.data<float>(),
-                                                    invstd.data<float>(), data_or_null<float>(weight),
-                                                    data_or_null<float>(sum_dy), data_or_null<float>(sum_dy_xhat),
-                                                    dx.data<float>(), g, batch_stats, stream_of(x)));
-  }
-}
-
-void norm_affine_grad_kernel(const Tensor& sum_dy, const Tensor& sum_dy_xhat, const Tensor& dweight,
-                             const Tensor& dbias, const kernels::NormGeometry& g) {
-  if (sum_dy.device().is_cpu()) {
-    if (is_double(sum_dy)) {
-      kernels::cpu::norm_affine_grad(sum_dy.data<double>(), sum_dy_xhat.data<double>(), data_or_null<double>(dweight),
-                                     data_or_null<double>(dbias), g);
-    } else {
-      kernels::cpu::norm_affine_grad(sum_dy.data<float>(), sum_dy_xhat.data<float>(), data_or_null<float>(dweight),
-                                     data_or_null<float>(dbias), g);
-    }
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::norm_affine_grad(sum_dy.data<float>(), sum_dy_xhat.data<float>(),
-                                                 data_or_null<float>(dweight), data_or_null<float>(dbias), g,
-                                                 stream_of(sum_dy)));
-  }
-}
-
-void update_running_kernel(const Tensor& mean, const Tensor& var, const Tensor& running_mean,
-                           const Tensor& running_var, std::int64_t count, double momentum) {
-  const std::int64_t channels = mean.numel();
-  if (mean.device().is_cpu()) {
-    if (is_double(mean)) {
-      kernels::cpu::batch_norm_update_running(mean.data<double>(), var.data<double>(),
-                                              data_or_null<double>(running_mean), data_or_null<double>(running_var),
-                                              channels, count, momentum);
-    } else {
-      kernels::cpu::batch_norm_update_running(mean.data<float>(), var.data<float>(), data_or_null<float>(running_mean),
-                                              data_or_null<float>(running_var), channels, count, momentum);
-    }
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::batch_norm_update_running(mean.data<float>(), var.data<float>(),
-                                                          data_or_null<float>(running_mean),
-                                                          data_or_null<float>(running_var), channels, count, momentum,
-                                                          stream_of(mean)));
-  }
-}
-
-void invstd_from_var_kernel(const Tensor& var, const Tensor& invstd, double eps) {
-  if (var.device().is_cpu()) {
-    if (is_double(var)) kernels::cpu::invstd_from_var(var.data<double>(), invstd.data<double>(), var.numel(), eps);
-    else kernels::cpu::invstd_from_var(var.data<float>(), invstd.data<float>(), var.numel(), eps);
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::invstd_from_var(var.data<float>(), invstd.data<float>(), var.numel(), eps,
-                                                stream_of(var)));
-  }
-}
-
 // ---- the shared normalisation op ---------------------------------------------------------------
 
 // y = (x - mean) * invstd * weight + bias with per-channel mean and invstd (g.channels) already
@@ -171,7 +43,10 @@ void invstd_from_var_kernel(const Tensor& var, const Tensor& invstd, double eps)
 Tensor normalize(const char* name, const Tensor& x, const Tensor& weight, const Tensor& bias,
                  const kernels::NormGeometry& g, const Tensor& mean, const Tensor& invstd, bool batch_stats) {
   Tensor y = empty_like(x);  // (N, C, D, H, W)
-  norm_forward_kernel(x, mean, invstd, weight, bias, y, g);
+  dispatch_floating(x, [&]<class T>(auto on) {
+    VG_LAUNCH(on, norm_forward, x.data<T>(), mean.data<T>(), invstd.data<T>(), data_or_null<T>(weight),
+              data_or_null<T>(bias), y.data<T>(), g);
+  });
   const bool need_x = x.requires_grad();
   const bool need_w = weight.defined() && weight.requires_grad();
   const bool need_b = bias.defined() && bias.requires_grad();
@@ -179,19 +54,27 @@ Tensor normalize(const char* name, const Tensor& x, const Tensor& weight, const 
                 [g, batch_stats, need_x, need_w, need_b, x_saved = saved(x), w_saved = saved(weight), mean,
                  invstd](const Tensor& dy) {
                   Tensor dx, dw, db, sum_dy, sum_dy_xhat;  // sums: (g.channels)
-                  if (need_w || need_b || (need_x && batch_stats)) {
-                    sum_dy = empty({g.channels}, dy.dtype(), dy.device());
-                    sum_dy_xhat = empty({g.channels}, dy.dtype(), dy.device());
-                    norm_backward_reduce_kernel(x_saved, dy, mean, invstd, sum_dy, sum_dy_xhat, g);
-                  }
-                  if (need_x) {
-                    dx = empty_like(dy);
-                    norm_backward_input_kernel(x_saved, dy, mean, invstd, w_saved, sum_dy, sum_dy_xhat, dx, g,
-                                               batch_stats);
-                  }
-                  if (need_w) dw = empty({g.affine_channels}, dy.dtype(), dy.device());
-                  if (need_b) db = empty({g.affine_channels}, dy.dtype(), dy.device());
-                  if (need_w || need_b) norm_affine_grad_kernel(sum_dy, sum_dy_xhat, dw, db, g);
+                  dispatch_floating(dy, [&]<class T>(auto on) {
+                    if (need_w || need_b || (need_x && batch_stats)) {
+                      sum_dy = empty({g.channels}, dy.dtype(), dy.device());
+                      sum_dy_xhat = empty({g.channels}, dy.dtype(), dy.device());
+                      ScratchArena scratch(dy.device());
+                      VG_LAUNCH(on.with_cuda_args(scratch), norm_backward_reduce, x_saved.data<T>(), dy.data<T>(),
+                                mean.data<T>(), invstd.data<T>(), sum_dy.data<T>(), sum_dy_xhat.data<T>(), g);
+                    }
+                    if (need_x) {
+                      dx = empty_like(dy);
+                      VG_LAUNCH(on, norm_backward_input, x_saved.data<T>(), dy.data<T>(), mean.data<T>(),
+                                invstd.data<T>(), data_or_null<T>(w_saved), data_or_null<T>(sum_dy),
+                                data_or_null<T>(sum_dy_xhat), dx.data<T>(), g, batch_stats);
+                    }
+                    if (need_w) dw = empty({g.affine_channels}, dy.dtype(), dy.device());
+                    if (need_b) db = empty({g.affine_channels}, dy.dtype(), dy.device());
+                    if (need_w || need_b) {
+                      VG_LAUNCH(on, norm_affine_grad, sum_dy.data<T>(), sum_dy_xhat.data<T>(), data_or_null<T>(dw),
+                                data_or_null<T>(db), g);
+                    }
+                  });
                   return std::vector<Tensor>{dx, dw, db};
                 });
 }
@@ -229,19 +112,6 @@ Shape pool_output_shape(const Tensor& x, const kernels::PoolGeometry& g) {
   return {x.shape()[0], x.shape()[1], g.out[0], g.out[1], g.out[2]};
 }
 
-void channel_scale_kernel(const Tensor& x, const Tensor& mask, const Tensor& y, std::int64_t inner) {
-  if (x.device().is_cpu()) {
-    if (is_double(x)) {
-      kernels::cpu::channel_scale(x.data<double>(), mask.data<double>(), y.data<double>(), mask.numel(), inner);
-    } else {
-      kernels::cpu::channel_scale(x.data<float>(), mask.data<float>(), y.data<float>(), mask.numel(), inner);
-    }
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::channel_scale(x.data<float>(), mask.data<float>(), y.data<float>(), mask.numel(),
-                                              inner, stream_of(x)));
-  }
-}
-
 }  // namespace
 
 // ---- public API ----------------------------------------------------------------------------------
@@ -259,7 +129,11 @@ Tensor instance_norm3d(const Tensor& x, const Tensor& weight, const Tensor& bias
   Tensor var = empty({n * c}, x.dtype(), x.device());     // (N*C), biased
   Tensor invstd = empty({n * c}, x.dtype(), x.device());  // (N*C)
   VG_PROFILE(op, x.device());
-  norm_stats_kernel(x, mean, var, invstd, g, eps);
+  dispatch_floating(x, [&]<class T>(auto on) {
+    ScratchArena scratch(x.device());
+    VG_LAUNCH(on.with_cuda_args(scratch), norm_stats, x.data<T>(), mean.data<T>(), var.data<T>(), invstd.data<T>(), g,
+              eps);
+  });
   return normalize(op, x, weight, bias, g, mean, invstd, true);
 }
 
@@ -282,16 +156,26 @@ Tensor batch_norm3d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
     mean = empty({c}, x.dtype(), x.device());
     invstd = empty({c}, x.dtype(), x.device());
     Tensor var = empty({c}, x.dtype(), x.device());  // (C), biased
-    norm_stats_kernel(x, mean, var, invstd, g, eps);
-    if (running_mean.defined() || running_var.defined())
-      update_running_kernel(mean, var, running_mean, running_var, g.count(), momentum);
+    dispatch_floating(x, [&]<class T>(auto on) {
+      {
+        ScratchArena scratch(x.device());
+        VG_LAUNCH(on.with_cuda_args(scratch), norm_stats, x.data<T>(), mean.data<T>(), var.data<T>(), invstd.data<T>(),
+                  g, eps);
+      }
+      if (running_mean.defined() || running_var.defined()) {
+        VG_LAUNCH(on, batch_norm_update_running, mean.data<T>(), var.data<T>(), data_or_null<T>(running_mean),
+                  data_or_null<T>(running_var), c, g.count(), momentum);
+      }
+    });
   } else {
     VG_CHECK(running_mean.defined() && running_var.defined(),
              op << ": eval mode normalises with the running statistics; pass running_mean and running_var");
     // Copies: a later training step updates the running tensors in place, the backward must not see it.
     mean = running_mean.detach().clone();
     invstd = empty({c}, x.dtype(), x.device());
-    invstd_from_var_kernel(running_var, invstd, eps);
+    dispatch_floating(running_var, [&]<class T>(auto on) {
+      VG_LAUNCH(on, invstd_from_var, running_var.data<T>(), invstd.data<T>(), running_var.numel(), eps);
+    });
   }
   return normalize(op, x, weight, bias, g, mean, invstd, training);
 }
@@ -303,23 +187,15 @@ Tensor max_pool3d(const Tensor& x, Triple kernel, Triple stride, Triple padding)
   Tensor arg = empty(pool_output_shape(x, g), DType::Int32, x.device());    // (N, C, OD, OH, OW)
   {
     VG_PROFILE(op, x.device());
-    if (x.device().is_cpu()) {
-      if (is_double(x)) kernels::cpu::max_pool3d_forward(x.data<double>(), y.data<double>(), arg.data<std::int32_t>(), g);
-      else kernels::cpu::max_pool3d_forward(x.data<float>(), y.data<float>(), arg.data<std::int32_t>(), g);
-    } else {
-      VG_CUDA_ONLY(kernels::cuda::max_pool3d_forward(x.data<float>(), y.data<float>(), arg.data<std::int32_t>(), g,
-                                                     stream_of(x)));
-    }
+    dispatch_floating(x, [&]<class T>(auto on) {
+      VG_LAUNCH(on, max_pool3d_forward, x.data<T>(), y.data<T>(), arg.data<std::int32_t>(), g);
+    });
   }
   return record(op, y, {x}, [g, arg, x_shape = x.shape()](const Tensor& dy) {
     Tensor dx = empty(x_shape, dy.dtype(), dy.device());
-    if (dy.device().is_cpu()) {
-      if (is_double(dy)) kernels::cpu::max_pool3d_backward(dy.data<double>(), arg.data<std::int32_t>(), dx.data<double>(), g);
-      else kernels::cpu::max_pool3d_backward(dy.data<float>(), arg.data<std::int32_t>(), dx.data<float>(), g);
-    } else {
-      VG_CUDA_ONLY(kernels::cuda::max_pool3d_backward(dy.data<float>(), arg.data<std::int32_t>(), dx.data<float>(), g,
-                                                      stream_of(dy)));
-    }
+    dispatch_floating(dy, [&]<class T>(auto on) {
+      VG_LAUNCH(on, max_pool3d_backward, dy.data<T>(), arg.data<std::int32_t>(), dx.data<T>(), g);
+    });
     return std::vector<Tensor>{dx};
   });
 }
@@ -330,23 +206,15 @@ Tensor avg_pool3d(const Tensor& x, Triple kernel, Triple stride, Triple padding,
   Tensor y = empty(pool_output_shape(x, g), x.dtype(), x.device());  // (N, C, OD, OH, OW)
   {
     VG_PROFILE(op, x.device());
-    if (x.device().is_cpu()) {
-      if (is_double(x)) kernels::cpu::avg_pool3d_forward(x.data<double>(), y.data<double>(), g, count_include_pad);
-      else kernels::cpu::avg_pool3d_forward(x.data<float>(), y.data<float>(), g, count_include_pad);
-    } else {
-      VG_CUDA_ONLY(kernels::cuda::avg_pool3d_forward(x.data<float>(), y.data<float>(), g, count_include_pad,
-                                                     stream_of(x)));
-    }
+    dispatch_floating(x, [&]<class T>(auto on) {
+      VG_LAUNCH(on, avg_pool3d_forward, x.data<T>(), y.data<T>(), g, count_include_pad);
+    });
   }
   return record(op, y, {x}, [g, count_include_pad, x_shape = x.shape()](const Tensor& dy) {
     Tensor dx = empty(x_shape, dy.dtype(), dy.device());
-    if (dy.device().is_cpu()) {
-      if (is_double(dy)) kernels::cpu::avg_pool3d_backward(dy.data<double>(), dx.data<double>(), g, count_include_pad);
-      else kernels::cpu::avg_pool3d_backward(dy.data<float>(), dx.data<float>(), g, count_include_pad);
-    } else {
-      VG_CUDA_ONLY(kernels::cuda::avg_pool3d_backward(dy.data<float>(), dx.data<float>(), g, count_include_pad,
-                                                      stream_of(dy)));
-    }
+    dispatch_floating(dy, [&]<class T>(auto on) {
+      VG_LAUNCH(on, avg_pool3d_backward, dy.data<T>(), dx.data<T>(), g, count_include_pad);
+    });
     return std::vector<Tensor>{dx};
   });
 }
@@ -363,17 +231,16 @@ Tensor dropout3d(const Tensor& x, double p, bool training, Generator& gen) {
   {
     VG_PROFILE(op, x.device());
     const std::uint64_t offset = gen.reserve(channels);
-    if (x.device().is_cpu()) {
-      if (is_double(x)) kernels::cpu::dropout_mask(mask.data<double>(), channels, gen.seed(), offset, p);
-      else kernels::cpu::dropout_mask(mask.data<float>(), channels, gen.seed(), offset, p);
-    } else {
-      VG_CUDA_ONLY(kernels::cuda::dropout_mask(mask.data<float>(), channels, gen.seed(), offset, p, stream_of(x)));
-    }
-    channel_scale_kernel(x, mask, y, inner);
+    dispatch_floating(x, [&]<class T>(auto on) {
+      VG_LAUNCH(on, dropout_mask, mask.data<T>(), channels, gen.seed(), offset, p);
+      VG_LAUNCH(on, channel_scale, x.data<T>(), mask.data<T>(), y.data<T>(), channels, inner);
+    });
   }
   return record(op, y, {x}, [mask, inner](const Tensor& dy) {
     Tensor dx = empty_like(dy);
-    channel_scale_kernel(dy, mask, dx, inner);
+    dispatch_floating(dy, [&]<class T>(auto on) {
+      VG_LAUNCH(on, channel_scale, dy.data<T>(), mask.data<T>(), dx.data<T>(), mask.numel(), inner);
+    });
     return std::vector<Tensor>{dx};
   });
 }

@@ -16,12 +16,11 @@ namespace voxgrad {
 
 using detail::check_compatible;
 using detail::check_floating;
+using detail::data_or_null;
+using detail::dispatch_device;
+using detail::dispatch_floating;
 
 namespace {
-
-bool is_double(const Tensor& t) { return t.dtype() == DType::Float64; }
-// Used by the CUDA branches only, which CPU-only builds compile away.
-[[maybe_unused]] kernels::Stream stream_of(const Tensor& t) { return stream_for(t.device()); }
 
 int normalize_axis(int axis, int ndim, const char* op) {
   const int a = axis < 0 ? axis + ndim : axis;
@@ -35,101 +34,14 @@ std::int64_t prod(const Shape& s, std::size_t from, std::size_t to) {
   return n;
 }
 
-// ---- kernel dispatch ------------------------------------------------------------------------
-
-void unary_forward_kernel(kernels::UnaryOp op, const Tensor& x, const Tensor& y, double alpha) {
-  if (x.device().is_cpu()) {
-    if (is_double(x)) kernels::cpu::unary_forward(op, x.data<double>(), y.data<double>(), x.numel(), alpha);
-    else kernels::cpu::unary_forward(op, x.data<float>(), y.data<float>(), x.numel(), static_cast<float>(alpha));
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::unary_forward(op, x.data<float>(), y.data<float>(), x.numel(),
-                                              static_cast<float>(alpha), stream_of(x)));
-  }
-}
-
-void unary_backward_kernel(kernels::UnaryOp op, const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx,
-                           double alpha) {
-  const std::int64_t n = dy.numel();
-  if (dy.device().is_cpu()) {
-    if (is_double(dy)) {
-      kernels::cpu::unary_backward(op, x.data<double>(), y.data<double>(), dy.data<double>(), dx.data<double>(), n,
-                                   alpha);
-    } else {
-      kernels::cpu::unary_backward(op, x.data<float>(), y.data<float>(), dy.data<float>(), dx.data<float>(), n,
-                                   static_cast<float>(alpha));
-    }
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::unary_backward(op, x.data<float>(), y.data<float>(), dy.data<float>(),
-                                               dx.data<float>(), n, static_cast<float>(alpha), stream_of(dy)));
-  }
-}
-
-void binary_forward_kernel(kernels::BinaryOp op, const Tensor& a, kernels::Broadcast ba, const Tensor& b,
-                           kernels::Broadcast bb, const Tensor& y) {
-  if (y.device().is_cpu()) {
-    if (is_double(y)) {
-      kernels::cpu::binary_forward(op, a.data<double>(), ba, b.data<double>(), bb, y.data<double>(), y.numel());
-    } else {
-      kernels::cpu::binary_forward(op, a.data<float>(), ba, b.data<float>(), bb, y.data<float>(), y.numel());
-    }
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::binary_forward(op, a.data<float>(), ba, b.data<float>(), bb, y.data<float>(),
-                                               y.numel(), stream_of(y)));
-  }
-}
-
-template <class T>
-T* data_or_null(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
-
-void binary_backward_kernel(kernels::BinaryOp op, const Tensor& a, kernels::Broadcast ba, const Tensor& b,
-                            kernels::Broadcast bb, const Tensor& dy, const Tensor& da, const Tensor& db) {
-  const std::int64_t n = dy.numel();
-  if (dy.device().is_cpu()) {
-    if (is_double(dy)) {
-      kernels::cpu::binary_backward(op, a.data<double>(), ba, b.data<double>(), bb, dy.data<double>(),
-                                    data_or_null<double>(da), data_or_null<double>(db), n);
-    } else {
-      kernels::cpu::binary_backward(op, a.data<float>(), ba, b.data<float>(), bb, dy.data<float>(),
-                                    data_or_null<float>(da), data_or_null<float>(db), n);
-    }
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::binary_backward(op, a.data<float>(), ba, b.data<float>(), bb, dy.data<float>(),
-                                                data_or_null<float>(da), data_or_null<float>(db), n, stream_of(dy)));
-  }
-}
-
-void sum_axes_kernel(const Tensor& x, const Tensor& y, const kernels::ReduceGeometry& g, double scale) {
-  if (x.device().is_cpu()) {
-    if (is_double(x)) kernels::cpu::sum_axes(x.data<double>(), y.data<double>(), g, scale);
-    else kernels::cpu::sum_axes(x.data<float>(), y.data<float>(), g, static_cast<float>(scale));
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::sum_axes(x.data<float>(), y.data<float>(), g, static_cast<float>(scale), stream_of(x)));
-  }
-}
-
-void expand_axes_kernel(const Tensor& dy, const Tensor& dx, const kernels::ReduceGeometry& g, double scale) {
-  if (dy.device().is_cpu()) {
-    if (is_double(dy)) kernels::cpu::expand_axes(dy.data<double>(), dx.data<double>(), g, scale);
-    else kernels::cpu::expand_axes(dy.data<float>(), dx.data<float>(), g, static_cast<float>(scale));
-  } else {
-    VG_CUDA_ONLY(
-        kernels::cuda::expand_axes(dy.data<float>(), dx.data<float>(), g, static_cast<float>(scale), stream_of(dy)));
-  }
-}
-
 // Copies `rows` rows of `row_bytes` between two tensors on one device, at byte offsets.
 void copy_rows(const Tensor& src, std::int64_t src_offset, std::int64_t src_pitch, const Tensor& dst,
                std::int64_t dst_offset, std::int64_t dst_pitch, std::int64_t rows, std::int64_t row_bytes) {
   if (rows == 0 || row_bytes == 0) return;
   const char* s = static_cast<const char*>(src.raw_data()) + src_offset;
   char* d = static_cast<char*>(dst.raw_data()) + dst_offset;
-  if (src.device().is_cpu()) {
-    kernels::cpu::copy_rows(s, src_pitch, d, dst_pitch, rows, row_bytes);
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::copy_rows(s, src_pitch, d, dst_pitch, rows, row_bytes, stream_of(src)));
-  }
+  dispatch_device(src.device(),
+                  [&](auto on) { VG_LAUNCH(on, copy_rows, s, src_pitch, d, dst_pitch, rows, row_bytes); });
 }
 
 // ---- unary ----------------------------------------------------------------------------------
@@ -160,7 +72,9 @@ Tensor unary(kernels::UnaryOp op, const Tensor& x, double alpha = 0) {
   Tensor y = empty_like(x);
   {
     VG_PROFILE(info.name, x.device());
-    unary_forward_kernel(op, x, y, alpha);
+    dispatch_floating(x, [&]<class T>(auto on) {
+      VG_LAUNCH(on, unary_forward, op, x.data<T>(), y.data<T>(), x.numel(), static_cast<T>(alpha));
+    });
   }
   // Save only what the derivative reads; the kernel gets the saved tensor in both slots, and the
   // formula of this op ignores the other one.
@@ -170,7 +84,10 @@ Tensor unary(kernels::UnaryOp op, const Tensor& x, double alpha = 0) {
     const Tensor& xs = x_saved.defined() ? x_saved : (y_saved.defined() ? y_saved : dy);
     const Tensor& ys = y_saved.defined() ? y_saved : xs;
     Tensor dx = empty_like(dy);
-    unary_backward_kernel(op, xs, ys, dy, dx, alpha);
+    dispatch_floating(dy, [&]<class T>(auto on) {
+      VG_LAUNCH(on, unary_backward, op, xs.data<T>(), ys.data<T>(), dy.data<T>(), dx.data<T>(), dy.numel(),
+                static_cast<T>(alpha));
+    });
     return std::vector<Tensor>{dx};
   });
 }
@@ -223,7 +140,8 @@ Tensor reduce_to_operand(const Tensor& g, const OperandPlan& plan, const Shape& 
   if (plan.reduce_mask == 0) return g;
   const auto geometry = kernels::make_reduce_geometry(g.shape().data(), g.dim(), plan.reduce_mask);
   Tensor out = empty(operand_shape, g.dtype(), g.device());
-  sum_axes_kernel(g, out, geometry, 1.0);
+  dispatch_floating(
+      g, [&]<class T>(auto on) { VG_LAUNCH(on, sum_axes, g.data<T>(), out.data<T>(), geometry, static_cast<T>(1.0)); });
   return out;
 }
 
@@ -248,7 +166,9 @@ Tensor binary(kernels::BinaryOp op, const char* name, const Tensor& a, const Ten
   Tensor y = empty(out_shape, a.dtype(), a.device());
   {
     VG_PROFILE(name, y.device());
-    binary_forward_kernel(op, a, pa.broadcast, b, pb.broadcast, y);
+    dispatch_floating(y, [&]<class T>(auto on) {
+      VG_LAUNCH(on, binary_forward, op, a.data<T>(), pa.broadcast, b.data<T>(), pb.broadcast, y.data<T>(), y.numel());
+    });
   }
   const bool need_a = a.requires_grad(), need_b = b.requires_grad();
   const bool linear = op == kernels::BinaryOp::Add || op == kernels::BinaryOp::Sub;
@@ -265,7 +185,10 @@ Tensor binary(kernels::BinaryOp op, const char* name, const Tensor& a, const Ten
                   } else {
                     if (need_a) da = empty_like(dy);
                     if (need_b) db = empty_like(dy);
-                    binary_backward_kernel(op, a_saved, pa.broadcast, b_saved, pb.broadcast, dy, da, db);
+                    dispatch_floating(dy, [&]<class T>(auto on) {
+                      VG_LAUNCH(on, binary_backward, op, a_saved.data<T>(), pa.broadcast, b_saved.data<T>(),
+                                pb.broadcast, dy.data<T>(), data_or_null<T>(da), data_or_null<T>(db), dy.numel());
+                    });
                   }
                   if (da.defined()) da = reduce_to_operand(da, pa, a_shape);
                   if (db.defined()) db = reduce_to_operand(db, pb, b_shape);
@@ -300,11 +223,15 @@ Tensor reduce(const char* name, const Tensor& x, const std::vector<int>& axes, b
   Tensor y = empty(out_shape, x.dtype(), x.device());
   {
     VG_PROFILE(name, x.device());
-    sum_axes_kernel(x, y, geometry, scale);
+    dispatch_floating(x, [&]<class T>(auto on) {
+      VG_LAUNCH(on, sum_axes, x.data<T>(), y.data<T>(), geometry, static_cast<T>(scale));
+    });
   }
   return record(name, y, {x}, [geometry, scale, x_shape = x.shape()](const Tensor& dy) {
     Tensor dx = empty(x_shape, dy.dtype(), dy.device());
-    expand_axes_kernel(dy, dx, geometry, scale);
+    dispatch_floating(dy, [&]<class T>(auto on) {
+      VG_LAUNCH(on, expand_axes, dy.data<T>(), dx.data<T>(), geometry, static_cast<T>(scale));
+    });
     return std::vector<Tensor>{dx};
   });
 }
@@ -324,28 +251,15 @@ Tensor softmax_op(const char* name, const Tensor& x, int axis, bool log_space) {
   Tensor y = empty_like(x);
   {
     VG_PROFILE(name, x.device());
-    if (x.device().is_cpu()) {
-      if (is_double(x)) kernels::cpu::softmax_forward(x.data<double>(), y.data<double>(), outer, classes, inner, log_space);
-      else kernels::cpu::softmax_forward(x.data<float>(), y.data<float>(), outer, classes, inner, log_space);
-    } else {
-      VG_CUDA_ONLY(kernels::cuda::softmax_forward(x.data<float>(), y.data<float>(), outer, classes, inner, log_space,
-                                                  stream_of(x)));
-    }
+    dispatch_floating(x, [&]<class T>(auto on) {
+      VG_LAUNCH(on, softmax_forward, x.data<T>(), y.data<T>(), outer, classes, inner, log_space);
+    });
   }
   return record(name, y, {x}, [y_saved = saved(y), outer, classes, inner, log_space](const Tensor& dy) {
     Tensor dx = empty_like(dy);
-    if (dy.device().is_cpu()) {
-      if (is_double(dy)) {
-        kernels::cpu::softmax_backward(y_saved.data<double>(), dy.data<double>(), dx.data<double>(), outer, classes,
-                                       inner, log_space);
-      } else {
-        kernels::cpu::softmax_backward(y_saved.data<float>(), dy.data<float>(), dx.data<float>(), outer, classes, inner,
-                                       log_space);
-      }
-    } else {
-      VG_CUDA_ONLY(kernels::cuda::softmax_backward(y_saved.data<float>(), dy.data<float>(), dx.data<float>(), outer,
-                                                   classes, inner, log_space, stream_of(dy)));
-    }
+    dispatch_floating(dy, [&]<class T>(auto on) {
+      VG_LAUNCH(on, softmax_backward, y_saved.data<T>(), dy.data<T>(), dx.data<T>(), outer, classes, inner, log_space);
+    });
     return std::vector<Tensor>{dx};
   });
 }

@@ -14,9 +14,6 @@ namespace voxgrad {
 
 namespace {
 
-// Used by the CUDA branches only, which CPU-only builds compile away.
-[[maybe_unused]] kernels::Stream stream_of(const Tensor& t) { return stream_for(t.device()); }
-
 void check_param(const std::string& name, const Tensor& p, const char* op) {
   VG_CHECK(p.defined(), op << ": parameter \"" << name << "\" is undefined");
   detail::check_floating(p, op);
@@ -165,19 +162,10 @@ void SGD::step() {
     Tensor buf = options_.momentum != 0 ? buffers(i)[0] : Tensor();
     VG_PROFILE("sgd_step", p.device());
     const std::int64_t n = p.numel();
-    if (p.device().is_cpu()) {
-      if (p.dtype() == DType::Float64) {
-        kernels::cpu::sgd_step(p.data<double>(), g.data<double>(), buf.defined() ? buf.data<double>() : nullptr, n,
-                               sgd_scalars<double>(options_, lr(), first_step));
-      } else {
-        kernels::cpu::sgd_step(p.data<float>(), g.data<float>(), buf.defined() ? buf.data<float>() : nullptr, n,
-                               sgd_scalars<float>(options_, lr(), first_step));
-      }
-    } else {
-      VG_CUDA_ONLY(kernels::cuda::sgd_step(p.data<float>(), g.data<float>(),
-                                           buf.defined() ? buf.data<float>() : nullptr, n,
-                                           sgd_scalars<float>(options_, lr(), first_step), stream_of(p)));
-    }
+    detail::dispatch_floating(p, [&]<class T>(auto on) {
+      VG_LAUNCH(on, sgd_step, p.data<T>(), g.data<T>(), detail::data_or_null<T>(buf), n,
+                sgd_scalars<T>(options_, lr(), first_step));
+    });
     ++steps(i);
   }
 }
@@ -205,18 +193,10 @@ void Adam::step() {
     const std::int64_t step = ++steps(i);
     VG_PROFILE(decoupled_ ? "adamw_step" : "adam_step", p.device());
     const std::int64_t n = p.numel();
-    if (p.device().is_cpu()) {
-      if (p.dtype() == DType::Float64) {
-        kernels::cpu::adam_step(p.data<double>(), g.data<double>(), b[0].data<double>(), b[1].data<double>(), n,
-                                adam_scalars<double>(options_, lr(), decoupled_, step));
-      } else {
-        kernels::cpu::adam_step(p.data<float>(), g.data<float>(), b[0].data<float>(), b[1].data<float>(), n,
-                                adam_scalars<float>(options_, lr(), decoupled_, step));
-      }
-    } else {
-      VG_CUDA_ONLY(kernels::cuda::adam_step(p.data<float>(), g.data<float>(), b[0].data<float>(), b[1].data<float>(),
-                                            n, adam_scalars<float>(options_, lr(), decoupled_, step), stream_of(p)));
-    }
+    detail::dispatch_floating(p, [&]<class T>(auto on) {
+      VG_LAUNCH(on, adam_step, p.data<T>(), g.data<T>(), b[0].data<T>(), b[1].data<T>(), n,
+                adam_scalars<T>(options_, lr(), decoupled_, step));
+    });
   }
 }
 

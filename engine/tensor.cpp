@@ -124,11 +124,8 @@ Tensor Tensor::to(Device d) const {
 Tensor Tensor::to(DType t) const {
   if (dtype() == t) return *this;
   Tensor out = empty(shape(), t, device());
-  if (device().is_cpu()) {
-    kernels::cpu::cast(dtype(), raw_data(), t, out.raw_data(), numel());
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::cast(dtype(), raw_data(), t, out.raw_data(), numel(), stream_for(device())));
-  }
+  detail::dispatch_device(device(),
+                          [&](auto on) { VG_LAUNCH(on, cast, dtype(), raw_data(), t, out.raw_data(), numel()); });
   return out;
 }
 
@@ -246,11 +243,7 @@ Tensor empty(const Shape& shape, DType t, Device d) {
 
 Tensor full(const Shape& shape, double value, DType t, Device d) {
   Tensor out = empty(shape, t, d);
-  if (d.is_cpu()) {
-    kernels::cpu::fill(t, out.raw_data(), out.numel(), value);
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::fill(t, out.raw_data(), out.numel(), value, stream_for(d)));
-  }
+  detail::dispatch_device(d, [&](auto on) { VG_LAUNCH(on, fill, t, out.raw_data(), out.numel(), value); });
   return out;
 }
 
@@ -262,11 +255,7 @@ Tensor arange(double start, double end, double step, DType t, Device d) {
   const double span = (end - start) / step;
   const auto n = static_cast<std::int64_t>(span > 0 ? std::ceil(span) : 0);
   Tensor out = empty({n}, t, d);
-  if (d.is_cpu()) {
-    kernels::cpu::arange(t, out.raw_data(), n, start, step);
-  } else {
-    VG_CUDA_ONLY(kernels::cuda::arange(t, out.raw_data(), n, start, step, stream_for(d)));
-  }
+  detail::dispatch_device(d, [&](auto on) { VG_LAUNCH(on, arange, t, out.raw_data(), n, start, step); });
   return out;
 }
 
@@ -303,13 +292,10 @@ Tensor random_tensor(const Shape& shape, Generator& gen, DType t, Device d, doub
   Tensor out = empty(shape, t, d);
   const std::int64_t n = out.numel();
   const std::uint64_t offset = gen.reserve(n);
-  if (d.is_cpu()) {
-    if (normal) kernels::cpu::rand_normal(t, out.raw_data(), n, gen.seed(), offset, a, b);
-    else kernels::cpu::rand_uniform(t, out.raw_data(), n, gen.seed(), offset, a, b);
-  } else {
-    VG_CUDA_ONLY(if (normal) kernels::cuda::rand_normal(out.data<float>(), n, gen.seed(), offset, a, b, stream_for(d));
-                 else kernels::cuda::rand_uniform(out.data<float>(), n, gen.seed(), offset, a, b, stream_for(d)));
-  }
+  detail::dispatch_device(d, [&](auto on) {
+    if (normal) VG_LAUNCH(on, rand_normal, t, out.raw_data(), n, gen.seed(), offset, a, b);
+    else VG_LAUNCH(on, rand_uniform, t, out.raw_data(), n, gen.seed(), offset, a, b);
+  });
   return out;
 }
 }  // namespace

@@ -67,8 +67,11 @@ void rand_normal(DType t, void* y, std::int64_t n, std::uint64_t seed, std::uint
 }  // namespace cpu
 
 namespace cuda {
-void rand_uniform(float* y, std::int64_t n, std::uint64_t seed, std::uint64_t offset, double low, double high, Stream s);
-void rand_normal(float* y, std::int64_t n, std::uint64_t seed, std::uint64_t offset, double mean, double std, Stream s);
+// float32 only (float64 is CPU-only).
+void rand_uniform(DType t, void* y, std::int64_t n, std::uint64_t seed, std::uint64_t offset, double low, double high,
+                  Stream s);
+void rand_normal(DType t, void* y, std::int64_t n, std::uint64_t seed, std::uint64_t offset, double mean, double std,
+                 Stream s);
 }  // namespace cuda
 
 }  // namespace voxgrad::kernels

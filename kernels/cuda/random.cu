@@ -24,19 +24,26 @@ __global__ void normal_kernel(float* __restrict__ y, std::int64_t n, std::uint64
     y[i] = static_cast<float>(mean + std * philox_normal(seed, offset, i));
 }
 
+float* float32_draws(const char* what, DType t, void* y) {
+  if (t != DType::Float32) VG_FAIL(what << ": " << dtype_name(t) << " has no CUDA kernels (float64 is CPU-only)");
+  return static_cast<float*>(y);
+}
+
 }  // namespace
 
-void rand_uniform(float* y, std::int64_t n, std::uint64_t seed, std::uint64_t offset, double low, double high,
+void rand_uniform(DType t, void* y, std::int64_t n, std::uint64_t seed, std::uint64_t offset, double low, double high,
                   Stream s) {
+  float* out = float32_draws("rand_uniform", t, y);
   if (n == 0) return;
-  uniform_kernel<<<grid_for(n), kBlock, 0, native(s)>>>(y, n, seed, offset, low, high - low);
+  uniform_kernel<<<grid_for(n), kBlock, 0, native(s)>>>(out, n, seed, offset, low, high - low);
   VG_CUDA_CHECK_LAUNCH();
 }
 
-void rand_normal(float* y, std::int64_t n, std::uint64_t seed, std::uint64_t offset, double mean, double std,
+void rand_normal(DType t, void* y, std::int64_t n, std::uint64_t seed, std::uint64_t offset, double mean, double std,
                  Stream s) {
+  float* out = float32_draws("rand_normal", t, y);
   if (n == 0) return;
-  normal_kernel<<<grid_for(n), kBlock, 0, native(s)>>>(y, n, seed, offset, mean, std);
+  normal_kernel<<<grid_for(n), kBlock, 0, native(s)>>>(out, n, seed, offset, mean, std);
   VG_CUDA_CHECK_LAUNCH();
 }
 
