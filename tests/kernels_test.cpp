@@ -366,18 +366,12 @@ TEST(KernelsSoftmax, BackwardMatchesFiniteDifferences) {
     std::vector<double> y(x.size()), dx(x.size());
     cpu::softmax_forward(x.data(), y.data(), outer, classes, inner, log_space);
     cpu::softmax_backward(y.data(), dy.data(), dx.data(), outer, classes, inner, log_space);
-    std::vector<double> numeric(x.size());
-    const double h = 1e-6;
-    for (std::size_t i = 0; i < x.size(); ++i) {
-      auto xp = x, xm = x;
-      xp[i] += h;
-      xm[i] -= h;
-      const auto yp = naive_softmax(xp, outer, classes, inner, log_space);
-      const auto ym = naive_softmax(xm, outer, classes, inner, log_space);
-      double d = 0;
-      for (std::size_t k = 0; k < x.size(); ++k) d += dy[k] * (yp[k] - ym[k]);
-      numeric[i] = d / (2 * h);
-    }
+    const auto numeric = test::central_differences(
+        [&](const std::vector<double>& at) {
+          const auto y_at = naive_softmax(at, outer, classes, inner, log_space);
+          return std::inner_product(y_at.begin(), y_at.end(), dy.begin(), 0.0);
+        },
+        x);
     EXPECT_TRUE(all_close(dx, numeric, 1e-8, 1e-6));
 
     const auto yf = to<float>(y), dyf = to<float>(dy);

@@ -1,5 +1,5 @@
 // The segmentation losses, from one table of cases: forward values against plain host references
-// of issue 5's definitions, float64 gradients against central differences, CUDA against the CPU
+// of the losses' definitions, float64 gradients against central differences, CUDA against the CPU
 // (skipped without a GPU), and the exact properties: one-hot predictions, ignored voxels, empty
 // classes and sets, ties in Lovász-softmax.
 #include "engine/losses.h"
@@ -13,12 +13,16 @@
 
 #include "engine/autograd.h"
 #include "engine/metrics.h"
+#include "tests/op_harness.h"
 #include "tests/test_support.h"
 
 namespace voxgrad {
 namespace {
 
-using Values = std::vector<double>;
+using test::as_doubles;
+using test::HostInputs;
+using test::OpCase;
+using test::Values;
 using Labels = std::vector<std::int32_t>;
 
 constexpr std::int32_t kIgnore = 255;
@@ -39,9 +43,9 @@ struct Batch {
   std::int32_t y(std::int64_t n, std::int64_t s) const { return labels[n * S + s]; }
 };
 
-// ---- host references, written from the definitions in issue 5 ----------------------------------
+// ---- host references, written from the losses' definitions -------------------------------------
 
-// Options with every default resolved, as the issue states them.
+// Options with every default resolved, as engine/losses.h states them.
 struct Spec {
   LossKind kind;
   ClassSelection classes;
@@ -324,28 +328,6 @@ Tensor logits_of(const Batch& b, Device d, bool requires_grad = false) {
 
 Tensor labels_of(const Batch& b, Device d) { return from_vector(b.labels, b.label_shape(), d); }
 
-Values as_doubles(const Tensor& t) {
-  const Tensor h = t.cpu();
-  if (h.dtype() == DType::Float64) return h.to_vector<double>();
-  const auto f = h.to_vector<float>();
-  return Values(f.begin(), f.end());
-}
-
-// Like test::all_close, with NaN equal to NaN (terms of classes that were not chosen).
-::testing::AssertionResult close_or_both_nan(const Values& a, const Values& b, double atol, double rtol) {
-  if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes " << a.size() << " vs " << b.size();
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (std::isnan(a[i]) || std::isnan(b[i])) {
-      if (std::isnan(a[i]) != std::isnan(b[i]))
-        return ::testing::AssertionFailure() << "element " << i << ": " << a[i] << " vs " << b[i];
-      continue;
-    }
-    if (!(std::fabs(a[i] - b[i]) <= atol + rtol * std::fabs(b[i])))
-      return ::testing::AssertionFailure() << "element " << i << ": " << a[i] << " vs " << b[i];
-  }
-  return ::testing::AssertionSuccess();
-}
-
 // ---- the table -----------------------------------------------------------------------------------
 
 struct LossCase {
@@ -354,9 +336,8 @@ struct LossCase {
   LossOptions options;
   bool ignored = false;  // labels carry the ignore label kIgnore (the options name it)
   Shape shape{2, 3, 2, 3, 4};
+  LogitStyle style = LogitStyle::Continuous;
 };
-
-std::ostream& operator<<(std::ostream& o, const LossCase& c) { return o << c.name; }
 
 LossOptions opts(std::optional<ClassSelection> classes, std::optional<Aggregate> aggregate, bool ignore = false) {
   LossOptions o;
@@ -366,6 +347,7 @@ LossOptions opts(std::optional<ClassSelection> classes, std::optional<Aggregate>
   return o;
 }
 
+// Small enough for finite differences over every logit.
 std::vector<LossCase> loss_cases() {
   using A = Aggregate;
   using C = ClassSelection;
@@ -406,154 +388,116 @@ std::vector<LossCase> loss_cases() {
   };
 }
 
-class LossForward : public ::testing::TestWithParam<LossCase> {};
-class LossGradcheck : public ::testing::TestWithParam<LossCase> {};
-
-TEST_P(LossForward, MatchesReference) {
-  const LossCase& c = GetParam();
-  const Batch b = make_batch(c.shape, 1, LogitStyle::Continuous, c.ignored);
-  const LossOutput out =
-      segmentation_loss_terms(c.kind, logits_of<double>(b, Device::cpu()), labels_of(b, Device::cpu()), c.options);
-  const Spec spec = resolve(c.kind, c.options);
-  EXPECT_NEAR(out.loss.item(), loss_ref(b, spec), 1e-12);
-  if (kernels::loss_has_region(c.kind)) {
-    Spec region = spec;
-    if (c.kind == LossKind::DiceCrossEntropy) region.kind = LossKind::Dice;
-    EXPECT_TRUE(close_or_both_nan(as_doubles(out.region_terms), region_ref(b, region).terms, 1e-12, 1e-12));
-  }
+HostInputs inputs_of(const Batch& b) {
+  return {{b.logits, b.shape}, {Values(b.labels.begin(), b.labels.end()), b.label_shape(), true}};
 }
 
-// Central differences of the loss times an upstream gradient 0.7, so the backward's use of the
-// upstream gradient is checked too. Lovász is piecewise linear in p: random logits keep the
-// errors apart by far more than the step.
-TEST_P(LossGradcheck, Float64MatchesFiniteDifferences) {
-  const LossCase& c = GetParam();
-  Batch b = make_batch(c.shape, 2, LogitStyle::Continuous, c.ignored);
-  const Tensor labels = labels_of(b, Device::cpu());
-  Tensor z = logits_of<double>(b, Device::cpu(), true);
-  const double upstream = 0.7;
-  segmentation_loss(c.kind, z, labels, c.options).backward(full({}, upstream, DType::Float64));
-  ASSERT_TRUE(z.grad().defined());
-  const Values analytic = as_doubles(z.grad());
-  const auto value = [&]() {
-    NoGradGuard no_grad;
-    return segmentation_loss(c.kind, logits_of<double>(b, Device::cpu()), labels, c.options).item();
+Batch batch_of(const HostInputs& in) {
+  Batch b;
+  b.shape = in[0].shape;
+  b.N = b.shape[0];
+  b.K = b.shape[1];
+  b.S = shape_numel(b.shape) / (b.N * b.K);
+  b.logits = in[0].values;
+  b.labels.assign(in[1].values.begin(), in[1].values.end());
+  return b;
+}
+
+// Outputs: the loss (differentiated), the region terms and the CE terms (NaN where not chosen); the
+// reference gives the loss and, for losses with a region part, the region terms.
+OpCase loss_row(const LossCase& c, unsigned checks) {
+  OpCase row;
+  row.name = c.name;
+  row.inputs = [c](std::uint32_t seed) { return inputs_of(make_batch(c.shape, seed, c.style, c.ignored)); };
+  row.fn = [c](const std::vector<Tensor>& t) {
+    const LossOutput out = segmentation_loss_terms(c.kind, t[0], t[1], c.options);
+    return test::Outputs{out.loss, out.region_terms, out.ce_terms};
   };
-  const double h = 1e-6;
-  Values numeric(b.logits.size());
-  for (std::size_t j = 0; j < b.logits.size(); ++j) {
-    const double keep = b.logits[j];
-    b.logits[j] = keep + h;
-    const double up = value();
-    b.logits[j] = keep - h;
-    const double down = value();
-    b.logits[j] = keep;
-    numeric[j] = upstream * (up - down) / (2 * h);
-  }
-  EXPECT_TRUE(test::all_close(analytic, numeric, 1e-8, 1e-5));
+  row.reference = [c](const HostInputs& in) {
+    const Batch b = batch_of(in);
+    const Spec spec = resolve(c.kind, c.options);
+    std::vector<Values> expected{{loss_ref(b, spec)}};
+    if (kernels::loss_has_region(c.kind)) {
+      Spec region = spec;
+      if (c.kind == LossKind::DiceCrossEntropy) region.kind = LossKind::Dice;
+      expected.push_back(region_ref(b, region).terms);
+    }
+    return expected;
+  };
+  row.checks = checks;
+  row.forward_f64 = {1e-12, 0};
+  // Lovász is piecewise linear in p: random logits keep the errors apart by far more than the step.
+  row.gradcheck = {1e-8, 1e-5};
+  row.parity_outputs = {{1e-5, 1e-4}};
+  row.parity_gradients = {1e-4, 1e-3, true};  // the gradients of a mean over voxels are all small
+  row.nan_outputs = true;
+  return row;
 }
 
-// Inputs large enough for the threaded CPU loops (the table's cases run serially).
-TEST(LossForwardLarge, ThreadedPathsMatchReference) {
+std::vector<OpCase> loss_table() {
   using A = Aggregate;
   using C = ClassSelection;
-  const std::vector<LossCase> cases = {
-      {"wce", LossKind::WeightedCrossEntropy, opts({}, {}, true), true, {2, 4, 8, 16, 40}},
-      {"dice", LossKind::Dice, opts(C::Present, A::Batch, true), true, {2, 4, 8, 16, 40}},
-      {"jaccard", LossKind::Jaccard, opts({}, {}), false, {2, 4, 8, 16, 40}},
-      {"lovasz", LossKind::LovaszSoftmax, opts(C::All, A::PerImage, true), true, {2, 4, 8, 16, 40}},
-      {"lovasz_hinge", LossKind::LovaszHinge, opts({}, A::Batch), false, {3, 1, 16, 16, 40}},
-  };
-  for (const LossCase& c : cases) {
-    SCOPED_TRACE(c.name);
-    const Batch b = make_batch(c.shape, 23, LogitStyle::Continuous, c.ignored);
-    const double got =
-        segmentation_loss(c.kind, logits_of<double>(b, Device::cpu()), labels_of(b, Device::cpu()), c.options).item();
-    EXPECT_NEAR(got, loss_ref(b, resolve(c.kind, c.options)), 1e-11);
+  std::vector<OpCase> table;
+  for (const LossCase& c : loss_cases()) table.push_back(loss_row(c, test::kForward | test::kGradcheck));
+
+  // Inputs large enough for the threaded CPU loops (the small cases run serially).
+  const Shape large{2, 4, 8, 16, 40};  // 5120 voxels per image: several reduction chunks per row
+  for (const LossCase& c : std::vector<LossCase>{
+           {"large_wce", LossKind::WeightedCrossEntropy, opts({}, {}, true), true, large},
+           {"large_dice", LossKind::Dice, opts(C::Present, A::Batch, true), true, large},
+           {"large_jaccard", LossKind::Jaccard, opts({}, {}), false, large},
+           {"large_lovasz", LossKind::LovaszSoftmax, opts(C::All, A::PerImage, true), true, large},
+           {"large_lovasz_hinge", LossKind::LovaszHinge, opts({}, A::Batch), false, {3, 1, 16, 16, 40}},
+       }) {
+    OpCase row = loss_row(c, test::kForward);
+    row.forward_f64 = {1e-11, 0};
+    table.push_back(row);
   }
-}
 
-std::string case_name(const ::testing::TestParamInfo<LossCase>& info) { return info.param.name; }
-INSTANTIATE_TEST_SUITE_P(Losses, LossForward, ::testing::ValuesIn(loss_cases()), case_name);
-INSTANTIATE_TEST_SUITE_P(Losses, LossGradcheck, ::testing::ValuesIn(loss_cases()), case_name);
-
-// ---- CUDA against the CPU ------------------------------------------------------------------------
-
-struct ParityCase {
-  std::string name;
-  LossKind kind;
-  LossOptions options;
-  bool ignored = false;
-  LogitStyle style = LogitStyle::Continuous;
-  Shape shape{2, 4, 8, 16, 40};  // 5120 voxels per image: several reduction chunks per row
-};
-
-std::ostream& operator<<(std::ostream& o, const ParityCase& c) { return o << c.name; }
-
-std::vector<ParityCase> parity_cases() {
-  using A = Aggregate;
-  using C = ClassSelection;
-  std::vector<ParityCase> cases;
-  // Every small case of the table, on fresh inputs.
-  for (const LossCase& c : loss_cases())
-    cases.push_back({c.name + "_small", c.kind, c.options, c.ignored, LogitStyle::Continuous, c.shape});
+  // CUDA against the CPU: every small case on fresh inputs, then large ones.
+  for (LossCase c : loss_cases()) {
+    c.name += "_small";
+    table.push_back(loss_row(c, test::kCudaParity));
+  }
   LossOptions segmented = opts({}, {});
   segmented.lovasz_sort = LovaszSort::SegmentedSort;
   LossOptions segmented_per_image = opts(C::All, A::PerImage, true);
   segmented_per_image.lovasz_sort = LovaszSort::SegmentedSort;
-  const std::vector<ParityCase> large = {
-      {"ce", LossKind::CrossEntropy, opts({}, {})},
-      {"wce_ignore", LossKind::WeightedCrossEntropy, opts({}, {}, true), true},
-      {"dice_default", LossKind::Dice, opts({}, {})},
-      {"dice_all_batch_ignore", LossKind::Dice, opts(C::All, A::Batch, true), true},
-      {"jaccard_present_batch", LossKind::Jaccard, opts(C::Present, A::Batch)},
-      {"dice_ce_default", LossKind::DiceCrossEntropy, opts({}, {})},
-      // Tied logits: many exactly equal errors, which the stable sorts must order alike.
-      {"lovasz_default_ties", LossKind::LovaszSoftmax, opts({}, {}), false, LogitStyle::Tied},
-      {"lovasz_all_per_image_ignore_ties", LossKind::LovaszSoftmax, opts(C::All, A::PerImage, true), true,
-       LogitStyle::Tied},
-      {"lovasz_segmented_sort_ties", LossKind::LovaszSoftmax, segmented, false, LogitStyle::Tied},
-      {"lovasz_segmented_sort_per_image_ignore_ties", LossKind::LovaszSoftmax, segmented_per_image, true,
-       LogitStyle::Tied},
-      {"lovasz_hinge_ties", LossKind::LovaszHinge, opts({}, {}, true), true, LogitStyle::Tied, {2, 1, 8, 16, 40}},
-      {"lovasz_hinge_batch",
-       LossKind::LovaszHinge,
-       opts({}, A::Batch),
-       false,
-       LogitStyle::Continuous,
-       {3, 1, 8, 16, 40}},
-  };
-  cases.insert(cases.end(), large.begin(), large.end());
-  return cases;
+  const LogitStyle tied = LogitStyle::Tied;  // many exactly equal errors, which the stable sorts must order alike
+  for (const LossCase& c : std::vector<LossCase>{
+           {"ce", LossKind::CrossEntropy, opts({}, {}), false, large},
+           {"wce_ignore", LossKind::WeightedCrossEntropy, opts({}, {}, true), true, large},
+           {"dice_default", LossKind::Dice, opts({}, {}), false, large},
+           {"dice_all_batch_ignore", LossKind::Dice, opts(C::All, A::Batch, true), true, large},
+           {"jaccard_present_batch", LossKind::Jaccard, opts(C::Present, A::Batch), false, large},
+           {"dice_ce_default", LossKind::DiceCrossEntropy, opts({}, {}), false, large},
+           {"lovasz_default_ties", LossKind::LovaszSoftmax, opts({}, {}), false, large, tied},
+           {"lovasz_all_per_image_ignore_ties", LossKind::LovaszSoftmax, opts(C::All, A::PerImage, true), true, large,
+            tied},
+           {"lovasz_segmented_sort_ties", LossKind::LovaszSoftmax, segmented, false, large, tied},
+           {"lovasz_segmented_sort_per_image_ignore_ties", LossKind::LovaszSoftmax, segmented_per_image, true, large,
+            tied},
+           {"lovasz_hinge_ties", LossKind::LovaszHinge, opts({}, {}, true), true, {2, 1, 8, 16, 40}, tied},
+           {"lovasz_hinge_batch", LossKind::LovaszHinge, opts({}, A::Batch), false, {3, 1, 8, 16, 40}},
+       })
+    table.push_back(loss_row(c, test::kCudaParity));
+  return table;
 }
 
-class LossCudaParity : public ::testing::TestWithParam<ParityCase> {};
+class LossForward : public ::testing::TestWithParam<OpCase> {};
+class LossGradcheck : public ::testing::TestWithParam<OpCase> {};
+class LossCudaParity : public ::testing::TestWithParam<OpCase> {};
 
-TEST_P(LossCudaParity, CudaMatchesCpu) {
-  VG_REQUIRE_CUDA();
-  const ParityCase& c = GetParam();
-  const Batch b = make_batch(c.shape, 4, c.style, c.ignored);
-  Tensor z_cpu = logits_of<float>(b, Device::cpu(), true);
-  Tensor z_gpu = logits_of<float>(b, Device::cuda(), true);
-  const LossOutput cpu = segmentation_loss_terms(c.kind, z_cpu, labels_of(b, Device::cpu()), c.options);
-  const LossOutput gpu = segmentation_loss_terms(c.kind, z_gpu, labels_of(b, Device::cuda()), c.options);
-  ASSERT_EQ(gpu.loss.device(), Device::cuda());
-  EXPECT_TRUE(test::all_close(as_doubles(gpu.loss), as_doubles(cpu.loss), 1e-5, 1e-4)) << "loss";
-  EXPECT_TRUE(close_or_both_nan(as_doubles(gpu.region_terms), as_doubles(cpu.region_terms), 1e-5, 1e-4))
-      << "region terms";
-  EXPECT_TRUE(close_or_both_nan(as_doubles(gpu.ce_terms), as_doubles(cpu.ce_terms), 1e-5, 1e-4)) << "ce terms";
-  cpu.loss.backward(full({}, 0.7, DType::Float32));
-  gpu.loss.backward(full({}, 0.7, DType::Float32, Device::cuda()));
-  ASSERT_TRUE(z_gpu.grad().defined());
-  EXPECT_EQ(z_gpu.grad().device(), Device::cuda());
-  const Values g_cpu = as_doubles(z_cpu.grad()), g_gpu = as_doubles(z_gpu.grad());
-  double scale = 0;
-  for (double v : g_cpu) scale = std::max(scale, std::fabs(v));
-  EXPECT_TRUE(test::all_close(g_gpu, g_cpu, 1e-4 * scale, 1e-3)) << "gradient";
-}
+TEST_P(LossForward, MatchesReference) { test::expect_forward_matches_reference(GetParam()); }
+TEST_P(LossGradcheck, Float64MatchesFiniteDifferences) { test::expect_gradients_match_finite_differences(GetParam()); }
+TEST_P(LossCudaParity, CudaMatchesCpu) { test::expect_cuda_matches_cpu(GetParam()); }
 
-INSTANTIATE_TEST_SUITE_P(Losses, LossCudaParity, ::testing::ValuesIn(parity_cases()),
-                         [](const ::testing::TestParamInfo<ParityCase>& info) { return info.param.name; });
+INSTANTIATE_TEST_SUITE_P(Losses, LossForward, ::testing::ValuesIn(test::rows(loss_table(), test::kForward)),
+                         test::row_name);
+INSTANTIATE_TEST_SUITE_P(Losses, LossGradcheck, ::testing::ValuesIn(test::rows(loss_table(), test::kGradcheck)),
+                         test::row_name);
+INSTANTIATE_TEST_SUITE_P(Losses, LossCudaParity, ::testing::ValuesIn(test::rows(loss_table(), test::kCudaParity)),
+                         test::row_name);
 
 // ---- exact properties ----------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ namespace voxgrad {
 namespace {
 
 using test::as_doubles;
-using test::make_input;
+using test::error_of;
 using test::Values;
 
 // ---- host references, written as the definitions read, without the kernels' arithmetic ---------
@@ -57,18 +57,16 @@ Values normalize_ref(const Values& x, const Shape& s, const std::function<double
 
 Values instance_norm_ref(const Values& x, const Shape& s, const Values* w, const Values* b, double eps) {
   const std::int64_t S = spatial(s);
-  const auto mean = [&](std::int64_t n, std::int64_t c) {
-    double m = 0;
-    for (std::int64_t j = 0; j < S; ++j) m += x[(n * s[1] + c) * S + j];
-    return m / S;
-  };
-  const auto var = [&](std::int64_t n, std::int64_t c) {
-    const double m = mean(n, c);
-    double v = 0;
-    for (std::int64_t j = 0; j < S; ++j) v += (x[(n * s[1] + c) * S + j] - m) * (x[(n * s[1] + c) * S + j] - m);
-    return v / S;
-  };
-  return normalize_ref(x, s, mean, var, w, b, eps);
+  Values mean(s[0] * s[1], 0.0), var(s[0] * s[1], 0.0);  // per (n, c) group
+  for (std::int64_t g = 0; g < s[0] * s[1]; ++g) {
+    for (std::int64_t j = 0; j < S; ++j) mean[g] += x[g * S + j];
+    mean[g] /= S;
+    for (std::int64_t j = 0; j < S; ++j) var[g] += (x[g * S + j] - mean[g]) * (x[g * S + j] - mean[g]);
+    var[g] /= S;
+  }
+  return normalize_ref(
+      x, s, [&](std::int64_t n, std::int64_t c) { return mean[n * s[1] + c]; },
+      [&](std::int64_t n, std::int64_t c) { return var[n * s[1] + c]; }, w, b, eps);
 }
 
 // Per-channel batch mean and biased variance over (N, D, H, W).
@@ -143,17 +141,30 @@ Values avg_pool_ref(const Values& x, const Shape& s, Triple k, Triple st, Triple
 
 // ---- the table ---------------------------------------------------------------------------------
 
-enum class Domain { Any, Positive, Distinct };  // Distinct: values at least 0.01 apart (max pool)
+using test::Domain;
+using test::HostInputs;
+using test::OpCase;
 
-struct OpCase {
-  std::string name;
-  std::vector<Shape> shapes;
-  std::vector<Domain> domains;  // per input
-  std::function<Tensor(const std::vector<Tensor>&)> fn;
-  std::function<Values(const std::vector<Values>&)> reference;
-};
+// Every row runs its forward in float32 as well.
+OpCase row(std::string name, std::function<HostInputs(std::uint32_t)> inputs,
+           std::function<test::Outputs(const std::vector<Tensor>&)> fn,
+           std::function<std::vector<Values>(const HostInputs&)> reference) {
+  OpCase c;
+  c.name = std::move(name);
+  c.inputs = std::move(inputs);
+  c.fn = std::move(fn);
+  c.reference = std::move(reference);
+  c.forward_f32 = test::Tolerance{1e-5, 1e-5};
+  return c;
+}
 
-std::ostream& operator<<(std::ostream& o, const OpCase& c) { return o << c.name; }
+// Large volumes reach the split reductions: no finite differences, looser float32 parity.
+constexpr unsigned kNoGradcheck = test::kForward | test::kCudaParity;
+OpCase large(OpCase c) {
+  c.checks = kNoGradcheck;
+  c.parity_gradients = {1e-4, 1e-3};
+  return c;
+}
 
 // Fixed running statistics (C) for eval-mode cases, on the device and dtype of x.
 Tensor running_tensor(const Tensor& x, double base, double step) {
@@ -165,47 +176,127 @@ Tensor running_tensor(const Tensor& x, double base, double step) {
 OpCase instance_case(const std::string& name, Shape s, bool affine, double eps = 1e-5) {
   const Shape ch{s[1]};
   if (!affine)
-    return {name, {s}, {Domain::Any}, [eps](const std::vector<Tensor>& t) { return instance_norm3d(t[0], {}, {}, eps); },
-            [s, eps](const std::vector<Values>& v) { return instance_norm_ref(v[0], s, nullptr, nullptr, eps); }};
-  return {name, {s, ch, ch}, {Domain::Any, Domain::Any, Domain::Any},
-          [eps](const std::vector<Tensor>& t) { return instance_norm3d(t[0], t[1], t[2], eps); },
-          [s, eps](const std::vector<Values>& v) { return instance_norm_ref(v[0], s, &v[1], &v[2], eps); }};
+    return row(name, test::random_inputs({s}),
+               test::one_output([eps](const std::vector<Tensor>& t) { return instance_norm3d(t[0], {}, {}, eps); }),
+               test::one_reference(
+                   [s, eps](const HostInputs& v) { return instance_norm_ref(v[0].values, s, nullptr, nullptr, eps); }));
+  return row(name, test::random_inputs({s, ch, ch}),
+             test::one_output([eps](const std::vector<Tensor>& t) { return instance_norm3d(t[0], t[1], t[2], eps); }),
+             test::one_reference([s, eps](const HostInputs& v) {
+               return instance_norm_ref(v[0].values, s, &v[1].values, &v[2].values, eps);
+             }));
+}
+
+// Outputs y, running_mean and running_var, the statistics of channel c starting from
+// `mean0 + step * c` and `var0 + 5 * step * c`: training updates them with momentum 0.1 (unbiased
+// variance), eval normalises with them and keeps them.
+OpCase batch_case(const std::string& name, std::function<HostInputs(std::uint32_t)> inputs, Shape s, bool training,
+                  double mean0 = 0.1, double var0 = 0.5, double step = 0.05) {
+  const double momentum = 0.1, eps = 1e-5;
+  return row(
+      name, std::move(inputs),
+      [=](const std::vector<Tensor>& t) {
+        Tensor rm = running_tensor(t[0], mean0, step), rv = running_tensor(t[0], var0, 5 * step);
+        Tensor y = batch_norm3d(t[0], t[1], t[2], rm, rv, training, momentum, eps);
+        return test::Outputs{y, rm, rv};
+      },
+      [=](const HostInputs& v) {
+        Values mean, var, rm, rv;
+        for (std::int64_t c = 0; c < s[1]; ++c) {
+          rm.push_back(mean0 + step * static_cast<double>(c));
+          rv.push_back(var0 + 5 * step * static_cast<double>(c));
+        }
+        if (!training)
+          return std::vector<Values>{batch_norm_ref(v[0].values, s, rm, rv, &v[1].values, &v[2].values, eps), rm, rv};
+        batch_stats_ref(v[0].values, s, &mean, &var);
+        const double count = static_cast<double>(shape_numel(s) / s[1]);
+        for (std::int64_t c = 0; c < s[1]; ++c) {
+          rm[c] = (1 - momentum) * rm[c] + momentum * mean[c];
+          rv[c] = (1 - momentum) * rv[c] + momentum * var[c] * count / (count - 1);
+        }
+        return std::vector<Values>{batch_norm_ref(v[0].values, s, mean, var, &v[1].values, &v[2].values, eps), rm, rv};
+      });
 }
 
 OpCase batch_case(const std::string& name, Shape s, bool training) {
-  const Shape ch{s[1]};
-  return {name, {s, ch, ch}, {Domain::Any, Domain::Any, Domain::Any},
-          [training](const std::vector<Tensor>& t) {
-            Tensor rm = running_tensor(t[0], 0.1, 0.05), rv = running_tensor(t[0], 0.5, 0.25);
-            return batch_norm3d(t[0], t[1], t[2], rm, rv, training, 0.1, 1e-5);
-          },
-          [s, training](const std::vector<Values>& v) {
-            Values mean, var;
-            if (training) {
-              batch_stats_ref(v[0], s, &mean, &var);
-            } else {
-              for (std::int64_t c = 0; c < s[1]; ++c) {
-                mean.push_back(0.1 + 0.05 * c);
-                var.push_back(0.5 + 0.25 * c);
-              }
-            }
-            return batch_norm_ref(v[0], s, mean, var, &v[1], &v[2], 1e-5);
-          }};
+  return batch_case(name, test::random_inputs({s, {s[1]}, {s[1]}}), s, training);
 }
 
-OpCase max_pool_case(const std::string& name, Shape s, Triple k, Triple st, Triple p) {
-  return {name, {s}, {Domain::Distinct},
-          [k, st, p](const std::vector<Tensor>& t) { return max_pool3d(t[0], k, st, p); },
-          [s, k, st, p](const std::vector<Values>& v) { return max_pool_ref(v[0], s, k, st, p); }};
+OpCase max_pool_case(const std::string& name, Shape s, Triple k, Triple st, Triple p,
+                     std::function<HostInputs(std::uint32_t)> inputs = {}) {
+  return row(
+      name, inputs ? std::move(inputs) : test::random_inputs({s}, {Domain::Distinct}),
+      test::one_output([k, st, p](const std::vector<Tensor>& t) { return max_pool3d(t[0], k, st, p); }),
+      test::one_reference([s, k, st, p](const HostInputs& v) { return max_pool_ref(v[0].values, s, k, st, p); }));
 }
 
 OpCase avg_pool_case(const std::string& name, Shape s, Triple k, Triple st, Triple p, bool cip) {
-  return {name, {s}, {Domain::Any},
-          [k, st, p, cip](const std::vector<Tensor>& t) { return avg_pool3d(t[0], k, st, p, cip); },
-          [s, k, st, p, cip](const std::vector<Values>& v) { return avg_pool_ref(v[0], s, k, st, p, cip); }};
+  return row(name, test::random_inputs({s}), test::one_output([k, st, p, cip](const std::vector<Tensor>& t) {
+               return avg_pool3d(t[0], k, st, p, cip);
+             }),
+             test::one_reference(
+                 [s, k, st, p, cip](const HostInputs& v) { return avg_pool_ref(v[0].values, s, k, st, p, cip); }));
+}
+
+// dropout3d with a fresh Generator(seed) per call, so every call draws the same mask: channel i
+// (of N * C) is kept when Philox's uniform i at (seed, offset 0) is <= 1 - p.
+OpCase dropout_case(const std::string& name, std::function<HostInputs(std::uint32_t)> inputs, Shape s, double p,
+                    std::uint64_t seed) {
+  return row(name, std::move(inputs), test::one_output([p, seed](const std::vector<Tensor>& t) {
+               Generator gen(seed);
+               return dropout3d(t[0], p, true, gen);
+             }),
+             test::one_reference([s, p, seed](const HostInputs& v) {
+               const std::int64_t S = spatial(s);
+               Values y(v[0].values.size());
+               for (std::size_t i = 0; i < y.size(); ++i) {
+                 const bool keep = kernels::philox_uniform(seed, 0, static_cast<std::int64_t>(i) / S) <= 1 - p;
+                 y[i] = keep ? v[0].values[i] / (1 - p) : 0.0;
+               }
+               return y;
+             }));
+}
+
+// Few distinct values (0, 1, 2): ties in every window, and both devices must pick the same element.
+std::function<HostInputs(std::uint32_t)> tied_inputs(Shape s) {
+  return [s](std::uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_int_distribution<int> level(0, 2);
+    Values v(shape_numel(s));
+    for (auto& x : v) x = level(rng);
+    return HostInputs{{v, s}};
+  };
+}
+
+// x ~ N(30, 4): statistics accumulated naively would lose the variance under the offset.
+std::function<HostInputs(std::uint32_t)> offset_inputs(Shape s) {
+  return [s](std::uint32_t seed) {
+    HostInputs in = test::random_inputs({s, {s[1]}, {s[1]}})(seed);
+    std::mt19937 rng(seed);
+    std::normal_distribution<double> normal(30.0, 4.0);
+    for (auto& x : in[0].values) x = normal(rng);
+    return in;
+  };
 }
 
 std::vector<OpCase> op_cases() {
+  const Shape big_batch{2, 3, 24, 24, 48}, many_channels{8, 32, 2, 2, 2};
+  OpCase ties =
+      max_pool_case("MaxPoolTies", {2, 3, 6, 6, 6}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, tied_inputs({2, 3, 6, 6, 6}));
+  ties.checks = kNoGradcheck;  // ties: the maximum is not differentiable there
+  ties.parity_outputs = {{0, 0}};
+  ties.parity_gradients = {1e-6, 1e-6};
+  OpCase same_mask = dropout_case(
+      "Dropout3dManyChannels",
+      [many_channels](std::uint32_t) {
+        return HostInputs{{Values(shape_numel(many_channels), 1.0), many_channels}};
+      },
+      many_channels, 0.25, 3);
+  same_mask.checks = kNoGradcheck;
+  same_mask.parity_outputs = {{0, 0}};
+  OpCase big_batch_norm =
+      large(batch_case("BatchNormTrainLargeVolume", offset_inputs(big_batch), big_batch, true, 0.0, 1.0, 0.0));
+  big_batch_norm.parity_outputs = {{1e-5, 1e-4}, {1e-5, 1e-5}};
   return {
       instance_case("InstanceNormPlain", {2, 3, 3, 2, 4}, false),
       instance_case("InstanceNormAffine", {2, 3, 2, 3, 3}, true),
@@ -220,77 +311,32 @@ std::vector<OpCase> op_cases() {
       avg_pool_case("AvgPoolOverlapOddSizes", {1, 2, 5, 4, 6}, {3, 2, 3}, {1, 2, 2}, {0, 0, 0}, true),
       avg_pool_case("AvgPoolPaddedIncludePad", {1, 2, 5, 5, 3}, {3, 3, 2}, {2, 2, 1}, {1, 1, 1}, true),
       avg_pool_case("AvgPoolPaddedExcludePad", {1, 2, 5, 5, 3}, {3, 3, 2}, {2, 2, 1}, {1, 1, 1}, false),
-      {"Dropout3dTrain",
-       {{2, 5, 2, 3, 2}},
-       {Domain::Any},
-       [](const std::vector<Tensor>& t) {
-         Generator gen(11);  // a fresh generator per call: the same mask every time
-         return dropout3d(t[0], 0.4, true, gen);
-       },
-       [](const std::vector<Values>& v) {
-         // Channel i (of N*C = 10) is kept when Philox's uniform i at (seed 11, offset 0) is <= 1 - p.
-         const std::int64_t S = 2 * 3 * 2;
-         Values y(v[0].size());
-         for (std::size_t i = 0; i < y.size(); ++i) {
-           const bool keep = kernels::philox_uniform(11, 0, static_cast<std::int64_t>(i) / S) <= 0.6;
-           y[i] = keep ? v[0][i] / 0.6 : 0.0;
-         }
-         return y;
-       }},
+      dropout_case("Dropout3dTrain", test::random_inputs({{2, 5, 2, 3, 2}}), {2, 5, 2, 3, 2}, 0.4, 11),
+      // Channels of 32768 values: the statistics and backward sums run as several merged splits.
+      large(instance_case("InstanceNormLargeVolume", {2, 4, 32, 32, 32}, true)),
+      // Channels of N * D*H*W = 55296 values: split reductions whose ranges cross the batch rows.
+      big_batch_norm,
+      ties,
+      same_mask,
   };
-}
-
-std::vector<Values> random_inputs(const OpCase& c, std::uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<double> any(-2.0, 2.0), positive(0.5, 2.0);
-  std::vector<Values> inputs;
-  for (std::size_t i = 0; i < c.shapes.size(); ++i) {
-    Values v(shape_numel(c.shapes[i]));
-    if (c.domains[i] == Domain::Distinct) {
-      for (std::size_t j = 0; j < v.size(); ++j) v[j] = 0.01 * static_cast<double>(j) - 0.5;
-      std::shuffle(v.begin(), v.end(), rng);
-    } else {
-      for (auto& x : v) x = c.domains[i] == Domain::Positive ? positive(rng) : any(rng);
-    }
-    inputs.push_back(std::move(v));
-  }
-  return inputs;
 }
 
 class NormPoolForward : public ::testing::TestWithParam<OpCase> {};
 class NormPoolGradcheck : public ::testing::TestWithParam<OpCase> {};
 class NormPoolCudaParity : public ::testing::TestWithParam<OpCase> {};
 
-TEST_P(NormPoolForward, MatchesReference) {
-  const OpCase& c = GetParam();
-  const auto inputs = random_inputs(c, 1);
-  for (const bool dbl : {true, false}) {
-    std::vector<Tensor> xs;
-    for (std::size_t i = 0; i < inputs.size(); ++i)
-      xs.push_back(dbl ? make_input<double>(inputs[i], c.shapes[i], Device::cpu(), false)
-                       : make_input<float>(inputs[i], c.shapes[i], Device::cpu(), false));
-    const Values got = as_doubles(c.fn(xs));
-    EXPECT_TRUE(test::all_close(got, c.reference(inputs), dbl ? 1e-12 : 1e-5, dbl ? 1e-10 : 1e-5))
-        << (dbl ? "float64" : "float32");
-  }
-}
-
-// Analytic gradients of <f(x), w> for random w against central differences, for every input.
+TEST_P(NormPoolForward, MatchesReference) { test::expect_forward_matches_reference(GetParam()); }
 TEST_P(NormPoolGradcheck, Float64MatchesFiniteDifferences) {
-  const OpCase& c = GetParam();
-  test::expect_gradients_match_finite_differences(c.fn, random_inputs(c, 2), c.shapes);
+  test::expect_gradients_match_finite_differences(GetParam());
 }
+TEST_P(NormPoolCudaParity, CudaMatchesCpu) { test::expect_cuda_matches_cpu(GetParam()); }
 
-TEST_P(NormPoolCudaParity, CudaMatchesCpu) {
-  VG_REQUIRE_CUDA();
-  const OpCase& c = GetParam();
-  test::expect_cuda_matches_cpu(c.fn, random_inputs(c, 4), c.shapes);
-}
-
-std::string case_name(const ::testing::TestParamInfo<OpCase>& info) { return info.param.name; }
-INSTANTIATE_TEST_SUITE_P(NormPool, NormPoolForward, ::testing::ValuesIn(op_cases()), case_name);
-INSTANTIATE_TEST_SUITE_P(NormPool, NormPoolGradcheck, ::testing::ValuesIn(op_cases()), case_name);
-INSTANTIATE_TEST_SUITE_P(NormPool, NormPoolCudaParity, ::testing::ValuesIn(op_cases()), case_name);
+INSTANTIATE_TEST_SUITE_P(NormPool, NormPoolForward, ::testing::ValuesIn(test::rows(op_cases(), test::kForward)),
+                         test::row_name);
+INSTANTIATE_TEST_SUITE_P(NormPool, NormPoolGradcheck, ::testing::ValuesIn(test::rows(op_cases(), test::kGradcheck)),
+                         test::row_name);
+INSTANTIATE_TEST_SUITE_P(NormPool, NormPoolCudaParity, ::testing::ValuesIn(test::rows(op_cases(), test::kCudaParity)),
+                         test::row_name);
 
 // ---- instance norm ---------------------------------------------------------------------------------
 
@@ -476,79 +522,7 @@ TEST(Dropout3d, SameGeneratorStateGivesTheSameMaskAndAdvances) {
   EXPECT_EQ(as_doubles(dropout3d(x.to(DType::Float32), 0.5, true, c)), first);
 }
 
-TEST(Dropout3dCuda, SameMaskAsCpu) {
-  VG_REQUIRE_CUDA();
-  const Tensor x = ones({8, 32, 2, 2, 2});
-  Generator a(3), b(3);
-  const Tensor y_cpu = dropout3d(x, 0.25, true, a);
-  const Tensor y_gpu = dropout3d(x.to(Device::cuda()), 0.25, true, b);
-  EXPECT_EQ(as_doubles(y_gpu), as_doubles(y_cpu));
-}
-
-TEST(NormPoolCuda, MaxPoolTiesMatchCpu) {
-  VG_REQUIRE_CUDA();
-  // Few distinct values: ties everywhere, and both devices must pick the same element.
-  Generator gen(5);
-  const Tensor r = rand({2, 3, 6, 6, 6}, gen);
-  const Values rv = as_doubles(r);
-  Values q(rv.size());
-  for (std::size_t i = 0; i < q.size(); ++i) q[i] = std::floor(rv[i] * 3);
-  Tensor xc = make_input<float>(q, r.shape(), Device::cpu(), true);
-  Tensor xg = make_input<float>(q, r.shape(), Device::cuda(), true);
-  Tensor yc = max_pool3d(xc, {3, 3, 3}, {2, 2, 2}, {1, 1, 1});
-  Tensor yg = max_pool3d(xg, {3, 3, 3}, {2, 2, 2}, {1, 1, 1});
-  const Tensor w = rand(yc.shape(), gen);
-  yc.backward(w);
-  yg.backward(w.to(Device::cuda()));
-  EXPECT_EQ(as_doubles(yg), as_doubles(yc));
-  EXPECT_TRUE(test::all_close(as_doubles(xg.grad()), as_doubles(xc.grad()), 1e-6, 1e-6));
-}
-
-TEST(NormPoolCuda, InstanceNormOnALargeVolume) {
-  VG_REQUIRE_CUDA();
-  // Channels of 32768 values: the statistics and backward sums run as several merged splits.
-  Generator gen(8);
-  const Tensor x = randn({2, 4, 32, 32, 32}, gen);
-  const Tensor w = rand({4}, gen), b = rand({4}, gen);
-  Tensor xc = x.clone().requires_grad_(), xg = x.to(Device::cuda()).requires_grad_();
-  Tensor yc = instance_norm3d(xc, w, b), yg = instance_norm3d(xg, w.to(Device::cuda()), b.to(Device::cuda()));
-  EXPECT_TRUE(test::all_close(as_doubles(yg), as_doubles(yc), 1e-5, 1e-4));
-  const Tensor dy = randn(x.shape(), gen);
-  yc.backward(dy);
-  yg.backward(dy.to(Device::cuda()));
-  EXPECT_TRUE(test::all_close(as_doubles(xg.grad()), as_doubles(xc.grad()), 1e-4, 1e-3));
-}
-
-TEST(NormPoolCuda, BatchNormTrainOnALargeVolume) {
-  VG_REQUIRE_CUDA();
-  // Channels of N * D*H*W = 55296 values: split reductions whose ranges cross the batch rows.
-  Generator gen(12);
-  const Tensor x = add(mul(randn({2, 3, 24, 24, 48}, gen), 4.0), 30.0);
-  const Tensor w = rand({3}, gen), b = rand({3}, gen);
-  Tensor rm_c = zeros({3}), rv_c = ones({3});
-  Tensor rm_g = rm_c.to(Device::cuda()), rv_g = rv_c.to(Device::cuda());
-  Tensor xc = x.clone().requires_grad_(), xg = x.to(Device::cuda()).requires_grad_();
-  Tensor yc = batch_norm3d(xc, w, b, rm_c, rv_c, true);
-  Tensor yg = batch_norm3d(xg, w.to(Device::cuda()), b.to(Device::cuda()), rm_g, rv_g, true);
-  EXPECT_TRUE(test::all_close(as_doubles(yg), as_doubles(yc), 1e-5, 1e-4));
-  EXPECT_TRUE(test::all_close(as_doubles(rm_g), as_doubles(rm_c), 1e-5, 1e-5));
-  EXPECT_TRUE(test::all_close(as_doubles(rv_g), as_doubles(rv_c), 1e-5, 1e-5));
-  const Tensor dy = randn(x.shape(), gen);
-  yc.backward(dy);
-  yg.backward(dy.to(Device::cuda()));
-  EXPECT_TRUE(test::all_close(as_doubles(xg.grad()), as_doubles(xc.grad()), 1e-4, 1e-3));
-}
-
 // ---- errors users hit ---------------------------------------------------------------------------
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(NormPoolErrors, BadShapesAndParametersAreRefusedWithAMessage) {
   const Tensor x = zeros({2, 3, 4, 4, 4});

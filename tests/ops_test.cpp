@@ -1,22 +1,21 @@
 // Every op from one table of cases, checked three ways: the forward against a plain host reference,
 // the analytic gradient against central finite differences (float64, CPU), and the CUDA kernels
 // against the CPU twins, forward and backward (float32; skipped without a GPU).
+#include "engine/ops.h"
+
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <numeric>
-#include <random>
 
-#include "engine/ops.h"
 #include "tests/op_harness.h"
 #include "tests/test_support.h"
 
 namespace voxgrad {
 namespace {
 
-using test::as_doubles;
-using test::make_input;
 using test::Values;
 
 // ---- host references, written independently of the kernels' index arithmetic ----------------
@@ -122,74 +121,92 @@ Values slice_ref(const Values& x, const Shape& s, int axis, std::int64_t start, 
 
 // ---- the table ---------------------------------------------------------------------------------
 
-enum class Domain { Any, Positive, AwayFromZero };
+using test::Domain;
+using test::HostInputs;
+using test::OpCase;
 
-struct OpCase {
-  std::string name;
-  std::vector<Shape> shapes;
-  std::vector<Domain> domains;  // per input (last one repeats)
-  std::function<Tensor(const std::vector<Tensor>&)> fn;
-  std::function<Values(const std::vector<Values>&)> reference;
-  bool gradcheck = true;  // false: too large for finite differences; forward and CPU/CUDA parity only
-};
+// Rows too large for finite differences take the forward and CPU/CUDA parity checks only.
+constexpr unsigned kNoGradcheck = test::kForward | test::kCudaParity;
 
-std::ostream& operator<<(std::ostream& o, const OpCase& c) { return o << c.name; }
+// Every row also runs its forward in float32.
+OpCase row(std::string name, std::vector<Shape> shapes, std::vector<Domain> domains,
+           std::function<Tensor(const std::vector<Tensor>&)> fn, std::function<Values(const HostInputs&)> reference,
+           bool gradcheck) {
+  OpCase c;
+  c.name = std::move(name);
+  c.inputs = test::random_inputs(std::move(shapes), std::move(domains));
+  c.fn = test::one_output(std::move(fn));
+  c.reference = test::one_reference(std::move(reference));
+  c.checks = gradcheck ? test::kAllChecks : kNoGradcheck;
+  c.forward_f32 = test::Tolerance{1e-5, 1e-5};
+  return c;
+}
 
 using BinaryFn = Tensor (*)(const Tensor&, const Tensor&);
 
 OpCase binary_case(const std::string& name, BinaryFn fn, std::function<double(double, double)> f, Shape a, Shape b,
                    Domain db = Domain::Any, bool gradcheck = true) {
   Shape out = shape_numel(a) >= shape_numel(b) ? a : b;
-  return {name, {a, b}, {Domain::Any, db},
-          [fn](const std::vector<Tensor>& x) { return fn(x[0], x[1]); },
-          [a, b, out, f](const std::vector<Values>& v) { return binary_ref(v[0], a, v[1], b, out, f); }, gradcheck};
+  return row(
+      name, {a, b}, {Domain::Any, db}, [fn](const std::vector<Tensor>& x) { return fn(x[0], x[1]); },
+      [a, b, out, f](const HostInputs& v) { return binary_ref(v[0].values, a, v[1].values, b, out, f); }, gradcheck);
 }
 
 OpCase unary_case(const std::string& name, std::function<Tensor(const Tensor&)> fn, std::function<double(double)> f,
                   Shape s, Domain d = Domain::Any, bool gradcheck = true) {
-  return {name, {s}, {d}, [fn](const std::vector<Tensor>& x) { return fn(x[0]); },
-          [f](const std::vector<Values>& v) { return map_ref(v[0], f); }, gradcheck};
+  return row(
+      name, {s}, {d}, [fn](const std::vector<Tensor>& x) { return fn(x[0]); },
+      [f](const HostInputs& v) { return map_ref(v[0].values, f); }, gradcheck);
 }
 
 OpCase reduce_case(const std::string& name, Shape s, std::vector<int> axes, bool average, bool keepdim,
                    bool gradcheck = true) {
-  return {name, {s}, {Domain::Any},
-          [axes, average, keepdim](const std::vector<Tensor>& x) {
-            if (axes.empty()) return average ? mean(x[0]) : sum(x[0]);
-            return average ? mean(x[0], axes, keepdim) : sum(x[0], axes, keepdim);
-          },
-          [s, axes, average](const std::vector<Values>& v) {
-            std::vector<int> ax = axes;
-            if (ax.empty()) {
-              ax.resize(s.size());
-              std::iota(ax.begin(), ax.end(), 0);
-            }
-            std::int64_t count = 1;
-            for (int a : ax) count *= s[a < 0 ? a + static_cast<int>(s.size()) : a];
-            return sum_ref(v[0], s, ax, average ? 1.0 / static_cast<double>(count) : 1.0);
-          },
-          gradcheck};
+  return row(
+      name, {s}, {Domain::Any},
+      [axes, average, keepdim](const std::vector<Tensor>& x) {
+        if (axes.empty()) return average ? mean(x[0]) : sum(x[0]);
+        return average ? mean(x[0], axes, keepdim) : sum(x[0], axes, keepdim);
+      },
+      [s, axes, average](const HostInputs& v) {
+        std::vector<int> ax = axes;
+        if (ax.empty()) {
+          ax.resize(s.size());
+          std::iota(ax.begin(), ax.end(), 0);
+        }
+        std::int64_t count = 1;
+        for (int a : ax) count *= s[a < 0 ? a + static_cast<int>(s.size()) : a];
+        return sum_ref(v[0].values, s, ax, average ? 1.0 / static_cast<double>(count) : 1.0);
+      },
+      gradcheck);
 }
 
 OpCase softmax_case(const std::string& name, Shape s, int axis, bool log_space, bool gradcheck = true) {
   const int a = axis < 0 ? axis + static_cast<int>(s.size()) : axis;
-  return {name, {s}, {Domain::Any},
-          [axis, log_space](const std::vector<Tensor>& x) {
-            return log_space ? log_softmax(x[0], axis) : softmax(x[0], axis);
-          },
-          [s, a, log_space](const std::vector<Values>& v) { return softmax_ref(v[0], s, a, log_space); }, gradcheck};
+  return row(
+      name, {s}, {Domain::Any},
+      [axis, log_space](const std::vector<Tensor>& x) {
+        return log_space ? log_softmax(x[0], axis) : softmax(x[0], axis);
+      },
+      [s, a, log_space](const HostInputs& v) { return softmax_ref(v[0].values, s, a, log_space); }, gradcheck);
 }
 
 OpCase concat_case(const std::string& name, std::vector<Shape> shapes, int axis, bool gradcheck = true) {
   const int a = axis < 0 ? axis + static_cast<int>(shapes[0].size()) : axis;
-  return {name, shapes, {Domain::Any}, [axis](const std::vector<Tensor>& x) { return concat(x, axis); },
-          [shapes, a](const std::vector<Values>& v) { return concat_ref(v, shapes, a); }, gradcheck};
+  return row(
+      name, shapes, {Domain::Any}, [axis](const std::vector<Tensor>& x) { return concat(x, axis); },
+      [shapes, a](const HostInputs& v) {
+        std::vector<Values> xs;
+        for (const auto& h : v) xs.push_back(h.values);
+        return concat_ref(xs, shapes, a);
+      },
+      gradcheck);
 }
 
 OpCase slice_case(const std::string& name, Shape s, int axis, std::int64_t start, std::int64_t end,
                   bool gradcheck = true) {
-  return {name, {s}, {Domain::Any}, [=](const std::vector<Tensor>& x) { return slice(x[0], axis, start, end); },
-          [=](const std::vector<Values>& v) { return slice_ref(v[0], s, axis, start, end); }, gradcheck};
+  return row(
+      name, {s}, {Domain::Any}, [=](const std::vector<Tensor>& x) { return slice(x[0], axis, start, end); },
+      [=](const HostInputs& v) { return slice_ref(v[0].values, s, axis, start, end); }, gradcheck);
 }
 
 double sigmoid_ref(double x) { return 1.0 / (1.0 + std::exp(-x)); }
@@ -201,7 +218,7 @@ std::vector<OpCase> op_cases() {
   const auto over = [](double a, double b) { return a / b; };
   BinaryFn add_fn = add, sub_fn = sub, mul_fn = mul, div_fn = div;
   const Shape ncdhw{2, 3, 2, 3, 2}, big{2, 8, 16, 16, 16};
-  std::vector<OpCase> cases = {
+  return {
       binary_case("add_same", add_fn, plus, {2, 3, 4}, {2, 3, 4}),
       binary_case("add_channel", add_fn, plus, ncdhw, {3}),
       binary_case("add_channel_first", add_fn, plus, {3}, ncdhw),
@@ -216,22 +233,33 @@ std::vector<OpCase> op_cases() {
       binary_case("div_same", div_fn, over, {3, 4}, {3, 4}, Domain::Positive),
       binary_case("div_channel", div_fn, over, ncdhw, {3}, Domain::Positive),
       binary_case("div_block", div_fn, over, {2, 3, 4}, {2, 3, 1}, Domain::Positive),
-      unary_case("add_double", [](const Tensor& x) { return add(x, 1.5); }, [](double v) { return v + 1.5; }, {7}),
-      unary_case("sub_double", [](const Tensor& x) { return x - 0.25; }, [](double v) { return v - 0.25; }, {7}),
-      unary_case("mul_double", [](const Tensor& x) { return x * -3.0; }, [](double v) { return v * -3.0; }, {7}),
-      unary_case("div_double", [](const Tensor& x) { return x / 4.0; }, [](double v) { return v / 4.0; }, {7}),
-      unary_case("neg", [](const Tensor& x) { return -x; }, [](double v) { return -v; }, {2, 5}),
-      unary_case("exp", [](const Tensor& x) { return exp(x); }, [](double v) { return std::exp(v); }, {2, 5}),
-      unary_case("log", [](const Tensor& x) { return log(x); }, [](double v) { return std::log(v); }, {2, 5},
-                 Domain::Positive),
-      unary_case("relu", [](const Tensor& x) { return relu(x); }, [](double v) { return v > 0 ? v : 0; }, {2, 6},
-                 Domain::AwayFromZero),
-      unary_case("leaky_relu", [](const Tensor& x) { return leaky_relu(x, 0.1); },
-                 [](double v) { return v > 0 ? v : 0.1 * v; }, {2, 6}, Domain::AwayFromZero),
-      unary_case("leaky_relu_default", [](const Tensor& x) { return leaky_relu(x); },
-                 [](double v) { return v > 0 ? v : 0.01 * v; }, {2, 6}, Domain::AwayFromZero),
+      unary_case(
+          "add_double", [](const Tensor& x) { return add(x, 1.5); }, [](double v) { return v + 1.5; }, {7}),
+      unary_case(
+          "sub_double", [](const Tensor& x) { return x - 0.25; }, [](double v) { return v - 0.25; }, {7}),
+      unary_case(
+          "mul_double", [](const Tensor& x) { return x * -3.0; }, [](double v) { return v * -3.0; }, {7}),
+      unary_case(
+          "div_double", [](const Tensor& x) { return x / 4.0; }, [](double v) { return v / 4.0; }, {7}),
+      unary_case(
+          "neg", [](const Tensor& x) { return -x; }, [](double v) { return -v; }, {2, 5}),
+      unary_case(
+          "exp", [](const Tensor& x) { return exp(x); }, [](double v) { return std::exp(v); }, {2, 5}),
+      unary_case(
+          "log", [](const Tensor& x) { return log(x); }, [](double v) { return std::log(v); }, {2, 5},
+          Domain::Positive),
+      unary_case(
+          "relu", [](const Tensor& x) { return relu(x); }, [](double v) { return v > 0 ? v : 0; }, {2, 6},
+          Domain::AwayFromZero),
+      unary_case(
+          "leaky_relu", [](const Tensor& x) { return leaky_relu(x, 0.1); },
+          [](double v) { return v > 0 ? v : 0.1 * v; }, {2, 6}, Domain::AwayFromZero),
+      unary_case(
+          "leaky_relu_default", [](const Tensor& x) { return leaky_relu(x); },
+          [](double v) { return v > 0 ? v : 0.01 * v; }, {2, 6}, Domain::AwayFromZero),
       unary_case("sigmoid", [](const Tensor& x) { return sigmoid(x); }, sigmoid_ref, {2, 5}),
-      unary_case("tanh", [](const Tensor& x) { return tanh(x); }, [](double v) { return std::tanh(v); }, {2, 5}),
+      unary_case(
+          "tanh", [](const Tensor& x) { return tanh(x); }, [](double v) { return std::tanh(v); }, {2, 5}),
       reduce_case("sum_all", {3, 4, 2}, {}, false, false),
       reduce_case("sum_channels_kept", ncdhw, {0, 2, 3, 4}, false, false),
       reduce_case("sum_axis1_keepdim", ncdhw, {1}, false, true),
@@ -249,16 +277,21 @@ std::vector<OpCase> op_cases() {
       slice_case("slice_channels", {2, 4, 3}, 1, 1, 3),
       slice_case("slice_last", {2, 3, 5}, 2, 2, 5),
       slice_case("slice_first", {4, 3}, 0, 0, 1),
-      {"reshape", {{2, 3, 4}}, {Domain::Any},
-       [](const std::vector<Tensor>& x) { return exp(reshape(x[0], {6, -1})); },
-       [](const std::vector<Values>& v) { return map_ref(v[0], [](double a) { return std::exp(a); }); }},
+      unary_case(
+          "reshape",
+          [](const Tensor& x) {
+            return exp(reshape(x, {6, -1}));
+          },
+          [](double v) { return std::exp(v); }, {2, 3, 4}),
       // Large cases reach the threaded CPU loops and the multi-block GPU paths.
       binary_case("big_add_channel", add_fn, plus, big, {8}, Domain::Any, false),
       binary_case("big_mul_same", mul_fn, times, big, big, Domain::Any, false),
-      unary_case("big_leaky_relu", [](const Tensor& x) { return leaky_relu(x); },
-                 [](double v) { return v > 0 ? v : 0.01 * v; }, big, Domain::Any, false),
-      unary_case("big_exp", [](const Tensor& x) { return exp(x); }, [](double v) { return std::exp(v); }, big,
-                 Domain::Any, false),
+      unary_case(
+          "big_leaky_relu", [](const Tensor& x) { return leaky_relu(x); },
+          [](double v) { return v > 0 ? v : 0.01 * v; }, big, Domain::Any, false),
+      unary_case(
+          "big_exp", [](const Tensor& x) { return exp(x); }, [](double v) { return std::exp(v); }, big, Domain::Any,
+          false),
       reduce_case("big_sum_all", {200003}, {}, false, false, false),
       reduce_case("big_sum_channels", big, {0, 2, 3, 4}, false, false, false),
       reduce_case("big_mean_spatial", big, {2, 3, 4}, true, false, false),
@@ -268,66 +301,21 @@ std::vector<OpCase> op_cases() {
       concat_case("big_concat_channels", {{2, 8, 16, 16, 16}, {2, 4, 16, 16, 16}}, 1, false),
       slice_case("big_slice_channels", big, 1, 2, 7, false),
   };
-  return cases;
-}
-
-// Random inputs for a case, as host doubles, respecting each input's domain.
-std::vector<Values> random_inputs(const OpCase& c, std::uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<double> any(-2.0, 2.0), positive(0.5, 2.0), magnitude(0.2, 2.0);
-  std::bernoulli_distribution sign;
-  std::vector<Values> inputs;
-  for (std::size_t i = 0; i < c.shapes.size(); ++i) {
-    const Domain d = c.domains[std::min(i, c.domains.size() - 1)];
-    Values v(shape_numel(c.shapes[i]));
-    for (auto& x : v) {
-      if (d == Domain::Positive) x = positive(rng);
-      else if (d == Domain::AwayFromZero) x = (sign(rng) ? 1 : -1) * magnitude(rng);
-      else x = any(rng);
-    }
-    inputs.push_back(std::move(v));
-  }
-  return inputs;
-}
-
-std::vector<OpCase> gradcheck_cases() {
-  std::vector<OpCase> small;
-  for (auto& c : op_cases())
-    if (c.gradcheck) small.push_back(c);
-  return small;
 }
 
 class OpForward : public ::testing::TestWithParam<OpCase> {};
 class OpGradcheck : public ::testing::TestWithParam<OpCase> {};
 class OpCudaParity : public ::testing::TestWithParam<OpCase> {};
 
-TEST_P(OpForward, MatchesReference) {
-  const OpCase& c = GetParam();
-  const auto inputs = random_inputs(c, 1);
-  std::vector<Tensor> xs;
-  for (std::size_t i = 0; i < inputs.size(); ++i) xs.push_back(make_input<double>(inputs[i], c.shapes[i], Device::cpu(), false));
-  const Values got = as_doubles(c.fn(xs));
-  EXPECT_TRUE(test::all_close(got, c.reference(inputs), 1e-12, 1e-10));
-}
+TEST_P(OpForward, MatchesReference) { test::expect_forward_matches_reference(GetParam()); }
+TEST_P(OpGradcheck, Float64MatchesFiniteDifferences) { test::expect_gradients_match_finite_differences(GetParam()); }
+TEST_P(OpCudaParity, CudaMatchesCpu) { test::expect_cuda_matches_cpu(GetParam()); }
 
-// Analytic gradients against central differences of <f(x), w> with random weights w, so that a
-// gradient blind to the output (e.g. softmax under a plain sum) cannot pass.
-TEST_P(OpGradcheck, Float64MatchesFiniteDifferences) {
-  const OpCase& c = GetParam();
-  test::expect_gradients_match_finite_differences(c.fn, random_inputs(c, 2), c.shapes);
-}
-
-// The same case on both devices from the same float32 inputs: outputs and every input gradient.
-TEST_P(OpCudaParity, CudaMatchesCpu) {
-  VG_REQUIRE_CUDA();
-  const OpCase& c = GetParam();
-  test::expect_cuda_matches_cpu(c.fn, random_inputs(c, 4), c.shapes);
-}
-
-std::string case_name(const ::testing::TestParamInfo<OpCase>& info) { return info.param.name; }
-INSTANTIATE_TEST_SUITE_P(Ops, OpForward, ::testing::ValuesIn(op_cases()), case_name);
-INSTANTIATE_TEST_SUITE_P(Ops, OpGradcheck, ::testing::ValuesIn(gradcheck_cases()), case_name);
-INSTANTIATE_TEST_SUITE_P(Ops, OpCudaParity, ::testing::ValuesIn(op_cases()), case_name);
+INSTANTIATE_TEST_SUITE_P(Ops, OpForward, ::testing::ValuesIn(test::rows(op_cases(), test::kForward)), test::row_name);
+INSTANTIATE_TEST_SUITE_P(Ops, OpGradcheck, ::testing::ValuesIn(test::rows(op_cases(), test::kGradcheck)),
+                         test::row_name);
+INSTANTIATE_TEST_SUITE_P(Ops, OpCudaParity, ::testing::ValuesIn(test::rows(op_cases(), test::kCudaParity)),
+                         test::row_name);
 
 // ---- errors users hit ---------------------------------------------------------------------------
 

@@ -3,17 +3,20 @@
 
 #include "engine/error.h"
 
+#include <elf.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <regex>
 #include <sstream>
+#include <stdexcept>
 
 namespace voxgrad::test {
 
@@ -114,6 +117,101 @@ CommandResult run_voxgrad(const std::string& args, const std::string& env) {
     }
   }
   return ::testing::AssertionSuccess();
+}
+
+namespace {
+// Bounds-checked reads from an ELF file held in memory.
+class ElfBytes {
+ public:
+  explicit ElfBytes(const std::string& path) : path_(path), bytes_(slurp(path)) {}
+
+  template <class T>
+  T at(std::uint64_t offset) const {
+    if (offset > bytes_.size() || bytes_.size() - offset < sizeof(T)) fail("truncated");
+    T value;
+    std::memcpy(&value, bytes_.data() + offset, sizeof(T));
+    return value;
+  }
+  std::string string_at(std::uint64_t offset, std::uint64_t end) const {
+    if (end > bytes_.size() || offset >= end) fail("string table out of bounds");
+    const char* begin = bytes_.data() + offset;
+    const void* nul = std::memchr(begin, '\0', end - offset);
+    if (nul == nullptr) fail("unterminated string");
+    return std::string(begin, static_cast<const char*>(nul));
+  }
+  [[noreturn]] void fail(const std::string& why) const {
+    throw std::runtime_error(path_ + " is not a readable 64-bit little-endian ELF file: " + why);
+  }
+
+ private:
+  std::string path_;
+  std::string bytes_;
+};
+}  // namespace
+
+std::vector<std::string> elf_needed_libraries(const std::string& path) {
+  const ElfBytes elf(path);
+  const auto header = elf.at<Elf64_Ehdr>(0);
+  if (std::memcmp(header.e_ident, ELFMAG, SELFMAG) != 0) elf.fail("no ELF magic");
+  if (header.e_ident[EI_CLASS] != ELFCLASS64 || header.e_ident[EI_DATA] != ELFDATA2LSB) elf.fail("not ELF64 LSB");
+  if (header.e_phentsize != sizeof(Elf64_Phdr)) elf.fail("unexpected program header size");
+  std::vector<Elf64_Phdr> segments;
+  for (std::uint64_t i = 0; i < header.e_phnum; ++i)
+    segments.push_back(elf.at<Elf64_Phdr>(header.e_phoff + i * sizeof(Elf64_Phdr)));
+  // DT_STRTAB holds an address: the loadable segment containing it gives its place in the file.
+  const auto file_offset = [&](std::uint64_t address) {
+    for (const Elf64_Phdr& s : segments)
+      if (s.p_type == PT_LOAD && address >= s.p_vaddr && address - s.p_vaddr < s.p_filesz)
+        return address - s.p_vaddr + s.p_offset;
+    elf.fail("an address outside every loadable segment");
+  };
+  std::vector<std::string> needed;
+  for (const Elf64_Phdr& s : segments) {
+    if (s.p_type != PT_DYNAMIC) continue;
+    std::vector<std::uint64_t> name_offsets;
+    std::uint64_t strtab = 0, strsz = 0;
+    for (std::uint64_t at = s.p_offset; at + sizeof(Elf64_Dyn) <= s.p_offset + s.p_filesz; at += sizeof(Elf64_Dyn)) {
+      const auto entry = elf.at<Elf64_Dyn>(at);
+      if (entry.d_tag == DT_NULL) break;
+      if (entry.d_tag == DT_NEEDED) name_offsets.push_back(entry.d_un.d_val);
+      if (entry.d_tag == DT_STRTAB) strtab = file_offset(entry.d_un.d_ptr);
+      if (entry.d_tag == DT_STRSZ) strsz = entry.d_un.d_val;
+    }
+    if (!name_offsets.empty() && (strtab == 0 || strsz == 0)) elf.fail("NEEDED entries without a string table");
+    for (std::uint64_t name : name_offsets) needed.push_back(elf.string_at(strtab + name, strtab + strsz));
+  }
+  return needed;
+}
+
+::testing::AssertionResult needs_no_cuda_libraries(const std::string& path) {
+  std::vector<std::string> needed;
+  try {
+    needed = elf_needed_libraries(path);
+  } catch (const std::runtime_error& e) {
+    return ::testing::AssertionFailure() << e.what();
+  }
+  std::string all;
+  for (const std::string& name : needed) all.append(all.empty() ? "" : ", ").append(name);
+  for (const std::string& name : needed) {
+    if (name.rfind("libcudnn", 0) == 0 || name.rfind("libcudart", 0) == 0)
+      return ::testing::AssertionFailure() << path << " needs " << name << " to start (NEEDED: " << all << ")";
+  }
+  return ::testing::AssertionSuccess() << path << " needs " << all;
+}
+
+std::vector<double> central_differences(const std::function<double(const std::vector<double>&)>& f,
+                                        std::vector<double> x, double h) {
+  std::vector<double> grad(x.size());
+  for (std::size_t j = 0; j < x.size(); ++j) {
+    const double keep = x[j];
+    x[j] = keep + h;
+    const double up = f(x);
+    x[j] = keep - h;
+    const double down = f(x);
+    x[j] = keep;
+    grad[j] = (up - down) / (2 * h);
+  }
+  return grad;
 }
 
 }  // namespace voxgrad::test

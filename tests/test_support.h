@@ -48,6 +48,20 @@ std::string temp_dir(const std::string& tag);
 ::testing::AssertionResult all_close(const std::vector<double>& a, const std::vector<double>& b, double atol,
                                      double rtol);
 
+// ∂f/∂x_j by central differences, each element moved by ±h in turn: the one finite-difference
+// routine of the gradient checks (tests/op_harness.h and the kernel-level checks).
+std::vector<double> central_differences(const std::function<double(const std::vector<double>&)>& f,
+                                        std::vector<double> x, double h = 1e-6);
+
+// The NEEDED entries of the ELF file at `path` (the shared libraries the loader must find before
+// main), read from its dynamic section; empty for a static executable. Throws std::runtime_error when
+// `path` is not a readable 64-bit little-endian ELF file. No binutils needed.
+std::vector<std::string> elf_needed_libraries(const std::string& path);
+
+// Success when no NEEDED entry of `path` names libcudnn or libcudart: the file starts on a machine
+// without cuDNN or the CUDA runtime (voxgrad dlopens cuDNN and links the CUDA runtime statically).
+::testing::AssertionResult needs_no_cuda_libraries(const std::string& path);
+
 }  // namespace voxgrad::test
 
 // In a GPU test: skip (reported as skipped by ctest) when this machine has no usable device.
