@@ -1,13 +1,13 @@
-// VG_CUDA_CHECK and VG_CUDNN_CHECK: the CUDA and cuDNN instances of the check-macro generator.
-// Included only by kernels/cuda/ and the engine's few device files.
+// VG_CUDA_CHECK, VG_CUDNN_CHECK and VG_CUDNN: the CUDA and cuDNN instances of the check-macro
+// generator. Included only by kernels/cuda/ and the engine's few device files.
 #pragma once
 
 #include <cuda_runtime.h>
-#include <cudnn.h>
 
 #include <string>
 
 #include "kernels/common.h"
+#include "kernels/cuda/cudnn_library.h"
 #include "kernels/error.h"
 
 namespace voxgrad::detail {
@@ -16,11 +16,18 @@ inline std::string cuda_describe(cudaError_t s) {
   return std::string(cudaGetErrorName(s)) + ": " + cudaGetErrorString(s);
 }
 inline bool cudnn_ok(cudnnStatus_t s) { return s == CUDNN_STATUS_SUCCESS; }
-inline std::string cudnn_describe(cudnnStatus_t s) { return cudnnGetErrorString(s); }
+// A cuDNN status exists only once the library is loaded, so the table is there to name it.
+inline std::string cudnn_describe(cudnnStatus_t s) { return kernels::cuda::cudnn().cudnnGetErrorString(s); }
 }  // namespace voxgrad::detail
 
 #define VG_CUDA_CHECK(expr) VG_CHECK_WITH(expr, ::voxgrad::detail::cuda_ok, ::voxgrad::detail::cuda_describe)
 #define VG_CUDNN_CHECK(expr) VG_CHECK_WITH(expr, ::voxgrad::detail::cudnn_ok, ::voxgrad::detail::cudnn_describe)
+
+// VG_CUDNN(cudnnXxx, args...): calls cudnnXxx through the run-time loaded table (loading it on first
+// use) and checks the status; a failure names the call as written, `cudnnXxx(args...)`.
+#define VG_CUDNN(function, ...)                                                                           \
+  VG_CHECK_RAISE(::voxgrad::kernels::cuda::cudnn().function(__VA_ARGS__), #function "(" #__VA_ARGS__ ")", \
+                 ::voxgrad::detail::cudnn_ok, ::voxgrad::detail::fail, ::voxgrad::detail::cudnn_describe(vg_status_))
 
 // After a kernel launch: configuration errors surface here, not at the next unrelated call.
 #define VG_CUDA_CHECK_LAUNCH() VG_CUDA_CHECK(cudaGetLastError())

@@ -1,8 +1,7 @@
 // The CUDA path of the 3D convolution through cuDNN 9's legacy convolution API (libcudnn_cnn):
 // RAII descriptors, one cuDNN handle per device bound to the engine stream, and a per-shape
-// algorithm cache filled once by cudnnFind*AlgorithmEx (PyTorch's cudnn.benchmark idea).
-#include <cudnn.h>
-
+// algorithm cache filled once by cudnnFind*AlgorithmEx (PyTorch's cudnn.benchmark idea). cuDNN is
+// called only through the run-time loaded table (kernels/cuda/cudnn_library.h).
 #include <algorithm>
 #include <climits>
 #include <map>
@@ -13,6 +12,7 @@
 
 #include "kernels/conv3d.h"
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/cudnn_library.h"
 
 namespace voxgrad::kernels::cuda {
 
@@ -22,13 +22,13 @@ namespace {
 constexpr std::size_t kMaxWorkspaceBytes = std::size_t{1} << 30;
 
 // A cuDNN descriptor owned for one scope; created in the constructor, so a failing Set call
-// after it still destroys it.
-template <class H, cudnnStatus_t (*Create)(H*), cudnnStatus_t (*Destroy)(H)>
+// after it still destroys it. Create and Destroy are members of the function table.
+template <class H, auto Create, auto Destroy>
 class Descriptor {
  public:
-  Descriptor() { VG_CUDNN_CHECK(Create(&h_)); }
+  Descriptor() { VG_CUDNN_CHECK((cudnn().*Create)(&h_)); }
   // Unchecked: a destructor must not throw, and a failed destroy only leaks one descriptor.
-  ~Descriptor() { Destroy(h_); }
+  ~Descriptor() { (cudnn().*Destroy)(h_); }
   Descriptor(const Descriptor&) = delete;
   Descriptor& operator=(const Descriptor&) = delete;
   H get() const { return h_; }
@@ -36,12 +36,12 @@ class Descriptor {
  private:
   H h_{};
 };
-using TensorDescriptor =
-    Descriptor<cudnnTensorDescriptor_t, cudnnCreateTensorDescriptor, cudnnDestroyTensorDescriptor>;
-using FilterDescriptor =
-    Descriptor<cudnnFilterDescriptor_t, cudnnCreateFilterDescriptor, cudnnDestroyFilterDescriptor>;
-using ConvolutionDescriptor =
-    Descriptor<cudnnConvolutionDescriptor_t, cudnnCreateConvolutionDescriptor, cudnnDestroyConvolutionDescriptor>;
+using TensorDescriptor = Descriptor<cudnnTensorDescriptor_t, &CudnnLibrary::cudnnCreateTensorDescriptor,
+                                    &CudnnLibrary::cudnnDestroyTensorDescriptor>;
+using FilterDescriptor = Descriptor<cudnnFilterDescriptor_t, &CudnnLibrary::cudnnCreateFilterDescriptor,
+                                    &CudnnLibrary::cudnnDestroyFilterDescriptor>;
+using ConvolutionDescriptor = Descriptor<cudnnConvolutionDescriptor_t, &CudnnLibrary::cudnnCreateConvolutionDescriptor,
+                                         &CudnnLibrary::cudnnDestroyConvolutionDescriptor>;
 
 int to_int(std::int64_t v, const char* what) {
   VG_CHECK(v >= 0 && v <= INT_MAX, "cuDNN convolution: " << what << " " << v << " does not fit cuDNN's int");
@@ -57,7 +57,7 @@ void set_tensor(cudnnTensorDescriptor_t d, std::int64_t n, std::int64_t c, const
   int strides[5];
   strides[4] = 1;
   for (int a = 3; a >= 0; --a) strides[a] = strides[a + 1] * dims[a + 1];
-  VG_CUDNN_CHECK(cudnnSetTensorNdDescriptor(d, CUDNN_DATA_FLOAT, 5, dims, strides));
+  VG_CUDNN(cudnnSetTensorNdDescriptor, d, CUDNN_DATA_FLOAT, 5, dims, strides);
 }
 
 // Everything that describes one convolution to cuDNN.
@@ -71,17 +71,17 @@ struct ConvDescriptors {
     set_tensor(y.get(), g.n, g.c_out, g.out);
     const int wdims[5] = {to_int(g.c_out, "output channels"), to_int(g.c_in, "input channels"),
                           to_int(g.kernel[0], "kernel"), to_int(g.kernel[1], "kernel"), to_int(g.kernel[2], "kernel")};
-    VG_CUDNN_CHECK(cudnnSetFilterNdDescriptor(w.get(), CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, 5, wdims));
+    VG_CUDNN(cudnnSetFilterNdDescriptor, w.get(), CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, 5, wdims);
     int pad[3], stride[3], dilation[3];
     for (int a = 0; a < 3; ++a) {
       pad[a] = to_int(g.padding[a], "padding");
       stride[a] = to_int(g.stride[a], "stride");
       dilation[a] = to_int(g.dilation[a], "dilation");
     }
-    VG_CUDNN_CHECK(cudnnSetConvolutionNdDescriptor(conv.get(), 3, pad, stride, dilation, CUDNN_CROSS_CORRELATION,
-                                                   CUDNN_DATA_FLOAT));
+    VG_CUDNN(cudnnSetConvolutionNdDescriptor, conv.get(), 3, pad, stride, dilation, CUDNN_CROSS_CORRELATION,
+             CUDNN_DATA_FLOAT);
     // CUDNN_DEFAULT_MATH lets cuDNN use TF32 tensor cores on Ampere and later; FMA_MATH forbids it.
-    VG_CUDNN_CHECK(cudnnSetConvolutionMathType(conv.get(), o.allow_tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
+    VG_CUDNN(cudnnSetConvolutionMathType, conv.get(), o.allow_tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH);
   }
 };
 
@@ -92,7 +92,7 @@ void set_bias(cudnnTensorDescriptor_t d, std::int64_t c) {
 }
 
 // One handle per device, created on first use and kept for the process (as PyTorch does); each
-// call rebinds it to the engine stream it is given.
+// call rebinds it to the engine stream it is given. The first call loads cuDNN.
 cudnnHandle_t handle_for(Stream s) {
   static std::mutex mutex;
   static std::map<int, cudnnHandle_t> handles;
@@ -102,10 +102,10 @@ cudnnHandle_t handle_for(Stream s) {
   auto it = handles.find(device);
   if (it == handles.end()) {
     cudnnHandle_t h = nullptr;
-    VG_CUDNN_CHECK(cudnnCreate(&h));
+    VG_CUDNN(cudnnCreate, &h);
     it = handles.emplace(device, h).first;
   }
-  VG_CUDNN_CHECK(cudnnSetStream(it->second, native(s)));
+  VG_CUDNN(cudnnSetStream, it->second, native(s));
   return it->second;
 }
 
@@ -195,18 +195,18 @@ void conv3d_forward(const float* x, const float* w, float* y, const Conv3dShape&
   const Choice c = choose<cudnnConvolutionFwdAlgoPerf_t>(
       cache_key("forward", g, o), o, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
       [&](int a, std::size_t* bytes) {
-        return cudnnGetConvolutionForwardWorkspaceSize(h, d.x.get(), d.w.get(), d.conv.get(), d.y.get(),
-                                                       static_cast<cudnnConvolutionFwdAlgo_t>(a), bytes);
+        return cudnn().cudnnGetConvolutionForwardWorkspaceSize(h, d.x.get(), d.w.get(), d.conv.get(), d.y.get(),
+                                                               static_cast<cudnnConvolutionFwdAlgo_t>(a), bytes);
       },
       [&](int n, int* returned, cudnnConvolutionFwdAlgoPerf_t* perf, void* wsp, std::size_t bytes) {
-        return cudnnFindConvolutionForwardAlgorithmEx(h, d.x.get(), x, d.w.get(), w, d.conv.get(), d.y.get(), y, n,
-                                                      returned, perf, wsp, bytes);
+        return cudnn().cudnnFindConvolutionForwardAlgorithmEx(h, d.x.get(), x, d.w.get(), w, d.conv.get(), d.y.get(), y,
+                                                              n, returned, perf, wsp, bytes);
       },
       scratch, ws);
-  VG_CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv.get(), c.math));
-  VG_CUDNN_CHECK(cudnnConvolutionForward(h, &kOne, d.x.get(), x, d.w.get(), w, d.conv.get(),
-                                         static_cast<cudnnConvolutionFwdAlgo_t>(c.algo),
-                                         workspace_for(c, ws, scratch), c.workspace, &kZero, d.y.get(), y));
+  VG_CUDNN(cudnnSetConvolutionMathType, d.conv.get(), c.math);
+  VG_CUDNN(cudnnConvolutionForward, h, &kOne, d.x.get(), x, d.w.get(), w, d.conv.get(),
+           static_cast<cudnnConvolutionFwdAlgo_t>(c.algo), workspace_for(c, ws, scratch), c.workspace, &kZero,
+           d.y.get(), y);
 }
 
 void conv3d_backward_data(const float* dy, const float* w, float* dx, const Conv3dShape& g, ConvMathOptions o,
@@ -217,18 +217,18 @@ void conv3d_backward_data(const float* dy, const float* w, float* dx, const Conv
   const Choice c = choose<cudnnConvolutionBwdDataAlgoPerf_t>(
       cache_key("backward_data", g, o), o, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
       [&](int a, std::size_t* bytes) {
-        return cudnnGetConvolutionBackwardDataWorkspaceSize(h, d.w.get(), d.y.get(), d.conv.get(), d.x.get(),
-                                                            static_cast<cudnnConvolutionBwdDataAlgo_t>(a), bytes);
+        return cudnn().cudnnGetConvolutionBackwardDataWorkspaceSize(
+            h, d.w.get(), d.y.get(), d.conv.get(), d.x.get(), static_cast<cudnnConvolutionBwdDataAlgo_t>(a), bytes);
       },
       [&](int n, int* returned, cudnnConvolutionBwdDataAlgoPerf_t* perf, void* wsp, std::size_t bytes) {
-        return cudnnFindConvolutionBackwardDataAlgorithmEx(h, d.w.get(), w, d.y.get(), dy, d.conv.get(), d.x.get(),
-                                                           dx, n, returned, perf, wsp, bytes);
+        return cudnn().cudnnFindConvolutionBackwardDataAlgorithmEx(h, d.w.get(), w, d.y.get(), dy, d.conv.get(),
+                                                                   d.x.get(), dx, n, returned, perf, wsp, bytes);
       },
       scratch, ws);
-  VG_CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv.get(), c.math));
-  VG_CUDNN_CHECK(cudnnConvolutionBackwardData(h, &kOne, d.w.get(), w, d.y.get(), dy, d.conv.get(),
-                                              static_cast<cudnnConvolutionBwdDataAlgo_t>(c.algo),
-                                              workspace_for(c, ws, scratch), c.workspace, &kZero, d.x.get(), dx));
+  VG_CUDNN(cudnnSetConvolutionMathType, d.conv.get(), c.math);
+  VG_CUDNN(cudnnConvolutionBackwardData, h, &kOne, d.w.get(), w, d.y.get(), dy, d.conv.get(),
+           static_cast<cudnnConvolutionBwdDataAlgo_t>(c.algo), workspace_for(c, ws, scratch), c.workspace, &kZero,
+           d.x.get(), dx);
 }
 
 void conv3d_backward_filter(const float* x, const float* dy, float* dw, const Conv3dShape& g, ConvMathOptions o,
@@ -239,18 +239,18 @@ void conv3d_backward_filter(const float* x, const float* dy, float* dw, const Co
   const Choice c = choose<cudnnConvolutionBwdFilterAlgoPerf_t>(
       cache_key("backward_filter", g, o), o, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
       [&](int a, std::size_t* bytes) {
-        return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, d.x.get(), d.y.get(), d.conv.get(), d.w.get(),
-                                                              static_cast<cudnnConvolutionBwdFilterAlgo_t>(a), bytes);
+        return cudnn().cudnnGetConvolutionBackwardFilterWorkspaceSize(
+            h, d.x.get(), d.y.get(), d.conv.get(), d.w.get(), static_cast<cudnnConvolutionBwdFilterAlgo_t>(a), bytes);
       },
       [&](int n, int* returned, cudnnConvolutionBwdFilterAlgoPerf_t* perf, void* wsp, std::size_t bytes) {
-        return cudnnFindConvolutionBackwardFilterAlgorithmEx(h, d.x.get(), x, d.y.get(), dy, d.conv.get(), d.w.get(),
-                                                             dw, n, returned, perf, wsp, bytes);
+        return cudnn().cudnnFindConvolutionBackwardFilterAlgorithmEx(h, d.x.get(), x, d.y.get(), dy, d.conv.get(),
+                                                                     d.w.get(), dw, n, returned, perf, wsp, bytes);
       },
       scratch, ws);
-  VG_CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv.get(), c.math));
-  VG_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &kOne, d.x.get(), x, d.y.get(), dy, d.conv.get(),
-                                                static_cast<cudnnConvolutionBwdFilterAlgo_t>(c.algo),
-                                                workspace_for(c, ws, scratch), c.workspace, &kZero, d.w.get(), dw));
+  VG_CUDNN(cudnnSetConvolutionMathType, d.conv.get(), c.math);
+  VG_CUDNN(cudnnConvolutionBackwardFilter, h, &kOne, d.x.get(), x, d.y.get(), dy, d.conv.get(),
+           static_cast<cudnnConvolutionBwdFilterAlgo_t>(c.algo), workspace_for(c, ws, scratch), c.workspace, &kZero,
+           d.w.get(), dw);
 }
 
 void conv3d_bias_forward(float* y, const float* b, std::int64_t n, std::int64_t c, std::int64_t spatial, Stream s) {
@@ -259,7 +259,7 @@ void conv3d_bias_forward(float* y, const float* b, std::int64_t n, std::int64_t 
   const std::int64_t flat[3] = {1, 1, spatial};  // only the channel axis broadcasts
   set_tensor(yd.get(), n, c, flat);
   set_bias(bd.get(), c);
-  VG_CUDNN_CHECK(cudnnAddTensor(h, &kOne, bd.get(), b, &kOne, yd.get(), y));
+  VG_CUDNN(cudnnAddTensor, h, &kOne, bd.get(), b, &kOne, yd.get(), y);
 }
 
 void conv3d_bias_backward(const float* dy, float* db, std::int64_t n, std::int64_t c, std::int64_t spatial,
@@ -269,7 +269,7 @@ void conv3d_bias_backward(const float* dy, float* db, std::int64_t n, std::int64
   const std::int64_t flat[3] = {1, 1, spatial};
   set_tensor(dyd.get(), n, c, flat);
   set_bias(bd.get(), c);
-  VG_CUDNN_CHECK(cudnnConvolutionBackwardBias(h, &kOne, dyd.get(), dy, &kZero, bd.get(), db));
+  VG_CUDNN(cudnnConvolutionBackwardBias, h, &kOne, dyd.get(), dy, &kZero, bd.get(), db);
 }
 
 std::int64_t conv3d_algorithm_cache_size() {
