@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "apps/cli.h"
+#include "apps/cli/cli.h"
 #include "tests/test_support.h"
 
 namespace {
@@ -51,11 +51,11 @@ TEST(Cli, RootHelpListsEverySubcommand) {
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_EQ(r.err, "");
   EXPECT_NE(r.out.find("Usage:"), std::string::npos) << r.out;
-  for (const auto& cmd : voxgrad::apps::commands()) EXPECT_NE(r.out.find(cmd.name), std::string::npos) << cmd.name;
+  for (const auto& cmd : voxgrad::cli::commands()) EXPECT_NE(r.out.find(cmd.name), std::string::npos) << cmd.name;
 }
 
 TEST(Cli, EverySubcommandHasHelpWithTheGlobalOptions) {
-  for (const auto& cmd : voxgrad::apps::commands()) {
+  for (const auto& cmd : voxgrad::cli::commands()) {
     const CommandResult r = run_voxgrad(cmd.name + " --help");
     EXPECT_EQ(r.exit_code, 0) << cmd.name;
     EXPECT_EQ(r.err, "") << cmd.name;
