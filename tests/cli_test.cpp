@@ -70,6 +70,12 @@ TEST(Cli, VersionIsOneLineOnStdout) {
   EXPECT_EQ(r.exit_code, 0);
   ASSERT_EQ(lines_of(r.out).size(), 1u) << r.out;
   EXPECT_TRUE(starts_with(r.out, "voxgrad ")) << r.out;
+  // The build's CUDA: its architectures when compiled in.
+#if VOXGRAD_HAS_CUDA
+  EXPECT_NE(r.out.find("compiled in for architectures "), std::string::npos) << r.out;
+#else
+  EXPECT_NE(r.out.find("CPU only"), std::string::npos) << r.out;
+#endif
 }
 
 TEST(Cli, NoSubcommandPrintsUsageAndFails) {

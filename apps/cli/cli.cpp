@@ -15,15 +15,11 @@
 #include <vector>
 
 #include "apps/cli/cli_checks.h"
+#include "apps/pipeline/build_info.h"
 #include "engine/device.h"
 #include "engine/error.h"
 #include "engine/log.h"
 #include "engine/profiler.h"
-
-// The build passes the project version; the fallback keeps a stand-alone compile working.
-#ifndef VOXGRAD_VERSION
-#define VOXGRAD_VERSION "0.1.0"
-#endif
 
 namespace voxgrad::cli {
 
@@ -96,7 +92,7 @@ void add_global_options(CLI::App& sub, GlobalOptions& global) {
 }
 
 std::string version_text() {
-  return std::string("voxgrad ") + VOXGRAD_VERSION + (built_with_cuda() ? " (CPU and CUDA)" : " (CPU only)");
+  return std::string("voxgrad ") + pipeline::version() + " (" + pipeline::build_summary() + ")";
 }
 
 // Runs `run`, then the profiler's report; any exception becomes one error line and status 1.

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/pipeline/build_info.h"
 #include "apps/pipeline/predictor.h"
 #include "apps/pipeline/voxgrad.h"
 #include "engine/error.h"
@@ -58,7 +59,7 @@ int guarded(Body&& body) {
 
 extern "C" {
 
-const char* vg_version(void) { return VOXGRAD_VERSION; }
+const char* vg_version(void) { return voxgrad::pipeline::version(); }
 
 const char* vg_last_error(void) { return last_error().c_str(); }
 

@@ -28,6 +28,7 @@ TrainingData prepare_training_data(const std::string& root, PreprocessPlan plan,
                                    logging::Sink& sink) {
   TrainingData data;
   data.dataset = io::read_dataset(root);
+  for (const std::string& warning : data.dataset.warnings) sink.warning(warning);
   const io::Dataset& ds = data.dataset;
   VG_INPUT_CHECK(!ds.training.empty(), root << ": the dataset has no training cases (imagesTr/labelsTr)");
   for (const io::Case& c : ds.training)
@@ -38,6 +39,7 @@ TrainingData prepare_training_data(const std::string& root, PreprocessPlan plan,
   training_only.test.clear();
   io::CheckOptions check;
   check.progress = true;
+  check.sink = &sink;
   // Image values are checked while preprocessing below (still before train writes anything), so
   // that every image is read once, not twice.
   check.check_image_values = false;
