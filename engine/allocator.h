@@ -6,8 +6,8 @@
 #include <memory>
 #include <vector>
 
-#include "engine/device.h"
-#include "kernels/common.h"
+#include "device.h"
+#include "../kernels/common.h"
 
 namespace voxgrad {
 

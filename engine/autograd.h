@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/tensor.h"
+#include "tensor.h"
 
 namespace voxgrad {
 

@@ -8,8 +8,8 @@
 #include <map>
 #include <string>
 
-#include "engine/nn.h"
-#include "engine/optim.h"
+#include "nn.h"
+#include "optim.h"
 
 namespace voxgrad {
 

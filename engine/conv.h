@@ -6,7 +6,7 @@
 #include <array>
 #include <cstdint>
 
-#include "engine/tensor.h"
+#include "tensor.h"
 
 namespace voxgrad {
 

@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "kernels/common.h"
+#include "../kernels/common.h"
 
 namespace voxgrad {
 

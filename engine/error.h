@@ -2,4 +2,4 @@
 // the lowest layer that throws). Device files add VG_CUDA_CHECK / VG_CUDNN_CHECK from kernels/cuda/check.h.
 #pragma once
 
-#include "kernels/error.h"
+#include "../kernels/error.h"

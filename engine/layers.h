@@ -5,9 +5,9 @@
 
 #include <cstdint>
 
-#include "engine/conv.h"
-#include "engine/nn.h"
-#include "engine/norm_pool.h"
+#include "conv.h"
+#include "nn.h"
+#include "norm_pool.h"
 
 namespace voxgrad {
 

@@ -1,5 +1,6 @@
-// Messages and progress bars on stderr. One mutex orders every write, so a message printed while a
-// bar is on screen clears the bar's line, prints, and redraws the bar below it.
+// The sinks: stderr (messages and progress bars; one mutex orders every write, so a message printed
+// while a bar is on screen clears the bar's line, prints, and redraws the bar below it) and silence,
+// and the process-wide choice between them or a program's own.
 #include "engine/log.h"
 
 #include <sys/ioctl.h>
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <atomic>
 #include <iostream>
 #include <mutex>
 #include <set>
@@ -72,11 +74,64 @@ std::string fixed(double v, int digits) {
   return buf;
 }
 
+// ---- the stderr sink -----------------------------------------------------------------------
+
+class StderrSink final : public Sink {
+ public:
+  void message(Level level, const std::string& text) override {
+    write_message(level == Level::Info ? "voxgrad: " : level == Level::Warning ? "voxgrad: warning: " : "voxgrad: error: ",
+                  text);
+  }
+  void task_begin(const std::string& label, std::int64_t total, const std::string& unit) override;
+  void task_update(std::int64_t done, const std::string& fields) override;
+  void task_end(const std::string& fields, bool completed) override;
+
+ private:
+  void draw(bool final_line);
+  // The task in progress (one at a time).
+  std::string label_;
+  std::int64_t total_ = 0;
+  std::string unit_;
+  std::int64_t done_ = 0;
+  std::string fields_;
+  bool tty_ = false;
+  bool drawn_ = false;
+  std::chrono::steady_clock::time_point start_;
+  std::chrono::steady_clock::time_point last_draw_;
+};
+
+class SilentSink final : public Sink {
+ public:
+  void message(Level, const std::string&) override {}
+};
+
+std::atomic<Sink*>& current_sink() {
+  static std::atomic<Sink*> current{&silent_sink()};
+  return current;
+}
+
 }  // namespace
 
-void info(const std::string& message) { write_message("voxgrad: ", message); }
-void warning(const std::string& message) { write_message("voxgrad: warning: ", message); }
-void error(const std::string& message) { write_message("voxgrad: error: ", message); }
+void Sink::task_begin(const std::string&, std::int64_t, const std::string&) {}
+void Sink::task_update(std::int64_t, const std::string&) {}
+void Sink::task_end(const std::string&, bool) {}
+
+Sink& stderr_sink() {
+  static StderrSink sink;
+  return sink;
+}
+
+Sink& silent_sink() {
+  static SilentSink sink;
+  return sink;
+}
+
+void set_sink(Sink& sink) { current_sink().store(&sink); }
+Sink& sink() { return *current_sink().load(); }
+
+void info(const std::string& message) { sink().info(message); }
+void warning(const std::string& message) { sink().warning(message); }
+void error(const std::string& message) { sink().error(message); }
 
 void notice_once(const std::string& key, const std::string& message) {
   static std::mutex m;
@@ -157,44 +212,63 @@ std::string format_progress(const std::string& label, std::int64_t done, std::in
   return line;
 }
 
-ProgressBar::ProgressBar(std::string label, std::int64_t total, std::string unit)
-    : label_(std::move(label)),
-      total_(total),
-      unit_(std::move(unit)),
-      tty_(stderr_is_tty()),
-      start_(std::chrono::steady_clock::now()),
-      last_draw_(start_) {}
+ProgressBar::ProgressBar(std::string label, std::int64_t total, std::string unit, Sink& sink) : sink_(sink) {
+  sink_.task_begin(label, total, unit);
+}
 
 ProgressBar::~ProgressBar() {
-  if (finished_ || !tty_ || !drawn_) return;
-  // Unwinding past a live bar (an error mid-loop): end its line so the error starts on a new one.
+  if (finished_) return;
+  // Unwinding past a live bar (an error mid-loop): end the task so the error starts on a new line.
   try {
-    std::lock_guard<std::mutex> lock(out_mutex());
-    live_bar_line().clear();
-    std::cerr << "\n" << std::flush;
+    sink_.task_end("", false);
   } catch (...) {
   }
 }
 
-void ProgressBar::update(std::int64_t done, const std::string& fields) {
+void ProgressBar::update(std::int64_t done, const std::string& fields) { sink_.task_update(done, fields); }
+
+void ProgressBar::finish(const std::string& fields) {
+  if (finished_) return;
+  finished_ = true;
+  sink_.task_end(fields, true);
+}
+
+void StderrSink::task_begin(const std::string& label, std::int64_t total, const std::string& unit) {
+  label_ = label;
+  total_ = total;
+  unit_ = unit;
+  done_ = 0;
+  fields_.clear();
+  tty_ = stderr_is_tty();
+  drawn_ = false;
+  start_ = last_draw_ = std::chrono::steady_clock::now();
+}
+
+void StderrSink::task_update(std::int64_t done, const std::string& fields) {
   done_ = done;
   fields_ = fields;
   const auto now = std::chrono::steady_clock::now();
   const auto min_gap = tty_ ? std::chrono::milliseconds(100) : std::chrono::milliseconds(5000);
-  // The last step's line is finish()'s: drawing it here too would print it twice in plain mode.
+  // The last step's line is task_end's: drawing it here too would print it twice in plain mode.
   if (total_ > 0 && done >= total_ && drawn_) return;
   // The first update is always shown, so that even a short plain log has a start and an end.
   if (!drawn_ || now - last_draw_ >= min_gap) draw(false);
 }
 
-void ProgressBar::finish(const std::string& fields) {
-  if (finished_) return;
+void StderrSink::task_end(const std::string& fields, bool completed) {
+  if (!completed) {
+    // Abandoned (an error mid-loop): end a live bar's line so the error starts on a new one.
+    if (!tty_ || !drawn_) return;
+    std::lock_guard<std::mutex> lock(out_mutex());
+    live_bar_line().clear();
+    std::cerr << "\n" << std::flush;
+    return;
+  }
   if (!fields.empty()) fields_ = fields;
   draw(true);
-  finished_ = true;
 }
 
-void ProgressBar::draw(bool final_line) {
+void StderrSink::draw(bool final_line) {
   const auto now = std::chrono::steady_clock::now();
   const double elapsed = std::chrono::duration<double>(now - start_).count();
   last_draw_ = now;

@@ -1,5 +1,7 @@
-// The one log and progress module. Everything here writes to stderr: stdout carries results only.
-// A progress bar redraws in place with rate and ETA on a terminal and prints plain lines otherwise.
+// The one log and progress module. Messages and progress go to a Sink: the command line's writes
+// them on stderr (stdout carries results only), an embedding program gives its own or none, so the
+// library itself never prints. A progress bar redraws in place with rate and ETA on a terminal and
+// prints plain lines otherwise.
 #pragma once
 
 #include <chrono>
@@ -9,43 +11,64 @@
 // `logging`, not `log`: voxgrad::log is the natural-logarithm op (engine/ops.h).
 namespace voxgrad::logging {
 
-void info(const std::string& message);     // "voxgrad: message"
-void warning(const std::string& message);  // "voxgrad: warning: message"
-void error(const std::string& message);    // "voxgrad: error: message"
+enum class Level { Info, Warning, Error };
+
+// Where messages and progress go. One task (a progress bar) at a time per sink: begin, any number
+// of updates, end. Implementations must accept calls from any thread one at a time.
+class Sink {
+ public:
+  virtual ~Sink() = default;
+  virtual void message(Level level, const std::string& text) = 0;
+  // A task of `total` steps of `unit` ("it", "case"); total 0 means unknown.
+  virtual void task_begin(const std::string& label, std::int64_t total, const std::string& unit);
+  // Now at `done` steps; `fields` is what to show beside the bar ("loss 0.123 lr 0.01").
+  virtual void task_update(std::int64_t done, const std::string& fields);
+  // `completed` is false when the task is abandoned (an error unwinding past it).
+  virtual void task_end(const std::string& fields, bool completed);
+
+  void info(const std::string& text) { message(Level::Info, text); }
+  void warning(const std::string& text) { message(Level::Warning, text); }
+  void error(const std::string& text) { message(Level::Error, text); }
+};
+
+// "voxgrad: message", "voxgrad: warning: message" lines and redrawn bars on stderr: the command line's.
+Sink& stderr_sink();
+// Drops everything.
+Sink& silent_sink();
+// The process-wide sink of the functions below and of a ProgressBar given none: silent until the
+// program sets one (the command line sets stderr_sink()). The sink must outlive its use.
+void set_sink(Sink& sink);
+Sink& sink();
+
+void info(const std::string& message);     // sink().info
+void warning(const std::string& message);  // sink().warning
+void error(const std::string& message);    // sink().error
 // Said at most once per process per `key` (e.g. the "running on the CPU" notice).
 void notice_once(const std::string& key, const std::string& message);
 
 // True when stderr is a terminal (bars redraw in place) unless VOXGRAD_PROGRESS=plain or TERM=dumb.
 bool stderr_is_tty();
 
+// One task on a sink, ended when finish() is called or the bar goes out of scope.
 class ProgressBar {
  public:
   // `total` steps of `unit` ("it", "case"); total 0 means unknown (no ETA).
-  ProgressBar(std::string label, std::int64_t total, std::string unit = "it");
-  ~ProgressBar();  // finishes the line if update() drew one
+  ProgressBar(std::string label, std::int64_t total, std::string unit = "it", Sink& sink = logging::sink());
+  ~ProgressBar();  // ends the task if finish() did not
   ProgressBar(const ProgressBar&) = delete;
   ProgressBar& operator=(const ProgressBar&) = delete;
 
-  // Now at `done` steps; `fields` is shown after the bar ("loss 0.123 lr 0.01"). The first
-  // update is drawn at once; after it, a terminal redraws at most ~10 times a second and plain
-  // output gets a line at most every ~5 s.
-  // Reaching `total` draws nothing: that line is finish()'s, printed once.
+  // Now at `done` steps; `fields` is shown after the bar ("loss 0.123 lr 0.01"). On stderr the
+  // first update is drawn at once; after it, a terminal redraws at most ~10 times a second and
+  // plain output gets a line at most every ~5 s. Reaching `total` draws nothing: that line is
+  // finish()'s, printed once.
   void update(std::int64_t done, const std::string& fields = "");
   // The final line, always printed once (also in plain mode).
   void finish(const std::string& fields = "");
 
  private:
-  void draw(bool final_line);
-  std::string label_;
-  std::int64_t total_;
-  std::string unit_;
-  std::int64_t done_ = 0;
-  std::string fields_;
-  bool tty_;
-  bool drawn_ = false;
+  Sink& sink_;
   bool finished_ = false;
-  std::chrono::steady_clock::time_point start_;
-  std::chrono::steady_clock::time_point last_draw_;
 };
 
 // One progress line without control characters, e.g.

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/tensor.h"
-#include "kernels/losses.h"
+#include "tensor.h"
+#include "../kernels/losses.h"
 
 namespace voxgrad {
 

@@ -7,7 +7,7 @@
 #include <optional>
 #include <vector>
 
-#include "engine/tensor.h"
+#include "tensor.h"
 
 namespace voxgrad {
 

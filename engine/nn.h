@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "engine/tensor.h"
+#include "tensor.h"
 
 namespace voxgrad {
 

@@ -6,8 +6,8 @@
 #include <array>
 #include <cstdint>
 
-#include "engine/autograd.h"
-#include "engine/tensor.h"
+#include "autograd.h"
+#include "tensor.h"
 
 namespace voxgrad {
 

@@ -4,8 +4,8 @@
 
 #include <vector>
 
-#include "engine/autograd.h"
-#include "engine/tensor.h"
+#include "autograd.h"
+#include "tensor.h"
 
 namespace voxgrad {
 

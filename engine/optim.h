@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/nn.h"
+#include "nn.h"
 
 namespace voxgrad {
 

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/device.h"
+#include "device.h"
 
 namespace voxgrad {
 

@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/device.h"
-#include "engine/error.h"
-#include "kernels/common.h"
+#include "device.h"
+#include "error.h"
+#include "../kernels/common.h"
 
 namespace voxgrad {
 

@@ -359,15 +359,16 @@ std::string strip_ending(const std::string& name, const std::string& ending) {
   return name.substr(0, name.size() - ending.size());
 }
 
-void check_count(const Json& j, const char* key, std::size_t found, const char* what, const std::string& path) {
+void check_count(const Json& j, const char* key, std::size_t found, const char* what, const std::string& path,
+                 std::vector<std::string>& warnings) {
   if (!j.contains(key)) return;
   const std::optional<std::int64_t> declared = whole_number(j[key]);
   if (!declared.has_value() || *declared < 0) {
-    logging::warning(path + ": \"" + key + "\" is not a count of cases: " + brief(j[key]) + "; " +
-                     std::to_string(found) + " " + what + " were found");
+    warnings.push_back(path + ": \"" + key + "\" is not a count of cases: " + brief(j[key]) + "; " +
+                       std::to_string(found) + " " + what + " were found");
   } else if (static_cast<std::uint64_t>(*declared) != found) {
-    logging::warning(path + ": \"" + key + "\" says " + std::to_string(*declared) + " but " + std::to_string(found) +
-                     " " + what + " were found; using the " + std::to_string(found));
+    warnings.push_back(path + ": \"" + key + "\" says " + std::to_string(*declared) + " but " +
+                       std::to_string(found) + " " + what + " were found; using the " + std::to_string(found));
   }
 }
 
@@ -449,8 +450,8 @@ void read_v1(Dataset& ds, const Json& j, const std::string& path, std::vector<st
       ds.test.push_back(v1_case(ds, p->get<std::string>(), "test[" + std::to_string(i) + "]", path, problems));
     }
   }
-  check_count(j, "numTraining", ds.training.size(), "training cases", path);
-  check_count(j, "numTest", ds.test.size(), "test cases", path);
+  check_count(j, "numTraining", ds.training.size(), "training cases", path, ds.warnings);
+  check_count(j, "numTest", ds.test.size(), "test cases", path, ds.warnings);
 }
 
 // A folder's entries, sorted; an unreadable folder is an InputError naming it, not the library's
@@ -588,9 +589,9 @@ void read_v2(Dataset& ds, const Json& j, const std::string& path, std::vector<st
     for (auto& [id, c] : discover_images(ds, /*test=*/true, problems)) ds.test.push_back(std::move(c));
   }
   if (!j.contains("numTraining"))
-    logging::warning(path + ": no \"numTraining\" (nnU-Net v2 expects it); found " +
-                     std::to_string(ds.training.size()) + " training cases");
-  check_count(j, "numTraining", ds.training.size(), "training cases", path);
+    ds.warnings.push_back(path + ": no \"numTraining\" (nnU-Net v2 expects it); found " +
+                          std::to_string(ds.training.size()) + " training cases");
+  check_count(j, "numTraining", ds.training.size(), "training cases", path, ds.warnings);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/log.h"
 #include "engine/tensor.h"
 #include "io/volume.h"
 
@@ -58,6 +59,9 @@ struct Dataset {
   std::string file_ending = ".nii.gz";   // ".nii.gz" or ".nii"
   std::vector<Case> training;            // in file-name order (v2) or as listed (v1)
   std::vector<Case> test;                // imagesTs; may be empty
+  // What is odd but usable in dataset.json (counts that disagree with the cases found), one line
+  // each naming the file: for the caller to report (io never prints).
+  std::vector<std::string> warnings;
 
   int num_channels() const { return static_cast<int>(channels.size()); }
   // Every value a label file may hold: the plain labels' and every region's, ascending.
@@ -76,8 +80,8 @@ struct Dataset {
 // ending voxgrad cannot read (NIfTI only). Every problem with the cases themselves (a referenced
 // file that does not exist or is not a regular file, a channel missing for a case, a label without
 // images) is collected and thrown as one InputError listing how many and the first few.
-// numTraining / numTest that disagree with the cases found, or are not counts, are a warning on
-// stderr, not an error.
+// numTraining / numTest that disagree with the cases found, or are not counts, are a warning in
+// Dataset::warnings, not an error.
 Dataset read_dataset(const std::string& root);
 
 // The same from dataset.json's text already in memory (the cases are still found under `root`;
@@ -114,7 +118,8 @@ struct CheckOptions {
   // Read every image volume: a channel with no finite voxel (all NaN or infinite) or with zero
   // variance (one value everywhere) is a problem; training cannot normalise or learn from it.
   bool check_image_values = true;
-  bool progress = false;           // a progress bar on stderr for check_dataset
+  bool progress = false;           // a progress bar for check_dataset, on `sink`
+  logging::Sink* sink = nullptr;   // nullptr: the process's sink (logging::sink())
 };
 
 // True when a and b agree as CheckOptions::affine_tolerance describes.

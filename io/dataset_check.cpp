@@ -374,7 +374,7 @@ std::vector<std::string> find_dataset_problems(const Dataset& dataset, const Che
   std::vector<std::string> problems;
   const std::int64_t total = static_cast<std::int64_t>(dataset.training.size() + dataset.test.size());
   std::optional<logging::ProgressBar> bar;
-  if (options.progress) bar.emplace("check", total, "case");
+  if (options.progress) bar.emplace("check", total, "case", options.sink ? *options.sink : logging::sink());
   std::int64_t done = 0;
   for (const std::vector<Case>* cases : {&dataset.training, &dataset.test}) {
     for (const Case& c : *cases) {

@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/tensor.h"
-#include "io/volume.h"
+#include "../engine/tensor.h"
+#include "volume.h"
 
 namespace voxgrad::io {
 

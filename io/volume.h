@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/tensor.h"
+#include "../engine/tensor.h"
 
 namespace voxgrad::io {
 

@@ -5,8 +5,8 @@
 
 #include <cmath>
 
-#include "kernels/common.h"
-#include "kernels/lovasz.h"
+#include "common.h"
+#include "lovasz.h"
 
 namespace voxgrad::kernels {
 

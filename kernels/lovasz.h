@@ -5,7 +5,7 @@
 
 #include <cstring>
 
-#include "kernels/common.h"
+#include "common.h"
 
 namespace voxgrad::kernels {
 

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/layers.h"
-#include "engine/nn.h"
+#include "../engine/layers.h"
+#include "../engine/nn.h"
 
 namespace voxgrad {
 

@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "apps/cli.h"
+#include "apps/cli/cli.h"
 #include "tests/test_support.h"
 
 namespace {
@@ -51,11 +51,11 @@ TEST(Cli, RootHelpListsEverySubcommand) {
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_EQ(r.err, "");
   EXPECT_NE(r.out.find("Usage:"), std::string::npos) << r.out;
-  for (const auto& cmd : voxgrad::apps::commands()) EXPECT_NE(r.out.find(cmd.name), std::string::npos) << cmd.name;
+  for (const auto& cmd : voxgrad::cli::commands()) EXPECT_NE(r.out.find(cmd.name), std::string::npos) << cmd.name;
 }
 
 TEST(Cli, EverySubcommandHasHelpWithTheGlobalOptions) {
-  for (const auto& cmd : voxgrad::apps::commands()) {
+  for (const auto& cmd : voxgrad::cli::commands()) {
     const CommandResult r = run_voxgrad(cmd.name + " --help");
     EXPECT_EQ(r.exit_code, 0) << cmd.name;
     EXPECT_EQ(r.err, "") << cmd.name;
@@ -70,6 +70,12 @@ TEST(Cli, VersionIsOneLineOnStdout) {
   EXPECT_EQ(r.exit_code, 0);
   ASSERT_EQ(lines_of(r.out).size(), 1u) << r.out;
   EXPECT_TRUE(starts_with(r.out, "voxgrad ")) << r.out;
+  // The build's CUDA: its architectures when compiled in.
+#if VOXGRAD_HAS_CUDA
+  EXPECT_NE(r.out.find("compiled in for architectures "), std::string::npos) << r.out;
+#else
+  EXPECT_NE(r.out.find("CPU only"), std::string::npos) << r.out;
+#endif
 }
 
 TEST(Cli, NoSubcommandPrintsUsageAndFails) {

@@ -121,9 +121,8 @@ TEST(Dataset, MsdV1SingleChannel) {
                  {"image": "imagesTr/b.nii.gz", "label": "labelsTr/b.nii.gz"}],
     "test": ["./imagesTs/t.nii.gz"]})");
 
-  ::testing::internal::CaptureStderr();
   const Dataset ds = read_dataset(root);
-  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");  // counts agree: no warning
+  EXPECT_TRUE(ds.warnings.empty());  // counts agree: no warning
   EXPECT_EQ(ds.layout, DatasetLayout::MsdV1);
   EXPECT_STREQ(dataset_layout_name(ds.layout), "msd_v1");
   EXPECT_EQ(ds.root, root);
@@ -298,9 +297,8 @@ TEST(Dataset, WriteV2ThenReadBack) {
   EXPECT_EQ(j["numTraining"], 2);
   EXPECT_EQ(j["file_ending"], ".nii.gz");
 
-  ::testing::internal::CaptureStderr();
   const Dataset ds = read_dataset(root);
-  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+  EXPECT_TRUE(ds.warnings.empty());
   EXPECT_EQ(ds.layout, DatasetLayout::NnunetV2);
   EXPECT_EQ(ds.name, spec.name);
   EXPECT_EQ(ds.description, spec.description);
@@ -495,9 +493,10 @@ TEST(Dataset, NumTrainingMismatchIsAWarning) {
   ::testing::internal::CaptureStderr();
   Dataset ds;
   EXPECT_NO_THROW(ds = read_dataset(root));
-  const std::string err = ::testing::internal::GetCapturedStderr();
-  EXPECT_HAS(err,
-             "voxgrad: warning: " + root + "/dataset.json: \"numTraining\" says 5 but 1 training cases were found");
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");  // io reports, the caller prints
+  ASSERT_EQ(ds.warnings.size(), 1u);
+  EXPECT_EQ(ds.warnings[0],
+            root + "/dataset.json: \"numTraining\" says 5 but 1 training cases were found; using the 1");
   EXPECT_EQ(ds.training.size(), 1u);
 }
 
@@ -575,10 +574,10 @@ TEST(DatasetHostile, CaseCountsThatAreNotCountsAreWarnings) {
     std::string edited = text;
     edited.replace(edited.find("\"numTraining\": 1"), 16, "\"numTraining\": " + count);
     write_text(root + "/dataset.json", edited);
-    ::testing::internal::CaptureStderr();
     Dataset ds;
     EXPECT_NO_THROW(ds = read_dataset(root)) << count;
-    const std::string err = ::testing::internal::GetCapturedStderr();
+    ASSERT_EQ(ds.warnings.size(), 1u) << count;
+    const std::string& err = ds.warnings[0];
     EXPECT_HAS(err, "\"numTraining\" is not a count of cases: ");
     EXPECT_HAS(err, "; 1 training cases were found");
     EXPECT_EQ(ds.training.size(), 1u);

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "apps/grad_stats.h"
+#include "apps/pipeline/grad_stats.h"
 #include "engine/losses.h"
 #include "engine/ops.h"
 #include "io/nifti.h"
@@ -24,8 +24,8 @@ using nlohmann::json;
 using voxgrad::DType;
 using voxgrad::Shape;
 using voxgrad::Tensor;
-using voxgrad::apps::ClassGradStats;
-using voxgrad::apps::GradGeometry;
+using voxgrad::pipeline::ClassGradStats;
+using voxgrad::pipeline::GradGeometry;
 using voxgrad::test::CommandResult;
 using voxgrad::test::run_voxgrad;
 using voxgrad::test::temp_dir;
@@ -260,12 +260,12 @@ TEST(GradStats, HandCheckedBoundary) {
     for (int c = 0; c < 2; ++c)
       for (int i = 0; i < 12; ++i) g[static_cast<std::size_t>((n * 2 + c) * 12 + i)] = (c ? -1 : 1) * (1 + i + 100 * n + 1000 * c);
 
-  const std::vector<std::uint8_t> edge = voxgrad::apps::inner_boundary(y, geo, 9);
+  const std::vector<std::uint8_t> edge = voxgrad::pipeline::inner_boundary(y, geo, 9);
   const std::vector<std::uint8_t> expected_edge = {0, 1, 1, 0, 1, 1, 0, 0, 0, 1, 1, 0,  //
                                                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
   EXPECT_EQ(edge, expected_edge);
 
-  const std::vector<ClassGradStats> s = voxgrad::apps::gradient_stats(g, y, geo, 9);
+  const std::vector<ClassGradStats> s = voxgrad::pipeline::gradient_stats(g, y, geo, 9);
   ASSERT_EQ(s.size(), 2u);
   // class 0: voxels 0 1 4 8 9 of image 0; boundary 1 4 9; outside: image 0's 2 3 5 6 7 10, image 1's all 12.
   EXPECT_EQ(s[0].voxels, 5);
@@ -286,7 +286,7 @@ TEST(GradStats, HandCheckedBoundary) {
 TEST(GradStats, EmptySetsAreNaN) {
   const GradGeometry geo{1, 3, 1, 1, 4};
   const std::vector<std::int32_t> y = {1, 1, 1, 1};
-  const std::vector<ClassGradStats> s = voxgrad::apps::gradient_stats(std::vector<double>(12, 0.5), y, geo, {});
+  const std::vector<ClassGradStats> s = voxgrad::pipeline::gradient_stats(std::vector<double>(12, 0.5), y, geo, {});
   EXPECT_TRUE(std::isnan(s[0].inside));
   EXPECT_TRUE(std::isnan(s[0].boundary));
   EXPECT_DOUBLE_EQ(s[0].outside, 0.5);

@@ -2,7 +2,7 @@
 // makes them, the exact foreground share with patches centred on the chosen voxel, crops and flips
 // recovered voxel by voxel from images whose values encode their coordinates, prefetcher errors
 // and shutdown, and every constructor check.
-#include "io/patch_sampler.h"
+#include "apps/pipeline/patch_sampler.h"
 
 #include <algorithm>
 #include <chrono>
@@ -18,7 +18,7 @@
 namespace {
 
 using namespace voxgrad;
-using namespace voxgrad::io;
+using namespace voxgrad::pipeline;
 
 constexpr std::int64_t kSize = 20;  // every test volume is kSize^3 unless said otherwise
 constexpr std::int64_t kPatch = 8;

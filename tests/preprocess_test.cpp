@@ -3,7 +3,7 @@
 // there and back), z-score and CT normalisation with NaN and infinite voxels, numpy-style foreground
 // percentiles, padding and cropping, and the checks preprocess_case makes (label range, spacing,
 // memory) with the image-health report it returns.
-#include "io/preprocess.h"
+#include "apps/pipeline/preprocess.h"
 
 #include <omp.h>
 
@@ -24,6 +24,7 @@ namespace {
 
 using namespace voxgrad;
 using namespace voxgrad::io;
+using namespace voxgrad::pipeline;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();
@@ -80,9 +81,9 @@ double dice(const std::vector<std::int32_t>& a, const std::vector<std::int32_t>&
 // ---- grid sizes ------------------------------------------------------------------------------
 
 TEST(Preprocess, NiftiSpacingTurnsIntoTensorOrder) {
-  EXPECT_EQ(io::spacing_zyx({0.8, 0.9, 2.0}), (io::Spacing3{2.0, 0.9, 0.8}));
-  EXPECT_EQ(io::spacing_zyx({0.8, 0.9, 2.0, 1.5}), (io::Spacing3{2.0, 0.9, 0.8}));  // time is not space
-  EXPECT_EQ(io::spacing_zyx({0.5, 0.6}), (io::Spacing3{1.0, 0.6, 0.5}));             // a 2-D image
+  EXPECT_EQ(pipeline::spacing_zyx({0.8, 0.9, 2.0}), (pipeline::Spacing3{2.0, 0.9, 0.8}));
+  EXPECT_EQ(pipeline::spacing_zyx({0.8, 0.9, 2.0, 1.5}), (pipeline::Spacing3{2.0, 0.9, 0.8}));  // time is not space
+  EXPECT_EQ(pipeline::spacing_zyx({0.5, 0.6}), (pipeline::Spacing3{1.0, 0.6, 0.5}));             // a 2-D image
 }
 
 TEST(ResampledShape, RoundsEachAxisAndKeepsAtLeastOne) {

@@ -2,7 +2,7 @@
 // hand, the Gaussian importance map, and whole-volume logits of a small U-Net against a brute-force
 // reference written here (its own starts, Gaussian, flips and padding), the model's mode kept, the
 // progress callback, and the refusal of bad inputs.
-#include "apps/sliding_window.h"
+#include "apps/pipeline/sliding_window.h"
 
 #include <gtest/gtest.h>
 
@@ -20,9 +20,9 @@
 namespace {
 
 using namespace voxgrad;
-using apps::sliding_window_logits;
-using apps::sliding_window_starts;
-using apps::SlidingWindowOptions;
+using pipeline::sliding_window_logits;
+using pipeline::sliding_window_starts;
+using pipeline::SlidingWindowOptions;
 
 constexpr std::int64_t kPatch = 8;
 
@@ -160,10 +160,10 @@ TEST(SlidingWindowStarts, RefuseBadArguments) {
 
 TEST(GaussianImportanceMap, PeakOneSymmetricNoZerosSigmaOneEighth) {
   // Odd sizes: the centre is a voxel and holds exactly 1.
-  const io::Shape3 odd{9, 9, 9};
-  const std::vector<float> g = apps::gaussian_importance_map(odd);
+  const pipeline::Shape3 odd{9, 9, 9};
+  const std::vector<float> g = pipeline::gaussian_importance_map(odd);
   ASSERT_EQ(g.size(), 729u);
-  auto at = [&](const std::vector<float>& m, const io::Shape3& s, std::int64_t z, std::int64_t y, std::int64_t x) {
+  auto at = [&](const std::vector<float>& m, const pipeline::Shape3& s, std::int64_t z, std::int64_t y, std::int64_t x) {
     return m[static_cast<std::size_t>((z * s[1] + y) * s[2] + x)];
   };
   EXPECT_FLOAT_EQ(at(g, odd, 4, 4, 4), 1.0f);
@@ -172,8 +172,8 @@ TEST(GaussianImportanceMap, PeakOneSymmetricNoZerosSigmaOneEighth) {
   EXPECT_NEAR(at(g, odd, 2, 4, 4), std::exp(-4.0 / (2 * sigma * sigma)), 1e-6);
 
   // Even, non-cubic: four central voxels share the maximum 1; mirror symmetric on every axis.
-  const io::Shape3 s{8, 6, 10};
-  const std::vector<float> m = apps::gaussian_importance_map(s);
+  const pipeline::Shape3 s{8, 6, 10};
+  const std::vector<float> m = pipeline::gaussian_importance_map(s);
   ASSERT_EQ(m.size(), 480u);
   float peak = 0.0f, low = 1.0f;
   for (float v : m) peak = std::max(peak, v), low = std::min(low, v);

@@ -2,6 +2,7 @@
 #include "tests/test_support.h"
 
 #include "engine/error.h"
+#include "engine/log.h"
 
 #include <elf.h>
 #include <sys/wait.h>
@@ -25,6 +26,9 @@ namespace fs = std::filesystem;
 bool has_cuda() { return cuda_device_count() > 0; }
 
 namespace {
+
+// The suites see on stderr what the command line shows there (the library alone is silent).
+const bool stderr_messages = (logging::set_sink(logging::stderr_sink()), true);
 std::string slurp(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   std::ostringstream s;

@@ -24,9 +24,9 @@
 #include <thread>
 #include <vector>
 
-#include "apps/run_config.h"
-#include "apps/train_data.h"
-#include "apps/trainer.h"
+#include "apps/pipeline/run_config.h"
+#include "apps/pipeline/train_data.h"
+#include "apps/pipeline/trainer.h"
 #include "engine/checkpoint.h"
 #include "engine/ops.h"
 #include "io/nifti.h"
@@ -187,10 +187,10 @@ TEST_F(TrainCli, EndToEndTrainPredictEval) {
     EXPECT_GE(e.at("val_dice").get<double>(), 0.0);
     EXPECT_LE(e.at("val_dice").get<double>(), 1.0);
   }
-  const voxgrad::apps::RunConfig config = voxgrad::apps::read_run_config(run);
+  const voxgrad::pipeline::RunConfig config = voxgrad::pipeline::read_run_config(run);
   EXPECT_EQ(config.training.train_cases.size() + config.training.val_cases.size(), 3u);
   EXPECT_EQ(config.model.classes, 3);
-  EXPECT_EQ(config.training.patch, (io::Shape3{16, 16, 16}));
+  EXPECT_EQ(config.training.patch, (voxgrad::pipeline::Shape3{16, 16, 16}));
   // synth writes pixdim (0.8, 0.8, 2.0) mm: the plan keeps it in tensor order (z, y, x).
   EXPECT_NEAR(config.plan.target_spacing[0], 2.0, 1e-6);  // pixdim is float32
   EXPECT_NEAR(config.plan.target_spacing[1], 0.8, 1e-6);
@@ -258,12 +258,12 @@ TEST_F(TrainCli, DeepSupervisionAndEveryLossTrain) {
   }
   const CommandResult ct = train(dir + "/ct", "--epochs 1 --iters-per-epoch 2 --norm ct");
   ASSERT_EQ(ct.exit_code, 0) << ct.err;
-  const voxgrad::apps::RunConfig ct_config = voxgrad::apps::read_run_config(dir + "/ct");
+  const voxgrad::pipeline::RunConfig ct_config = voxgrad::pipeline::read_run_config(dir + "/ct");
   ASSERT_EQ(ct_config.plan.ct_stats.size(), 1u);
   EXPECT_LT(ct_config.plan.ct_stats[0].lower, ct_config.plan.ct_stats[0].upper);
   const CommandResult r = train(dir + "/ds", "--epochs 1 --iters-per-epoch 2 --deep-supervision --optim adam");
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_TRUE(voxgrad::apps::read_run_config(dir + "/ds").model.deep_supervision);
+  EXPECT_TRUE(voxgrad::pipeline::read_run_config(dir + "/ds").model.deep_supervision);
   const CommandResult p = run_voxgrad("predict --model " + dir + "/ds --checkpoint latest --input " + data() +
                                       "/imagesTs/synth_003_0000.nii.gz --out " + dir + "/pred --device cpu");
   ASSERT_EQ(p.exit_code, 0) << p.err;
@@ -742,59 +742,59 @@ TEST_F(TrainCli, CudaTrainsAndPredictsLikeTheCpu) {
 }
 
 TEST(TrainRecipe, DeepSupervisionWeightsAreNnunets) {
-  const std::vector<double> w = voxgrad::apps::deep_supervision_weights(4);
+  const std::vector<double> w = voxgrad::deep_supervision_weights(4);
   // 1, 1/2, 1/4, 0 normalised by 1.75.
   ASSERT_EQ(w.size(), 4u);
   EXPECT_DOUBLE_EQ(w[0], 1.0 / 1.75);
   EXPECT_DOUBLE_EQ(w[1], 0.5 / 1.75);
   EXPECT_DOUBLE_EQ(w[2], 0.25 / 1.75);
   EXPECT_DOUBLE_EQ(w[3], 0.0);
-  EXPECT_EQ(voxgrad::apps::deep_supervision_weights(1), std::vector<double>{1.0});
+  EXPECT_EQ(voxgrad::deep_supervision_weights(1), std::vector<double>{1.0});
 }
 
 TEST(TrainRecipe, SplitHoldsOutAFifthDeterministically) {
   std::vector<std::string> ids;
   for (int i = 0; i < 10; ++i) ids.push_back(std::string("c").append(std::to_string(i)));
   std::vector<std::string> train, val, train2, val2;
-  voxgrad::apps::split_cases(ids, 1, train, val);
+  voxgrad::pipeline::split_cases(ids, 1, train, val);
   EXPECT_EQ(val.size(), 2u);
   EXPECT_EQ(train.size(), 8u);
-  voxgrad::apps::split_cases(ids, 1, train2, val2);
+  voxgrad::pipeline::split_cases(ids, 1, train2, val2);
   EXPECT_EQ(val, val2);
   std::set<std::string> all(train.begin(), train.end());
   all.insert(val.begin(), val.end());
   EXPECT_EQ(all.size(), 10u);
-  voxgrad::apps::split_cases({"only"}, 1, train, val);
+  voxgrad::pipeline::split_cases({"only"}, 1, train, val);
   EXPECT_EQ(train, std::vector<std::string>{"only"});
   EXPECT_EQ(val, std::vector<std::string>{"only"});
 }
 
 TEST(TrainRecipe, DefaultPatchFitsTheNetwork) {
-  EXPECT_EQ(voxgrad::apps::default_patch({48, 50, 300}, 4), (io::Shape3{48, 48, 128}));
-  EXPECT_EQ(voxgrad::apps::default_patch({5, 17, 9}, 3), (io::Shape3{4, 16, 8}));
-  EXPECT_EQ(voxgrad::apps::default_patch({2, 17, 9}, 3), (io::Shape3{4, 16, 8}));
+  EXPECT_EQ(voxgrad::pipeline::default_patch({48, 50, 300}, 4), (voxgrad::pipeline::Shape3{48, 48, 128}));
+  EXPECT_EQ(voxgrad::pipeline::default_patch({5, 17, 9}, 3), (voxgrad::pipeline::Shape3{4, 16, 8}));
+  EXPECT_EQ(voxgrad::pipeline::default_patch({2, 17, 9}, 3), (voxgrad::pipeline::Shape3{4, 16, 8}));
 }
 
 TEST(TrainRecipe, RunConfigRoundTrips) {
-  voxgrad::apps::RunConfig c;
+  voxgrad::pipeline::RunConfig c;
   c.dataset_root = "/data/x";
   c.dataset_name = "x";
   c.channels = {"CT"};
   c.labels = {{0, "background"}, {1, "liver"}};
   c.model.classes = 2;
   c.plan.classes = 2;
-  c.plan.normalization = io::Normalization::CT;
+  c.plan.normalization = voxgrad::pipeline::Normalization::CT;
   c.plan.ct_stats = {{-100.5, 200.25, 50.0, 30.0}};
   c.plan.target_spacing = {2.5, 0.75, 0.75};
   c.training.patch = {32, 64, 48};
   c.training.val_cases = {"a"};
-  const json j = voxgrad::apps::run_config_to_json(c);
-  const voxgrad::apps::RunConfig back = voxgrad::apps::run_config_from_json(j, "config.json");
-  EXPECT_EQ(voxgrad::apps::run_config_to_json(back), j);
+  const json j = voxgrad::pipeline::run_config_to_json(c);
+  const voxgrad::pipeline::RunConfig back = voxgrad::pipeline::run_config_from_json(j, "config.json");
+  EXPECT_EQ(voxgrad::pipeline::run_config_to_json(back), j);
   json broken = j;
   broken["model"].erase("levels");
   try {
-    voxgrad::apps::run_config_from_json(broken, "config.json");
+    voxgrad::pipeline::run_config_from_json(broken, "config.json");
     FAIL() << "no error for a missing key";
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("levels"), std::string::npos) << e.what();

@@ -17,13 +17,13 @@
 #include <string>
 #include <vector>
 
-#include "apps/run_config.h"
+#include "apps/pipeline/run_config.h"
 #include "engine/error.h"
 
 namespace {
 
 using namespace voxgrad;
-using namespace voxgrad::apps;
+using namespace voxgrad::pipeline;
 namespace fs = std::filesystem;
 
 // read_run_config reads RUN/config.json: one run folder per process, in memory-backed storage when

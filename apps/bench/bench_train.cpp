@@ -1,0 +1,229 @@
+// `voxgrad bench train`: median and minimum time of full training steps of the nnU-Net-style U-Net
+// (forward, loss, backward, SGD momentum 0.99 Nesterov) on random images with sphere labels, after
+// warm-up, with the allocator's peak; --torch runs tools/bench_train_torch.py (the same network in PyTorch) beside it.
+#include "apps/bench/bench_train.h"
+
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "apps/cli/cli_checks.h"
+#include "apps/bench/python_reference.h"
+#include "engine/allocator.h"
+#include "engine/device.h"
+#include "engine/json.h"
+#include "engine/log.h"
+#include "engine/losses.h"
+#include "engine/optim.h"
+#include "engine/tensor.h"
+#include "models/unet3d.h"
+
+namespace voxgrad::bench {
+
+using namespace cli;  // the command line's option checks and exit statuses
+
+namespace {
+
+struct TrainBenchOptions {
+  std::int64_t patch = 64, batch = 2;
+  int base = 16, levels = 4, classes = 3;
+  std::string loss = "dice";
+  int steps = 5;
+  int warmup = 1;
+  bool json = false;
+  bool torch = false;
+  std::string torch_script;  // empty: tools/bench_train_torch.py found next to the build
+  std::string python = "/usr/bin/python3";
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Labels (N, P, P, P) int32: a few balls of each foreground class on background, from a fixed seed,
+// so every class is present and the Dice terms are not degenerate.
+Tensor sphere_labels(std::int64_t n, std::int64_t p, int classes, Device d) {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<double> centre(0.2 * static_cast<double>(p), 0.8 * static_cast<double>(p));
+  std::uniform_real_distribution<double> radius(0.1 * static_cast<double>(p), 0.25 * static_cast<double>(p));
+  std::vector<std::int32_t> y(static_cast<std::size_t>(n * p * p * p), 0);
+  for (std::int64_t i = 0; i < n; ++i) {
+    for (int c = 1; c < classes; ++c) {
+      for (int ball = 0; ball < 2; ++ball) {
+        const double cz = centre(rng), cy = centre(rng), cx = centre(rng), r = radius(rng);
+        for (std::int64_t z = 0; z < p; ++z)
+          for (std::int64_t yy = 0; yy < p; ++yy)
+            for (std::int64_t x = 0; x < p; ++x) {
+              const double dz = static_cast<double>(z) - cz, dy = static_cast<double>(yy) - cy,
+                           dx = static_cast<double>(x) - cx;
+              if (dz * dz + dy * dy + dx * dx <= r * r) y[static_cast<std::size_t>(((i * p + z) * p + yy) * p + x)] = c;
+            }
+      }
+    }
+  }
+  return from_vector(y, {n, p, p, p}, d);
+}
+
+// The script's JSON line, or {"available": false, "reason"}.
+Json run_torch(const TrainBenchOptions& opt) {
+  const std::string script = find_tools_script(opt.torch_script, "bench_train_torch.py");
+  if (script.empty()) return {{"available", false}, {"reason", "tools/bench_train_torch.py not found (--torch-script)"}};
+  const std::string args = "--patch " + std::to_string(opt.patch) + " --batch-size " + std::to_string(opt.batch) +
+                           " --base " + std::to_string(opt.base) + " --levels " + std::to_string(opt.levels) +
+                           " --classes " + std::to_string(opt.classes) + " --loss " + shell_quote(opt.loss) +
+                           " --steps " + std::to_string(opt.steps) + " --warmup " + std::to_string(opt.warmup);
+  Json j = run_python_json(opt.python, script, args);
+  if (j.value("available", true) && !j.contains("step_median_s"))
+    return {{"available", false}, {"reason", script + " printed no step_median_s"}};
+  j["available"] = j.value("available", true);
+  return j;
+}
+
+int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
+  const Device dev = resolve_device(global.device);
+  const LossKind kind = parse_loss_kind(opt.loss);
+  UNet3dConfig config;
+  config.in_channels = 1;
+  config.classes = opt.classes;
+  config.base_features = opt.base;
+  config.levels = opt.levels;
+  Generator gen(1);
+  UNet3d model(config, gen);
+  model.check_input({opt.batch, 1, opt.patch, opt.patch, opt.patch});
+  model.to(dev);
+  model.train();
+  const std::int64_t params = model.parameter_count();
+  SgdOptions sgd;
+  sgd.lr = 0.01;
+  sgd.momentum = 0.99;  // nnU-Net's optimizer
+  sgd.nesterov = true;
+  SGD optimizer(model.named_parameters(), sgd);
+
+  const Tensor images = randn({opt.batch, 1, opt.patch, opt.patch, opt.patch}, gen, DType::Float32, dev);
+  const Tensor labels = sphere_labels(opt.batch, opt.patch, opt.classes, dev);
+
+  double last_loss = 0;
+  auto step = [&] {
+    optimizer.zero_grad();
+    const Tensor logits = model.forward(images);
+    const Tensor loss = segmentation_loss(kind, logits, labels);
+    loss.backward();
+    optimizer.step();
+    return loss;
+  };
+
+  logging::info("bench train on " + dev.str() + ": U-Net base " + std::to_string(opt.base) + ", " +
+                std::to_string(opt.levels) + " levels, " + std::to_string(params) + " parameters, batch " +
+                std::to_string(opt.batch) + " x 1 x " + std::to_string(opt.patch) + "^3, loss " + opt.loss);
+  using clock = std::chrono::steady_clock;
+  std::vector<double> times;
+  std::size_t peak = 0;
+  {
+    logging::ProgressBar bar("bench train", opt.warmup + opt.steps, "step");
+    for (int i = 0; i < opt.warmup + opt.steps; ++i) {
+      if (i == opt.warmup) {
+        // The host allocator has no reset: its high-water mark also covers the warm-up steps, which
+        // are the same steps, so it is the timed steps' peak unless model set-up went higher.
+        if (dev.is_cuda()) cuda_allocator().reset_peak();
+      }
+      synchronize(dev);
+      const auto t0 = clock::now();
+      const Tensor loss = step();
+      synchronize(dev);
+      const double s = std::chrono::duration<double>(clock::now() - t0).count();
+      last_loss = loss.item();
+      if (i >= opt.warmup) times.push_back(s);
+      bar.update(i + 1, "loss " + std::to_string(last_loss));
+    }
+    bar.finish();
+    peak = dev.is_cuda() ? cuda_allocator().stats().peak_bytes_in_use : host_allocator_stats().peak_bytes_in_use;
+  }
+
+  const double med = median(times), min = *std::min_element(times.begin(), times.end());
+  const double voxels = static_cast<double>(opt.batch * opt.patch * opt.patch * opt.patch);
+  Json line = {{"device", dev.str()},       {"params", params},          {"step_median_s", med},
+               {"step_min_s", min},         {"voxels_per_s", voxels / med}, {"peak_bytes", peak}};
+
+  Json ref;
+  if (opt.torch) {
+    if (!dev.is_cpu()) {
+      ref = {{"available", false}, {"reason", "the PyTorch twin runs on the CPU only"}};
+    } else {
+      logging::info("running the PyTorch twin");
+      ref = run_torch(opt);
+    }
+    if (ref.value("available", false) && ref.value("params", std::int64_t{0}) != params)
+      logging::warning("PyTorch twin has " + std::to_string(ref.value("params", std::int64_t{0})) +
+                    " parameters, voxgrad " + std::to_string(params) + ": not the same architecture");
+  }
+
+  if (opt.json) {
+    // The object keeps exactly its six keys; the twin's numbers go to stderr.
+    write_json_line(std::cout, line);
+    if (opt.torch) std::cerr << "torch: " << ref.dump() << "\n";
+  } else {
+    std::printf("bench train on %s: %lld parameters, batch %lld x 1 x %lld^3, loss %s, %d steps after %d warm-up\n",
+                dev.str().c_str(), static_cast<long long>(params), static_cast<long long>(opt.batch),
+                static_cast<long long>(opt.patch), opt.loss.c_str(), opt.steps, opt.warmup);
+    std::printf("%-10s %14s %12s %14s %12s\n", "engine", "step median s", "step min s", "voxels/s", "peak MB");
+    std::printf("%-10s %14.3f %12.3f %14.0f %12.1f\n", "voxgrad", med, min, voxels / med,
+                static_cast<double>(peak) / 1e6);
+    if (opt.torch) {
+      if (ref.value("available", false)) {
+        const double tmed = ref.value("step_median_s", 0.0);
+        std::printf("%-10s %14.3f %12.3f %14.0f %12s\n", "pytorch", tmed, ref.value("step_min_s", 0.0),
+                    tmed > 0 ? voxels / tmed : 0.0, "-");
+        std::printf("voxgrad / pytorch = %.2f (torch %s, %lld parameters)\n", tmed > 0 ? med / tmed : 0.0,
+                    ref.value("torch", std::string("?")).c_str(),
+                    static_cast<long long>(ref.value("params", std::int64_t{0})));
+      } else {
+        std::printf("%-10s unavailable: %s\n", "pytorch", ref.value("reason", std::string()).c_str());
+      }
+    }
+  }
+  if (opt.json && opt.torch && ref.value("available", false) && ref.value("step_median_s", 0.0) > 0)
+    std::cerr << "voxgrad / pytorch = " << med / ref["step_median_s"].get<double>() << "\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+NestedCommand add_bench_train(CLI::App& bench) {
+  auto opt = std::make_shared<TrainBenchOptions>();
+  CLI::App* sub = bench.add_subcommand(
+      "train", "Time full U-Net training steps (forward, loss, backward, SGD) on (N, 1, P, P, P), median after warm-up");
+  sub->add_option("--patch", opt->patch, "Patch size P (divisible by 2^(levels-1))")
+      ->check(number_above_zero())
+      ->capture_default_str();
+  sub->add_option("--batch-size", opt->batch, "N")->check(number_above_zero())->capture_default_str();
+  sub->add_option("--base", opt->base, "Features at full resolution")->check(number_above_zero())->capture_default_str();
+  sub->add_option("--levels", opt->levels, "Resolution levels")->check(number_above_zero())->capture_default_str();
+  sub->add_option("--classes", opt->classes, "Output classes (background included)")
+      ->check(number_in_range(2, 1000))
+      ->capture_default_str();
+  sub->add_option("--loss", opt->loss, "Loss: ce, wce, dice, jaccard, lovasz, lovasz_hinge, dice_ce")
+      ->check(one_of({"ce", "wce", "dice", "jaccard", "lovasz", "lovasz_hinge", "dice_ce"}))
+      ->capture_default_str();
+  sub->add_option("--steps", opt->steps, "Timed steps")->check(number_above_zero())->capture_default_str();
+  sub->add_option("--warmup", opt->warmup, "Untimed steps before timing")
+      ->check(number_above_zero(false))
+      ->capture_default_str();
+  sub->add_flag("--json", opt->json, "One JSON object on stdout");
+  sub->add_flag("--torch", opt->torch, "Also time the same network in PyTorch (CPU) and print the ratio");
+  sub->add_option("--torch-script", opt->torch_script, "The PyTorch twin (default: tools/bench_train_torch.py)");
+  sub->add_option("--python", opt->python, "The Python that runs the twin")->capture_default_str();
+  return {sub, [opt](const GlobalOptions& global) { return run_bench_train(*opt, global); }};
+}
+
+}  // namespace voxgrad::bench

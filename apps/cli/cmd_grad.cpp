@@ -1,0 +1,309 @@
+// `voxgrad grad`: one loss and its gradient ∂loss/∂logits for logits and labels read from NIfTI,
+// as one JSON object on stdout (the loss, each class's term, where the gradient falls per class),
+// and optionally the gradient itself as a float32 NIfTI. A measuring instrument: float64 on the CPU.
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "apps/cli/cli.h"
+#include "apps/cli/cli_checks.h"
+#include "apps/pipeline/grad_stats.h"
+#include "engine/device.h"
+#include "engine/error.h"
+#include "engine/files.h"
+#include "engine/json.h"
+#include "engine/log.h"
+#include "engine/losses.h"
+#include "engine/ops.h"
+#include "io/nifti.h"
+#include "io/volume.h"
+
+namespace voxgrad::cli {
+
+using namespace pipeline;
+
+namespace {
+
+struct GradOptions {
+  std::string logits, label, loss, out;
+  std::string classes, aggregate;  // empty: the loss's default
+  double eps = 1e-5;
+  std::vector<double> class_weights;
+  double ce_weight = 1.0, dice_weight = 1.0;
+  std::int32_t ignore_label = 0;  // used when --ignore-label is given
+};
+
+std::string dims_str(const std::vector<std::int64_t>& dims) {
+  std::ostringstream s;
+  s << "(";
+  for (std::size_t i = 0; i < dims.size(); ++i) s << (i ? ", " : "") << dims[i];
+  s << ")";
+  return s.str();
+}
+
+Json finite_or_null(double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); }
+
+// The logits' tensor (dims reversed) as (N, K, D, H, W): (X,Y,Z,K) is one image, (X,Y,Z,K,N) a
+// batch; (X,Y,Z) is one image with one channel (the hinge's single logit).
+Shape logits_shape(const io::Volume& v, const std::string& path) {
+  const Shape& s = v.data.shape();
+  switch (s.size()) {
+    case 3: return {1, 1, s[0], s[1], s[2]};
+    case 4: return {1, s[0], s[1], s[2], s[3]};
+    case 5: return s;
+    default:
+      VG_INPUT_FAIL(path << ": logits must be (X,Y,Z,K) for one image or (X,Y,Z,K,N) for a batch, got dims "
+                   << dims_str(v.dims()));
+  }
+}
+
+// The labels' tensor as (N, D, H, W): (X,Y,Z) is one image, (X,Y,Z,N) a batch.
+Shape labels_shape(const io::Volume& v, const std::string& path) {
+  const Shape& s = v.data.shape();
+  switch (s.size()) {
+    case 3: return {1, s[0], s[1], s[2]};
+    case 4: return s;
+    default:
+      VG_INPUT_FAIL(path << ": labels must be (X,Y,Z) for one image or (X,Y,Z,N) for a batch, got dims "
+                   << dims_str(v.dims()));
+  }
+}
+
+bool same_affine(const io::Affine& a, const io::Affine& b) {
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 4; ++c)
+      if (std::fabs(a[r][c] - b[r][c]) > 1e-4 * (1.0 + std::fabs(b[r][c]))) return false;
+  return true;
+}
+
+Json stats_json(const std::vector<ClassGradStats>& stats) {
+  Json out = Json::array();
+  for (const ClassGradStats& s : stats)
+    out.push_back({{"class", s.label},
+                   {"channel", s.channel},
+                   {"inside", finite_or_null(s.inside)},
+                   {"outside", finite_or_null(s.outside)},
+                   {"boundary", finite_or_null(s.boundary)},
+                   {"voxels", s.voxels},
+                   {"outside_voxels", s.outside_voxels},
+                   {"boundary_voxels", s.boundary_voxels}});
+  return out;
+}
+
+// The options the loss really used, so a result file says how it was made; options the loss
+// ignores are left out (and were warned about).
+Json options_json(const LossOutput& out, const LossOptions& lo) {
+  const LossKind k = out.kind;
+  Json j = {{"ignore_label", lo.ignore_label ? Json(*lo.ignore_label) : Json(nullptr)}};
+  if (kernels::loss_has_region(k)) {
+    j["classes"] = class_selection_name(out.classes);
+    j["aggregate"] = aggregate_name(out.aggregate);
+  }
+  if (k == LossKind::Dice || k == LossKind::Jaccard || k == LossKind::DiceCrossEntropy) j["eps"] = lo.eps;
+  if (k == LossKind::WeightedCrossEntropy)
+    j["class_weights"] = lo.class_weights.empty() ? Json("inverse_class_frequency") : Json(lo.class_weights);
+  if (k == LossKind::DiceCrossEntropy) {
+    j["ce_weight"] = out.ce_weight;
+    j["dice_weight"] = out.dice_weight;
+  }
+  return j;
+}
+
+void warn_unused(LossKind k, const CLI::App& sub) {
+  auto given = [&](const char* name) { return sub.count(name) > 0; };
+  const std::string loss = loss_kind_name(k);
+  if (!kernels::loss_has_region(k) && (given("--classes") || given("--aggregate")))
+    logging::warning("--classes and --aggregate do not apply to " + loss + "; ignored");
+  if (given("--eps") && k != LossKind::Dice && k != LossKind::Jaccard && k != LossKind::DiceCrossEntropy)
+    logging::warning("--eps does not apply to " + loss + "; ignored");
+  if (given("--class-weights") && k != LossKind::WeightedCrossEntropy)
+    logging::warning("--class-weights applies to wce only; ignored");
+  if ((given("--ce-weight") || given("--dice-weight")) && k != LossKind::DiceCrossEntropy)
+    logging::warning("--ce-weight and --dice-weight apply to dice_ce only; ignored");
+}
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+int run_grad(const GradOptions& opt, const CLI::App& sub, const GlobalOptions& global) {
+  const LossKind kind = parse_loss_kind(opt.loss);
+  warn_unused(kind, sub);
+  // Refused before the work rather than after it: write_nifti writes single files only.
+  if (!opt.out.empty() && !ends_with(opt.out, ".nii") && !ends_with(opt.out, ".nii.gz"))
+    VG_USAGE_FAIL("--out " << opt.out << ": the gradient is written as .nii or .nii.gz");
+  for (const auto& [flag, path] : {std::pair{"--logits", &opt.logits}, std::pair{"--label", &opt.label}})
+    VG_USAGE_CHECK(std::filesystem::exists(*path), flag << " '" << *path << "': no such file");
+  // The gradient never lands on one of the files it is computed from (compared by identity).
+  files::InputFiles inputs;
+  inputs.add(opt.logits);
+  inputs.add(opt.label);
+  if (!opt.out.empty())
+    if (const auto input = inputs.overwritten_by(opt.out))
+      VG_INPUT_FAIL("--out " << opt.out << ": would overwrite the input " << *input
+                             << " (grad never writes over its inputs); choose another --out");
+  const Device dev = resolve_device(global.device);
+
+  const io::Volume logits_vol = io::read_nifti(opt.logits);
+  const io::Volume label_vol = io::read_nifti(opt.label);
+  const Shape zs = logits_shape(logits_vol, opt.logits);  // (N, K, D, H, W)
+  const Shape ys = labels_shape(label_vol, opt.label);    // (N, D, H, W)
+  const Shape z_spatial(zs.begin() + 2, zs.end()), y_spatial(ys.begin() + 1, ys.end());
+  if (zs[0] != ys[0] || z_spatial != y_spatial)
+    VG_INPUT_FAIL("the logits and the labels disagree: " << opt.logits << " has dims " << dims_str(logits_vol.dims())
+                                                   << " (" << zs[0] << " image(s) of X,Y,Z " << zs[4] << "x" << zs[3]
+                                                   << "x" << zs[2] << "), " << opt.label << " has dims "
+                                                   << dims_str(label_vol.dims()) << " (" << ys[0]
+                                                   << " image(s) of X,Y,Z " << ys[3] << "x" << ys[2] << "x" << ys[1]
+                                                   << ")");
+  const std::int64_t K = zs[1];
+  if (kind == LossKind::LovaszHinge && K != 1)
+    VG_INPUT_FAIL("lovasz_hinge takes one logit channel (K = 1), but " << opt.logits << " has K = " << K << " (dims "
+                                                                 << dims_str(logits_vol.dims())
+                                                                 << "); use --loss lovasz for K classes");
+  if (kind == LossKind::WeightedCrossEntropy && !opt.class_weights.empty() &&
+      static_cast<std::int64_t>(opt.class_weights.size()) != K)
+    VG_USAGE_FAIL("--class-weights gives " << opt.class_weights.size() << " weights but " << opt.logits
+                                           << " has K = " << K << " classes");
+  if (!same_affine(logits_vol.affine, label_vol.affine))
+    logging::warning(opt.logits + " and " + opt.label + " have different affines; --out uses the label's");
+
+  // A measuring instrument on the CPU (float64); the GPU computes what training computes (float32).
+  const DType dtype = dev.is_cuda() ? DType::Float32 : DType::Float64;
+  // A NaN or Inf logit makes every number below meaningless: refused, with where the first one is.
+  const Tensor logits64 = logits_vol.data.to(DType::Float64);
+  {
+    const double* v = logits64.data<double>();
+    std::int64_t bad = 0, first = -1;
+    for (std::int64_t i = 0; i < logits64.numel(); ++i)
+      if (!std::isfinite(v[i])) {
+        if (first < 0) first = i;
+        ++bad;
+      }
+    VG_INPUT_CHECK(bad == 0, opt.logits << ": " << bad
+                                        << " logits are not finite (NaN or Inf; the first at voxel index " << first
+                                        << "); the loss and its gradient need finite logits");
+  }
+  Tensor z = reshape(logits64.to(dtype).to(dev), zs).detach();  // (N, K, D, H, W)
+  z.requires_grad_(true);
+  const Tensor y = reshape(label_vol.to_labels().to(dev), ys);  // (N, D, H, W) int32
+
+  LossOptions lo;
+  if (!opt.classes.empty()) lo.classes = parse_class_selection(opt.classes);
+  if (!opt.aggregate.empty()) lo.aggregate = parse_aggregate(opt.aggregate);
+  if (sub.count("--ignore-label") > 0) lo.ignore_label = opt.ignore_label;
+  lo.eps = opt.eps;
+  if (kind == LossKind::WeightedCrossEntropy) lo.class_weights = opt.class_weights;
+  lo.ce_weight = opt.ce_weight;
+  lo.dice_weight = opt.dice_weight;
+
+  const LossOutput out = segmentation_loss_terms(kind, z, y, lo);
+  out.loss.backward();
+  const LossReport report = loss_report(out);
+  const Tensor grad = z.grad();  // (N, K, D, H, W) on dev
+
+  const GradGeometry geo{zs[0], K, zs[2], zs[3], zs[4]};
+  // The hinge's one channel scores the foreground: its "inside" is the voxels labelled 1.
+  const std::vector<std::int64_t> channel_label =
+      kind == LossKind::LovaszHinge ? std::vector<std::int64_t>{1} : std::vector<std::int64_t>{};
+  const std::vector<double> g = grad.cpu().to(DType::Float64).to_vector<double>();  // float64 lives on the CPU only
+  const std::vector<std::int32_t> labels = y.cpu().to_vector<std::int32_t>();
+  const std::vector<ClassGradStats> stats = gradient_stats(g, labels, geo, lo.ignore_label, channel_label);
+
+  double abs_sum = 0, sq_sum = 0, abs_max = 0;
+  for (double v : g) {
+    abs_sum += std::fabs(v);
+    sq_sum += v * v;
+    abs_max = std::max(abs_max, std::fabs(v));
+  }
+
+  if (!opt.out.empty()) {
+    // The logits file's own shape (dims as it has them), in the label's space.
+    const Tensor g32 = reshape(grad.cpu().to(DType::Float32), logits_vol.data.shape());
+    io::Volume gv = io::make_volume(g32, label_vol.affine);
+    for (std::size_t i = 3; i < gv.spacing.size() && i < logits_vol.spacing.size(); ++i)
+      gv.spacing[i] = logits_vol.spacing[i];
+    io::write_nifti(opt.out, gv, io::NiftiWriteType::Float32);
+    logging::info("wrote the gradient to " + opt.out);
+  }
+
+  Json per_class = Json::array();
+  for (double v : report.per_class) per_class.push_back(finite_or_null(v));
+  Json result = {
+      {"loss", finite_or_null(report.loss)},
+      {"loss_name", loss_kind_name(kind)},
+      {"per_class", per_class},
+      {"grad_stats", stats_json(stats)},
+      {"sets", report.sets},
+      {"sets_chosen", report.sets_chosen},
+      {"parts", {{"ce", finite_or_null(report.ce_part)}, {"region", finite_or_null(report.region_part)}}},
+      {"options", options_json(out, lo)},
+      {"grad", {{"abs_mean", g.empty() ? Json(nullptr) : Json(abs_sum / static_cast<double>(g.size()))},
+                {"abs_max", abs_max},
+                {"l2", std::sqrt(sq_sum)}}},
+      {"shape", {{"logits", zs}, {"labels", ys}}},
+      {"logits", opt.logits},
+      {"label", opt.label},
+      {"out", opt.out.empty() ? Json(nullptr) : Json(opt.out)},
+      {"device", dev.str()},
+      {"dtype", dtype == DType::Float64 ? "float64" : "float32"},
+  };
+  write_json_line(std::cout, result);
+  return kExitOk;
+}
+
+}  // namespace
+
+Command grad_command() {
+  return {"grad",
+          "Compute a loss and its gradient for NIfTI logits and labels: the loss, each class's term and "
+          "where the gradient falls per class (one JSON object), optionally the gradient as NIfTI",
+          [](CLI::App& sub) -> RunFn {
+            auto opt = std::make_shared<GradOptions>();
+            sub.add_option("--logits", opt->logits, "Float NIfTI logits (X,Y,Z,K), or (X,Y,Z,K,N) for a batch")
+                ->type_name("FILE")
+                ->required();
+            sub.add_option("--label", opt->label, "Integer NIfTI labels (X,Y,Z), or (X,Y,Z,N) for a batch")
+                ->type_name("FILE")
+                ->required();
+            sub.add_option("--loss", opt->loss, "The loss")
+                ->check(one_of({"ce", "wce", "dice", "jaccard", "lovasz", "lovasz_hinge", "dice_ce"}))
+                ->required();
+            sub.add_option("--classes", opt->classes,
+                           "Classes a region loss averages: all, fg (all but 0), present (default: fg for "
+                           "dice, jaccard, dice_ce; present for lovasz)")
+                ->check(one_of({"all", "fg", "present"}));
+            sub.add_option("--aggregate", opt->aggregate,
+                           "One set per image or one over the batch (default: per-image for dice, jaccard, "
+                           "dice_ce, lovasz_hinge; batch for lovasz)")
+                ->check(one_of({"per-image", "batch"}));
+            sub.add_option("--eps", opt->eps, "Dice and Jaccard smoothing")
+                ->check(number_above_zero(false))
+                ->capture_default_str();
+            sub.add_option("--class-weights", opt->class_weights,
+                           "wce: one weight per class, w0,w1,... (default: inverse class frequency)")
+                ->delimiter(',')
+                ->check(number_above_zero(false));
+            sub.add_option("--ce-weight", opt->ce_weight, "dice_ce: weight of the cross-entropy part")
+                ->check(number_above_zero(false))
+                ->capture_default_str();
+            sub.add_option("--dice-weight", opt->dice_weight, "dice_ce: weight of the Dice part")
+                ->check(number_above_zero(false))
+                ->capture_default_str();
+            sub.add_option("--ignore-label", opt->ignore_label, "Voxels with this label take no part");
+            sub.add_option("--out", opt->out, "Write ∂loss/∂logits as a float32 NIfTI (.nii or .nii.gz)")
+                ->type_name("FILE");
+            CLI::App* app = &sub;
+            return [opt, app](const GlobalOptions& global) { return run_grad(*opt, *app, global); };
+          }};
+}
+
+}  // namespace voxgrad::cli

@@ -1,0 +1,132 @@
+// `voxgrad train --data DIR --out RUN`: the command line of voxgrad::Trainer (nnU-Net's recipe on a
+// dataset folder, with the loss of the user's choice). Ctrl-C, SIGTERM and SIGHUP stop the run after
+// its current step with checkpoint_latest saved (exit 130); one JSON line on stdout when it ends.
+#include <CLI/CLI.hpp>
+#include <charconv>
+#include <iostream>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "apps/cli/cli.h"
+#include "apps/cli/cli_checks.h"
+#include "apps/cli/interrupt.h"
+#include "apps/pipeline/run_history.h"
+#include "apps/pipeline/trainer.h"
+#include "engine/json.h"
+#include "engine/log.h"
+
+namespace voxgrad::cli {
+
+namespace {
+
+// "--patch 32,64,64" or "--patch 48" (a cube): the sizes, or nothing when the text is not that.
+std::optional<std::array<std::int64_t, 3>> parse_patch(const std::string& text) {
+  std::vector<std::int64_t> v;
+  const char* p = text.data();
+  const char* end = text.data() + text.size();
+  while (true) {
+    std::int64_t x = 0;
+    const auto [next, error] = std::from_chars(p, end, x);
+    if (error != std::errc() || x < 1 || x > 4096) return std::nullopt;
+    v.push_back(x);
+    if (next == end) break;
+    if (*next != ',') return std::nullopt;
+    p = next + 1;
+  }
+  if (v.size() == 1) return std::array<std::int64_t, 3>{v[0], v[0], v[0]};
+  if (v.size() == 3) return std::array<std::int64_t, 3>{v[0], v[1], v[2]};
+  return std::nullopt;
+}
+
+CLI::Validator patch_validator() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        return parse_patch(text) ? "" : "'" + text + "' is not D,H,W or S (whole numbers from 1 to 4096)";
+      },
+      "D,H,W|S");
+}
+
+constexpr int kExitInterrupted = 130;  // 128 + SIGINT, what shells report for Ctrl-C
+
+int run_train(TrainOptions options, const GlobalOptions& global) {
+  options.device = global.device;
+  Trainer trainer(options, logging::stderr_sink());
+  InterruptGuard interrupt;
+  trainer.set_stop_check(&InterruptGuard::requested);
+  const TrainResult r = trainer.run();
+  if (r.status == TrainResult::Status::AlreadyComplete) return kExitOk;
+  if (r.status == TrainResult::Status::Stopped) {
+    logging::info("continue with `voxgrad train --out " + options.out + " --resume`");
+    return kExitInterrupted;
+  }
+  write_json_line(std::cout, {{"out", options.out},
+                              {"epochs", r.epochs},
+                              {"steps", r.steps},
+                              {"train_loss", pipeline::number_or_null(r.train_loss)},
+                              {"val_dice", pipeline::number_or_null(r.val_dice)},
+                              {"best_epoch", r.best_epoch > 0 ? Json(r.best_epoch) : Json(nullptr)},
+                              {"best_val_dice", r.best_epoch > 0 ? Json(r.best_val_dice) : Json(nullptr)}});
+  return kExitOk;
+}
+
+}  // namespace
+
+Command train_command() {
+  return {"train",
+          "Train a 3D U-Net on a dataset folder (nnU-Net v2 or MSD layout) with nnU-Net's preprocessing, patch "
+          "sampling and schedule, and the loss of your choice",
+          [](CLI::App& sub) -> RunFn {
+            auto opt = std::make_shared<TrainOptions>();
+            auto patch = std::make_shared<std::string>();
+            auto lr = std::make_shared<double>(0.0);
+            sub.add_option("--data", opt->data, "Dataset folder holding dataset.json (nnU-Net v2 raw or MSD layout)")
+                ->type_name("DIR");
+            sub.add_option("--out", opt->out, "Run folder: config.json, log.csv, metrics.json, checkpoints, curve")
+                ->type_name("RUN")
+                ->required();
+            sub.add_option("--loss", opt->loss, "ce, wce, dice, jaccard, lovasz or dice_ce")
+                ->check(one_of({"ce", "wce", "dice", "jaccard", "lovasz", "dice_ce"}))
+                ->capture_default_str();
+            sub.add_option("--patch", *patch, "Patch size D,H,W or S (default: from the median case shape, <= 128)")
+                ->check(patch_validator());
+            sub.add_option("--batch-size", opt->batch_size, "Patches per step")->check(number_above_zero())->capture_default_str();
+            sub.add_option("--epochs", opt->epochs, "Epochs")->check(number_above_zero())->capture_default_str();
+            sub.add_option("--iters-per-epoch", opt->iters_per_epoch, "Steps per epoch")
+                ->check(number_above_zero())
+                ->capture_default_str();
+            sub.add_option("--lr", *lr, "Initial learning rate, decayed by poly(0.9) per epoch (default 0.01 sgd, 3e-4 adam)")
+                ->check(number_above_zero());
+            sub.add_option("--optim", opt->optim, "sgd (momentum 0.99, Nesterov) or adam")
+                ->check(one_of({"sgd", "adam"}))
+                ->capture_default_str();
+            sub.add_option("--base", opt->base, "Features at full resolution (doubled per level, capped at 320)")
+                ->check(number_in_range(1, 320))
+                ->capture_default_str();
+            sub.add_option("--levels", opt->levels, "Resolution levels of the U-Net (levels - 1 downsamplings)")
+                ->check(number_in_range(1, 7))
+                ->capture_default_str();
+            sub.add_option("--norm", opt->norm, "Intensity normalisation: zscore (per case) or ct (dataset percentiles)")
+                ->check(one_of({"zscore", "ct"}))
+                ->capture_default_str();
+            sub.add_flag("--deep-supervision", opt->deep_supervision,
+                         "Add the loss of every decoder level (nnU-Net's weights 1/2^i, lowest 0)");
+            sub.add_option("--seed", opt->seed, "Seed of the initial weights, the validation split and the sampler")
+                ->check(whole_number(0, std::numeric_limits<std::uint64_t>::max()))
+                ->capture_default_str();
+            sub.add_flag("--resume", opt->resume, "Continue RUN from checkpoint_latest.safetensors");
+            return [opt, patch, lr, &sub](const GlobalOptions& global) {
+              for (const char* flag : {"--data", "--loss", "--patch", "--batch-size", "--epochs", "--iters-per-epoch",
+                                       "--lr", "--optim", "--base", "--levels", "--norm", "--deep-supervision",
+                                       "--seed"})
+                if (sub.count(flag) > 0) opt->given.insert(flag);
+              if (!patch->empty()) opt->patch = parse_patch(*patch);  // validated above
+              if (sub.count("--lr") > 0) opt->lr = *lr;
+              return run_train(*opt, global);
+            };
+          }};
+}
+
+}  // namespace voxgrad::cli

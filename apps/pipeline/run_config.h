@@ -1,0 +1,55 @@
+// What a training run folder's config.json records: the dataset it learned from, the network, the
+// preprocessing plan and the training settings. `voxgrad train --resume` continues from it and
+// `voxgrad predict` rebuilds the network and repeats the preprocessing from it.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "engine/json.h"
+#include "apps/pipeline/preprocess.h"
+#include "models/unet3d.h"
+
+namespace voxgrad::pipeline {
+
+struct TrainingSettings {
+  std::string loss = "dice_ce";
+  pipeline::Shape3 patch{64, 64, 64};  // D, H, W
+  std::int64_t batch_size = 2;
+  std::int64_t epochs = 50;
+  std::int64_t iters_per_epoch = 250;
+  double lr = 0.01;
+  std::string optim = "sgd";  // sgd (momentum 0.99, Nesterov, nnU-Net) | adam
+  double weight_decay = 3e-5;
+  double grad_clip = 12.0;  // nnU-Net clips the gradient norm at 12
+  std::uint64_t seed = 0;
+  std::vector<std::string> train_cases, val_cases;  // case ids; may overlap when only one case exists
+};
+
+struct RunConfig {
+  std::string dataset_root;
+  std::string dataset_name;
+  std::vector<std::string> channels;   // channel index -> name
+  std::map<int, std::string> labels;   // value -> name
+  UNet3dConfig model;
+  pipeline::PreprocessPlan plan;
+  TrainingSettings training;
+};
+
+inline constexpr const char* kRunConfigFormat = "voxgrad-run-1";
+
+Json run_config_to_json(const RunConfig& config);
+// Throws an Error naming `source` (the file) and the key that is missing or of the wrong type.
+RunConfig run_config_from_json(const Json& json, const std::string& source);
+
+// RUN/config.json: written atomically; read with one clear error when missing or malformed.
+std::string run_config_path(const std::string& run_dir);
+void write_run_config(const std::string& run_dir, const RunConfig& config);
+RunConfig read_run_config(const std::string& run_dir);
+
+// The files of a run folder.
+std::string run_file(const std::string& run_dir, const std::string& name);  // run_dir/name
+
+}  // namespace voxgrad::pipeline

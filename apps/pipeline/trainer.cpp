@@ -1,0 +1,466 @@
+// The training loop (voxgrad::Trainer). Resuming is exact because
+// everything a step depends on is either in checkpoint_latest (weights, optimizer state, the epoch
+// history and the running loss sum) or a pure function of (seed, step) (the batches).
+#include "apps/pipeline/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "apps/pipeline/output_folder.h"
+#include "apps/pipeline/run_config.h"
+#include "apps/pipeline/run_history.h"
+#include "apps/pipeline/sliding_window.h"
+#include "apps/pipeline/train_data.h"
+#include "engine/autograd.h"
+#include "engine/checkpoint.h"
+#include "engine/device.h"
+#include "engine/error.h"
+#include "engine/files.h"
+#include "engine/json.h"
+#include "engine/log.h"
+#include "engine/losses.h"
+#include "engine/metrics.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "apps/pipeline/patch_sampler.h"
+#include "models/unet3d.h"
+
+namespace voxgrad {
+
+namespace {
+
+using namespace pipeline;
+namespace fs = std::filesystem;
+
+const double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// (N, D, H, W) int32 labels to each deep-supervision output's grid, by nearest neighbour (nnU-Net
+// downsamples segmentations with order 0).
+Tensor labels_at(const Tensor& labels, const Shape& logits_shape, int classes) {
+  const pipeline::Shape3 out{logits_shape[2], logits_shape[3], logits_shape[4]};
+  if (labels.size(1) == out[0] && labels.size(2) == out[1] && labels.size(3) == out[2]) return labels;
+  const std::int64_t n = labels.size(0);
+  Tensor result = empty({n, out[0], out[1], out[2]}, DType::Int32);
+  const std::int64_t per = out[0] * out[1] * out[2];
+  for (std::int64_t i = 0; i < n; ++i) {
+    const Tensor one = reshape(slice(labels, 0, i, i + 1), {labels.size(1), labels.size(2), labels.size(3)}).clone();
+    const Tensor small = pipeline::resample_labels(one, out, classes, pipeline::LabelResampling::Nearest);
+    std::copy_n(small.data<std::int32_t>(), per, result.data<std::int32_t>() + i * per);
+  }
+  return result;
+}
+
+struct Validation {
+  double dice = kNaN;
+  std::vector<double> per_class;
+};
+
+// Sliding-window inference on the validation cases; Dice per class from the true and false
+// positives and false negatives summed over the cases (nnU-Net's online pseudo Dice, on whole cases).
+Validation validate(UNet3d& model, const std::vector<const PreparedCase*>& cases, const pipeline::Shape3& patch,
+                    int classes, Device dev) {
+  std::vector<std::int64_t> tp(classes, 0), fp(classes, 0), fn(classes, 0);
+  SlidingWindowOptions sw;
+  sw.patch = patch;
+  sw.overlap = 0.5;
+  for (const PreparedCase* c : cases) {
+    const Tensor logits = sliding_window_logits(model, c->data.image, sw, dev);
+    Shape batched = logits.shape();
+    batched.insert(batched.begin(), 1);
+    Shape label_shape = c->data.label.shape();
+    label_shape.insert(label_shape.begin(), 1);
+    const SegmentationMetrics m =
+        segmentation_metrics_from_logits(reshape(logits, batched), reshape(c->data.label, label_shape));
+    for (int k = 0; k < classes; ++k) {
+      tp[k] += m.intersection[k];
+      fp[k] += m.predicted[k] - m.intersection[k];
+      fn[k] += m.reference[k] - m.intersection[k];
+    }
+  }
+  Validation v;
+  v.per_class.assign(classes, kNaN);
+  double sum = 0;
+  int n = 0;
+  for (int k = 1; k < classes; ++k) {
+    const std::int64_t denominator = 2 * tp[k] + fp[k] + fn[k];
+    if (denominator == 0) continue;
+    v.per_class[k] = 2.0 * static_cast<double>(tp[k]) / static_cast<double>(denominator);
+    sum += v.per_class[k];
+    ++n;
+  }
+  if (n > 0) v.dice = sum / n;
+  return v;
+}
+
+std::unique_ptr<Optimizer> make_optimizer(const TrainingSettings& t, const NamedTensors& params) {
+  if (t.optim == "sgd") {
+    SgdOptions o;
+    o.lr = t.lr;
+    o.momentum = 0.99;  // nnU-Net: SGD, Nesterov momentum 0.99, weight decay 3e-5
+    o.nesterov = true;
+    o.weight_decay = t.weight_decay;
+    return std::make_unique<SGD>(params, o);
+  }
+  if (t.optim == "adam") {
+    AdamOptions o;
+    o.lr = t.lr;
+    o.weight_decay = t.weight_decay;
+    return std::make_unique<Adam>(params, o);
+  }
+  VG_INPUT_FAIL("--optim: unknown optimizer \"" << t.optim << "\" (choices: sgd, adam)");
+}
+
+// A fresh run's settings from the command line and the data.
+RunConfig plan_run(const TrainOptions& o, const TrainingData& data, logging::Sink& sink) {
+  RunConfig c;
+  c.dataset_root = fs::absolute(o.data).lexically_normal().string();
+  c.dataset_name = data.dataset.name;
+  c.channels = data.dataset.channels;
+  c.labels = data.dataset.labels;
+  c.plan = data.plan;
+  c.model.in_channels = data.dataset.num_channels();
+  c.model.classes = data.plan.classes;
+  c.model.base_features = o.base;
+  c.model.levels = o.levels;
+  c.model.deep_supervision = o.deep_supervision;
+  TrainingSettings& t = c.training;
+  t.loss = loss_kind_name(parse_loss_kind(o.loss));
+  t.patch = o.patch ? *o.patch : default_patch(data.median_shape, o.levels);
+  t.batch_size = o.batch_size;
+  t.epochs = o.epochs;
+  t.iters_per_epoch = o.iters_per_epoch;
+  t.optim = o.optim;
+  t.lr = o.lr ? *o.lr : (o.optim == "adam" ? 3e-4 : 0.01);
+  t.seed = o.seed;
+  std::vector<std::string> ids;
+  for (const PreparedCase& pc : data.cases) ids.push_back(pc.id);
+  split_cases(ids, o.seed, t.train_cases, t.val_cases, sink);
+  return c;
+}
+
+// A double as the user would write it (1e-07, 0.01), not std::to_string's fixed six decimals.
+std::string number_text(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
+// --resume: a flag given now must agree with the run it continues.
+void check_resume_flags(const TrainOptions& o, RunConfig& c, logging::Sink& sink) {
+  auto refuse = [&](const std::string& flag, const std::string& now, const std::string& then) {
+    VG_USAGE_FAIL(flag << " " << now << " differs from the run's " << then << " (" << run_config_path(o.out)
+                 << "); leave it out to continue the run, or train into a new --out");
+  };
+  const TrainingSettings& t = c.training;
+  auto shape_text = [](const pipeline::Shape3& s) {
+    return std::to_string(s[0]) + "," + std::to_string(s[1]) + "," + std::to_string(s[2]);
+  };
+  if (o.given.count("--loss") && loss_kind_name(parse_loss_kind(o.loss)) != t.loss) refuse("--loss", o.loss, t.loss);
+  if (o.given.count("--patch") && o.patch && *o.patch != t.patch)
+    refuse("--patch", shape_text(*o.patch), shape_text(t.patch));
+  if (o.given.count("--batch-size") && o.batch_size != t.batch_size)
+    refuse("--batch-size", std::to_string(o.batch_size), std::to_string(t.batch_size));
+  if (o.given.count("--iters-per-epoch") && o.iters_per_epoch != t.iters_per_epoch)
+    refuse("--iters-per-epoch", std::to_string(o.iters_per_epoch), std::to_string(t.iters_per_epoch));
+  if (o.given.count("--lr") && o.lr && *o.lr != t.lr) refuse("--lr", number_text(*o.lr), number_text(t.lr));
+  if (o.given.count("--optim") && o.optim != t.optim) refuse("--optim", o.optim, t.optim);
+  if (o.given.count("--base") && o.base != c.model.base_features)
+    refuse("--base", std::to_string(o.base), std::to_string(c.model.base_features));
+  if (o.given.count("--levels") && o.levels != c.model.levels)
+    refuse("--levels", std::to_string(o.levels), std::to_string(c.model.levels));
+  if (o.given.count("--norm") && o.norm != pipeline::normalization_name(c.plan.normalization))
+    refuse("--norm", o.norm, pipeline::normalization_name(c.plan.normalization));
+  if (o.given.count("--deep-supervision") && o.deep_supervision != c.model.deep_supervision)
+    refuse("--deep-supervision", "on", "off");
+  if (o.given.count("--seed") && o.seed != t.seed) refuse("--seed", std::to_string(o.seed), std::to_string(t.seed));
+  if (o.given.count("--data") &&
+      fs::absolute(o.data).lexically_normal().string() != c.dataset_root)
+    sink.warning("--data " + o.data + " is not the run's dataset folder " + c.dataset_root +
+                     "; using it (its cases must be the same)");
+  if (o.given.count("--epochs") && o.epochs != t.epochs) {
+    sink.warning("--epochs " + std::to_string(o.epochs) + " replaces the run's " + std::to_string(t.epochs) +
+                     ": the learning-rate schedule of the remaining epochs changes");
+    c.training.epochs = o.epochs;
+  }
+}
+
+// What the command line alone can refuse (exit 2), checked before any file is read: a training
+// run must not spend minutes on preprocessing before saying that a flag is wrong.
+void check_command_line(const TrainOptions& o) {
+  if (!o.resume) VG_USAGE_CHECK(!o.data.empty(), "--data is required (a dataset folder with dataset.json)");
+  if (!o.data.empty()) {
+    std::error_code ec;
+    VG_USAGE_CHECK(fs::is_directory(o.data, ec), "--data '" << o.data << "': no such folder");
+  }
+  if (o.resume) return;  // the network and the patch come from config.json
+  VG_USAGE_CHECK(!o.deep_supervision || o.levels >= 2,
+                 "--deep-supervision needs --levels 2 or more (it adds the loss of every lower decoder level)");
+  if (!o.patch) return;
+  // Every level halves each axis, so the patch must divide by 2^(levels-1): refused, never rounded.
+  const std::int64_t q = std::int64_t{1} << (o.levels - 1);
+  static const char* axis_name[3] = {"D", "H", "W"};
+  for (int a = 0; a < 3; ++a) {
+    const std::int64_t side = (*o.patch)[a];
+    if (side % q == 0) continue;
+    const std::int64_t below = side / q * q;
+    VG_USAGE_FAIL("--patch: " << axis_name[a] << " = " << side << " is not divisible by " << q << " (--levels "
+                              << o.levels << " halves each axis " << o.levels - 1 << " times); use "
+                              << (below > 0 ? std::to_string(below) + " or " : std::string()) << below + q);
+  }
+}
+
+}  // namespace
+
+std::vector<double> deep_supervision_weights(int outputs) {
+  VG_CHECK(outputs >= 1, "deep supervision needs at least one output");
+  if (outputs == 1) return {1.0};
+  std::vector<double> w(outputs);
+  double sum = 0;
+  for (int i = 0; i < outputs; ++i) {
+    w[i] = i == outputs - 1 ? 0.0 : 1.0 / static_cast<double>(std::int64_t{1} << i);
+    sum += w[i];
+  }
+  for (double& x : w) x /= sum;
+  return w;
+}
+
+Trainer::Trainer(TrainOptions options, logging::Sink& sink) : options_(std::move(options)), sink_(sink) {}
+
+TrainResult Trainer::run() {
+  const TrainOptions& o = options_;
+  logging::Sink& sink = sink_;
+  // The options first (a usage error), before any file is read.
+  check_command_line(o);
+  const Device dev = resolve_device(o.device);
+  if (o.resume)
+    VG_USAGE_CHECK(fs::is_directory(o.out),
+                   "--out '" << o.out << "': no such run folder, so there is nothing to resume");
+
+  // The run folder belongs to this process from here to its exit: a second train (or --resume)
+  // into it is refused with this process's id, and the kernel releases it however we exit.
+  OutputFolder folder(o.out, "--out");
+  files::FolderLock lock;
+  try {
+    lock = files::FolderLock(o.out, "the run folder");
+  } catch (const InputError&) {
+    folder.keep();  // the holder may be about to write into it
+    throw;
+  }
+
+  // Everything is read and checked before the first byte is written, so a refused or failed
+  // start leaves the folder exactly as it was.
+  const std::string latest = run_file(o.out, "checkpoint_latest.safetensors");
+  std::error_code ec;
+  RunConfig config;
+  TrainingData data;
+  if (o.resume) {
+    VG_USAGE_CHECK(
+        fs::exists(latest, ec),
+        "--out " << o.out << ": " << latest << " is missing, so there is nothing to resume (start without --resume)");
+    config = read_run_config(o.out);
+    check_resume_flags(o, config, sink);
+    pipeline::PreprocessPlan plan = config.plan;
+    data = prepare_training_data(o.given.count("--data") ? o.data : config.dataset_root, plan, /*reuse_plan=*/true,
+                                 sink);
+  } else {
+    VG_USAGE_CHECK(!fs::exists(run_config_path(o.out), ec) && !fs::exists(latest, ec),
+                   "--out " << o.out << ": already holds a run; --resume continues it, or choose another --out");
+    pipeline::PreprocessPlan plan;
+    plan.normalization = pipeline::parse_normalization(o.norm);
+    data = prepare_training_data(o.data, plan, /*reuse_plan=*/false, sink);
+    config = plan_run(o, data, sink);
+  }
+  const TrainingSettings& t = config.training;
+
+  Generator init(t.seed);
+  UNet3d model(config.model, init);
+  model.check_input({t.batch_size, config.model.in_channels, t.patch[0], t.patch[1], t.patch[2]});
+  model.to(dev);
+  std::unique_ptr<Optimizer> optimizer = make_optimizer(t, model.named_parameters());
+  const LossKind loss_kind = parse_loss_kind(t.loss);
+
+  // Cases: training ones padded to the patch for the sampler; validation ones as they are (the
+  // sliding window pads what it needs).
+  std::vector<pipeline::SamplerCase> sampler_cases;
+  std::vector<std::string> sampler_ids;  // the case id of each sampler case, for messages
+  std::vector<const PreparedCase*> val_cases;
+  for (const PreparedCase& pc : data.cases) {
+    const bool train = std::find(t.train_cases.begin(), t.train_cases.end(), pc.id) != t.train_cases.end();
+    const bool val = std::find(t.val_cases.begin(), t.val_cases.end(), pc.id) != t.val_cases.end();
+    if (train) {
+      sampler_cases.push_back(
+          {pipeline::pad_to_at_least(pc.data.image, t.patch, 0.0), pipeline::pad_to_at_least(pc.data.label, t.patch, 0.0)});
+      sampler_ids.push_back(pc.id);
+    }
+    if (val) val_cases.push_back(&pc);
+  }
+  VG_INPUT_CHECK(sampler_cases.size() == t.train_cases.size() && val_cases.size() == t.val_cases.size(),
+                 "the dataset's training cases are not the ones " << run_config_path(o.out) << " lists");
+  pipeline::PatchSamplerOptions sampling;
+  sampling.patch = t.patch;
+  sampling.batch_size = t.batch_size;
+  sampling.seed = t.seed;
+  const pipeline::PatchSampler sampler(std::move(sampler_cases), sampling);
+
+  TrainingProgress progress;
+  std::int64_t step = 0;
+  if (o.resume) {
+    const TrainingState state = load_training_checkpoint(latest, model, *optimizer);
+    progress = progress_from_json(state.config, latest);
+    step = state.step;
+    VG_INPUT_CHECK(state.rng_seed == t.seed, latest << ": sampler seed " << state.rng_seed
+                                                    << " differs from config.json's " << t.seed);
+  }
+  const std::int64_t total_steps = t.epochs * t.iters_per_epoch;
+  TrainResult result;
+  result.latest_checkpoint = latest;
+  result.epochs = t.epochs;
+  auto finish = [&](TrainResult::Status status) {
+    result.status = status;
+    result.steps = step;
+    const EpochRecord* last = progress.history.empty() ? nullptr : &progress.history.back();
+    result.train_loss = last ? last->train_loss : kNaN;
+    result.val_dice = last ? last->val_dice : kNaN;
+    result.best_epoch = progress.best_epoch > 0 ? progress.best_epoch : 0;
+    result.best_val_dice = progress.best_epoch > 0 ? progress.best_dice : kNaN;
+    return result;
+  };
+  sink.info("training on " + dev.str() + ": " + std::to_string(model.parameter_count()) + " parameters, patch " +
+                std::to_string(t.patch[0]) + "x" + std::to_string(t.patch[1]) + "x" + std::to_string(t.patch[2]) +
+                ", batch " + std::to_string(t.batch_size) + ", loss " + t.loss + ", " +
+                std::to_string(t.train_cases.size()) + " training / " + std::to_string(t.val_cases.size()) +
+                " validation cases, " + std::to_string(t.epochs) + " epochs of " + std::to_string(t.iters_per_epoch) +
+                " iterations");
+  if (step >= total_steps) {
+    sink.info("the run has already done its " + std::to_string(t.epochs) + " epochs");
+    return finish(TrainResult::Status::AlreadyComplete);
+  }
+
+  // The first writes.
+  folder.keep();
+  const std::string title = "voxgrad train: " + config.dataset_name + ", " + t.loss;
+  if (o.resume) {
+    write_run_config(o.out, config);  // --epochs may have changed
+    sink.info("resuming " + o.out + " after step " + std::to_string(step) + " (epoch " +
+                  std::to_string(step / t.iters_per_epoch + 1) + ", iteration " +
+                  std::to_string(step % t.iters_per_epoch + 1) + " comes next)");
+  }
+  write_run_reports(o.out, progress, config.plan.classes, title);
+
+  auto state_now = [&] {
+    TrainingState state;
+    state.step = step;
+    state.epoch = step / t.iters_per_epoch;
+    state.rng_seed = t.seed;
+    state.rng_offset = static_cast<std::uint64_t>(step);  // the sampler's next batch number
+    state.config = progress_to_json(progress);
+    return state;
+  };
+  std::int64_t saved_step = step;  // what checkpoint_latest holds
+  auto save_latest = [&] {
+    save_training_checkpoint(latest, model, *optimizer, state_now());
+    saved_step = step;
+  };
+  // A fresh run saves its initial state at once, so a run stopped (or killed) before its first
+  // epoch ends can still be resumed rather than leave a folder that is neither new nor resumable;
+  // config.json, which marks the folder as a run, comes right after the checkpoint it needs.
+  if (!o.resume) {
+    save_latest();
+    write_run_config(o.out, config);
+  }
+
+  const std::vector<double> ds_weights =
+      deep_supervision_weights(config.model.deep_supervision ? config.model.levels - 1 : 1);
+  BatchPrefetcher prefetcher(sampler, step);
+  model.train();
+  while (step < total_steps) {
+    const std::int64_t epoch = step / t.iters_per_epoch;
+    const auto epoch_start = std::chrono::steady_clock::now();
+    optimizer->set_lr(poly_lr(t.lr, epoch, t.epochs));
+    logging::ProgressBar bar("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(t.epochs),
+                             t.iters_per_epoch, "it", sink);
+    char fields[96] = "";
+    for (std::int64_t it = step % t.iters_per_epoch; it < t.iters_per_epoch; ++it) {
+      const pipeline::Batch batch = prefetcher.next();
+      VG_CHECK(batch.index == step, "internal: batch " << batch.index << " arrived for step " << step);
+      const Tensor image = batch.image.to(dev);
+      optimizer->zero_grad();
+      std::vector<Tensor> outputs = config.model.deep_supervision ? model.forward_all(image)
+                                                                  : std::vector<Tensor>{model.forward(image)};
+      Tensor loss;
+      for (std::size_t i = 0; i < outputs.size(); ++i) {
+        if (ds_weights[i] == 0.0) continue;
+        const Tensor labels = labels_at(batch.label, outputs[i].shape(), config.plan.classes).to(dev);
+        const Tensor term = mul(segmentation_loss(loss_kind, outputs[i], labels), ds_weights[i]);
+        loss = loss.defined() ? add(loss, term) : term;
+      }
+      const double value = loss.item();
+      if (!std::isfinite(value)) {
+        std::string batch_cases;
+        for (int c : batch.cases) batch_cases += (batch_cases.empty() ? "" : ", ") + sampler_ids.at(c);
+        VG_INPUT_FAIL("step " << step + 1 << " (epoch " << epoch + 1 << ", iteration " << it + 1 << "): the loss is "
+                              << value << " on patches of " << batch_cases << "; training stopped. " << latest
+                              << " holds the state after step " << saved_step << "; lower --lr or check those cases");
+      }
+      loss.backward();
+      clip_grad_norm_(model.parameters(), t.grad_clip);
+      optimizer->step();
+      progress.epoch_loss_sum += value;
+      ++step;
+      std::snprintf(fields, sizeof fields, "loss %.4f lr %.3g", value, optimizer->lr());
+      bar.update(it + 1, fields);
+      if (stop_requested() && it + 1 < t.iters_per_epoch) {
+        bar.finish(fields);
+        save_latest();
+        sink.info("stopped after step " + std::to_string(step) + " (epoch " + std::to_string(epoch + 1) +
+                  ", iteration " + std::to_string(it + 1) + "): " + latest + " saved");
+        return finish(TrainResult::Status::Stopped);
+      }
+    }
+    bar.finish(fields);
+
+    EpochRecord record;
+    record.epoch = epoch + 1;
+    record.lr = optimizer->lr();
+    record.train_loss = progress.epoch_loss_sum / static_cast<double>(t.iters_per_epoch);
+    const Validation v = validate(model, val_cases, t.patch, config.plan.classes, dev);
+    record.val_dice = v.dice;
+    record.val_dice_per_class = v.per_class;
+    record.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
+    progress.history.push_back(record);
+    progress.epoch_loss_sum = 0.0;
+    const bool best = std::isfinite(v.dice) && v.dice > progress.best_dice;
+    if (best) {
+      progress.best_dice = v.dice;
+      progress.best_epoch = epoch + 1;
+    }
+    // Best before latest: a crash between the two leaves latest one epoch behind, and resuming
+    // redoes that epoch to the same numbers.
+    if (best) {
+      save_training_checkpoint(run_file(o.out, "checkpoint_best.safetensors"), model, *optimizer, state_now());
+      save_model(run_file(o.out, "model_best.safetensors"), model,
+                 {{"epoch", std::to_string(epoch + 1)}, {"val_dice", csv_number(v.dice)}});
+    }
+    save_latest();
+    write_run_reports(o.out, progress, config.plan.classes, title);
+    char line[160];
+    std::snprintf(line, sizeof line, "epoch %lld/%lld: train loss %.4f, val Dice %.4f (best %.4f, epoch %lld), %.1f s",
+                  static_cast<long long>(epoch + 1), static_cast<long long>(t.epochs), record.train_loss, v.dice,
+                  progress.best_dice, static_cast<long long>(progress.best_epoch), record.seconds);
+    sink.info(line);
+    if (stop_requested() && step < total_steps) {
+      sink.info("stopped after epoch " + std::to_string(epoch + 1) + ": " + latest + " saved");
+      return finish(TrainResult::Status::Stopped);
+    }
+  }
+  return finish(TrainResult::Status::Completed);
+}
+
+}  // namespace voxgrad
