@@ -11,8 +11,8 @@
 #include "apps/pipeline/predictor.h"
 #include "apps/pipeline/trainer.h"
 #include "engine/error.h"
-#include "engine/ops.h"
 #include "engine/log.h"
+#include "engine/ops.h"
 #include "io/nifti.h"
 #include "tests/test_support.h"
 
@@ -153,10 +153,13 @@ TEST_F(PipelineApi, PredictorGivesOneAnswerFromFilesVolumesAndTensors) {
   EXPECT_EQ(from_tensor.to_vector<std::int32_t>(), written.data.to(voxgrad::DType::Int32).to_vector<std::int32_t>());
 
   // Wrong input: an error naming the problem, the predictor still usable.
-  EXPECT_NE(voxgrad::test::error_of([&] { predictor.predict_files({image, image}, dir + "/x.nii.gz"); })
-                .find("the model takes 1"),
+  EXPECT_NE(voxgrad::test::error_of([&] {
+              predictor.predict_files({image, image}, dir + "/x.nii.gz");
+            }).find("the model takes 1"),
             std::string::npos);
-  EXPECT_NE(voxgrad::test::error_of([&] { predictor.predict(chw, {0.0, 1.0, 1.0}); }).find("spacing"),
+  EXPECT_NE(voxgrad::test::error_of([&] {
+              predictor.predict(chw, {0.0, 1.0, 1.0});
+            }).find("spacing"),
             std::string::npos);
   EXPECT_NO_THROW(predictor.predict(chw, spacing));
 }

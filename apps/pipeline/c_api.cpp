@@ -87,8 +87,7 @@ int vg_predictor_classes(const vg_predictor* p) {
 
 int vg_predict_files(vg_predictor* p, const char* const* channel_paths, int channels, const char* out_path) {
   if (p == nullptr) return fail(kBadArgument, "vg_predict_files: the predictor is NULL");
-  if (channel_paths == nullptr || channels < 1)
-    return fail(kBadArgument, "vg_predict_files: no channel files given");
+  if (channel_paths == nullptr || channels < 1) return fail(kBadArgument, "vg_predict_files: no channel files given");
   if (out_path == nullptr) return fail(kBadArgument, "vg_predict_files: out_path is NULL");
   std::vector<std::string> files;
   for (int ch = 0; ch < channels; ++ch) {
@@ -109,16 +108,16 @@ int vg_predict_volume(vg_predictor* p, const float* image, int channels, const i
                                   std::to_string(p->predictor.in_channels()));
   for (int a = 0; a < 3; ++a)
     if (shape_zyx[a] < 1 || shape_zyx[a] > (int64_t{1} << 20))
-      return fail(kBadArgument, "vg_predict_volume: shape[" + std::to_string(a) + "] = " +
-                                    std::to_string(shape_zyx[a]) + " is not a size from 1 to 2^20");
+      return fail(kBadArgument, "vg_predict_volume: shape[" + std::to_string(a) +
+                                    "] = " + std::to_string(shape_zyx[a]) + " is not a size from 1 to 2^20");
   if (p->predictor.classes() > 256)
     return fail(kBadArgument, "vg_predict_volume: the model has " + std::to_string(p->predictor.classes()) +
                                   " labels, more than uint8 holds");
   return guarded([&] {
     const voxgrad::Shape shape{channels, shape_zyx[0], shape_zyx[1], shape_zyx[2]};
-    voxgrad::memory::check_fits(voxgrad::memory::saturating_product({channels, shape_zyx[0], shape_zyx[1],
-                                                                     shape_zyx[2], sizeof(float)}),
-                                "vg_predict_volume: the image");
+    voxgrad::memory::check_fits(
+        voxgrad::memory::saturating_product({channels, shape_zyx[0], shape_zyx[1], shape_zyx[2], sizeof(float)}),
+        "vg_predict_volume: the image");
     voxgrad::Tensor input = voxgrad::empty(shape);
     std::memcpy(input.data<float>(), image, static_cast<std::size_t>(input.numel()) * sizeof(float));
     const voxgrad::Tensor out =

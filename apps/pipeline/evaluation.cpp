@@ -70,8 +70,8 @@ std::vector<EvalCase> pair_eval_cases(const EvalInputs& opt, logging::Sink& sink
   VG_INPUT_CHECK(missing.empty(), "no prediction in '" << opt.pred << "' for case" << (missing.size() > 1 ? "s " : " ")
                                                        << join(missing, 10));
   if (!extra.empty())
-    sink.warning(std::to_string(extra.size()) + " file(s) in --pred have no reference and are ignored: " +
-                     join(extra, 5));
+    sink.warning(std::to_string(extra.size()) +
+                 " file(s) in --pred have no reference and are ignored: " + join(extra, 5));
 
   std::vector<EvalCase> cases;
   for (const std::string& f : ref_files) {
@@ -106,15 +106,15 @@ void match_eval_grids(std::vector<EvalCase>& cases, bool ignore_geometry, loggin
       if (!map->identity()) {
         c.reorient = *map;
         sink.info("case " + c.name + ": the prediction's voxel axes are the reference's flipped or permuted " +
-                      "(reference (x, y, z) = prediction " + map->describe() +
-                      "); reoriented onto the reference grid before scoring");
+                  "(reference (x, y, z) = prediction " + map->describe() +
+                  "); reoriented onto the reference grid before scoring");
       }
       continue;
     }
     const std::string difference = io::grid_difference(pred, ref);
     if (ignore_geometry && ph.dims() == rh.dims()) {
       sink.warning("case " + c.name + ": the prediction's grid differs from the reference's: " + difference +
-                       " (prediction vs reference); scored voxel by voxel as stored (--ignore-geometry)");
+                   " (prediction vs reference); scored voxel by voxel as stored (--ignore-geometry)");
       continue;
     }
     if (problems.empty())
@@ -125,8 +125,8 @@ void match_eval_grids(std::vector<EvalCase>& cases, bool ignore_geometry, loggin
   }
   if (problems.size() == 1) VG_INPUT_FAIL(first);
   if (problems.size() > 1)
-    VG_INPUT_FAIL(first << " (and " << problems.size() - 1 << " more: "
-                        << join(std::vector<std::string>(problems.begin() + 1, problems.end()), 5) << ")");
+    VG_INPUT_FAIL(first << " (and " << problems.size() - 1
+                        << " more: " << join(std::vector<std::string>(problems.begin() + 1, problems.end()), 5) << ")");
 }
 
 std::vector<CaseScores> score_eval_cases(const std::vector<EvalCase>& cases, EvalOutputs& outputs,

@@ -33,7 +33,6 @@ std::vector<EvalCase> pair_eval_cases(const EvalInputs& inputs, logging::Sink& s
 void match_eval_grids(std::vector<EvalCase>& cases, bool ignore_geometry, logging::Sink& sink);
 
 // Reads and scores every case (per-class counts), staging its picture in `outputs`.
-std::vector<CaseScores> score_eval_cases(const std::vector<EvalCase>& cases, EvalOutputs& outputs,
-                                         logging::Sink& sink);
+std::vector<CaseScores> score_eval_cases(const std::vector<EvalCase>& cases, EvalOutputs& outputs, logging::Sink& sink);
 
 }  // namespace voxgrad::pipeline

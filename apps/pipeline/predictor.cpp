@@ -143,8 +143,7 @@ io::Volume label_volume(const Tensor& labels, const io::Volume& reference, int c
 Predictor::Predictor(const std::string& model_dir, PredictorOptions options, logging::Sink& sink) {
   std::error_code ec;
   VG_USAGE_CHECK(fs::is_directory(model_dir, ec), "--model '" << model_dir << "': no such run folder");
-  VG_USAGE_CHECK(options.overlap >= 0 && options.overlap < 1,
-                 "--overlap " << options.overlap << ": must be in [0, 1)");
+  VG_USAGE_CHECK(options.overlap >= 0 && options.overlap < 1, "--overlap " << options.overlap << ": must be in [0, 1)");
   model_ = std::make_unique<Model>(read_run_config(model_dir), options, sink);
   load_weights(model_->network, model_dir, options.checkpoint);
   model_->network.to(model_->device);
@@ -169,8 +168,8 @@ void Predictor::predict_files(const std::vector<std::string>& channel_files, con
     model_->sink->warning(channel_files[0] + " is marked as a label map (NIfTI intent 1002); predicting on it anyway");
   const io::Volume& reference = channels[0];
   const Spacing3 spacing = spacing_zyx(reference.spacing);
-  const Tensor logits = logits_on_grid(*model_, stack_channels(channels, channel_files), spacing, channel_files,
-                                       on_window);
+  const Tensor logits =
+      logits_on_grid(*model_, stack_channels(channels, channel_files), spacing, channel_files, on_window);
   io::write_nifti(labels_path, label_volume(labels_of(logits), reference, classes()));
   if (probabilities_path.empty()) return;
   io::Volume prob = io::make_volume(softmax(logits, 0), reference.affine);

@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "engine/log.h"
-#include "export.h"  // beside this header, here and where it is installed
 #include "engine/tensor.h"
+#include "export.h"  // beside this header, here and where it is installed
 #include "io/volume.h"
 
 namespace voxgrad {
@@ -41,8 +41,8 @@ class VG_API Predictor {
   Predictor(Predictor&&) noexcept;
   Predictor& operator=(Predictor&&) noexcept;
 
-  int in_channels() const;  // channel files (or image channels) a case needs
-  int classes() const;      // labels including background: outputs are 0..classes-1
+  int in_channels() const;            // channel files (or image channels) a case needs
+  int classes() const;                // labels including background: outputs are 0..classes-1
   const std::string& device() const;  // "cpu" or "cuda:N", resolved
 
   // One case given as its channel files (NIfTI; 2-D slices or 3-D volumes, channel 0 first): writes

@@ -21,18 +21,18 @@ namespace voxgrad {
 
 // What to train. The fields are `voxgrad train`'s flags, and messages name them so ("--patch").
 struct TrainOptions {
-  std::string data;  // dataset folder (dataset.json, nnU-Net v2 or MSD layout)
-  std::string out;   // run folder
-  std::string device = "auto";  // cpu | cuda | auto
-  std::string loss = "dice_ce";  // ce, wce, dice, jaccard, lovasz, dice_ce
+  std::string data;                                  // dataset folder (dataset.json, nnU-Net v2 or MSD layout)
+  std::string out;                                   // run folder
+  std::string device = "auto";                       // cpu | cuda | auto
+  std::string loss = "dice_ce";                      // ce, wce, dice, jaccard, lovasz, dice_ce
   std::optional<std::array<std::int64_t, 3>> patch;  // D, H, W; unset: from the dataset's median shape
   std::int64_t batch_size = 2;
   std::int64_t epochs = 50;
   std::int64_t iters_per_epoch = 250;
-  std::optional<double> lr;  // unset: 0.01 for sgd, 3e-4 for adam
-  std::string optim = "sgd";  // sgd (Nesterov, momentum 0.99) or adam
-  int base = 32;               // features at full resolution
-  int levels = 4;              // resolution levels of the U-Net
+  std::optional<double> lr;     // unset: 0.01 for sgd, 3e-4 for adam
+  std::string optim = "sgd";    // sgd (Nesterov, momentum 0.99) or adam
+  int base = 32;                // features at full resolution
+  int levels = 4;               // resolution levels of the U-Net
   std::string norm = "zscore";  // zscore or ct
   bool deep_supervision = false;
   std::uint64_t seed = 0;
