@@ -7,11 +7,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <atomic>
 #include <iostream>
 #include <mutex>
 #include <set>
@@ -79,8 +79,8 @@ std::string fixed(double v, int digits) {
 class StderrSink final : public Sink {
  public:
   void message(Level level, const std::string& text) override {
-    write_message(level == Level::Info ? "voxgrad: " : level == Level::Warning ? "voxgrad: warning: " : "voxgrad: error: ",
-                  text);
+    static const char* const prefix[] = {"voxgrad: ", "voxgrad: warning: ", "voxgrad: error: "};  // by Level
+    write_message(prefix[static_cast<int>(level)], text);
   }
   void task_begin(const std::string& label, std::int64_t total, const std::string& unit) override;
   void task_update(std::int64_t done, const std::string& fields) override;

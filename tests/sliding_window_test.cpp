@@ -1,4 +1,4 @@
-// apps/sliding_window: window starts against nnU-Net's compute_steps_for_sliding_window worked by
+// apps/pipeline/sliding_window: window starts against nnU-Net's compute_steps_for_sliding_window worked by
 // hand, the Gaussian importance map, and whole-volume logits of a small U-Net against a brute-force
 // reference written here (its own starts, Gaussian, flips and padding), the model's mode kept, the
 // progress callback, and the refusal of bad inputs.
@@ -57,7 +57,7 @@ Tensor test_image(std::int64_t z, std::int64_t y, std::int64_t x, std::uint64_t 
   return randn({1, z, y, x}, gen);
 }
 
-// ---- the brute-force reference: plain loops, nothing from apps/sliding_window ----------------
+// ---- the brute-force reference: plain loops, nothing from apps/pipeline/sliding_window ----------------
 
 // Value of voxel (c, z, y, x) of a (C, Z, Y, X) image, 0 outside it.
 float voxel(const std::vector<float>& img, const Shape& s, std::int64_t c, std::int64_t z, std::int64_t y,
@@ -163,7 +163,8 @@ TEST(GaussianImportanceMap, PeakOneSymmetricNoZerosSigmaOneEighth) {
   const pipeline::Shape3 odd{9, 9, 9};
   const std::vector<float> g = pipeline::gaussian_importance_map(odd);
   ASSERT_EQ(g.size(), 729u);
-  auto at = [&](const std::vector<float>& m, const pipeline::Shape3& s, std::int64_t z, std::int64_t y, std::int64_t x) {
+  auto at = [&](const std::vector<float>& m, const pipeline::Shape3& s, std::int64_t z, std::int64_t y,
+                std::int64_t x) {
     return m[static_cast<std::size_t>((z * s[1] + y) * s[2] + x)];
   };
   EXPECT_FLOAT_EQ(at(g, odd, 4, 4, 4), 1.0f);

@@ -1,5 +1,5 @@
 // The voxgrad command line: one CLI11 parser for every subcommand. Each subcommand lives in its own
-// apps/cmd_<name>.cpp, exposes one function returning its Command, and is listed once in commands().
+// apps/cli/cmd_<name>.cpp, exposes one function returning its Command, and is listed once in commands().
 // Exit status: 0 success, 1 a failure while running, 2 a usage error (bad flag, value or subcommand).
 #pragma once
 

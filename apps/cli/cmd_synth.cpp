@@ -1,5 +1,5 @@
 // `voxgrad synth --out DIR`: writes a synthetic segmentation dataset in the nnU-Net v2 raw layout
-// (dataset.json, imagesTr/labelsTr, imagesTs/labelsTs, .nii.gz) from apps/synth_volume, a progress
+// (dataset.json, imagesTr/labelsTr, imagesTs/labelsTs, .nii.gz) from apps/pipeline/synth_volume, a progress
 // bar over cases on stderr and one JSON result line on stdout. Host code only: it never touches CUDA.
 #include <CLI/CLI.hpp>
 #include <cstdio>

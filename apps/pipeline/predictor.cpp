@@ -26,14 +26,14 @@ namespace fs = std::filesystem;
 using namespace pipeline;
 
 struct Predictor::Model {
-  pipeline::RunConfig config;
+  RunConfig config;
   UNet3d network;
   Device device;
   std::string device_name;
   PredictorOptions options;
   logging::Sink* sink;
 
-  Model(pipeline::RunConfig c, const PredictorOptions& o, logging::Sink& s)
+  Model(RunConfig c, const PredictorOptions& o, logging::Sink& s)
       : config(std::move(c)), network(config.model), device(resolve_device(o.device)), options(o), sink(&s) {
     device_name = device.str();
   }

@@ -24,10 +24,10 @@ constexpr std::int64_t kMaxPatchSide = 4096;
 constexpr std::int64_t kMaxCount = std::int64_t{1} << 40;
 constexpr double kHuge = 1e30;
 
-Json shape_json(const pipeline::Shape3& s) { return Json::array({s[0], s[1], s[2]}); }
+Json shape_json(const Shape3& s) { return Json::array({s[0], s[1], s[2]}); }
 
-const char* label_resampling_name(pipeline::LabelResampling m) {
-  return m == pipeline::LabelResampling::Nearest ? "nearest" : "one_hot_linear";
+const char* label_resampling_name(LabelResampling m) {
+  return m == LabelResampling::Nearest ? "nearest" : "one_hot_linear";
 }
 
 // A key of `j` as T, or an InputError naming the file and the key path.
@@ -94,7 +94,7 @@ const Json& child(const Json& j, const char* key, const std::string& where) {
 pipeline::Shape3 get_shape(const Json& j, const char* key, const std::string& where) {
   const Json& v = child(j, key, where);
   VG_INPUT_CHECK(v.is_array() && v.size() == 3, where << ": \"" << key << "\" must hold 3 numbers");
-  pipeline::Shape3 s{};
+  Shape3 s{};
   for (int a = 0; a < 3; ++a) s[a] = whole_number(v[a], key, 1, kMaxPatchSide, where);
   return s;
 }
@@ -105,7 +105,7 @@ Json run_config_to_json(const RunConfig& c) {
   Json labels = Json::object();
   for (const auto& [value, name] : c.labels) labels[std::to_string(value)] = name;
   Json ct = Json::array();
-  for (const pipeline::IntensityStats& s : c.plan.ct_stats)
+  for (const IntensityStats& s : c.plan.ct_stats)
     ct.push_back({{"lower", s.lower}, {"upper", s.upper}, {"mean", s.mean}, {"std", s.std}});
   const TrainingSettings& t = c.training;
   return {
@@ -121,7 +121,7 @@ Json run_config_to_json(const RunConfig& c) {
         {"deep_supervision", c.model.deep_supervision}}},
       {"plan",
        {{"target_spacing_zyx", {c.plan.target_spacing[0], c.plan.target_spacing[1], c.plan.target_spacing[2]}},
-        {"normalization", pipeline::normalization_name(c.plan.normalization)},
+        {"normalization", normalization_name(c.plan.normalization)},
         {"ct_stats", ct},
         {"classes", c.plan.classes},
         {"label_resampling", label_resampling_name(c.plan.label_resampling)}}},
@@ -182,7 +182,7 @@ RunConfig run_config_from_json(const Json& j, const std::string& source) {
     VG_INPUT_CHECK(std::isfinite(mm) && mm > 0 && mm <= 1e6,
                    pw << ": target_spacing_zyx holds " << mm << "; spacings must be finite millimetres above 0");
   c.plan.target_spacing = {spacing[0], spacing[1], spacing[2]};
-  c.plan.normalization = pipeline::parse_normalization(get<std::string>(p, "normalization", pw));
+  c.plan.normalization = parse_normalization(get<std::string>(p, "normalization", pw));
   for (const Json& s : child(p, "ct_stats", pw))
     c.plan.ct_stats.push_back({get_number(s, "lower", -kHuge, kHuge, false, pw),
                                get_number(s, "upper", -kHuge, kHuge, false, pw),
@@ -192,8 +192,7 @@ RunConfig run_config_from_json(const Json& j, const std::string& source) {
   const auto resampling = get<std::string>(p, "label_resampling", pw);
   VG_INPUT_CHECK(resampling == "nearest" || resampling == "one_hot_linear",
            pw << ": label_resampling \"" << resampling << "\" is not nearest or one_hot_linear");
-  c.plan.label_resampling =
-      resampling == "nearest" ? pipeline::LabelResampling::Nearest : pipeline::LabelResampling::OneHotLinear;
+  c.plan.label_resampling = resampling == "nearest" ? LabelResampling::Nearest : LabelResampling::OneHotLinear;
 
   const Json& t = child(j, "training", source);
   const std::string tw = source + " training";

@@ -16,7 +16,7 @@ namespace voxgrad::pipeline {
 
 struct TrainingSettings {
   std::string loss = "dice_ce";
-  pipeline::Shape3 patch{64, 64, 64};  // D, H, W
+  Shape3 patch{64, 64, 64};  // D, H, W
   std::int64_t batch_size = 2;
   std::int64_t epochs = 50;
   std::int64_t iters_per_epoch = 250;
@@ -34,7 +34,7 @@ struct RunConfig {
   std::vector<std::string> channels;   // channel index -> name
   std::map<int, std::string> labels;   // value -> name
   UNet3dConfig model;
-  pipeline::PreprocessPlan plan;
+  PreprocessPlan plan;
   TrainingSettings training;
 };
 

@@ -28,13 +28,13 @@ class EvalModeScope {
   bool was_training_;
 };
 
-std::int64_t volume_of(const pipeline::Shape3& s) { return s[0] * s[1] * s[2]; }
+std::int64_t volume_of(const Shape3& s) { return s[0] * s[1] * s[2]; }
 
 // The (C, d, h, w) block of a (C, Z, Y, X) image whose first voxel sits at `start` on the padded
 // grid, i.e. at start - before on the image; voxels outside the image read 0 (nnU-Net pads with
 // 0). Reading through the padding instead of building a padded copy saves a copy of the image.
-std::vector<float> read_window(const float* image, std::int64_t channels, const pipeline::Shape3& size,
-                               const pipeline::Shape3& before, const pipeline::Shape3& start, const pipeline::Shape3& patch) {
+std::vector<float> read_window(const float* image, std::int64_t channels, const Shape3& size, const Shape3& before,
+                               const Shape3& start, const Shape3& patch) {
   std::vector<float> window(static_cast<std::size_t>(channels * volume_of(patch)), 0.0f);  // (C, d, h, w)
   const std::int64_t oz = start[0] - before[0], oy = start[1] - before[1], ox = start[2] - before[2];
   const std::int64_t x_lo = std::max<std::int64_t>(0, -ox), x_hi = std::min(patch[2], size[2] - ox);
@@ -56,7 +56,7 @@ std::vector<float> read_window(const float* image, std::int64_t channels, const 
 
 // A (C, d, h, w) buffer reversed along the spatial axes whose bit is set in `axes` (1 = d, 2 = h,
 // 4 = w). Its own inverse, so it both flips the input and flips the logits back.
-std::vector<float> flip_spatial(const std::vector<float>& x, std::int64_t channels, const pipeline::Shape3& s, int axes) {
+std::vector<float> flip_spatial(const std::vector<float>& x, std::int64_t channels, const Shape3& s, int axes) {
   std::vector<float> out(x.size());
   const bool fz = axes & 1, fy = axes & 2, fx = axes & 4;
   for (std::int64_t c = 0; c < channels; ++c)
@@ -72,7 +72,7 @@ std::vector<float> flip_spatial(const std::vector<float>& x, std::int64_t channe
 
 // The (K, d, h, w) logits of one (C, d, h, w) window, on the host.
 std::vector<float> forward_window(UNet3d& model, const std::vector<float>& window, std::int64_t channels,
-                                  const pipeline::Shape3& patch, Device device) {
+                                  const Shape3& patch, Device device) {
   const Tensor x = from_vector(window, {1, channels, patch[0], patch[1], patch[2]}, device);  // (1, C, d, h, w)
   const Tensor logits = model.forward(x);                                                     // (1, K, d, h, w)
   const Shape expected{1, model.config().classes, patch[0], patch[1], patch[2]};
@@ -84,7 +84,7 @@ std::vector<float> forward_window(UNet3d& model, const std::vector<float>& windo
 
 }  // namespace
 
-std::vector<float> gaussian_importance_map(const pipeline::Shape3& patch) {
+std::vector<float> gaussian_importance_map(const Shape3& patch) {
   for (int a = 0; a < 3; ++a)
     VG_CHECK(patch[a] > 0, "gaussian_importance_map: patch size " << patch[a] << " on axis " << a << " must be > 0");
   // Separable: the 3-D Gaussian is the product of one 1-D profile per axis.
@@ -141,12 +141,12 @@ Tensor sliding_window_logits(UNet3d& model, const Tensor& image, const SlidingWi
   VG_CHECK(channels == model.config().in_channels, "sliding_window_logits: image "
                                                        << shape_str(image.shape()) << " has " << channels
                                                        << " channels, the model takes " << model.config().in_channels);
-  const pipeline::Shape3 size{image.size(1), image.size(2), image.size(3)};
+  const Shape3 size{image.size(1), image.size(2), image.size(3)};
   for (int a = 0; a < 3; ++a)
     VG_CHECK(size[a] > 0, "sliding_window_logits: image " << shape_str(image.shape()) << " is empty");
   VG_CHECK(options.overlap >= 0.0 && options.overlap < 1.0,
            "sliding_window_logits: overlap " << options.overlap << " must be in [0, 1)");
-  const pipeline::Shape3& patch = options.patch;
+  const Shape3& patch = options.patch;
   // The model's own message says which patch sizes its downsamplings accept.
   model.check_input({1, channels, patch[0], patch[1], patch[2]});
   const std::vector<Tensor> params = model.parameters();
@@ -155,7 +155,7 @@ Tensor sliding_window_logits(UNet3d& model, const Tensor& image, const SlidingWi
                                                                     << device.str() << " (move it with model.to)");
 
   // Padded grid: at least the patch on every axis, the padding split evenly, the extra voxel after.
-  pipeline::Shape3 padded{}, before{};
+  Shape3 padded{}, before{};
   std::array<std::vector<std::int64_t>, 3> starts;
   for (int a = 0; a < 3; ++a) {
     padded[a] = std::max(size[a], patch[a]);
@@ -181,7 +181,7 @@ Tensor sliding_window_logits(UNet3d& model, const Tensor& image, const SlidingWi
   for (std::int64_t sz : starts[0])
     for (std::int64_t sy : starts[1])
       for (std::int64_t sx : starts[2]) {
-        const pipeline::Shape3 start{sz, sy, sx};
+        const Shape3 start{sz, sy, sx};
         const std::vector<float> window = read_window(pixels, channels, size, before, start, patch);  // (C, d, h, w)
         std::vector<float> logits = forward_window(model, window, channels, patch, device);           // (K, d, h, w)
         if (options.mirror) {

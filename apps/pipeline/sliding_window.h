@@ -18,7 +18,7 @@ namespace voxgrad::pipeline {
 // Gaussian importance map over a patch (D, H, W), row-major: exp(-d^2 / (2 sigma^2)) per axis with
 // sigma = size / 8 around the patch centre ((size - 1) / 2), scaled to a maximum of 1; values that
 // underflow to 0 are raised to the smallest nonzero value so no voxel divides by 0.
-std::vector<float> gaussian_importance_map(const pipeline::Shape3& patch);
+std::vector<float> gaussian_importance_map(const Shape3& patch);
 
 // Window start positions along one axis, nnU-Net's compute_steps_for_sliding_window: with
 // target step patch * (1 - overlap), ceil((size - patch) / step) + 1 windows spread evenly from 0
@@ -26,7 +26,7 @@ std::vector<float> gaussian_importance_map(const pipeline::Shape3& patch);
 std::vector<std::int64_t> sliding_window_starts(std::int64_t size, std::int64_t patch, double overlap);
 
 struct SlidingWindowOptions {
-  pipeline::Shape3 patch{64, 64, 64};
+  Shape3 patch{64, 64, 64};
   double overlap = 0.5;
   bool mirror = false;  // test-time augmentation over the 8 flips
   // Called after each window with (windows done, windows total); may be empty.

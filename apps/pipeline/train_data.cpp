@@ -48,20 +48,20 @@ TrainingData prepare_training_data(const std::string& root, PreprocessPlan plan,
   // The spacings come from the headers, so planning needs no voxels (except for CT statistics),
   // and each case is then loaded, preprocessed and its raw volumes dropped: memory holds the
   // preprocessed cases plus one raw case.
-  std::vector<pipeline::Spacing3> spacings;
-  std::vector<pipeline::Shape3> shapes;  // (z, y, x) of each case's grid, for the memory check below
+  std::vector<Spacing3> spacings;
+  std::vector<Shape3> shapes;  // (z, y, x) of each case's grid, for the memory check below
   for (const io::Case& c : ds.training) {
     const auto header = io::read_nifti_header(c.images[0]);
-    spacings.push_back(pipeline::spacing_zyx(header.spacing()));
+    spacings.push_back(spacing_zyx(header.spacing()));
     const std::vector<std::int64_t> dims = header.dims();  // x, y, z, ...
     shapes.push_back({dims.size() > 2 ? dims[2] : 1, dims.size() > 1 ? dims[1] : 1, dims[0]});
   }
 
   if (!reuse_plan) {
-    plan.target_spacing = pipeline::median_spacing(spacings);
+    plan.target_spacing = median_spacing(spacings);
     plan.classes = ds.num_classes();
     plan.ct_stats.clear();
-    if (plan.normalization == pipeline::Normalization::CT) {
+    if (plan.normalization == Normalization::CT) {
       std::vector<Tensor> images, labels;
       logging::ProgressBar bar("CT statistics", static_cast<std::int64_t>(ds.training.size()), "case", sink);
       for (const io::Case& c : ds.training) {
@@ -70,7 +70,7 @@ TrainingData prepare_training_data(const std::string& root, PreprocessPlan plan,
         bar.update(static_cast<std::int64_t>(images.size()), c.id);
       }
       bar.finish();
-      plan.ct_stats = pipeline::foreground_intensity_stats(images, labels);
+      plan.ct_stats = foreground_intensity_stats(images, labels);
     }
   }
   VG_INPUT_CHECK(plan.classes == ds.num_classes(), root << ": the dataset declares " << ds.num_classes()
@@ -82,10 +82,10 @@ TrainingData prepare_training_data(const std::string& root, PreprocessPlan plan,
   std::uint64_t total_bytes = 0;
   for (std::size_t i = 0; i < ds.training.size(); ++i) {
     const io::Case& c = ds.training[i];
-    const pipeline::Shape3& shape = shapes[i];
+    const Shape3& shape = shapes[i];
     const auto channels = static_cast<std::int64_t>(ds.num_channels());
-    pipeline::check_preprocess_fits(c.images[0], channels, shape, spacings[i], plan, /*with_label=*/true);
-    total_bytes = memory::saturating_add(total_bytes, pipeline::preprocess_bytes(channels, shape, spacings[i], plan, true));
+    check_preprocess_fits(c.images[0], channels, shape, spacings[i], plan, /*with_label=*/true);
+    total_bytes = memory::saturating_add(total_bytes, preprocess_bytes(channels, shape, spacings[i], plan, true));
   }
   memory::check_fits(total_bytes, root + ": the " + std::to_string(ds.training.size()) +
                                       " preprocessed training cases, which training keeps in memory");
@@ -97,7 +97,7 @@ TrainingData prepare_training_data(const std::string& root, PreprocessPlan plan,
     const io::Case& c = ds.training[i];
     const io::CaseImage image = io::load_case_image(ds, c);
     const io::CaseLabel label = io::load_case_label(ds, c);
-    PreparedCase prepared{c.id, pipeline::preprocess_case(image.data, label.data, spacings[i], plan, c.images[0])};
+    PreparedCase prepared{c.id, preprocess_case(image.data, label.data, spacings[i], plan, c.images[0])};
     const std::vector<std::string> unusable = io::health_problems(prepared.data.health, c.images);
     for (const std::string& problem : unusable) problems.push_back("case " + c.id + ": " + problem);
     if (unusable.empty())  // else the error below says it all
@@ -140,9 +140,9 @@ void split_cases(const std::vector<std::string>& ids, std::uint64_t seed, std::v
   for (std::size_t i = 0; i < ids.size(); ++i) (is_val[i] ? val : train).push_back(ids[i]);
 }
 
-pipeline::Shape3 default_patch(const pipeline::Shape3& median_shape, int levels) {
+pipeline::Shape3 default_patch(const Shape3& median_shape, int levels) {
   const std::int64_t multiple = std::int64_t{1} << (levels - 1);
-  pipeline::Shape3 patch{};
+  Shape3 patch{};
   for (int a = 0; a < 3; ++a) {
     const std::int64_t cap = std::max(multiple, std::int64_t{128} / multiple * multiple);
     patch[a] = std::clamp(median_shape[a] / multiple * multiple, multiple, cap);

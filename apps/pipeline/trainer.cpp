@@ -44,14 +44,14 @@ const double kNaN = std::numeric_limits<double>::quiet_NaN();
 // (N, D, H, W) int32 labels to each deep-supervision output's grid, by nearest neighbour (nnU-Net
 // downsamples segmentations with order 0).
 Tensor labels_at(const Tensor& labels, const Shape& logits_shape, int classes) {
-  const pipeline::Shape3 out{logits_shape[2], logits_shape[3], logits_shape[4]};
+  const Shape3 out{logits_shape[2], logits_shape[3], logits_shape[4]};
   if (labels.size(1) == out[0] && labels.size(2) == out[1] && labels.size(3) == out[2]) return labels;
   const std::int64_t n = labels.size(0);
   Tensor result = empty({n, out[0], out[1], out[2]}, DType::Int32);
   const std::int64_t per = out[0] * out[1] * out[2];
   for (std::int64_t i = 0; i < n; ++i) {
     const Tensor one = reshape(slice(labels, 0, i, i + 1), {labels.size(1), labels.size(2), labels.size(3)}).clone();
-    const Tensor small = pipeline::resample_labels(one, out, classes, pipeline::LabelResampling::Nearest);
+    const Tensor small = resample_labels(one, out, classes, LabelResampling::Nearest);
     std::copy_n(small.data<std::int32_t>(), per, result.data<std::int32_t>() + i * per);
   }
   return result;
@@ -64,8 +64,8 @@ struct Validation {
 
 // Sliding-window inference on the validation cases; Dice per class from the true and false
 // positives and false negatives summed over the cases (nnU-Net's online pseudo Dice, on whole cases).
-Validation validate(UNet3d& model, const std::vector<const PreparedCase*>& cases, const pipeline::Shape3& patch,
-                    int classes, Device dev) {
+Validation validate(UNet3d& model, const std::vector<const PreparedCase*>& cases, const Shape3& patch, int classes,
+                    Device dev) {
   std::vector<std::int64_t> tp(classes, 0), fp(classes, 0), fn(classes, 0);
   SlidingWindowOptions sw;
   sw.patch = patch;
@@ -159,7 +159,7 @@ void check_resume_flags(const TrainOptions& o, RunConfig& c, logging::Sink& sink
                  << "); leave it out to continue the run, or train into a new --out");
   };
   const TrainingSettings& t = c.training;
-  auto shape_text = [](const pipeline::Shape3& s) {
+  auto shape_text = [](const Shape3& s) {
     return std::to_string(s[0]) + "," + std::to_string(s[1]) + "," + std::to_string(s[2]);
   };
   if (o.given.count("--loss") && loss_kind_name(parse_loss_kind(o.loss)) != t.loss) refuse("--loss", o.loss, t.loss);
@@ -175,8 +175,8 @@ void check_resume_flags(const TrainOptions& o, RunConfig& c, logging::Sink& sink
     refuse("--base", std::to_string(o.base), std::to_string(c.model.base_features));
   if (o.given.count("--levels") && o.levels != c.model.levels)
     refuse("--levels", std::to_string(o.levels), std::to_string(c.model.levels));
-  if (o.given.count("--norm") && o.norm != pipeline::normalization_name(c.plan.normalization))
-    refuse("--norm", o.norm, pipeline::normalization_name(c.plan.normalization));
+  if (o.given.count("--norm") && o.norm != normalization_name(c.plan.normalization))
+    refuse("--norm", o.norm, normalization_name(c.plan.normalization));
   if (o.given.count("--deep-supervision") && o.deep_supervision != c.model.deep_supervision)
     refuse("--deep-supervision", "on", "off");
   if (o.given.count("--seed") && o.seed != t.seed) refuse("--seed", std::to_string(o.seed), std::to_string(t.seed));
@@ -266,14 +266,14 @@ TrainResult Trainer::run() {
         "--out " << o.out << ": " << latest << " is missing, so there is nothing to resume (start without --resume)");
     config = read_run_config(o.out);
     check_resume_flags(o, config, sink);
-    pipeline::PreprocessPlan plan = config.plan;
+    PreprocessPlan plan = config.plan;
     data = prepare_training_data(o.given.count("--data") ? o.data : config.dataset_root, plan, /*reuse_plan=*/true,
                                  sink);
   } else {
     VG_USAGE_CHECK(!fs::exists(run_config_path(o.out), ec) && !fs::exists(latest, ec),
                    "--out " << o.out << ": already holds a run; --resume continues it, or choose another --out");
-    pipeline::PreprocessPlan plan;
-    plan.normalization = pipeline::parse_normalization(o.norm);
+    PreprocessPlan plan;
+    plan.normalization = parse_normalization(o.norm);
     data = prepare_training_data(o.data, plan, /*reuse_plan=*/false, sink);
     config = plan_run(o, data, sink);
   }
@@ -288,7 +288,7 @@ TrainResult Trainer::run() {
 
   // Cases: training ones padded to the patch for the sampler; validation ones as they are (the
   // sliding window pads what it needs).
-  std::vector<pipeline::SamplerCase> sampler_cases;
+  std::vector<SamplerCase> sampler_cases;
   std::vector<std::string> sampler_ids;  // the case id of each sampler case, for messages
   std::vector<const PreparedCase*> val_cases;
   for (const PreparedCase& pc : data.cases) {
@@ -296,18 +296,18 @@ TrainResult Trainer::run() {
     const bool val = std::find(t.val_cases.begin(), t.val_cases.end(), pc.id) != t.val_cases.end();
     if (train) {
       sampler_cases.push_back(
-          {pipeline::pad_to_at_least(pc.data.image, t.patch, 0.0), pipeline::pad_to_at_least(pc.data.label, t.patch, 0.0)});
+          {pad_to_at_least(pc.data.image, t.patch, 0.0), pad_to_at_least(pc.data.label, t.patch, 0.0)});
       sampler_ids.push_back(pc.id);
     }
     if (val) val_cases.push_back(&pc);
   }
   VG_INPUT_CHECK(sampler_cases.size() == t.train_cases.size() && val_cases.size() == t.val_cases.size(),
                  "the dataset's training cases are not the ones " << run_config_path(o.out) << " lists");
-  pipeline::PatchSamplerOptions sampling;
+  PatchSamplerOptions sampling;
   sampling.patch = t.patch;
   sampling.batch_size = t.batch_size;
   sampling.seed = t.seed;
-  const pipeline::PatchSampler sampler(std::move(sampler_cases), sampling);
+  const PatchSampler sampler(std::move(sampler_cases), sampling);
 
   TrainingProgress progress;
   std::int64_t step = 0;
@@ -388,7 +388,7 @@ TrainResult Trainer::run() {
                              t.iters_per_epoch, "it", sink);
     char fields[96] = "";
     for (std::int64_t it = step % t.iters_per_epoch; it < t.iters_per_epoch; ++it) {
-      const pipeline::Batch batch = prefetcher.next();
+      const Batch batch = prefetcher.next();
       VG_CHECK(batch.index == step, "internal: batch " << batch.index << " arrived for step " << step);
       const Tensor image = batch.image.to(dev);
       optimizer->zero_grad();

@@ -1,4 +1,4 @@
-// libFuzzer target for a run folder's config.json (apps/run_config.h): any bytes must give a
+// libFuzzer target for a run folder's config.json (apps/pipeline/run_config.h): any bytes must give a
 // RunConfig that survives a write-and-read round trip unchanged, or a voxgrad::Error; never a
 // crash, a sanitizer report, another exception type, a hang or a huge allocation. Built without
 // libFuzzer it is a replay program (tests/fuzz/replay_main.cpp): `config_json_fuzz_replay
