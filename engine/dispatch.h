@@ -1,6 +1,6 @@
 // Internal to the engine: the one place that knows whether CUDA calls exist in this build, and the
 // one idiom that routes a kernel call to the CPU twin or the CUDA kernel of its family:
-//   dispatch_floating(x, [&]<class T>(auto on) { VG_LAUNCH(on, sum_axes, x.data<T>(), y.data<T>(), g, T(1)); });
+//   dispatch_floating(x, [&]<class T>(auto on) { VG_LAUNCH(on, unary_forward, op, x.data<T>(), y.data<T>(), n, a); });
 // dispatch_* picks the device and element type once; VG_LAUNCH writes the argument list once.
 #pragma once
 

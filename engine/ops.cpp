@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "engine/allocator.h"
 #include "engine/dispatch.h"
 #include "engine/profiler.h"
 #include "kernels/elementwise.h"
@@ -140,8 +141,10 @@ Tensor reduce_to_operand(const Tensor& g, const OperandPlan& plan, const Shape& 
   if (plan.reduce_mask == 0) return g;
   const auto geometry = kernels::make_reduce_geometry(g.shape().data(), g.dim(), plan.reduce_mask);
   Tensor out = empty(operand_shape, g.dtype(), g.device());
-  dispatch_floating(
-      g, [&]<class T>(auto on) { VG_LAUNCH(on, sum_axes, g.data<T>(), out.data<T>(), geometry, static_cast<T>(1.0)); });
+  dispatch_floating(g, [&]<class T>(auto on) {
+    ScratchArena scratch(g.device());
+    VG_LAUNCH(on.with_cuda_args(scratch), sum_axes, g.data<T>(), out.data<T>(), geometry, static_cast<T>(1.0));
+  });
   return out;
 }
 
@@ -224,7 +227,8 @@ Tensor reduce(const char* name, const Tensor& x, const std::vector<int>& axes, b
   {
     VG_PROFILE(name, x.device());
     dispatch_floating(x, [&]<class T>(auto on) {
-      VG_LAUNCH(on, sum_axes, x.data<T>(), y.data<T>(), geometry, static_cast<T>(scale));
+      ScratchArena scratch(x.device());
+      VG_LAUNCH(on.with_cuda_args(scratch), sum_axes, x.data<T>(), y.data<T>(), geometry, static_cast<T>(scale));
     });
   }
   return record(name, y, {x}, [geometry, scale, x_shape = x.shape()](const Tensor& dy) {

@@ -102,8 +102,14 @@ enum ClassStat : int {
   kClassStats = 5,
 };
 
-template <class T, class Acc>
-VG_HD void accumulate_class_stats(T p, bool g, T nll, Acc* acc) {
+// What both devices sum the class statistics in, voxel by voxel and across blocks or images: the
+// label and voxel counts stay exact far beyond float's 2^24, and the sums keep double precision
+// until the finalize reads them in T.
+using ClassStatSum = double;
+
+template <class T>
+VG_HD void accumulate_class_stats(T p, bool g, T nll, ClassStatSum* acc) {
+  using Acc = ClassStatSum;
   acc[kProbSum] += static_cast<Acc>(p);
   acc[kLabelCount] += g ? Acc(1) : Acc(0);
   acc[kOverlap] += g ? static_cast<Acc>(p) : Acc(0);
@@ -245,6 +251,8 @@ VG_HD void loss_finalize(const LossConfig& cfg, const T* stats, const T* lovasz_
       if (chosen > 0) set_total += set_loss / static_cast<T>(chosen);
     }
     region_value = set_total / static_cast<T>(sets);
+  } else {
+    for (std::int64_t i = 0; i < sets * K; ++i) region_terms[i] = nan;
   }
 
   if (both) {

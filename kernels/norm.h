@@ -28,6 +28,20 @@ struct NormGeometry {
 
 VG_HD std::int64_t norm_channel_of(const NormGeometry& g, std::int64_t i) { return (i / g.inner) % g.channels; }
 
+// 1/sqrt(var + eps), in double on both devices.
+VG_HD double norm_invstd(double var, double eps) { return 1.0 / sqrt(var + eps); }
+
+// One channel's statistics from its element count, mean and sum of squared deviations. A channel
+// without elements gets mean 0, variance 0 and invstd 1/sqrt(eps) on both devices.
+struct NormChannelStats {
+  double mean, var, invstd;
+};
+VG_HD NormChannelStats norm_channel_stats(double count, double mean, double squared_deviations, double eps) {
+  if (!(count > 0)) return {0.0, 0.0, norm_invstd(0.0, eps)};
+  const double var = squared_deviations / count;
+  return {mean, var, norm_invstd(var, eps)};
+}
+
 // y = (x - mean) * invstd * w + b, with w = 1 and b = 0 when the norm has no affine parameters.
 template <class T>
 VG_HD T norm_forward_at(T x, T mean, T invstd, const T* weight, const T* bias, std::int64_t a) {
@@ -54,13 +68,14 @@ VG_HD double dropout_channel_scale(std::uint64_t seed, std::uint64_t offset, std
 
 namespace cpu {
 // mean, var (biased) and invstd = 1/sqrt(var + eps), each (channels); accumulated in double.
+// Channels without elements get norm_channel_stats' values.
 template <class T>
 void norm_stats(const T* x, T* mean, T* var, T* invstd, const NormGeometry& g, double eps);
 // y (outer, channels, inner); weight and bias (affine_channels) or null.
 template <class T>
 void norm_forward(const T* x, const T* mean, const T* invstd, const T* weight, const T* bias, T* y,
                   const NormGeometry& g);
-// sum_dy and sum_dy_xhat (channels): the per-channel sums the backward needs.
+// sum_dy and sum_dy_xhat (channels): the per-channel sums the backward needs (0 without elements).
 template <class T>
 void norm_backward_reduce(const T* x, const T* dy, const T* mean, const T* invstd, T* sum_dy, T* sum_dy_xhat,
                           const NormGeometry& g);

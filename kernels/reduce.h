@@ -93,7 +93,8 @@ template <class T> void expand_axes(const T* dy, T* dx, const ReduceGeometry& g,
 }  // namespace cpu
 
 namespace cuda {
-void sum_axes(const float* x, float* y, const ReduceGeometry& g, float scale, Stream s);
+// Long reductions over few outputs take scratch for their per-(output, split) partials.
+void sum_axes(const float* x, float* y, const ReduceGeometry& g, float scale, Scratch& scratch, Stream s);
 void expand_axes(const float* dy, float* dx, const ReduceGeometry& g, float scale, Stream s);
 }  // namespace cuda
 

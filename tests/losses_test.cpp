@@ -1,7 +1,7 @@
 // The segmentation losses, from one table of cases: forward values against plain host references
 // of the losses' definitions, float64 gradients against central differences, CUDA against the CPU
 // (skipped without a GPU), and the exact properties: one-hot predictions, ignored voxels, empty
-// classes and sets, ties in Lovász-softmax.
+// classes and sets, ties in Lovász-softmax, outputs a loss has no part for, exact class counts.
 #include "engine/losses.h"
 
 #include <gtest/gtest.h>
@@ -13,6 +13,7 @@
 
 #include "engine/autograd.h"
 #include "engine/metrics.h"
+#include "kernels/losses.h"
 #include "tests/op_harness.h"
 #include "tests/test_support.h"
 
@@ -749,6 +750,85 @@ TEST(LossProperties, DefaultsAreTheIssuesDefaults) {
   EXPECT_NEAR(dice_ce_loss(z, y).item(), cross_entropy_loss(z, y).item() + dice_loss(z, y).item(), 1e-15);
 }
 
+// ce and wce have no region part: the CPU twin writes NaN into every region term (and the region
+// part) over whatever the output buffers held before.
+template <class T>
+void expect_cross_entropy_region_terms_are_nan() {
+  const Batch b = make_batch({2, 3, 2, 2, 3}, 23);
+  const std::vector<T> logits(b.logits.begin(), b.logits.end());
+  for (LossKind kind : {LossKind::CrossEntropy, LossKind::WeightedCrossEntropy}) {
+    for (Aggregate aggregate : {Aggregate::PerImage, Aggregate::Batch}) {
+      SCOPED_TRACE(std::string(loss_kind_name(kind)) + " " + aggregate_name(aggregate));
+      kernels::LossConfig cfg;
+      cfg.kind = kind;
+      cfg.aggregate = aggregate;
+      cfg.images = b.N;
+      cfg.classes = b.K;
+      cfg.voxels = b.S;
+      const std::int64_t sets = kernels::loss_sets(cfg);
+      std::vector<T> probs(logits.size()), region(sets * b.K, T(42)), ce(b.K, T(42)), parts(2, T(42));
+      std::vector<T> coefs(kernels::loss_coefficient_count(cfg), T(42));
+      T loss = T(42);
+      kernels::LossForwardArgs<T> a;
+      a.logits = logits.data();
+      a.labels = b.labels.data();
+      a.probs = probs.data();
+      a.loss = &loss;
+      a.region_terms = region.data();
+      a.ce_terms = ce.data();
+      a.parts = parts.data();
+      a.coefs = coefs.data();
+      kernels::cpu::loss_forward(cfg, a);
+      for (T term : region) EXPECT_TRUE(std::isnan(term)) << term;
+      EXPECT_TRUE(std::isnan(parts[1])) << parts[1];
+      EXPECT_EQ(parts[0], loss);
+      for (T term : ce) EXPECT_NE(term, T(42));  // written: a class mean, or NaN for an absent class
+    }
+  }
+}
+
+TEST(LossProperties, CrossEntropyRegionTermsAreNan) {
+  expect_cross_entropy_region_terms_are_nan<double>();
+  expect_cross_entropy_region_terms_are_nan<float>();
+}
+
+// The CUDA forward writes the same NaNs: small blocks that held 42 are freed to the caching
+// allocator first, so any output left unwritten would read 42.
+TEST(LossProperties, CudaCrossEntropyRegionTermsAreNan) {
+  VG_REQUIRE_CUDA();
+  const Batch b = make_batch({2, 3, 2, 2, 3}, 24);
+  for (LossKind kind : {LossKind::CrossEntropy, LossKind::WeightedCrossEntropy}) {
+    SCOPED_TRACE(loss_kind_name(kind));
+    {
+      std::vector<Tensor> primed;
+      for (int i = 0; i < 32; ++i) primed.push_back(full({2, 3}, 42.0, DType::Float32, Device::cuda()));
+    }
+    const LossOutput out =
+        segmentation_loss_terms(kind, logits_of<float>(b, Device::cuda()), labels_of(b, Device::cuda()));
+    for (double term : as_doubles(out.region_terms)) EXPECT_TRUE(std::isnan(term)) << term;
+    EXPECT_TRUE(std::isnan(as_doubles(out.parts)[1]));
+  }
+}
+
+// Both devices sum class statistics in kernels::ClassStatSum: a class's label count and the set's
+// voxel count stay exact past 2^24 voxels, where float sums stop counting.
+TEST(LossProperties, ClassCountsStayExactPastFloatPrecision) {
+  const std::int64_t voxels = (std::int64_t{1} << 25) + 3;
+  kernels::ClassStatSum acc[kernels::kClassStats] = {};
+  std::int64_t labelled = 0;
+  for (std::int64_t i = 0; i < voxels; ++i) {
+    const bool g = i % 4 != 0;
+    labelled += g ? 1 : 0;
+    kernels::accumulate_class_stats(0.5f, g, 0.25f, acc);
+  }
+  ASSERT_GT(labelled, std::int64_t{1} << 24);
+  EXPECT_EQ(acc[kernels::kValidCount], static_cast<double>(voxels));
+  EXPECT_EQ(acc[kernels::kLabelCount], static_cast<double>(labelled));
+  EXPECT_EQ(acc[kernels::kProbSum], 0.5 * static_cast<double>(voxels));
+  EXPECT_EQ(acc[kernels::kOverlap], 0.5 * static_cast<double>(labelled));
+  EXPECT_EQ(acc[kernels::kNllSum], 0.25 * static_cast<double>(labelled));
+}
+
 // ---- the op's shape in the graph, dtypes, errors -------------------------------------------------
 
 TEST(LossOp, EachLossIsOneAutogradNode) {
@@ -867,6 +947,32 @@ TEST(LossErrors, CudaInvalidLabelIsReportedFromTheDevice) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("label 9 at voxel 6 of image 1"), std::string::npos) << e.what();
   }
+}
+
+// Of several invalid labels, every device names the first in (image, voxel) order: here the
+// last chunk of image 0, while every voxel of image 1 (many blocks on a GPU) is invalid too.
+void expect_first_invalid_label_reported(Device d) {
+  Batch b = make_batch({2, 2, 16, 32, 32}, 25);  // 16384 voxels per image: several reduction chunks
+  for (std::int64_t s = 0; s < b.S; ++s) b.labels[b.S + s] = 9;
+  b.labels[16000] = 7;
+  b.labels[16300] = 8;
+  for (LossKind kind : {LossKind::CrossEntropy, LossKind::Dice, LossKind::LovaszSoftmax}) {
+    SCOPED_TRACE(loss_kind_name(kind));
+    const Tensor z = d.is_cpu() ? logits_of<double>(b, d) : logits_of<float>(b, d);
+    try {
+      segmentation_loss(kind, z, labels_of(b, d));
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("label 7 at voxel 16000 of image 0"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(LossErrors, FirstInvalidLabelIsReported) { expect_first_invalid_label_reported(Device::cpu()); }
+
+TEST(LossErrors, CudaFirstInvalidLabelIsReported) {
+  VG_REQUIRE_CUDA();
+  expect_first_invalid_label_reported(Device::cuda());
 }
 
 }  // namespace

@@ -1,8 +1,9 @@
 // instance_norm3d, batch_norm3d, max_pool3d, avg_pool3d and dropout3d from one table of cases: the
 // forward against plain host references, float64 finite-difference gradients for every input, and
 // CUDA against the CPU (skipped without a GPU); then the properties each op promises, and its errors.
-// kernels/random.h first: its unqualified log/sqrt must not see the Tensor overloads of engine/ops.h.
-#include "kernels/random.h"
+// kernels/norm.h (and kernels/random.h through it) first: their unqualified log/sqrt must not see
+// the Tensor overloads of engine/ops.h.
+#include "kernels/norm.h"
 
 #include <gtest/gtest.h>
 
@@ -12,6 +13,7 @@
 #include <numeric>
 #include <random>
 
+#include "engine/allocator.h"
 #include "engine/norm_pool.h"
 #include "engine/ops.h"
 #include "tests/op_harness.h"
@@ -434,6 +436,55 @@ TEST(BatchNormCuda, RunningStatisticsMatchCpu) {
   const Values y_cpu = as_doubles(batch_norm3d(x, {}, {}, rm_cpu, rv_cpu, false));
   const Values y_gpu = as_doubles(batch_norm3d(x_gpu, {}, {}, rm_gpu, rv_gpu, false));
   EXPECT_TRUE(test::all_close(y_gpu, y_cpu, 1e-5, 1e-4));
+}
+
+// ---- channels without elements ------------------------------------------------------------------
+
+// The kernels' statistics and backward sums of a geometry whose channels have no element (the ops
+// refuse empty axes; the kernels still define the result), written over outputs that held 7:
+// mean, var, invstd, sum_dy, sum_dy_xhat.
+std::vector<Values> empty_channel_outputs(Device d, const kernels::NormGeometry& g, double eps) {
+  std::vector<Tensor> out;
+  for (int i = 0; i < 5; ++i) out.push_back(full({g.channels}, 7.0, DType::Float32, d));
+  std::vector<float*> p;
+  for (Tensor& t : out) p.push_back(t.data<float>());
+  const float* none = nullptr;  // no element is read
+  if (d.is_cpu()) {
+    kernels::cpu::norm_stats(none, p[0], p[1], p[2], g, eps);
+    kernels::cpu::norm_backward_reduce(none, none, p[0], p[2], p[3], p[4], g);
+  } else {
+#if VOXGRAD_HAS_CUDA
+    ScratchArena scratch(d);
+    kernels::cuda::norm_stats(none, p[0], p[1], p[2], g, eps, scratch, stream_for(d));
+    kernels::cuda::norm_backward_reduce(none, none, p[0], p[2], p[3], p[4], g, scratch, stream_for(d));
+#endif
+  }
+  std::vector<Values> values;
+  for (const Tensor& t : out) values.push_back(as_doubles(t));
+  return values;
+}
+
+// Mean 0, variance 0, invstd 1/sqrt(eps) and backward sums 0 on every device, from one definition.
+void expect_empty_channels_defined(Device d) {
+  const double eps = 1e-5;
+  const double invstd = static_cast<float>(1.0 / std::sqrt(eps));
+  EXPECT_EQ(kernels::norm_invstd(0.0, eps), 1.0 / std::sqrt(eps));
+  for (const kernels::NormGeometry& g : {kernels::NormGeometry{2, 3, 0, 3}, kernels::NormGeometry{0, 3, 5, 3}}) {
+    SCOPED_TRACE("outer " + std::to_string(g.outer) + ", inner " + std::to_string(g.inner));
+    const std::vector<Values> v = empty_channel_outputs(d, g, eps);
+    EXPECT_EQ(v[0], Values(3, 0.0));
+    EXPECT_EQ(v[1], Values(3, 0.0));
+    EXPECT_EQ(v[2], Values(3, invstd));
+    EXPECT_EQ(v[3], Values(3, 0.0));
+    EXPECT_EQ(v[4], Values(3, 0.0));
+  }
+}
+
+TEST(NormKernels, ChannelsWithoutElementsGetDefinedStatistics) { expect_empty_channels_defined(Device::cpu()); }
+
+TEST(NormKernels, CudaChannelsWithoutElementsGetDefinedStatistics) {
+  VG_REQUIRE_CUDA();
+  expect_empty_channels_defined(Device::cuda());
 }
 
 // ---- pools -------------------------------------------------------------------------------------

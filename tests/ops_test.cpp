@@ -296,6 +296,10 @@ std::vector<OpCase> op_cases() {
       reduce_case("big_sum_channels", big, {0, 2, 3, 4}, false, false, false),
       reduce_case("big_mean_spatial", big, {2, 3, 4}, true, false, false),
       reduce_case("big_sum_channel_axis", big, {1}, false, false, false),
+      // Long reductions over few outputs, cut into several GPU blocks each: splits that start inside
+      // a long contiguous run, and splits over runs shorter than a block.
+      reduce_case("big_sum_split_runs", {3, 2, 5000}, {0, 2}, false, false, false),
+      reduce_case("big_mean_split_short_runs", {20000, 3, 7}, {0, 2}, true, false, false),
       softmax_case("big_softmax_channels", {2, 5, 32, 32, 8}, 1, false, false),
       softmax_case("big_log_softmax_channels", {2, 5, 32, 32, 8}, 1, true, false),
       concat_case("big_concat_channels", {{2, 8, 16, 16, 16}, {2, 4, 16, 16, 16}}, 1, false),

@@ -46,11 +46,11 @@ void check_labels(const LossConfig& cfg, const std::int32_t* labels) {
 template <class T>
 std::vector<T> class_stats(const LossConfig& cfg, const T* probs, const std::int32_t* labels, const T* nll) {
   const std::int64_t N = cfg.images, K = cfg.classes, S = cfg.voxels, sets = loss_sets(cfg);
-  std::vector<double> rows(static_cast<std::size_t>(N * K * kClassStats), 0.0);  // (N, K, kClassStats)
+  std::vector<ClassStatSum> rows(static_cast<std::size_t>(N * K * kClassStats), 0.0);  // (N, K, kClassStats)
 #pragma omp parallel for schedule(static) if (N * K * S > kParallelMin)
   for (std::int64_t row = 0; row < N * K; ++row) {
     const std::int64_t n = row / K, c = row % K;
-    double* acc = rows.data() + row * kClassStats;
+    ClassStatSum* acc = rows.data() + row * kClassStats;
     for (std::int64_t s = 0; s < S; ++s) {
       const std::int32_t y = labels[n * S + s];
       if (loss_label_ignored(cfg, y)) continue;
@@ -62,7 +62,7 @@ std::vector<T> class_stats(const LossConfig& cfg, const T* probs, const std::int
   std::vector<T> stats(static_cast<std::size_t>(sets * K * kClassStats));  // (sets, K, kClassStats)
   for (std::int64_t set = 0; set < sets; ++set) {
     for (std::int64_t i = 0; i < K * kClassStats; ++i) {
-      double sum = 0.0;
+      ClassStatSum sum = 0.0;
       const ImageRange r = images_of_set(cfg, set);
       for (std::int64_t n = r.first; n < r.last; ++n) sum += rows[n * K * kClassStats + i];
       stats[set * K * kClassStats + i] = static_cast<T>(sum);

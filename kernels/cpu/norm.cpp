@@ -28,10 +28,10 @@ void norm_stats(const T* x, T* mean, T* var, T* invstd, const NormGeometry& g, d
         ss += d * d;
       }
     }
-    const double v = count > 0 ? ss / static_cast<double>(count) : 0.0;
-    mean[c] = static_cast<T>(m);
-    var[c] = static_cast<T>(v);
-    invstd[c] = static_cast<T>(1.0 / std::sqrt(v + eps));
+    const NormChannelStats st = norm_channel_stats(static_cast<double>(count), m, ss, eps);
+    mean[c] = static_cast<T>(st.mean);
+    var[c] = static_cast<T>(st.var);
+    invstd[c] = static_cast<T>(st.invstd);
   }
 }
 
@@ -108,7 +108,7 @@ void batch_norm_update_running(const T* mean, const T* var, T* running_mean, T* 
 
 template <class T>
 void invstd_from_var(const T* var, T* invstd, std::int64_t channels, double eps) {
-  for (std::int64_t c = 0; c < channels; ++c) invstd[c] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(var[c]) + eps));
+  for (std::int64_t c = 0; c < channels; ++c) invstd[c] = static_cast<T>(norm_invstd(static_cast<double>(var[c]), eps));
 }
 
 template <class T>

@@ -1,6 +1,6 @@
-// CUDA segmentation losses: a softmax kernel per voxel, per (set, class) sums as block partials
-// reduced in a fixed order (deterministic run to run), the Lovász gradient from lovasz.cu, the
-// shared finalize in one thread, and the per-voxel backward of kernels/losses.h.
+// CUDA segmentation losses: a softmax kernel per voxel, per (set, class) sums in double as block
+// partials reduced in a fixed order (deterministic run to run), the Lovász gradient from lovasz.cu,
+// the shared finalize in one thread, and the per-voxel backward of kernels/losses.h.
 #include <algorithm>
 
 #include "kernels/cuda/check.h"
@@ -18,8 +18,8 @@ constexpr std::int64_t kChunk = 4096;
 // Sums each of F per-thread values over the block, in a fixed shuffle-tree order; thread 0 ends
 // with the totals.
 template <int F>
-__device__ void block_sum(float (&acc)[F]) {
-  __shared__ float warp_sums[F][kWarps];
+__device__ void block_sum(ClassStatSum (&acc)[F]) {
+  __shared__ ClassStatSum warp_sums[F][kWarps];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   for (int f = 0; f < F; ++f) {
     for (int d = 16; d > 0; d >>= 1) acc[f] += __shfl_down_sync(0xffffffffu, acc[f], d);
@@ -28,7 +28,7 @@ __device__ void block_sum(float (&acc)[F]) {
   __syncthreads();
   if (warp == 0) {
     for (int f = 0; f < F; ++f) {
-      float v = lane < kWarps ? warp_sums[f][lane] : 0.0f;
+      ClassStatSum v = lane < kWarps ? warp_sums[f][lane] : ClassStatSum(0);
       for (int d = kWarps / 2; d > 0; d >>= 1) v += __shfl_down_sync(0xffffffffu, v, d);
       acc[f] = v;
     }
@@ -47,10 +47,10 @@ struct RowLayout {
   std::int64_t per_group() const { return (batch ? images : 1) * chunks; }
 };
 
-// Where a label outside [0, K) was found: flag (0 or 1), the label, the voxel.
-struct InvalidLabel {
-  unsigned long long found, label, voxel;
-};
+// The class-stats kernel keeps the lowest voxel index (n * S + s) holding a label outside [0, K)
+// with atomicMin, so the error names the voxel the CPU twin's front-to-back check names whichever
+// block finds one first; this value means none.
+constexpr unsigned long long kNoInvalidLabel = ~0ull;
 
 __global__ void softmax_nll_kernel(LossConfig cfg, const float* __restrict__ logits,
                                    const std::int32_t* __restrict__ labels, float* __restrict__ probs,
@@ -70,21 +70,16 @@ __global__ void softmax_nll_kernel(LossConfig cfg, const float* __restrict__ log
 __global__ void __launch_bounds__(kBlock)
     class_stats_kernel(LossConfig cfg, RowLayout rows, const float* __restrict__ probs,
                        const std::int32_t* __restrict__ labels, const float* __restrict__ nll,
-                       float* __restrict__ partials, InvalidLabel* invalid) {
+                       ClassStatSum* __restrict__ partials, unsigned long long* first_invalid) {
   const std::int64_t K = cfg.classes, S = cfg.voxels;
   const std::int64_t row = blockIdx.x / rows.chunks, chunk = blockIdx.x % rows.chunks;
   const std::int64_t n = row / K, c = row % K;
   const std::int64_t begin = chunk * kChunk, end = begin + kChunk < S ? begin + kChunk : S;
   const std::int32_t target = cfg.kind == LossKind::LovaszHinge ? 1 : static_cast<std::int32_t>(c);
-  float acc[kClassStats] = {};
+  ClassStatSum acc[kClassStats] = {};
   for (std::int64_t s = begin + threadIdx.x; s < end; s += kBlock) {
     const std::int32_t y = labels[n * S + s];
-    if (c == 0 && !loss_label_valid(cfg, y)) {
-      if (atomicCAS(&invalid->found, 0ull, 1ull) == 0ull) {
-        invalid->label = static_cast<unsigned long long>(static_cast<long long>(y));
-        invalid->voxel = static_cast<unsigned long long>(n * S + s);
-      }
-    }
+    if (c == 0 && !loss_label_valid(cfg, y)) atomicMin(first_invalid, static_cast<unsigned long long>(n * S + s));
     if (loss_label_ignored(cfg, y)) continue;
     const float p = probs != nullptr ? probs[row * S + s] : 0.0f;
     accumulate_class_stats(p, y == target, nll[n * S + s], acc);
@@ -98,34 +93,35 @@ __global__ void __launch_bounds__(kBlock)
 __global__ void __launch_bounds__(kBlock)
     lovasz_sums_kernel(LossConfig cfg, RowLayout rows, const float* __restrict__ x,
                        const std::int32_t* __restrict__ labels, const float* __restrict__ grad,
-                       float* __restrict__ partials) {
+                       ClassStatSum* __restrict__ partials) {
   const std::int64_t K = cfg.classes, S = cfg.voxels;
   const std::int64_t row = blockIdx.x / rows.chunks, chunk = blockIdx.x % rows.chunks;
   const std::int64_t n = row / K, c = row % K;
   const std::int64_t begin = chunk * kChunk, end = begin + kChunk < S ? begin + kChunk : S;
   const bool hinge = cfg.kind == LossKind::LovaszHinge;
-  float acc[1] = {0.0f};
+  ClassStatSum acc[1] = {0.0};
   for (std::int64_t s = begin + threadIdx.x; s < end; s += kBlock) {
     const std::int32_t y = labels[n * S + s];
     if (loss_label_ignored(cfg, y)) continue;
     const float e = lovasz_error(hinge, x[row * S + s], y == (hinge ? 1 : static_cast<std::int32_t>(c)));
-    acc[0] += lovasz_weighted_error(hinge, e) * grad[row * S + s];
+    acc[0] += static_cast<ClassStatSum>(lovasz_weighted_error(hinge, e)) * static_cast<ClassStatSum>(grad[row * S + s]);
   }
   block_sum(acc);
   if (threadIdx.x == 0) partials[rows.slot(n, c, chunk)] = acc[0];
 }
 
-// One block per (set, class) group: its partials summed in a fixed order into out (groups, F).
+// One block per (set, class) group: its partials summed in a fixed order into out (groups, F),
+// rounded to float only there, as the CPU twin rounds its double sums.
 template <int F>
 __global__ void __launch_bounds__(kBlock)
-    sum_partials_kernel(const float* __restrict__ partials, std::int64_t per_group, float* __restrict__ out) {
+    sum_partials_kernel(const ClassStatSum* __restrict__ partials, std::int64_t per_group, float* __restrict__ out) {
   const std::int64_t group = blockIdx.x;
-  float acc[F] = {};
+  ClassStatSum acc[F] = {};
   for (std::int64_t m = threadIdx.x; m < per_group; m += kBlock)
     for (int f = 0; f < F; ++f) acc[f] += partials[(group * per_group + m) * F + f];
   block_sum(acc);
   if (threadIdx.x == 0)
-    for (int f = 0; f < F; ++f) out[group * F + f] = acc[f];
+    for (int f = 0; f < F; ++f) out[group * F + f] = static_cast<float>(acc[f]);
 }
 
 __global__ void finalize_kernel(LossConfig cfg, const float* stats, const float* lovasz_sums,
@@ -160,8 +156,8 @@ void loss_forward(const LossConfig& cfg, const LossForwardArgs<float>& a, Scratc
   const std::int64_t row_blocks = N * K * rows.chunks;
   VG_CHECK(row_blocks <= 0x7fffffff, "loss: " << row_blocks << " reduction blocks exceed one CUDA grid");
 
-  auto* invalid = static_cast<InvalidLabel*>(scratch.get(sizeof(InvalidLabel)));
-  VG_CUDA_CHECK(cudaMemsetAsync(invalid, 0, sizeof(InvalidLabel), stream));
+  auto* first_invalid = static_cast<unsigned long long*>(scratch.get(sizeof(unsigned long long)));
+  VG_CUDA_CHECK(cudaMemsetAsync(first_invalid, 0xff, sizeof(unsigned long long), stream));  // kNoInvalidLabel
   auto* nll = static_cast<float*>(scratch.get(N * S * sizeof(float)));  // (N, S)
   const bool softmax = loss_uses_softmax(cfg.kind);
   if (softmax) {
@@ -171,10 +167,10 @@ void loss_forward(const LossConfig& cfg, const LossForwardArgs<float>& a, Scratc
     VG_CUDA_CHECK(cudaMemsetAsync(nll, 0, N * S * sizeof(float), stream));
   }
 
-  auto* partials = static_cast<float*>(scratch.get(row_blocks * kClassStats * sizeof(float)));
+  auto* partials = static_cast<ClassStatSum*>(scratch.get(row_blocks * kClassStats * sizeof(ClassStatSum)));
   auto* stats = static_cast<float*>(scratch.get(sets * K * kClassStats * sizeof(float)));  // (sets, K, kClassStats)
   class_stats_kernel<<<static_cast<unsigned>(row_blocks), kBlock, 0, stream>>>(cfg, rows, softmax ? a.probs : nullptr,
-                                                                               a.labels, nll, partials, invalid);
+                                                                               a.labels, nll, partials, first_invalid);
   VG_CUDA_CHECK_LAUNCH();
   sum_partials_kernel<kClassStats>
       <<<static_cast<unsigned>(sets * K), kBlock, 0, stream>>>(partials, rows.per_group(), stats);
@@ -184,7 +180,7 @@ void loss_forward(const LossConfig& cfg, const LossForwardArgs<float>& a, Scratc
   if (loss_uses_lovasz(cfg.kind)) {
     const LovaszProblem<float> pb = lovasz_problem(cfg, softmax ? a.probs : a.logits, a.labels, a.lovasz_grad);
     lovasz_gradient(pb, cfg.lovasz_sort, scratch, st);
-    auto* lovasz_partials = static_cast<float*>(scratch.get(row_blocks * sizeof(float)));
+    auto* lovasz_partials = static_cast<ClassStatSum*>(scratch.get(row_blocks * sizeof(ClassStatSum)));
     sums = static_cast<float*>(scratch.get(sets * K * sizeof(float)));
     lovasz_sums_kernel<<<static_cast<unsigned>(row_blocks), kBlock, 0, stream>>>(cfg, rows, pb.x, a.labels,
                                                                                  a.lovasz_grad, lovasz_partials);
@@ -197,12 +193,15 @@ void loss_forward(const LossConfig& cfg, const LossForwardArgs<float>& a, Scratc
   finalize_kernel<<<1, 1, 0, stream>>>(cfg, stats, sums, a.class_weights, a);
   VG_CUDA_CHECK_LAUNCH();
 
-  InvalidLabel found{};
-  VG_CUDA_CHECK(cudaMemcpyAsync(&found, invalid, sizeof found, cudaMemcpyDeviceToHost, stream));
+  unsigned long long voxel = kNoInvalidLabel;
+  VG_CUDA_CHECK(cudaMemcpyAsync(&voxel, first_invalid, sizeof voxel, cudaMemcpyDeviceToHost, stream));
   VG_CUDA_CHECK(cudaStreamSynchronize(stream));
-  if (found.found != 0ull) {
-    fail_invalid_label(cfg, static_cast<std::int64_t>(static_cast<long long>(found.label)),
-                       static_cast<std::int64_t>(found.voxel));
+  if (voxel != kNoInvalidLabel) {
+    // Only the error path reads the label back, from the voxel the kernel named.
+    std::int32_t label = 0;
+    VG_CUDA_CHECK(cudaMemcpyAsync(&label, a.labels + voxel, sizeof label, cudaMemcpyDeviceToHost, stream));
+    VG_CUDA_CHECK(cudaStreamSynchronize(stream));
+    fail_invalid_label(cfg, label, static_cast<std::int64_t>(voxel));
   }
 }
 

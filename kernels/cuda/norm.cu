@@ -87,7 +87,8 @@ __global__ void __launch_bounds__(kBlock) norm_partial_stats_kernel(const float*
 }
 
 // One thread per channel merges its splits in order (Chan et al.'s pairwise update), so the
-// result does not depend on scheduling.
+// result does not depend on scheduling. With no splits (channels without elements) it writes
+// norm_channel_stats' values for an empty channel, as the CPU twin does.
 __global__ void norm_merge_stats_kernel(const double* __restrict__ partial, float* __restrict__ mean,
                                         float* __restrict__ var, float* __restrict__ invstd, std::int64_t channels,
                                         std::int64_t splits, double eps) {
@@ -101,10 +102,10 @@ __global__ void norm_merge_stats_kernel(const double* __restrict__ partial, floa
       m2 += p[2] + delta * delta * n * nb / total;
       n = total;
     }
-    const double v = m2 / n;
-    mean[c] = static_cast<float>(m);
-    var[c] = static_cast<float>(v);
-    invstd[c] = static_cast<float>(1.0 / sqrt(v + eps));
+    const NormChannelStats st = norm_channel_stats(n, m, m2, eps);
+    mean[c] = static_cast<float>(st.mean);
+    var[c] = static_cast<float>(st.var);
+    invstd[c] = static_cast<float>(st.invstd);
   }
 }
 
@@ -148,6 +149,7 @@ __global__ void __launch_bounds__(kBlock) norm_partial_backward_kernel(const flo
   }
 }
 
+// As norm_merge_stats_kernel; no splits gives sums of 0.
 __global__ void norm_merge_backward_kernel(const double* __restrict__ partial, float* __restrict__ sum_dy,
                                            float* __restrict__ sum_dy_xhat, std::int64_t channels,
                                            std::int64_t splits) {
@@ -210,7 +212,7 @@ __global__ void invstd_from_var_kernel(const float* __restrict__ var, float* __r
                                        std::int64_t channels, double eps) {
   for (std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < channels;
        c += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
-    invstd[c] = static_cast<float>(1.0 / sqrt(static_cast<double>(var[c]) + eps));
+    invstd[c] = static_cast<float>(norm_invstd(static_cast<double>(var[c]), eps));
 }
 
 __global__ void dropout_mask_kernel(float* __restrict__ mask, std::int64_t n, std::uint64_t seed,
@@ -246,7 +248,13 @@ unsigned split_blocks(const NormGeometry& g, const ChannelSplit& split) {
 
 void norm_stats(const float* x, float* mean, float* var, float* invstd, const NormGeometry& g, double eps,
                 Scratch& scratch, Stream s) {
-  if (g.channels == 0 || g.count() == 0) return;
+  if (g.channels == 0) return;
+  if (g.count() == 0) {
+    norm_merge_stats_kernel<<<grid_for(g.channels), kBlock, 0, native(s)>>>(nullptr, mean, var, invstd, g.channels, 0,
+                                                                            eps);
+    VG_CUDA_CHECK_LAUNCH();
+    return;
+  }
   const ChannelSplit split = channel_split(g);
   auto* partial = static_cast<double*>(scratch.get(sizeof(double) * 3 * g.channels * split.splits));
   norm_partial_stats_kernel<<<split_blocks(g, split), kBlock, 0, native(s)>>>(x, partial, g, split);
@@ -265,7 +273,13 @@ void norm_forward(const float* x, const float* mean, const float* invstd, const 
 
 void norm_backward_reduce(const float* x, const float* dy, const float* mean, const float* invstd, float* sum_dy,
                           float* sum_dy_xhat, const NormGeometry& g, Scratch& scratch, Stream s) {
-  if (g.channels == 0 || g.count() == 0) return;
+  if (g.channels == 0) return;
+  if (g.count() == 0) {
+    norm_merge_backward_kernel<<<grid_for(g.channels), kBlock, 0, native(s)>>>(nullptr, sum_dy, sum_dy_xhat, g.channels,
+                                                                               0);
+    VG_CUDA_CHECK_LAUNCH();
+    return;
+  }
   const ChannelSplit split = channel_split(g);
   auto* partial = static_cast<double*>(scratch.get(sizeof(double) * 2 * g.channels * split.splits));
   norm_partial_backward_kernel<<<split_blocks(g, split), kBlock, 0, native(s)>>>(x, dy, mean, invstd, partial, g,
