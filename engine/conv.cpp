@@ -11,6 +11,7 @@
 #include "engine/autograd.h"
 #include "engine/device.h"
 #include "engine/dispatch.h"
+#include "engine/ops.h"
 #include "engine/profiler.h"
 #include "kernels/conv3d.h"
 
@@ -67,6 +68,26 @@ void check_params(const Triple& stride, const Triple& padding, const Triple& dil
              op << ": stride " << triple_str(stride) << " and dilation " << triple_str(dilation)
                 << " must be >= 1 and padding " << triple_str(padding) << " >= 0");
   }
+}
+
+// x (N, C, D, H, W) with extra[a] zero planes appended on spatial axis a; x itself when none.
+Tensor pad_spatial_end(const Tensor& x, const Triple& extra) {
+  Tensor t = x.detach();
+  for (int a = 0; a < 3; ++a) {
+    if (extra[a] == 0) continue;
+    Shape zero_shape = t.shape();
+    zero_shape[2 + a] = extra[a];
+    t = concat({t, zeros(zero_shape, t.dtype(), t.device())}, 2 + a);
+  }
+  return t;
+}
+
+// The leading `shape` block of t (N, C, D, H, W); t itself when the shapes are equal.
+Tensor crop_spatial_end(const Tensor& t, const Shape& shape) {
+  Tensor c = t;
+  for (int a = 2; a < 5; ++a)
+    if (c.size(a) != shape[static_cast<std::size_t>(a)]) c = slice(c, a, 0, shape[static_cast<std::size_t>(a)]);
+  return c;
 }
 
 }  // namespace
@@ -140,7 +161,13 @@ Tensor conv_transpose3d(const Tensor& x, const Tensor& w, const Tensor& bias, co
   check_operands(x, w, bias, w.defined() && w.dim() == 5 ? w.size(1) : 0, 0, op, "(Ci, Co, kD, kH, kW)");
   check_params(p.stride, p.padding, p.dilation, op);
   // g is the convolution this op transposes: its input is our output, its output our input, and
-  // its (c_out, c_in, k) weight is our (Ci, Co, k) weight as stored.
+  // its (c_out, c_in, k) weight is our (Ci, Co, k) weight as stored. With output_padding >= stride
+  // (allowed while below the dilation) g's output is larger than x by x_padding planes per axis
+  // (kernels::conv_transpose_input_padding): the passes run on that geometry with x padded by zero
+  // planes, which add nothing to y, and dx is cropped back to x's shape. cuDNN refuses sizes that
+  // disagree, and the CPU twins run the same padded geometry rather than a path of their own, so the
+  // CPU suite tests exactly what cuDNN is given; the extra copies arise only in this rare case.
+  Triple x_padding{0, 0, 0};
   Conv3dShape g;
   g.n = x.size(0);
   g.c_in = w.size(1);
@@ -149,39 +176,45 @@ Tensor conv_transpose3d(const Tensor& x, const Tensor& w, const Tensor& bias, co
     VG_CHECK(p.output_padding[a] >= 0 && (p.output_padding[a] < p.stride[a] || p.output_padding[a] < p.dilation[a]),
              op << ": output_padding " << triple_str(p.output_padding) << " must be smaller than stride "
                 << triple_str(p.stride) << " or dilation " << triple_str(p.dilation));
-    g.out[a] = x.size(2 + a);
+    x_padding[a] = kernels::conv_transpose_input_padding(p.stride[a], p.output_padding[a]);
+    g.out[a] = x.size(2 + a) + x_padding[a];
     g.kernel[a] = w.size(2 + a);
     g.stride[a] = p.stride[a];
     g.padding[a] = p.padding[a];
     g.dilation[a] = p.dilation[a];
-    g.in[a] = kernels::conv_transpose_output_size(g.out[a], g.kernel[a], g.stride[a], g.padding[a], g.dilation[a],
+    g.in[a] = kernels::conv_transpose_output_size(x.size(2 + a), g.kernel[a], g.stride[a], g.padding[a], g.dilation[a],
                                                   p.output_padding[a]);
     VG_CHECK(g.in[a] >= 1, op << ": input " << shape_str(x.shape()) << " with weight " << shape_str(w.shape())
                               << ", stride " << triple_str(p.stride) << ", padding " << triple_str(p.padding)
                               << " gives output size " << g.in[a] << " on axis " << 2 + a);
   }
   Tensor y = empty({g.n, g.c_in, g.in[0], g.in[1], g.in[2]}, x.dtype(), x.device());
+  const Tensor x_run = pad_spatial_end(x, x_padding);  // (N, Ci, g.out)
   {
     VG_PROFILE(op, x.device());
     dispatch_floating(x, [&]<class T>(auto on) {
       {
         ScratchArena scratch(x.device());
-        VG_LAUNCH(with_conv_args(on, scratch), conv3d_backward_data, x.data<T>(), w.data<T>(), y.data<T>(), g);
+        VG_LAUNCH(with_conv_args(on, scratch), conv3d_backward_data, x_run.data<T>(), w.data<T>(), y.data<T>(), g);
       }
       if (bias.defined()) VG_LAUNCH(on, conv3d_bias_forward, y.data<T>(), bias.data<T>(), g.n, g.c_in, g.in_spatial());
     });
   }
   const bool need_x = x.requires_grad(), need_w = w.requires_grad();
   const bool need_b = bias.defined() && bias.requires_grad();
-  Tensor x_saved = need_w ? saved(x) : Tensor();
+  Tensor x_saved = need_w ? saved(x_run) : Tensor();
   Tensor w_saved = need_x ? saved(w) : Tensor();
-  return record(op, y, {x, w, bias}, [g, need_x, need_w, need_b, x_saved, w_saved](const Tensor& dy) {
+  const Shape x_shape = x.shape();
+  return record(op, y, {x, w, bias}, [g, x_shape, need_x, need_w, need_b, x_saved, w_saved](const Tensor& dy) {
     Tensor dx, dw, db;
     dispatch_floating(dy, [&]<class T>(auto on) {
       if (need_x) {
         dx = empty({g.n, g.c_out, g.out[0], g.out[1], g.out[2]}, dy.dtype(), dy.device());
-        ScratchArena scratch(dy.device());
-        VG_LAUNCH(with_conv_args(on, scratch), conv3d_forward, dy.data<T>(), w_saved.data<T>(), dx.data<T>(), g);
+        {
+          ScratchArena scratch(dy.device());
+          VG_LAUNCH(with_conv_args(on, scratch), conv3d_forward, dy.data<T>(), w_saved.data<T>(), dx.data<T>(), g);
+        }
+        dx = crop_spatial_end(dx, x_shape);
       }
       if (need_w) {
         // The transposed op's output gradient is the input of the convolution g, its input g's output.

@@ -36,12 +36,33 @@ inline std::int64_t conv_transpose_output_size(std::int64_t in, std::int64_t k, 
   return (in - 1) * s - 2 * p + d * (k - 1) + output_padding + 1;
 }
 
+// Zero planes to append to a transposed convolution's input on one axis so that its input and
+// output form one convolution geometry. output_padding >= stride (allowed while below the dilation)
+// makes conv_output_size(conv_transpose_output_size(in, ..., op)) = in + op / s: the convolution of
+// the transposed output has that many more outputs than the transposed input has. Zero planes there
+// add nothing to the transposed output, and every pass needs sizes that agree (cuDNN derives one
+// from the other and rejects the rest).
+inline std::int64_t conv_transpose_input_padding(std::int64_t s, std::int64_t output_padding) {
+  return output_padding / s;
+}
+
+// True when `out` is the convolution output size of `in` on every axis: what all three passes on
+// both devices require of a geometry.
+inline bool conv3d_sizes_agree(const Conv3dShape& g) {
+  for (int a = 0; a < 3; ++a) {
+    if (g.out[a] != conv_output_size(g.in[a], g.kernel[a], g.stride[a], g.padding[a], g.dilation[a])) return false;
+  }
+  return true;
+}
+
 // What the cuDNN algorithm choice may use; part of the algorithm-cache key.
 struct ConvMathOptions {
   bool deterministic = false;  // only algorithms cuDNN reports as deterministic
   bool allow_tf32 = false;     // false: CUDNN_FMA_MATH, strict FP32
 };
 
+// The three passes of both devices take only geometries whose sizes agree (conv3d_sizes_agree);
+// another is an internal error.
 namespace cpu {
 // y (n, c_out, out) = conv(x (n, c_in, in), w (c_out, c_in, kernel)); y is overwritten, no bias.
 template <class T>

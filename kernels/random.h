@@ -1,5 +1,6 @@
 // Counter-based random numbers (Philox4x32-10, Salmon et al., SC 2011): element i of a draw depends
-// only on (seed, offset, i), so the CPU and the GPU produce the same numbers in any order.
+// only on (seed, offset, i), so the CPU and the GPU draw the same uniform bits in any order; normal
+// and scaled draws agree within rounding (CUDA's log, sin, cos and fused multiply-adds).
 #pragma once
 
 #include <cmath>
@@ -46,7 +47,8 @@ VG_HD double philox_uniform(std::uint64_t seed, std::uint64_t offset, std::int64
 }
 
 // Element i of a normal draw: Box-Muller on lanes (0, 1) of the block at offset + i / 2; even i
-// takes the cosine, odd i the sine. Evaluated in double so both devices round the same way.
+// takes the cosine, odd i the sine. Evaluated in double, so the devices differ only where CUDA's
+// log, sin and cos differ from the host's in the last place.
 VG_HD double philox_normal(std::uint64_t seed, std::uint64_t offset, std::int64_t i) {
   const Philox4 r = philox4x32_10(offset + static_cast<std::uint64_t>(i) / 2, 1, seed);
   const double u1 = uint_to_unit_double(r.v[0]);

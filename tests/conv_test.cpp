@@ -1,17 +1,20 @@
 // conv3d and conv_transpose3d from one table of cases: forward against plain nested-loop host
 // references, float64 finite differences for every input and CPU-vs-cuDNN parity (skipped without a
-// GPU); then the adjoint identities at sizes that reach the tiling and OpenMP paths, float32 against
-// float64, determinism, and clear errors.
+// GPU); then the adjoint identities at sizes that reach the tiling and OpenMP paths, the geometry
+// every pass runs on, float32 against float64, determinism, clear errors and concurrent threads.
 #include "engine/conv.h"
 
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "engine/allocator.h"
 #include "engine/autograd.h"
 #include "kernels/conv3d.h"
 #include "tests/op_harness.h"
@@ -201,6 +204,13 @@ std::vector<OpCase> conv_cases() {
                       {1, 2, 0}),
            transposed(make("t_dil2_op_below_dil", 1, 2, 2, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, {2, 2, 2}),
                       {1, 0, 1}),
+           // output_padding at or above the stride (below the dilation): the input is padded by 2, 1, 1
+           // planes, and 1, 1, 2 in the second.
+           transposed(make("t_op_over_stride", 1, 2, 3, {3, 2, 3}, {2, 2, 3}, {1, 2, 1}, {1, 0, 1}, {3, 3, 2}),
+                      {2, 2, 1}),
+           transposed(
+               make("t_op_over_stride_nobias", 2, 3, 2, {2, 3, 2}, {3, 2, 2}, {2, 1, 1}, {2, 1, 0}, {3, 2, 3}, false),
+               {2, 1, 2}),
        })
     table.push_back(row(k));
   // Sizes with many tiles and threads (tile edges checked against the reference directly), and
@@ -265,6 +275,61 @@ TEST(ConvAdjoint, ConvAtMediumSizes) {
 TEST(ConvAdjoint, TransposeAtMediumSizes) {
   expect_adjoint(transposed(make("t_k2_s2", 2, 32, 16, {12, 11, 13}, {2, 2, 2}, {2, 2, 2})));
   expect_adjoint(transposed(make("t_k3_s2_op1", 1, 12, 8, {10, 12, 9}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}), {1, 1, 1}));
+  expect_adjoint(
+      transposed(make("t_d3_op2", 1, 8, 6, {9, 10, 8}, {3, 3, 3}, {1, 2, 1}, {1, 1, 2}, {3, 3, 3}), {2, 2, 1}));
+}
+
+// ---- the geometry every pass runs on ------------------------------------------------------------
+
+// A transposed convolution runs as the convolution it transposes, with its input padded by
+// conv_transpose_input_padding zero planes: for every legal (stride, dilation, output_padding) the
+// sizes then agree, which cuDNN requires.
+TEST(ConvGeometry, PaddedTransposedInputMakesSizesAgree) {
+  int checked = 0, padded = 0;
+  for (std::int64_t in = 1; in <= 5; ++in)
+    for (std::int64_t k = 1; k <= 4; ++k)
+      for (std::int64_t s = 1; s <= 3; ++s)
+        for (std::int64_t d = 1; d <= 3; ++d)
+          for (std::int64_t p = 0; p <= 3; ++p)
+            for (std::int64_t op = 0; op < std::max(s, d); ++op) {
+              const std::int64_t out = kernels::conv_transpose_output_size(in, k, s, p, d, op);
+              if (out < 1) continue;
+              const std::int64_t extra = kernels::conv_transpose_input_padding(s, op);
+              EXPECT_EQ(kernels::conv_output_size(out, k, s, p, d), in + extra)
+                  << "in " << in << " k " << k << " s " << s << " d " << d << " p " << p << " op " << op;
+              ++checked;
+              padded += extra > 0;
+            }
+  EXPECT_GT(checked, 1000);
+  EXPECT_GT(padded, 100);
+}
+
+// The CPU twins refuse sizes that disagree, as cuDNN does, so every transposed row above that
+// passes on the CPU ran on a geometry the CUDA path accepts.
+TEST(ConvGeometry, CpuTwinsRefuseSizesThatDisagree) {
+  kernels::Conv3dShape g;
+  g.c_in = 2;
+  g.c_out = 3;
+  for (int a = 0; a < 3; ++a) {
+    g.in[a] = 5;
+    g.kernel[a] = 2;
+    g.dilation[a] = 2;
+    g.out[a] = 3;
+  }
+  ASSERT_TRUE(kernels::conv3d_sizes_agree(g));
+  g.out[1] = 2;  // what an unpadded transposed input with output_padding 1, stride 1, dilation 2 gives
+  EXPECT_FALSE(kernels::conv3d_sizes_agree(g));
+  std::vector<float> x(static_cast<std::size_t>(g.n * g.c_in * g.in_spatial()));
+  std::vector<float> w(static_cast<std::size_t>(g.c_out * g.c_in * g.kernel_volume()));
+  std::vector<float> y(static_cast<std::size_t>(g.n * g.c_out * g.out_spatial()));
+  ScratchArena scratch(Device::cpu());
+  for (const std::function<void()>& pass : std::vector<std::function<void()>>{
+           [&] { kernels::cpu::conv3d_forward(x.data(), w.data(), y.data(), g, scratch); },
+           [&] { kernels::cpu::conv3d_backward_data(y.data(), w.data(), x.data(), g, scratch); },
+           [&] { kernels::cpu::conv3d_backward_filter(x.data(), y.data(), w.data(), g, scratch); }}) {
+    const std::string m = test::error_of(pass);
+    EXPECT_NE(m.find("is not the convolution of input (5, 5, 5)"), std::string::npos) << m;
+  }
 }
 
 // The CPU passes sum in an order fixed by the shape alone: results are bit-identical for any thread count.
@@ -392,6 +457,37 @@ TEST(ConvCuda, Tf32ModeStaysClose) {
   set_conv_allow_tf32(true);
   const auto fast = run_all(k, Device::cuda(), 91);
   for (std::size_t i = 0; i < strict.size(); ++i) EXPECT_TRUE(test::all_close(fast[i], strict[i], 5e-2, 5e-2));
+}
+
+// Host threads converting at once share the device's cuDNN handle; each pass holds it from binding
+// its stream to its last call, so concurrent runs give what one thread alone gives.
+TEST(ConvCuda, ThreadsConvolvingAtOnceGetTheSingleThreadResults) {
+  VG_REQUIRE_CUDA();
+  ConvSettingsGuard guard;
+  set_conv_deterministic(true);  // the same algorithms every run, so results can be compared bit for bit
+  const std::vector<ConvCase> cases{make("threads", 2, 8, 16, {12, 12, 12}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}),
+                                    transposed(make("threads_up", 2, 16, 8, {6, 6, 6}, {2, 2, 2}, {2, 2, 2}))};
+  std::vector<std::vector<Values>> alone;
+  for (const ConvCase& k : cases) alone.push_back(run_all(k, Device::cuda(), 71));
+  constexpr int kThreads = 4, kRounds = 5;
+  std::vector<std::vector<std::vector<Values>>> seen(kThreads);
+  std::vector<std::string> errors(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      try {
+        for (int r = 0; r < kRounds; ++r) seen[t].push_back(run_all(cases[(t + r) % cases.size()], Device::cuda(), 71));
+      } catch (const std::exception& e) {
+        errors[t] = e.what();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_EQ(errors[t], "") << "thread " << t;
+    for (std::size_t r = 0; r < seen[t].size(); ++r)
+      EXPECT_EQ(seen[t][r], alone[(t + r) % cases.size()]) << "thread " << t << " round " << r;
+  }
 }
 
 #if VOXGRAD_HAS_CUDA

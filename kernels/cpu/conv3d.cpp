@@ -13,6 +13,7 @@
 #include <omp.h>
 
 #include "kernels/conv3d.h"
+#include "kernels/error.h"
 
 namespace voxgrad::kernels::cpu {
 
@@ -38,6 +39,15 @@ constexpr std::int64_t kParallelMinMacs = std::int64_t{1} << 18;
 std::int64_t macs(const Conv3dShape& g) { return g.n * g.c_out * g.out_spatial() * g.c_in * g.kernel_volume(); }
 
 std::int64_t round_up(std::int64_t v, std::int64_t m) { return (v + m - 1) / m * m; }
+
+// The loops below would accept sizes that disagree, but cuDNN would not: refusing them here keeps
+// every geometry the CPU suite passes one the CUDA path can run.
+void check_sizes_agree(const Conv3dShape& g, const char* pass) {
+  VG_CHECK(conv3d_sizes_agree(g), "conv3d " << pass << ": output (" << g.out[0] << ", " << g.out[1] << ", " << g.out[2]
+                                            << ") is not the convolution of input (" << g.in[0] << ", " << g.in[1]
+                                            << ", " << g.in[2] << ")");
+}
+
 std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 // Floor division for a possibly negative numerator (b > 0).
 std::int64_t floor_div(std::int64_t a, std::int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
@@ -384,6 +394,7 @@ std::int64_t data_chunk_slices(const Conv3dShape& g) {
 // contiguous copies; the GEMM's strided B reads stay in L1 (K rows of one 64-byte panel).
 template <class T>
 void conv3d_forward(const T* x, const T* w, T* y, const Conv3dShape& g, Scratch& scratch) {
+  check_sizes_agree(g, "forward");
   const std::int64_t kvol = g.kernel_volume(), K = g.c_in * kvol, S = g.out_spatial(), Sin = g.in_spatial();
   const Tiling t = make_tiling(g, tile_positions(g, K, sizeof(T), kNR<T>), g.out[0]);
   const std::int64_t P = t.positions, tiles = static_cast<std::int64_t>(t.tiles.size());
@@ -416,6 +427,7 @@ void conv3d_forward(const T* x, const T* w, T* y, const Conv3dShape& g, Scratch&
 // data_chunk_slices), each chunk's tiles in order, so every dx element sums in a fixed order.
 template <class T>
 void conv3d_backward_data(const T* dy, const T* w, T* dx, const Conv3dShape& g, Scratch& scratch) {
+  check_sizes_agree(g, "backward_data");
   const std::int64_t kvol = g.kernel_volume(), K = g.c_in * kvol, S = g.out_spatial(), Sin = g.in_spatial();
   const Tiling t = make_tiling(g, tile_positions(g, K + g.c_out, sizeof(T), kNR<T>), data_chunk_slices(g));
   const std::int64_t P = t.positions, chunks = t.chunks();
@@ -463,6 +475,7 @@ void conv3d_backward_data(const T* dy, const T* w, T* dx, const Conv3dShape& g, 
 // group (filter_groups) and then across groups in order.
 template <class T>
 void conv3d_backward_filter(const T* x, const T* dy, T* dw, const Conv3dShape& g, Scratch& scratch) {
+  check_sizes_agree(g, "backward_filter");
   const std::int64_t kvol = g.kernel_volume(), K = g.c_in * kvol, S = g.out_spatial(), Sin = g.in_spatial();
   const std::int64_t Kp = round_up(K, kNR<T>), CK = g.c_out * K;
   const Tiling t = make_tiling(g, tile_positions(g, Kp + g.c_out, sizeof(T), kNR<T>), g.out[0]);

@@ -1,10 +1,11 @@
 // The CUDA path of the 3D convolution through cuDNN 9's legacy convolution API (libcudnn_cnn):
-// RAII descriptors, one cuDNN handle per device bound to the engine stream, and a per-shape
+// RAII descriptors, one cuDNN handle per device held by one pass at a time, and a per-shape
 // algorithm cache filled once by cudnnFind*AlgorithmEx (PyTorch's cudnn.benchmark idea). cuDNN is
 // called only through the run-time loaded table (kernels/cuda/cudnn_library.h).
 #include <algorithm>
 #include <climits>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -67,6 +68,11 @@ struct ConvDescriptors {
   ConvolutionDescriptor conv;
 
   ConvDescriptors(const Conv3dShape& g, ConvMathOptions o) {
+    // cuDNN computes the output size from the input and rejects a y that differs (the engine pads a
+    // transposed convolution's input so that they agree); saying so here beats CUDNN_STATUS_BAD_PARAM.
+    VG_CHECK(conv3d_sizes_agree(g), "cuDNN convolution: output (" << g.out[0] << ", " << g.out[1] << ", " << g.out[2]
+                                                                  << ") is not the convolution of input (" << g.in[0]
+                                                                  << ", " << g.in[1] << ", " << g.in[2] << ")");
     set_tensor(x.get(), g.n, g.c_in, g.in);
     set_tensor(y.get(), g.n, g.c_out, g.out);
     const int wdims[5] = {to_int(g.c_out, "output channels"), to_int(g.c_in, "input channels"),
@@ -91,23 +97,52 @@ void set_bias(cudnnTensorDescriptor_t d, std::int64_t c) {
   set_tensor(d, 1, c, ones);
 }
 
-// One handle per device, created on first use and kept for the process (as PyTorch does); each
-// call rebinds it to the engine stream it is given. The first call loads cuDNN.
-cudnnHandle_t handle_for(Stream s) {
-  static std::mutex mutex;
-  static std::map<int, cudnnHandle_t> handles;
-  int device = 0;
-  VG_CUDA_CHECK(cudaGetDevice(&device));
-  std::lock_guard<std::mutex> lock(mutex);
-  auto it = handles.find(device);
-  if (it == handles.end()) {
-    cudnnHandle_t h = nullptr;
-    VG_CUDNN(cudnnCreate, &h);
-    it = handles.emplace(device, h).first;
+// A device's cuDNN handle, lent to one pass at a time. cuDNN forbids two host threads using one
+// handle at once, and cudnnSetStream binds the handle for every later call until the next rebinding,
+// so a lease holds its device's lock from binding the stream until the pass's last cuDNN call has
+// been enqueued (the lease outlives everything a pass does). The lock covers host work only:
+// descriptor setup and asynchronous launches, microseconds per pass, the GPU work running after it
+// is released; and the one algorithm search per shape, which a second thread asking for the same
+// shape then finds cached instead of repeating. Per-thread handles would let threads enqueue in
+// parallel, but cost a cudnnCreate (device memory, a device-wide synchronisation when destroyed) for
+// every thread that ever convolves; the serialised enqueue time is too small to pay for that.
+class HandleLease {
+ public:
+  explicit HandleLease(Stream s) {
+    int device = 0;
+    VG_CUDA_CHECK(cudaGetDevice(&device));
+    DeviceHandle& d = device_handle(device);
+    lock_ = std::unique_lock<std::mutex>(d.mutex);
+    if (d.handle == nullptr) {  // the first pass on this device; the first one at all loads cuDNN
+      cudnnHandle_t h = nullptr;
+      VG_CUDNN(cudnnCreate, &h);
+      d.handle = h;
+    }
+    VG_CUDNN(cudnnSetStream, d.handle, native(s));
+    handle_ = d.handle;
   }
-  VG_CUDNN(cudnnSetStream, it->second, native(s));
-  return it->second;
-}
+  HandleLease(const HandleLease&) = delete;
+  HandleLease& operator=(const HandleLease&) = delete;
+  cudnnHandle_t get() const { return handle_; }
+
+ private:
+  // Created on first use and kept for the process, as PyTorch does.
+  struct DeviceHandle {
+    std::mutex mutex;  // held by the lease that uses `handle`
+    cudnnHandle_t handle = nullptr;
+  };
+  static DeviceHandle& device_handle(int device) {
+    static std::mutex map_mutex;
+    static std::map<int, std::unique_ptr<DeviceHandle>> handles;  // never erased: references stay valid
+    std::lock_guard<std::mutex> lock(map_mutex);
+    std::unique_ptr<DeviceHandle>& slot = handles[device];
+    if (!slot) slot = std::make_unique<DeviceHandle>();
+    return *slot;
+  }
+
+  std::unique_lock<std::mutex> lock_;
+  cudnnHandle_t handle_ = nullptr;
+};
 
 // ---- the algorithm cache ------------------------------------------------------------------------
 
@@ -189,7 +224,8 @@ const float kZero = 0.0f;
 
 void conv3d_forward(const float* x, const float* w, float* y, const Conv3dShape& g, ConvMathOptions o,
                     Scratch& scratch, Stream s) {
-  cudnnHandle_t h = handle_for(s);
+  const HandleLease lease(s);
+  const cudnnHandle_t h = lease.get();
   ConvDescriptors d(g, o);
   Workspace ws;
   const Choice c = choose<cudnnConvolutionFwdAlgoPerf_t>(
@@ -211,7 +247,8 @@ void conv3d_forward(const float* x, const float* w, float* y, const Conv3dShape&
 
 void conv3d_backward_data(const float* dy, const float* w, float* dx, const Conv3dShape& g, ConvMathOptions o,
                           Scratch& scratch, Stream s) {
-  cudnnHandle_t h = handle_for(s);
+  const HandleLease lease(s);
+  const cudnnHandle_t h = lease.get();
   ConvDescriptors d(g, o);
   Workspace ws;
   const Choice c = choose<cudnnConvolutionBwdDataAlgoPerf_t>(
@@ -233,7 +270,8 @@ void conv3d_backward_data(const float* dy, const float* w, float* dx, const Conv
 
 void conv3d_backward_filter(const float* x, const float* dy, float* dw, const Conv3dShape& g, ConvMathOptions o,
                             Scratch& scratch, Stream s) {
-  cudnnHandle_t h = handle_for(s);
+  const HandleLease lease(s);
+  const cudnnHandle_t h = lease.get();
   ConvDescriptors d(g, o);
   Workspace ws;
   const Choice c = choose<cudnnConvolutionBwdFilterAlgoPerf_t>(
@@ -254,7 +292,8 @@ void conv3d_backward_filter(const float* x, const float* dy, float* dw, const Co
 }
 
 void conv3d_bias_forward(float* y, const float* b, std::int64_t n, std::int64_t c, std::int64_t spatial, Stream s) {
-  cudnnHandle_t h = handle_for(s);
+  const HandleLease lease(s);
+  const cudnnHandle_t h = lease.get();
   TensorDescriptor yd, bd;
   const std::int64_t flat[3] = {1, 1, spatial};  // only the channel axis broadcasts
   set_tensor(yd.get(), n, c, flat);
@@ -264,7 +303,8 @@ void conv3d_bias_forward(float* y, const float* b, std::int64_t n, std::int64_t 
 
 void conv3d_bias_backward(const float* dy, float* db, std::int64_t n, std::int64_t c, std::int64_t spatial,
                           Stream s) {
-  cudnnHandle_t h = handle_for(s);
+  const HandleLease lease(s);
+  const cudnnHandle_t h = lease.get();
   TensorDescriptor dyd, bd;
   const std::int64_t flat[3] = {1, 1, spatial};
   set_tensor(dyd.get(), n, c, flat);

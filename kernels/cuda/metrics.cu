@@ -26,7 +26,8 @@ __global__ void argmax_kernel(const float* __restrict__ logits, std::int32_t* __
 }
 
 __global__ void __launch_bounds__(kBlock)
-    overlap_counts_kernel(OverlapProblem pb, std::int64_t chunks, bool shared_counts, unsigned long long* invalid) {
+    overlap_counts_kernel(OverlapProblem pb, std::int64_t chunks, bool shared_counts,
+                          unsigned long long* first_invalid) {
   extern __shared__ int block_counts[];
   const std::int64_t K = pb.classes, S = pb.voxels;
   const std::int64_t n = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
@@ -41,11 +42,8 @@ __global__ void __launch_bounds__(kBlock)
     if (pb.has_ignore_label && b == pb.ignore_label) continue;
     const bool a_ok = a >= 0 && a < K, b_ok = b >= 0 && b < K;
     if (!a_ok || !b_ok) {
-      if (atomicCAS(&invalid[0], 0ull, 1ull) == 0ull) {
-        invalid[1] = static_cast<unsigned long long>(static_cast<long long>(a_ok ? b : a));
-        invalid[2] = a_ok ? 1ull : 0ull;
-        invalid[3] = static_cast<unsigned long long>(n * S + s);
-      }
+      // The lowest offending voxel, which the CPU twin's front-to-back scan also reports.
+      atomicMin(first_invalid, static_cast<unsigned long long>(n * S + s));
       continue;
     }
     atomicAdd(&counts[a * kOverlapCounts + kPredicted], 1);
@@ -72,8 +70,9 @@ InvalidClass overlap_counts(const OverlapProblem& pb, Scratch& scratch, Stream s
   cudaStream_t stream = native(st);
   const std::int64_t K = pb.classes, S = pb.voxels;
   VG_CUDA_CHECK(cudaMemsetAsync(pb.counts, 0, pb.images * K * kOverlapCounts * sizeof(std::int32_t), stream));
-  auto* invalid = static_cast<unsigned long long*>(scratch.get(4 * sizeof(unsigned long long)));
-  VG_CUDA_CHECK(cudaMemsetAsync(invalid, 0, 4 * sizeof(unsigned long long), stream));
+  constexpr unsigned long long kNoInvalid = ~0ull;
+  auto* first_invalid = static_cast<unsigned long long*>(scratch.get(sizeof(unsigned long long)));
+  VG_CUDA_CHECK(cudaMemsetAsync(first_invalid, 0xff, sizeof(unsigned long long), stream));  // kNoInvalid
   const std::int64_t chunks = (S + kChunk - 1) / kChunk;
   const std::int64_t blocks = pb.images * chunks;
   VG_CHECK(blocks <= 0x7fffffff, "metrics: " << blocks << " counting blocks exceed one CUDA grid");
@@ -81,17 +80,24 @@ InvalidClass overlap_counts(const OverlapProblem& pb, Scratch& scratch, Stream s
     const bool shared_counts = K * kOverlapCounts <= kMaxSharedCounts;
     const std::size_t shared_bytes = shared_counts ? K * kOverlapCounts * sizeof(int) : 0;
     overlap_counts_kernel<<<static_cast<unsigned>(blocks), kBlock, shared_bytes, stream>>>(pb, chunks, shared_counts,
-                                                                                           invalid);
+                                                                                           first_invalid);
     VG_CUDA_CHECK_LAUNCH();
   }
-  unsigned long long found[4] = {};
-  VG_CUDA_CHECK(cudaMemcpyAsync(found, invalid, sizeof found, cudaMemcpyDeviceToHost, stream));
+  unsigned long long voxel = kNoInvalid;
+  VG_CUDA_CHECK(cudaMemcpyAsync(&voxel, first_invalid, sizeof voxel, cudaMemcpyDeviceToHost, stream));
   VG_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (voxel == kNoInvalid) return {};
+  // Only on the error path: the two values at that voxel say which input held the bad one.
+  std::int32_t a = 0, b = 0;
+  VG_CUDA_CHECK(cudaMemcpyAsync(&a, pb.prediction + voxel, sizeof a, cudaMemcpyDeviceToHost, stream));
+  VG_CUDA_CHECK(cudaMemcpyAsync(&b, pb.labels + voxel, sizeof b, cudaMemcpyDeviceToHost, stream));
+  VG_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const bool a_ok = a >= 0 && a < K;
   InvalidClass r;
-  r.found = static_cast<std::int64_t>(found[0]);
-  r.value = static_cast<std::int64_t>(static_cast<long long>(found[1]));
-  r.input = static_cast<std::int64_t>(found[2]);
-  r.voxel = static_cast<std::int64_t>(found[3]);
+  r.found = 1;
+  r.value = a_ok ? b : a;
+  r.input = a_ok ? 1 : 0;
+  r.voxel = static_cast<std::int64_t>(voxel);
   return r;
 }
 
