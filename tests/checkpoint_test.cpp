@@ -657,7 +657,7 @@ TEST(Checkpoint, MismatchReportListsAtMostTwentyNames) {
 
 // The fuzz seeds carry checksums computed by the Python recipe of kChecksumKey's comment: they verify.
 TEST(Checkpoint, ChecksumRecipeReproducedInPythonVerifies) {
-  const std::string seeds = std::string(VOXGRAD_SOURCE_DIR) + "/tests/fuzz/corpus_safetensors/";
+  const std::string seeds = test::source_path("tests/fuzz/corpus_safetensors/");
   for (const char* name : {"model.safetensors", "checkpoint.safetensors", "all_dtypes.safetensors"}) {
     const SafeTensors file = load_safetensors(seeds + name);
     EXPECT_TRUE(file.checksum_verified) << name;

@@ -17,8 +17,8 @@ using voxgrad::test::read_file;
 using voxgrad::test::voxgrad_binary;
 
 std::string script(const std::string& args, const std::string& dir) {
-  return "VOXGRAD_BINARY='" + voxgrad_binary() + "' '" + std::string(VOXGRAD_SOURCE_DIR) + "/tools/compare-losses' " + args +
-         " >" + dir + "/out 2>" + dir + "/err";
+  return "VOXGRAD_BINARY='" + voxgrad_binary() + "' '" + voxgrad::test::source_path("tools/compare-losses") + "' " +
+         args + " >" + dir + "/out 2>" + dir + "/err";
 }
 
 TEST(CompareLosses, OneShortRunPerLossGivesTheTable) {

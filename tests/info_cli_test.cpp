@@ -321,7 +321,7 @@ TEST(InfoCli, FifosAreRefusedAtOnce) {
 
 // A gzip trailer that disagrees with the data is an error, in fixed words, never a silent read.
 TEST(InfoCli, CorruptGzipIsRefused) {
-  const std::string corpus = std::string(VOXGRAD_SOURCE_DIR) + "/tests/data/nifti_malformed/";
+  const std::string corpus = voxgrad::test::source_path("tests/data/nifti_malformed/");
   const std::string crc = corpus + "crc_mismatch.nii.gz", cut = corpus + "truncated_trailer.nii.gz";
   const CommandResult r = run_voxgrad("info " + quoted(crc) + " " + quoted(cut));
   EXPECT_EQ(r.exit_code, 1);

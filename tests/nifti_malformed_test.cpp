@@ -21,7 +21,8 @@
 namespace voxgrad::io {
 namespace {
 
-const std::string kCorpus = std::string(VOXGRAD_SOURCE_DIR) + "/tests/data/nifti_malformed";
+// Found where the suite runs: a build carried to another machine has the tree elsewhere.
+std::string corpus() { return test::source_path("tests/data/nifti_malformed"); }
 
 struct Case {
   std::string file;
@@ -29,7 +30,7 @@ struct Case {
 };
 
 std::vector<Case> manifest() {
-  std::ifstream in(kCorpus + "/manifest.tsv");
+  std::ifstream in(corpus() + "/manifest.tsv");
   std::vector<Case> cases;
   std::string line;
   while (std::getline(in, line)) {
@@ -76,7 +77,7 @@ TEST(NiftiMalformed, EveryFileFailsCleanlyWithItsReason) {
   for (const Case& c : manifest()) {
     if (c.reason == "-") continue;
     SCOPED_TRACE(c.file);
-    const std::string path = kCorpus + "/" + c.file;
+    const std::string path = corpus() + "/" + c.file;
     EXPECT_TRUE(fails_with([&] { read_nifti(path); }, path, c.reason, "read_nifti"));
     EXPECT_TRUE(fails_with([&] { read_nifti_raw(path); }, path, c.reason, "read_nifti_raw"));
     EXPECT_TRUE(fails_with([&] { read_nifti_header(path); read_nifti_raw(path); }, path, c.reason, "header+raw"));
@@ -96,7 +97,7 @@ TEST(NiftiMalformed, ToleratedFilesRead) {
     if (c.reason != "-") continue;
     ++seen;
     SCOPED_TRACE(c.file);
-    const std::string path = kCorpus + "/" + c.file;
+    const std::string path = corpus() + "/" + c.file;
     // Every tolerated file holds the same 4x4x4 uint8 ramp: i % 251.
     Volume v = read_nifti(path);
     ASSERT_EQ(v.data.dtype(), DType::UInt8);
@@ -115,7 +116,7 @@ TEST(NiftiMalformed, ToleratedFilesRead) {
 TEST(NiftiMalformed, HugeDeclaredSizeFailsFastWithoutAllocating) {
   for (const char* name : {"huge_declared.nii", "huge_declared.nii.gz", "huge_declared_nifti2.nii"}) {
     SCOPED_TRACE(name);
-    const std::string path = kCorpus + "/" + name;
+    const std::string path = corpus() + "/" + name;
     const auto before = host_allocator_stats();
     EXPECT_THROW(read_nifti(path), Error);
     EXPECT_THROW(read_nifti_raw(path), Error);
@@ -128,7 +129,7 @@ TEST(NiftiMalformed, HugeDeclaredSizeFailsFastWithoutAllocating) {
 // rest is inflated only to check the member's trailer: a header read stops early, a voxel read
 // reads the whole file.
 TEST(NiftiMalformed, GzipBombIsCheckedToItsTrailerAndReads) {
-  const std::string path = kCorpus + "/gzip_bomb.nii.gz";
+  const std::string path = corpus() + "/gzip_bomb.nii.gz";
   InputStream s = InputStream::open_file(path);
   std::vector<unsigned char> buf(352 + 64);
   s.read_exact(buf.data(), buf.size(), "bomb");
@@ -145,7 +146,7 @@ TEST(NiftiMalformed, TrailerMismatchesHaveFixedMessages) {
                                      {"isize_mismatch.nii.gz", "length mismatch"},
                                      {"crc_mismatch_second_member.nii.gz", "CRC mismatch"}}) {
     SCOPED_TRACE(name);
-    const std::string path = kCorpus + "/" + name;
+    const std::string path = corpus() + "/" + name;
     EXPECT_EQ(test::error_of([&] { read_nifti(path); }), path + ": corrupt gzip data (" + reason + ")");
     // A header-only read inflates no further than the header.
     EXPECT_NO_THROW(read_nifti_header(path));

@@ -28,10 +28,9 @@ TEST(RealData, ItkT1TrainsPredictsAndScoresAtSmallScale) {
     GTEST_SKIP() << "needs Debian's insighttoolkit5-examples and python3 (tools/deps --test-data installs them)";
   const std::string dir = voxgrad::test::temp_dir("real-data");
   const std::string work = dir + "/work";
-  const std::string cmd = "VOXGRAD_BINARY='" + voxgrad_binary() + "' '" + std::string(VOXGRAD_SOURCE_DIR) +
-                          "/tools/real-data' --work " + work +
-                          " --epochs 1 --iters-per-epoch 2 --patch 16,32,32 --device cpu >" + dir + "/out 2>" + dir +
-                          "/err";
+  const std::string cmd =
+      "VOXGRAD_BINARY='" + voxgrad_binary() + "' '" + voxgrad::test::source_path("tools/real-data") + "' --work " +
+      work + " --epochs 1 --iters-per-epoch 2 --patch 16,32,32 --device cpu >" + dir + "/out 2>" + dir + "/err";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << read_file(dir + "/err");
 
   const std::string out = read_file(dir + "/out");

@@ -67,6 +67,40 @@ std::string voxgrad_binary() {
   return from_env != nullptr && *from_env != '\0' ? from_env : VOXGRAD_BINARY;
 }
 
+namespace {
+// The file that marks a folder as voxgrad's source tree.
+bool holds_the_tree(const fs::path& folder) {
+  std::error_code ec;
+  return !folder.empty() && fs::is_regular_file(folder / "tests" / "test_support.h", ec);
+}
+}  // namespace
+
+std::string find_source_dir(const char* from_env, const std::string& executable, const std::string& built_at) {
+  if (from_env != nullptr && *from_env != '\0') {
+    if (holds_the_tree(from_env)) return from_env;
+    throw std::runtime_error(std::string("VOXGRAD_SOURCE_DIR=") + from_env +
+                             " does not hold voxgrad's source tree (no tests/test_support.h there)");
+  }
+  std::error_code ec;
+  const fs::path exe = fs::weakly_canonical(executable, ec);
+  for (fs::path folder = exe.parent_path(); !folder.empty(); folder = folder.parent_path()) {
+    if (holds_the_tree(folder)) return folder.string();
+    if (folder == folder.root_path()) break;
+  }
+  if (holds_the_tree(built_at)) return built_at;
+  throw std::runtime_error("voxgrad's source tree not found: VOXGRAD_SOURCE_DIR is unset, no folder above " +
+                           exe.string() + " holds it, nor does " + built_at +
+                           " (where it was built); set VOXGRAD_SOURCE_DIR to the tree");
+}
+
+std::string source_dir() {
+  std::error_code ec;
+  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  return find_source_dir(std::getenv("VOXGRAD_SOURCE_DIR"), ec ? std::string() : self.string(), VOXGRAD_SOURCE_DIR);
+}
+
+std::string source_path(const std::string& relative) { return (fs::path(source_dir()) / relative).string(); }
+
 std::string read_file(const std::string& path) { return slurp(path); }
 
 std::map<std::string, std::string> folder_snapshot(const std::string& folder) {

@@ -27,6 +27,18 @@ CommandResult run_voxgrad(const std::string& args, const std::string& env = "");
 // machine), else the one this build made. For tests that start it themselves.
 std::string voxgrad_binary();
 
+// The folder holding voxgrad's source tree, for tests that read its files (corpora, scripts). A test
+// build carried to another machine finds the tree elsewhere than where it was built, so this is
+// $VOXGRAD_SOURCE_DIR when set, else the nearest folder above the test executable that holds the
+// tree, else the path recorded at build time. Throws std::runtime_error saying what it tried when
+// none of them holds the tree; a set but wrong $VOXGRAD_SOURCE_DIR is an error, never passed over.
+std::string source_dir();
+// `relative` (e.g. "tests/data/nifti_malformed") inside source_dir().
+std::string source_path(const std::string& relative);
+// The rule source_dir() applies, on explicit inputs: `from_env` is $VOXGRAD_SOURCE_DIR (nullptr when
+// unset), `executable` the test executable's path, `built_at` the path recorded at build time.
+std::string find_source_dir(const char* from_env, const std::string& executable, const std::string& built_at);
+
 // A whole file's bytes ("" when it cannot be read).
 std::string read_file(const std::string& path);
 

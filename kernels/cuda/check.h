@@ -8,6 +8,7 @@
 
 #include "kernels/common.h"
 #include "kernels/cuda/cudnn_library.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/error.h"
 
 namespace voxgrad::detail {
@@ -29,8 +30,17 @@ inline std::string cudnn_describe(cudnnStatus_t s) { return kernels::cuda::cudnn
   VG_CHECK_RAISE(::voxgrad::kernels::cuda::cudnn().function(__VA_ARGS__), #function "(" #__VA_ARGS__ ")", \
                  ::voxgrad::detail::cudnn_ok, ::voxgrad::detail::fail, ::voxgrad::detail::cudnn_describe(vg_status_))
 
-// After a kernel launch: configuration errors surface here, not at the next unrelated call.
-#define VG_CUDA_CHECK_LAUNCH() VG_CUDA_CHECK(cudaGetLastError())
+// After a kernel launch: configuration errors surface here, not at the next unrelated call. With
+// VOXGRAD_CUDA_SYNC=1 it also waits for the kernel, so a fault the kernel causes (an illegal
+// address, a device-side trap) is reported at this launch instead of at a later, unrelated call.
+#define VG_CUDA_CHECK_LAUNCH()                                                                           \
+  do {                                                                                                   \
+    VG_CUDA_CHECK(cudaGetLastError());                                                                   \
+    if (::voxgrad::kernels::cuda::sync_after_launch())                                                   \
+      VG_CHECK_RAISE(cudaDeviceSynchronize(), "kernel launched here, waited for by VOXGRAD_CUDA_SYNC=1", \
+                     ::voxgrad::detail::cuda_ok, ::voxgrad::detail::fail,                                \
+                     ::voxgrad::detail::cuda_describe(vg_status_));                                      \
+  } while (0)
 
 namespace voxgrad::kernels::cuda {
 inline cudaStream_t native(Stream s) { return static_cast<cudaStream_t>(s.handle); }
