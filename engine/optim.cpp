@@ -154,7 +154,8 @@ SGD::SGD(NamedTensors params, const SgdOptions& options)
 void SGD::step() {
   NoGradGuard no_grad;
   for (std::size_t i = 0; i < params().size(); ++i) {
-    const auto& [name, p] = params()[i];
+    const std::string& name = params()[i].first;
+    const Tensor& p = params()[i].second;  // not a structured binding: lambdas capture it below
     const Tensor& g = p.grad();
     if (!g.defined()) continue;
     check_param(name, p, "SGD");
@@ -185,7 +186,8 @@ Adam::Adam(NamedTensors params, const AdamOptions& options, bool decoupled)
 void Adam::step() {
   NoGradGuard no_grad;
   for (std::size_t i = 0; i < params().size(); ++i) {
-    const auto& [name, p] = params()[i];
+    const std::string& name = params()[i].first;
+    const Tensor& p = params()[i].second;  // not a structured binding: lambdas capture it below
     const Tensor& g = p.grad();
     if (!g.defined()) continue;
     check_param(name, p, this->name());
