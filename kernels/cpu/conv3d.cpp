@@ -54,50 +54,82 @@ std::int64_t floor_div(std::int64_t a, std::int64_t b) { return a >= 0 ? a / b :
 
 // ---- the GEMM micro-kernel -------------------------------------------------------------------
 
-template <class T>
+// A row of kNR lanes is held as 64 / Bytes vectors of Bytes bytes each: one register of the ISA the
+// variant is compiled for (64 for AVX-512, 32 for AVX2, 16 for SSE2). A wider type than the ISA's
+// registers would make the compiler keep every accumulator on the stack. Each lane sums in the
+// same order whatever the split, so the variants differ only where one fuses multiply-adds.
+// Spelled out per type and width: GCC ignores vector_size on a type that depends on a template
+// parameter.
+template <class T, int Bytes>
 struct Vec;
 template <>
-struct Vec<float> {
+struct Vec<float, 16> {
+  using type = float __attribute__((vector_size(16)));
+};
+template <>
+struct Vec<float, 32> {
+  using type = float __attribute__((vector_size(32)));
+};
+template <>
+struct Vec<float, 64> {
   using type = float __attribute__((vector_size(64)));
 };
 template <>
-struct Vec<double> {
+struct Vec<double, 16> {
+  using type = double __attribute__((vector_size(16)));
+};
+template <>
+struct Vec<double, 32> {
+  using type = double __attribute__((vector_size(32)));
+};
+template <>
+struct Vec<double, 64> {
   using type = double __attribute__((vector_size(64)));
 };
 
 // C[0..mr)[0..nr) (=|+=) sum_r ap[r][i] * b[r*ldb + j]: ap is one packed A panel (R, kMR), b one
 // panel of B whose rows hold kNR readable values (columns past nr are computed and dropped).
-template <class T>
+template <class T, int Bytes>
 [[gnu::always_inline]] inline void micro_tile_body(std::int64_t R, const T* ap, const T* b, std::int64_t ldb, T* c,
                                                    std::int64_t ldc, int mr, int nr, bool accumulate) {
-  using V = typename Vec<T>::type;
+  using V = typename Vec<T, Bytes>::type;
+  static_assert(sizeof(V) == Bytes, "V must be one vector of Bytes bytes");
   constexpr int NR = static_cast<int>(kNR<T>);
-  V acc[kMR];
+  constexpr int P = static_cast<int>(NR * sizeof(T)) / Bytes;  // vectors per row
+  static_assert(P * Bytes == NR * static_cast<int>(sizeof(T)), "a row must split into whole vectors");
+  V acc[kMR][P];
 #pragma GCC unroll 6
-  for (int i = 0; i < kMR; ++i) acc[i] = V{};
+  for (int i = 0; i < kMR; ++i)
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) acc[i][p] = V{};
   for (std::int64_t r = 0; r < R; ++r) {
-    V bv;
-    std::memcpy(&bv, b + r * ldb, sizeof(V));
+    V bv[P];
+    std::memcpy(bv, b + r * ldb, sizeof(bv));
     const T* a = ap + r * kMR;
 #pragma GCC unroll 6
-    for (int i = 0; i < kMR; ++i) acc[i] += a[i] * bv;
+    for (int i = 0; i < kMR; ++i)
+#pragma GCC unroll 4
+      for (int p = 0; p < P; ++p) acc[i][p] += a[i] * bv[p];
   }
   if (mr == kMR && nr == NR) {
 #pragma GCC unroll 6
-    for (int i = 0; i < kMR; ++i) {
-      V out = acc[i];
-      if (accumulate) {
-        V old;
-        std::memcpy(&old, c + i * ldc, sizeof(V));
-        out += old;
+    for (int i = 0; i < kMR; ++i)
+#pragma GCC unroll 4
+      for (int p = 0; p < P; ++p) {
+        V out = acc[i][p];
+        T* dst = c + i * ldc + p * (Bytes / static_cast<int>(sizeof(T)));
+        if (accumulate) {
+          V old;
+          std::memcpy(&old, dst, sizeof(V));
+          out += old;
+        }
+        std::memcpy(dst, &out, sizeof(V));
       }
-      std::memcpy(c + i * ldc, &out, sizeof(V));
-    }
     return;
   }
   for (int i = 0; i < mr; ++i) {
     T lanes[NR];
-    std::memcpy(lanes, &acc[i], sizeof(V));
+    std::memcpy(lanes, acc[i], sizeof(lanes));
     for (int j = 0; j < nr; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + lanes[j] : lanes[j];
   }
 }
@@ -111,19 +143,19 @@ template <class T>
 template <class T>
 using MicroTileFn = void (*)(std::int64_t, const T*, const T*, std::int64_t, T*, std::int64_t, int, int, bool);
 
-#define VG_CONV_MICRO_TILE(name, attr, T)                                                                   \
+#define VG_CONV_MICRO_TILE(name, attr, T, Bytes)                                                            \
   attr void name(std::int64_t R, const T* ap, const T* b, std::int64_t ldb, T* c, std::int64_t ldc, int mr, \
                  int nr, bool accumulate) {                                                                 \
-    micro_tile_body(R, ap, b, ldb, c, ldc, mr, nr, accumulate);                                             \
+    micro_tile_body<T, Bytes>(R, ap, b, ldb, c, ldc, mr, nr, accumulate);                                   \
   }
-VG_CONV_MICRO_TILE(micro_tile_baseline, , float)
-VG_CONV_MICRO_TILE(micro_tile_baseline, , double)
+VG_CONV_MICRO_TILE(micro_tile_baseline, , float, 16)
+VG_CONV_MICRO_TILE(micro_tile_baseline, , double, 16)
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define VG_CONV_X86_VARIANTS 1
-VG_CONV_MICRO_TILE(micro_tile_avx2, __attribute__((target("arch=x86-64-v3"))), float)
-VG_CONV_MICRO_TILE(micro_tile_avx2, __attribute__((target("arch=x86-64-v3"))), double)
-VG_CONV_MICRO_TILE(micro_tile_avx512, __attribute__((target("arch=x86-64-v4"))), float)
-VG_CONV_MICRO_TILE(micro_tile_avx512, __attribute__((target("arch=x86-64-v4"))), double)
+VG_CONV_MICRO_TILE(micro_tile_avx2, __attribute__((target("arch=x86-64-v3"))), float, 32)
+VG_CONV_MICRO_TILE(micro_tile_avx2, __attribute__((target("arch=x86-64-v3"))), double, 32)
+VG_CONV_MICRO_TILE(micro_tile_avx512, __attribute__((target("arch=x86-64-v4"))), float, 64)
+VG_CONV_MICRO_TILE(micro_tile_avx512, __attribute__((target("arch=x86-64-v4"))), double, 64)
 #endif
 #undef VG_CONV_MICRO_TILE
 
