@@ -1,8 +1,9 @@
-// Module bookkeeping (registration, state_dict names, mode, device moves), Sequential, LeakyReLU
-// and the Kaiming-normal initialisation.
+// Module bookkeeping (registration, aliases, state_dict names, mode, device and dtype moves),
+// Sequential, LeakyReLU, ReLU and the Kaiming-normal initialisation.
 #include "engine/nn.h"
 
 #include <cmath>
+#include <unordered_set>
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
@@ -25,6 +26,21 @@ void move_in_place(const Tensor& t, Device d) {
   impl->storage = moved.impl()->storage;
   impl->byte_offset = moved.impl()->byte_offset;
   if (impl->grad.defined()) impl->grad = impl->grad.to(d);
+}
+
+thread_local int zero_init_depth = 0;
+
+bool is_floating(DType t) { return t == DType::Float32 || t == DType::Float64; }
+
+// Points the tensor's shared impl at a converted copy of its data, so every handle follows.
+void convert_in_place(const Tensor& t, DType type) {
+  if (!t.defined() || t.dtype() == type || !is_floating(t.dtype())) return;
+  Tensor converted = t.detach().to(type);
+  TensorImpl* impl = t.impl();
+  impl->storage = converted.impl()->storage;
+  impl->byte_offset = converted.impl()->byte_offset;
+  impl->dtype = type;
+  impl->grad = Tensor();
 }
 
 }  // namespace
@@ -68,17 +84,19 @@ void Module::collect(const std::string& prefix, bool parameters, bool buffers, N
   for (const auto& [n, child] : children_) child->collect(prefix + n + ".", parameters, buffers, out);
 }
 
-NamedTensors Module::named_parameters() const {
+NamedTensors Module::collect_unique(bool parameters, bool buffers) const {
+  NamedTensors all;
+  collect("", parameters, buffers, &all);
   NamedTensors out;
-  collect("", true, false, &out);
+  std::unordered_set<const TensorImpl*> seen;
+  for (auto& [n, t] : all)
+    if (seen.insert(t.impl()).second) out.emplace_back(std::move(n), t);
   return out;
 }
 
-NamedTensors Module::named_buffers() const {
-  NamedTensors out;
-  collect("", false, true, &out);
-  return out;
-}
+NamedTensors Module::named_parameters() const { return collect_unique(true, false); }
+
+NamedTensors Module::named_buffers() const { return collect_unique(false, true); }
 
 NamedTensors Module::state_dict() const {
   NamedTensors out;
@@ -99,6 +117,11 @@ void Module::train(bool on) {
 
 void Module::to(Device d) {
   for (auto& [n, t] : state_dict()) move_in_place(t, d);
+}
+
+void Module::to(DType t) {
+  VG_CHECK(is_floating(t), "Module::to: parameters convert to a floating-point type, not " << dtype_name(t));
+  for (auto& [n, tensor] : state_dict()) convert_in_place(tensor, t);
 }
 
 void Module::zero_grad() {
@@ -122,13 +145,23 @@ Tensor Sequential::forward(const Tensor& x) {
 
 Tensor LeakyReLU::forward(const Tensor& x) { return leaky_relu(x, negative_slope_); }
 
+Tensor ReLU::forward(const Tensor& x) { return relu(x); }
+
 void kaiming_normal_(Tensor& t, std::int64_t fan_in, double negative_slope, Generator& gen) {
   VG_CHECK(t.defined(), "kaiming_normal_: the tensor is undefined");
   VG_CHECK(fan_in > 0, "kaiming_normal_: fan_in must be positive, got " << fan_in);
   const double gain = std::sqrt(2.0 / (1.0 + negative_slope * negative_slope));
   const double std = gain / std::sqrt(static_cast<double>(fan_in));
   NoGradGuard no_grad;
+  if (ZeroInitGuard::active()) {
+    t.copy_(zeros(t.shape(), t.dtype(), t.device()));
+    return;
+  }
   t.copy_(randn(t.shape(), gen, t.dtype(), t.device(), 0.0, std));
 }
+
+ZeroInitGuard::ZeroInitGuard() { ++zero_init_depth; }
+ZeroInitGuard::~ZeroInitGuard() { --zero_init_depth; }
+bool ZeroInitGuard::active() { return zero_init_depth > 0; }
 
 }  // namespace voxgrad

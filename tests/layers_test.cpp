@@ -116,6 +116,66 @@ TEST(Layers, InstanceNorm3dForwardIsInstanceNorm3d) {
 
 // kaiming_normal_(a = 0.01, fan_in): std = sqrt(2 / (1 + a^2) / fan_in); over ~100k draws the
 // sample std is within 1% of it, which tells fan_in = in*k^3 from out*k^3 for these layers.
+TEST(Layers, PerAxisKernelsKeepPyTorchsLayoutsAndFanIn) {
+  Generator gen(11);
+  Conv3d conv(2, 3, Triple{1, 3, 5}, Triple{1, 2, 2}, Triple{0, 1, 2}, true, gen);
+  EXPECT_EQ(conv.weight().shape(), (Shape{3, 2, 1, 3, 5}));
+  EXPECT_EQ(conv.params().stride, (Triple{1, 2, 2}));
+  EXPECT_EQ(conv.params().padding, (Triple{0, 1, 2}));
+  Tensor x = randn({1, 2, 3, 6, 7}, gen);
+  Tensor y = conv(x);
+  EXPECT_EQ(y.shape(), (Shape{1, 3, 3, 3, 4}));  // "same" padding (k - 1) / 2, then the stride
+  EXPECT_EQ(values(y), values(conv3d(x, conv.weight(), conv.bias(), conv.params())));
+  ConvTranspose3d up(3, 2, Triple{1, 2, 2}, Triple{1, 2, 2}, Triple{0, 0, 0}, Triple{0, 0, 0}, false, gen);
+  EXPECT_EQ(up.weight().shape(), (Shape{3, 2, 1, 2, 2}));  // (in, out, kD, kH, kW)
+  EXPECT_EQ(names_of(up.state_dict()), (std::vector<std::string>{"weight"}));
+  EXPECT_EQ(up(y).shape(), (Shape{1, 2, 3, 6, 8}));
+  // The cubic constructors are the per-axis ones with equal axes (same draws, same generator state).
+  Generator g1(5), g2(5);
+  Conv3d cubic(2, 4, 3, 2, 1, true, g1);
+  Conv3d axes(2, 4, Triple{3, 3, 3}, Triple{2, 2, 2}, Triple{1, 1, 1}, true, g2);
+  EXPECT_EQ(values(cubic.weight()), values(axes.weight()));
+  EXPECT_EQ(cubic.params().stride, axes.params().stride);
+  // fan_in = in * kD * kH * kW: a (64, 32, 1, 3, 3) weight has std sqrt(2 / 1.0001 / 288).
+  Conv3d wide(32, 64, Triple{1, 3, 3}, Triple{1, 1, 1}, Triple{0, 1, 1}, true, gen);
+  const double expected = std::sqrt(2.0 / (1.0 + 1e-4) / (32 * 9));
+  EXPECT_NEAR(std_of(values(wide.weight())), expected, 0.03 * expected);
+  EXPECT_THROW(Conv3d(2, 4, Triple{1, 0, 3}, Triple{1, 1, 1}, Triple{0, 0, 1}), Error);
+  EXPECT_THROW(ConvTranspose3d(2, 4, Triple{1, 2, 2}, Triple{1, 2, 2}, Triple{0, 0, 0}, Triple{1, 0, 0}), Error);
+}
+
+TEST(Layers, BatchNorm3dWithoutAffineAndWithNumBatchesTracked) {
+  BatchNorm3d plain(4, 0.1, 1e-5, /*affine=*/false);
+  EXPECT_TRUE(plain.named_parameters().empty());
+  EXPECT_EQ(names_of(plain.state_dict()), (std::vector<std::string>{"running_mean", "running_var"}));
+  BatchNorm3d tracked(4, 0.1, 1e-3, true, /*track_num_batches=*/true);
+  EXPECT_EQ(names_of(tracked.state_dict()),
+            (std::vector<std::string>{"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}));
+  EXPECT_EQ(tracked.num_batches_tracked().dtype(), DType::Int32);
+  EXPECT_EQ(tracked.num_batches_tracked().shape(), Shape{});
+  EXPECT_EQ(tracked.eps(), 1e-3);
+  Generator gen(12);
+  Tensor x = randn({2, 4, 3, 3, 3}, gen);
+  tracked(x);
+  tracked(x);
+  EXPECT_EQ(tracked.num_batches_tracked().item(), 2.0);  // counted in training
+  tracked.eval();
+  Tensor y = tracked(x);
+  EXPECT_EQ(tracked.num_batches_tracked().item(), 2.0);  // not at inference
+  EXPECT_EQ(values(y), values(batch_norm3d(x, tracked.weight(), tracked.bias(), tracked.running_mean(),
+                                           tracked.running_var(), false, 0.1, 1e-3)));
+  plain.eval();
+  EXPECT_EQ(values(plain(x)), values(batch_norm3d(x, {}, {}, plain.running_mean(), plain.running_var(), false)));
+}
+
+TEST(Layers, AvgPool3dPoolsPerAxis) {
+  AvgPool3d pool(Triple{1, 2, 2}, Triple{1, 2, 2});
+  EXPECT_TRUE(pool.state_dict().empty());
+  Tensor x = arange(0, 16).to(DType::Float32);
+  x = reshape(x, {1, 1, 1, 4, 4});
+  EXPECT_EQ(values(pool(x)), (std::vector<double>{2.5, 4.5, 10.5, 12.5}));
+}
+
 TEST(Layers, KaimingInitStatistics) {
   const double gain2 = 2.0 / (1.0 + 0.01 * 0.01);
   Generator gen(10);

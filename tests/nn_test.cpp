@@ -76,6 +76,71 @@ TEST(Nn, RegistrationRefusesDuplicateAndDottedNames) {
   EXPECT_NO_THROW(Bad("b"));
 }
 
+// nnU-Net's ConvDropoutNormReLU holds its conv as `conv` and again inside `all_modules`.
+TEST(Nn, AChildRegisteredTwiceIsListedTwiceInTheStateDictOnceInParameters) {
+  struct Twice : Module {
+    Twice() {
+      auto affine = register_module("conv", std::make_shared<Affine>(2));
+      register_module("all_modules", std::make_shared<Sequential>(std::vector<std::shared_ptr<Module>>{affine}));
+    }
+    Tensor forward(const Tensor& x) override { return x; }
+  };
+  Twice net;
+  EXPECT_EQ(names_of(net.state_dict()),
+            (std::vector<std::string>{"conv.weight", "conv.bias", "conv.running_mean", "all_modules.0.weight",
+                                      "all_modules.0.bias", "all_modules.0.running_mean"}));
+  EXPECT_EQ(names_of(net.named_parameters()), (std::vector<std::string>{"conv.weight", "conv.bias"}));
+  EXPECT_EQ(names_of(net.named_buffers()), (std::vector<std::string>{"conv.running_mean"}));
+  EXPECT_EQ(net.parameters().size(), 2u);
+  const NamedTensors sd = net.state_dict();
+  EXPECT_EQ(sd[0].second.impl(), sd[3].second.impl());  // one tensor, two names
+}
+
+TEST(Nn, ToDTypeConvertsFloatingTensorsInPlaceAndKeepsIntegerBuffers) {
+  struct Mixed : Module {
+    Mixed() {
+      weight = register_parameter("weight", from_vector<float>({1.5f, -2.25f}, {2}));
+      count = register_buffer("count", zeros({}, DType::Int32));
+    }
+    Tensor forward(const Tensor& x) override { return x * weight; }
+    Tensor weight, count;
+  };
+  Mixed m;
+  const Tensor handle = m.weight;
+  m.to(DType::Float64);
+  EXPECT_EQ(handle.dtype(), DType::Float64);  // every handle follows
+  EXPECT_EQ(handle.to_vector<double>(), (std::vector<double>{1.5, -2.25}));
+  EXPECT_TRUE(handle.requires_grad());
+  EXPECT_EQ(m.count.dtype(), DType::Int32);
+  m.to(DType::Float32);
+  EXPECT_EQ(m.weight.to_vector<float>(), (std::vector<float>{1.5f, -2.25f}));
+  EXPECT_THROW(m.to(DType::Int32), Error);
+}
+
+TEST(Nn, ZeroInitGuardSkipsTheDrawsWhileAlive) {
+  Generator gen(3);
+  Tensor w = ones({64});
+  {
+    ZeroInitGuard outer;
+    {
+      ZeroInitGuard inner;
+      EXPECT_TRUE(ZeroInitGuard::active());
+    }
+    kaiming_normal_(w, 8, 0.01, gen);  // still inside the outer guard
+  }
+  EXPECT_EQ(w.to_vector<float>(), std::vector<float>(64, 0.f));
+  EXPECT_EQ(gen.offset(), 0u);
+  EXPECT_FALSE(ZeroInitGuard::active());
+  kaiming_normal_(w, 8, 0.01, gen);
+  EXPECT_GT(gen.offset(), 0u);
+  EXPECT_NE(w.to_vector<float>(), std::vector<float>(64, 0.f));
+}
+
+TEST(Nn, ReLUIsRelu) {
+  ReLU r;
+  EXPECT_EQ(r(from_vector<float>({-1.f, 0.f, 2.f}, {3})).to_vector<float>(), (std::vector<float>{0.f, 0.f, 2.f}));
+}
+
 TEST(Nn, TrainEvalPropagatesToEveryChild) {
   auto block = std::make_shared<Block>();
   Sequential net({std::make_shared<Affine>(3), block});
