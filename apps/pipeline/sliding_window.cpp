@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 
+#include "apps/pipeline/window_buffers.h"
 #include "engine/autograd.h"
 
 namespace voxgrad::pipeline {
@@ -29,46 +30,6 @@ class EvalModeScope {
 };
 
 std::int64_t volume_of(const Shape3& s) { return s[0] * s[1] * s[2]; }
-
-// The (C, d, h, w) block of a (C, Z, Y, X) image whose first voxel sits at `start` on the padded
-// grid, i.e. at start - before on the image; voxels outside the image read 0 (nnU-Net pads with
-// 0). Reading through the padding instead of building a padded copy saves a copy of the image.
-std::vector<float> read_window(const float* image, std::int64_t channels, const Shape3& size, const Shape3& before,
-                               const Shape3& start, const Shape3& patch) {
-  std::vector<float> window(static_cast<std::size_t>(channels * volume_of(patch)), 0.0f);  // (C, d, h, w)
-  const std::int64_t oz = start[0] - before[0], oy = start[1] - before[1], ox = start[2] - before[2];
-  const std::int64_t x_lo = std::max<std::int64_t>(0, -ox), x_hi = std::min(patch[2], size[2] - ox);
-  for (std::int64_t c = 0; c < channels; ++c)
-    for (std::int64_t z = 0; z < patch[0]; ++z) {
-      const std::int64_t iz = oz + z;
-      if (iz < 0 || iz >= size[0]) continue;
-      for (std::int64_t y = 0; y < patch[1]; ++y) {
-        const std::int64_t iy = oy + y;
-        if (iy < 0 || iy >= size[1]) continue;
-        // Indices, not a row pointer moved by ox: ox < 0 would point before the array.
-        const std::int64_t src = ((c * size[0] + iz) * size[1] + iy) * size[2] + ox;
-        float* dst = window.data() + ((c * patch[0] + z) * patch[1] + y) * patch[2];
-        for (std::int64_t x = x_lo; x < x_hi; ++x) dst[x] = image[src + x];
-      }
-    }
-  return window;
-}
-
-// A (C, d, h, w) buffer reversed along the spatial axes whose bit is set in `axes` (1 = d, 2 = h,
-// 4 = w). Its own inverse, so it both flips the input and flips the logits back.
-std::vector<float> flip_spatial(const std::vector<float>& x, std::int64_t channels, const Shape3& s, int axes) {
-  std::vector<float> out(x.size());
-  const bool fz = axes & 1, fy = axes & 2, fx = axes & 4;
-  for (std::int64_t c = 0; c < channels; ++c)
-    for (std::int64_t z = 0; z < s[0]; ++z)
-      for (std::int64_t y = 0; y < s[1]; ++y) {
-        const std::int64_t tz = fz ? s[0] - 1 - z : z, ty = fy ? s[1] - 1 - y : y;
-        const float* src = x.data() + ((c * s[0] + z) * s[1] + y) * s[2];
-        float* dst = out.data() + ((c * s[0] + tz) * s[1] + ty) * s[2];
-        for (std::int64_t i = 0; i < s[2]; ++i) dst[fx ? s[2] - 1 - i : i] = src[i];
-      }
-  return out;
-}
 
 // The (K, d, h, w) logits of one (C, d, h, w) window, on the host.
 std::vector<float> forward_window(UNet3d& model, const std::vector<float>& window, std::int64_t channels,
@@ -188,8 +149,8 @@ Tensor sliding_window_logits(UNet3d& model, const Tensor& image, const SlidingWi
           // nnU-Net's test-time mirroring: the mean over every subset of the three axes flipped.
           for (int axes = 1; axes < 8; ++axes) {
             const std::vector<float> flipped =
-                forward_window(model, flip_spatial(window, channels, patch, axes), channels, patch, device);
-            const std::vector<float> back = flip_spatial(flipped, classes, patch, axes);
+                forward_window(model, flip_window(window, channels, patch, axes), channels, patch, device);
+            const std::vector<float> back = flip_window(flipped, classes, patch, axes);
             for (std::size_t i = 0; i < logits.size(); ++i) logits[i] += back[i];
           }
           for (float& v : logits) v /= 8.0f;
