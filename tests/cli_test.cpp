@@ -14,12 +14,7 @@ namespace {
 using voxgrad::test::CommandResult;
 using voxgrad::test::run_voxgrad;
 
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
+using voxgrad::test::lines_of;
 
 bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
 

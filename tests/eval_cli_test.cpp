@@ -49,12 +49,7 @@ std::vector<std::int32_t> labels(std::initializer_list<std::pair<int, int>> runs
 
 using voxgrad::test::read_file;
 
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
+using voxgrad::test::lines_of;
 
 // Two cases, two classes:
 //   case_a: ref 1 on voxels 0..5, 2 on 6..9; pred 1 on 2..7, 2 on 8..11

@@ -52,12 +52,7 @@ bool have_nifti_tool() { return std::system("command -v nifti_tool >/dev/null 2>
 
 std::string quoted(const std::string& s) { return "'" + s + "'"; }
 
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
+using voxgrad::test::lines_of;
 
 std::set<std::string> keys_of(const json& j) {
   std::set<std::string> keys;

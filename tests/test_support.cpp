@@ -1,13 +1,11 @@
 // Shared test helpers; see test_support.h.
 #include "tests/test_support.h"
 
-#include "engine/error.h"
-#include "engine/log.h"
-
 #include <elf.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -18,6 +16,9 @@
 #include <regex>
 #include <sstream>
 #include <stdexcept>
+
+#include "engine/error.h"
+#include "engine/log.h"
 
 namespace voxgrad::test {
 
@@ -133,8 +134,8 @@ CommandResult run_voxgrad(const std::string& args, const std::string& env) {
   const std::string dir = temp_dir("cmd");
   const std::string out = dir + "/stdout", err = dir + "/stderr";
   const std::string binary = voxgrad_binary();
-  const std::string cmd = env + (env.empty() ? "" : " ") + "'" + binary + "' " + args + " </dev/null >'" + out +
-                          "' 2>'" + err + "'";
+  const std::string cmd =
+      env + (env.empty() ? "" : " ") + "'" + binary + "' " + args + " </dev/null >'" + out + "' 2>'" + err + "'";
   const int status = std::system(cmd.c_str());
   CommandResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -145,8 +146,7 @@ CommandResult run_voxgrad(const std::string& args, const std::string& env) {
 
 ::testing::AssertionResult all_close(const std::vector<double>& a, const std::vector<double>& b, double atol,
                                      double rtol) {
-  if (a.size() != b.size())
-    return ::testing::AssertionFailure() << "sizes differ: " << a.size() << " vs " << b.size();
+  if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes differ: " << a.size() << " vs " << b.size();
   for (std::size_t i = 0; i < a.size(); ++i) {
     const double tol = atol + rtol * std::fabs(b[i]);
     if (!(std::fabs(a[i] - b[i]) <= tol)) {
@@ -250,6 +250,25 @@ std::vector<double> central_differences(const std::function<double(const std::ve
     grad[j] = (up - down) / (2 * h);
   }
   return grad;
+}
+
+double max_abs(const std::vector<double>& v) {
+  double m = 0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+
+double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  double m = 0;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::abs(a[i] - b[i]));
+  return m;
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
 }
 
 }  // namespace voxgrad::test

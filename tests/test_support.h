@@ -39,6 +39,9 @@ std::string source_path(const std::string& relative);
 // unset), `executable` the test executable's path, `built_at` the path recorded at build time.
 std::string find_source_dir(const char* from_env, const std::string& executable, const std::string& built_at);
 
+// The lines of a command's output, without their newlines.
+std::vector<std::string> lines_of(const std::string& text);
+
 // A whole file's bytes ("" when it cannot be read).
 std::string read_file(const std::string& path);
 
@@ -59,6 +62,10 @@ std::string temp_dir(const std::string& tag);
 // Index of the first element with |a - b| > atol + rtol * |b|, or -1; `what` names the check.
 ::testing::AssertionResult all_close(const std::vector<double>& a, const std::vector<double>& b, double atol,
                                      double rtol);
+
+// The largest |v| and the largest |a - b| (a and b of one size), for tests that report what they measured.
+double max_abs(const std::vector<double>& v);
+double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b);
 
 // ∂f/∂x_j by central differences, each element moved by ±h in turn: the one finite-difference
 // routine of the gradient checks (tests/op_harness.h and the kernel-level checks).

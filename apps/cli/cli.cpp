@@ -33,6 +33,7 @@ std::vector<Command> commands() {
       synth_command(),
       train_command(),
       predict_command(),
+      convert_command(),
       eval_command(),
   };
 }

@@ -39,6 +39,7 @@ struct Command {
 std::vector<Command> commands();
 
 Command bench_command();
+Command convert_command();
 Command devices_command();
 Command eval_command();
 Command grad_command();

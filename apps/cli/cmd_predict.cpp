@@ -10,6 +10,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <regex>
 #include <set>
 #include <string>
@@ -17,6 +18,7 @@
 
 #include "apps/cli/cli.h"
 #include "apps/cli/cli_checks.h"
+#include "apps/pipeline/nnunet_model.h"
 #include "apps/pipeline/output_folder.h"
 #include "apps/pipeline/predictor.h"
 #include "apps/pipeline/run_config.h"
@@ -32,12 +34,15 @@ namespace {
 namespace fs = std::filesystem;
 
 struct PredictOptions {
-  std::string model;  // run folder
-  std::string checkpoint = "best";
+  std::string model;       // run folder or nnU-Net trained-model folder
+  std::string checkpoint;  // empty: the kind's default (best for a run folder, final for nnU-Net)
+  std::string folds;       // nnU-Net only: empty for every fold present
   std::string input;
   std::string out;
   double overlap = 0.5;
+  std::optional<double> step_size;  // nnU-Net's name for 1 - overlap
   bool tta = false;
+  bool disable_tta = false;
   bool save_probabilities = false;
   bool overwrite = false;    // replace outputs that exist (never an input)
   bool skip_existing = false;  // --continue: skip cases whose outputs all exist
@@ -175,12 +180,27 @@ int run_predict(const PredictOptions& o, const GlobalOptions& global) {
   // The command line first (exit 2), then the model and the inputs, then the outputs' places;
   // nothing is written before every check has passed.
   std::error_code ec;
-  VG_USAGE_CHECK(fs::is_directory(o.model, ec), "--model '" << o.model << "': no such run folder");
+  VG_USAGE_CHECK(fs::is_directory(o.model, ec),
+                 "--model '" << o.model << "': no such folder (a voxgrad run folder or an nnU-Net trained-model folder)");
+  const bool nnunet = pipeline::nnunet::is_nnunet_model_folder(o.model);
+  if (nnunet) {
+    VG_USAGE_CHECK(o.checkpoint != "latest", "--checkpoint latest: " << o.model
+                                                 << " is an nnU-Net model folder; choose final or best");
+  } else {
+    VG_USAGE_CHECK(o.checkpoint != "final", "--checkpoint final: " << o.model
+                                                << " is a voxgrad run folder; choose best or latest");
+    VG_USAGE_CHECK(o.folds.empty(), "--folds: " << o.model << " is a voxgrad run folder, which has no folds");
+  }
+  pipeline::nnunet::parse_fold_list(o.folds);  // a bad list is a usage error before anything is read
   PredictorOptions options;
   options.device = global.device;
   options.checkpoint = o.checkpoint;
-  options.overlap = o.overlap;
-  options.mirror = o.tta;
+  options.folds = o.folds;
+  options.overlap = o.step_size ? 1.0 - *o.step_size : o.overlap;
+  if (o.disable_tta)
+    options.mirror = false;
+  else if (o.tta)
+    options.mirror = true;
   Predictor predictor(o.model, options, logging::stderr_sink());
   const std::vector<InputCase> cases = find_inputs(o.input, predictor.in_channels());
   pipeline::OutputFolder folder(o.out, "--out");
@@ -188,8 +208,7 @@ int run_predict(const PredictOptions& o, const GlobalOptions& global) {
   files::InputFiles inputs;
   for (const InputCase& c : cases)
     for (const std::string& f : c.files) inputs.add(f);
-  for (const char* f : {"config.json", "model_best.safetensors", "checkpoint_latest.safetensors"})
-    inputs.add(pipeline::run_file(o.model, f));
+  for (const std::string& f : predictor.model_files()) inputs.add(f);
   const std::vector<std::size_t> todo = cases_to_run(o, cases, inputs);
   if (todo.size() < cases.size())
     logging::info("--continue: " + std::to_string(cases.size() - todo.size()) + " of " + std::to_string(cases.size()) +
@@ -235,15 +254,24 @@ int run_predict(const PredictOptions& o, const GlobalOptions& global) {
 
 Command predict_command() {
   return {"predict",
-          "Segment volumes with a trained run: its preprocessing, Gaussian-weighted sliding-window inference, optional "
-          "mirroring TTA, one label NIfTI per case on the input's grid",
+          "Segment volumes with a trained run or an nnU-Net v2 model: its preprocessing, Gaussian-weighted "
+          "sliding-window inference, optional mirroring TTA, one label NIfTI per case on the input's grid",
           [](CLI::App& sub) -> RunFn {
             auto opt = std::make_shared<PredictOptions>();
-            sub.add_option("--model", opt->model, "Run folder written by voxgrad train")->type_name("RUN")->required();
+            sub.add_option("--model", opt->model,
+                           "Run folder written by voxgrad train, or an nnU-Net v2 trained-model folder (dataset.json, "
+                           "plans.json, fold_K/checkpoint_final.pth)")
+                ->type_name("MODEL")
+                ->required();
             sub.add_option("--checkpoint", opt->checkpoint,
-                           "best (model_best.safetensors) or latest (checkpoint_latest.safetensors)")
-                ->check(one_of({"best", "latest"}))
-                ->capture_default_str();
+                           "Run folder: best (model_best.safetensors, default) or latest "
+                           "(checkpoint_latest.safetensors). nnU-Net model: final (checkpoint_final.pth, default) or "
+                           "best (checkpoint_best.pth)")
+                ->check(one_of({"best", "latest", "final"}));
+            sub.add_option("--folds", opt->folds,
+                           "nnU-Net model: the folds to ensemble, e.g. 0,1,4, or all (fold_all); default every fold "
+                           "present")
+                ->type_name("LIST");
             sub.add_option("--input", opt->input,
                            "A .nii/.nii.gz volume, or a folder of them (<case>_0000.nii.gz ... for several channels)")
                 ->type_name("FILE_OR_DIR")
@@ -251,10 +279,20 @@ Command predict_command() {
             sub.add_option("--out", opt->out, "Folder for <case>.nii.gz (created when missing)")
                 ->type_name("DIR")
                 ->required();
-            sub.add_option("--overlap", opt->overlap, "Sliding-window overlap in [0, 1)")
-                ->check(number_in_range(0.0, 0.99))
-                ->capture_default_str();
-            sub.add_flag("--tta", opt->tta, "Mirroring test-time augmentation (mean over the 8 flips; 8 times slower)");
+            CLI::Option* overlap = sub.add_option("--overlap", opt->overlap, "Sliding-window overlap in [0, 1)")
+                                       ->check(number_in_range(0.0, 0.99))
+                                       ->capture_default_str();
+            sub.add_option("--step-size", opt->step_size,
+                           "Sliding-window step as a fraction of the patch, nnU-Net's name for 1 - overlap (0.5)")
+                ->check(number_in_range(0.01, 1.0))
+                ->type_name("S")
+                ->excludes(overlap);
+            CLI::Option* tta = sub.add_flag(
+                "--tta", opt->tta,
+                "Mirroring test-time augmentation: the mean over the flips (8 in 3-D; 8 times slower). On by default "
+                "for nnU-Net models, over the axes their checkpoint allows");
+            sub.add_flag("--disable-tta", opt->disable_tta, "No mirroring (nnU-Net's flag; run folders mirror only with --tta)")
+                ->excludes(tta);
             sub.add_flag("--save-probabilities", opt->save_probabilities,
                          "Also write <case>_probabilities.nii.gz: the softmax, float32, classes along the 4th axis");
             CLI::Option* overwrite = sub.add_flag(

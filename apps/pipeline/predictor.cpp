@@ -1,24 +1,17 @@
-// voxgrad::Predictor: a run folder's network and preprocessing, and the one inference path every
-// client shares: preprocess, sliding windows, logits resampled back to the input's grid, argmax.
+// voxgrad::Predictor: opens the backend for the kind of model folder it is given (a voxgrad run
+// folder or an nnU-Net v2 trained-model folder), reads the cases' files and writes the results.
 #include "apps/pipeline/predictor.h"
 
 #include <algorithm>
-#include <cmath>
 #include <filesystem>
 
+#include "apps/pipeline/nnunet_model.h"
+#include "apps/pipeline/predictor_backend.h"
 #include "apps/pipeline/preprocess.h"
-#include "apps/pipeline/run_config.h"
-#include "apps/pipeline/sliding_window.h"
-#include "engine/checkpoint.h"
-#include "engine/device.h"
 #include "engine/error.h"
-#include "engine/memory_budget.h"
-#include "engine/metrics.h"
 #include "engine/ops.h"
 #include "io/dataset.h"
-#include "io/image_health.h"
 #include "io/nifti.h"
-#include "models/unet3d.h"
 
 namespace voxgrad {
 
@@ -26,37 +19,11 @@ namespace fs = std::filesystem;
 using namespace pipeline;
 
 struct Predictor::Model {
-  RunConfig config;
-  UNet3d network;
-  Device device;
-  std::string device_name;
-  PredictorOptions options;
+  std::unique_ptr<PredictorBackend> backend;
   logging::Sink* sink;
-
-  Model(RunConfig c, const PredictorOptions& o, logging::Sink& s)
-      : config(std::move(c)), network(config.model), device(resolve_device(o.device)), options(o), sink(&s) {
-    device_name = device.str();
-  }
 };
 
-namespace {
-
-// The run's weights: model_best (weights only) or the model part of checkpoint_latest; either
-// file's checksum is verified as it loads.
-void load_weights(UNet3d& network, const std::string& model_dir, const std::string& checkpoint) {
-  std::error_code ec;
-  if (checkpoint == "best") {
-    const std::string path = run_file(model_dir, "model_best.safetensors");
-    VG_INPUT_CHECK(fs::exists(path, ec),
-                   path << ": missing (the run has no validated epoch yet; try --checkpoint latest)");
-    load_model(path, network);
-    return;
-  }
-  VG_USAGE_CHECK(checkpoint == "latest", "--checkpoint '" << checkpoint << "': choose best or latest");
-  const std::string path = run_file(model_dir, "checkpoint_latest.safetensors");
-  VG_INPUT_CHECK(fs::exists(path, ec), path << ": missing (is " << model_dir << " a voxgrad train --out folder?)");
-  load_checkpoint_weights(path, network);
-}
+namespace pipeline {
 
 // Channels as (C, Z, Y, X) float32: 3-D volumes, single slices (2-D, as train takes them) and 4-D
 // files holding one volume. The first channel is the reference for dims and affine.
@@ -84,48 +51,15 @@ Tensor stack_channels(const std::vector<io::Volume>& channels, const std::vector
   return image;
 }
 
+}  // namespace pipeline
+
+namespace {
+
 std::vector<std::string> channel_names(const std::vector<io::Volume>& channels) {
   std::vector<std::string> names;
   for (std::size_t ch = 0; ch < channels.size(); ++ch)
     names.push_back(channels[ch].path.empty() ? "channel " + std::to_string(ch) : channels[ch].path);
   return names;
-}
-
-// The network's logits (K, Z, Y, X) float32 on the image's own grid.
-Tensor logits_on_grid(Predictor::Model& m, const Tensor& image, const Spacing3& spacing,
-                      const std::vector<std::string>& names, const WindowProgress& on_window) {
-  VG_INPUT_CHECK(image.dtype() == DType::Float32 && image.dim() == 4 && image.device().is_cpu(),
-                 names[0] << ": the image must be (C, Z, Y, X) float32 on the CPU, got " << shape_str(image.shape()));
-  VG_INPUT_CHECK(image.size(0) == m.config.model.in_channels,
-                 names[0] << ": " << image.size(0) << " channels; the model takes " << m.config.model.in_channels);
-  for (int a = 0; a < 3; ++a)
-    VG_INPUT_CHECK(std::isfinite(spacing[a]) && spacing[a] > 0,
-                   names[0] << ": voxel spacing " << spacing[a] << " mm is not a positive number");
-  const PreprocessedCase pre = preprocess_case(image, Tensor(), spacing, m.config.plan, names[0]);
-  // Non-finite voxels (set to 0), an image with no finite voxel or one value everywhere: the
-  // prediction still comes, but the caller hears why it may be empty.
-  for (const std::string& warning : io::health_warnings(pre.health, names)) m.sink->warning(warning);
-  SlidingWindowOptions sw;
-  sw.patch = m.config.training.patch;
-  sw.overlap = m.options.overlap;
-  sw.mirror = m.options.mirror;
-  sw.on_window = on_window;
-  Tensor logits = sliding_window_logits(m.network, pre.image, sw, m.device);
-  const Shape3 original = pre.original_shape;
-  if (logits.size(1) != original[0] || logits.size(2) != original[1] || logits.size(3) != original[2]) {
-    memory::check_fits(memory::saturating_product({logits.size(0), original[0], original[1], original[2], 4}),
-                       names[0] + ": resampling the prediction back to the input's grid");
-    logits = resample_image(logits, original);
-  }
-  return logits;
-}
-
-// The engine's argmax over the class axis (the first class on ties): (K, Z, Y, X) -> (Z, Y, X) int32.
-Tensor labels_of(const Tensor& logits) {
-  Shape batched = logits.shape();
-  batched.insert(batched.begin(), 1);
-  const Tensor labels = argmax_classes(reshape(logits, batched));
-  return reshape(labels, {logits.size(1), logits.size(2), logits.size(3)});
 }
 
 // The label Volume on the grid of `reference` (the first channel as read).
@@ -142,21 +76,29 @@ io::Volume label_volume(const Tensor& labels, const io::Volume& reference, int c
 
 Predictor::Predictor(const std::string& model_dir, PredictorOptions options, logging::Sink& sink) {
   std::error_code ec;
-  VG_USAGE_CHECK(fs::is_directory(model_dir, ec), "--model '" << model_dir << "': no such run folder");
+  VG_USAGE_CHECK(fs::is_directory(model_dir, ec), "--model '" << model_dir
+                                                              << "': no such folder (a voxgrad run folder or an "
+                                                                 "nnU-Net trained-model folder)");
   VG_USAGE_CHECK(options.overlap >= 0 && options.overlap < 1, "--overlap " << options.overlap << ": must be in [0, 1)");
-  model_ = std::make_unique<Model>(read_run_config(model_dir), options, sink);
-  load_weights(model_->network, model_dir, options.checkpoint);
-  model_->network.to(model_->device);
-  model_->network.eval();
+  model_ = std::make_unique<Model>();
+  model_->sink = &sink;
+  const bool nnunet_model = nnunet::is_nnunet_model_folder(model_dir);
+  VG_INPUT_CHECK(nnunet_model || fs::exists(fs::path(model_dir) / "config.json", ec),
+                 model_dir << ": neither a voxgrad run folder (it has no config.json; voxgrad train --out writes one) "
+                              "nor an nnU-Net trained-model folder (dataset.json, plans.json, "
+                              "fold_K/checkpoint_final.pth)");
+  model_->backend =
+      nnunet_model ? open_nnunet_model(model_dir, options, sink) : open_run_folder(model_dir, options, sink);
 }
 
 Predictor::~Predictor() = default;
 Predictor::Predictor(Predictor&&) noexcept = default;
 Predictor& Predictor::operator=(Predictor&&) noexcept = default;
 
-int Predictor::in_channels() const { return static_cast<int>(model_->config.model.in_channels); }
-int Predictor::classes() const { return static_cast<int>(model_->config.plan.classes); }
-const std::string& Predictor::device() const { return model_->device_name; }
+int Predictor::in_channels() const { return model_->backend->in_channels(); }
+int Predictor::classes() const { return model_->backend->classes(); }
+const std::string& Predictor::device() const { return model_->backend->device(); }
+std::vector<std::string> Predictor::model_files() const { return model_->backend->model_files(); }
 
 void Predictor::predict_files(const std::vector<std::string>& channel_files, const std::string& labels_path,
                               const std::string& probabilities_path, const WindowProgress& on_window) {
@@ -165,30 +107,30 @@ void Predictor::predict_files(const std::vector<std::string>& channel_files, con
   std::vector<io::Volume> channels;
   for (const std::string& file : channel_files) channels.push_back(io::read_nifti(file));
   if (channels[0].intent_code == 1002)
-    model_->sink->warning(channel_files[0] + " is marked as a label map (NIfTI intent 1002); predicting on it anyway");
+    model_->sink->warning(channel_files[0] +
+                          " is marked as a label map (NIfTI intent 1002); "
+                          "predicting on it anyway");
   const io::Volume& reference = channels[0];
-  const Spacing3 spacing = spacing_zyx(reference.spacing);
-  const Tensor logits =
-      logits_on_grid(*model_, stack_channels(channels, channel_files), spacing, channel_files, on_window);
-  io::write_nifti(labels_path, label_volume(labels_of(logits), reference, classes()));
+  const Segmentation result = model_->backend->segment(channels, channel_files, !probabilities_path.empty(), on_window);
+  io::write_nifti(labels_path, label_volume(result.labels, reference, classes()));
   if (probabilities_path.empty()) return;
-  io::Volume prob = io::make_volume(softmax(logits, 0), reference.affine);
+  io::Volume prob = io::make_volume(result.probabilities, reference.affine);
+  const Spacing3 spacing = spacing_zyx(reference.spacing);  // 2-D slices have 2 pixdims
   for (int a = 0; a < 3; ++a) prob.spacing[a] = spacing[2 - a];
+  prob.xyzt_units = reference.xyzt_units;
   io::write_nifti(probabilities_path, prob, io::NiftiWriteType::Float32);
 }
 
 Tensor Predictor::predict(const Tensor& image, const std::array<double, 3>& spacing_zyx,
                           const WindowProgress& on_window) {
-  return labels_of(logits_on_grid(*model_, image, spacing_zyx, {"the image"}, on_window));
+  return model_->backend->segment(image, spacing_zyx, on_window).labels;
 }
 
 io::Volume Predictor::predict(const std::vector<io::Volume>& channels, const WindowProgress& on_window) {
   VG_USAGE_CHECK(static_cast<int>(channels.size()) == in_channels(),
                  channels.size() << " channels given; the model takes " << in_channels());
-  const std::vector<std::string> names = channel_names(channels);
-  const Tensor logits =
-      logits_on_grid(*model_, stack_channels(channels, names), spacing_zyx(channels[0].spacing), names, on_window);
-  return label_volume(labels_of(logits), channels[0], classes());
+  const Segmentation result = model_->backend->segment(channels, channel_names(channels), false, on_window);
+  return label_volume(result.labels, channels[0], classes());
 }
 
 }  // namespace voxgrad

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,10 +20,15 @@
 namespace voxgrad {
 
 struct PredictorOptions {
-  std::string device = "auto";      // cpu | cuda | auto
-  std::string checkpoint = "best";  // best (model_best.safetensors) or latest (checkpoint_latest's weights)
-  double overlap = 0.5;             // sliding-window overlap in [0, 1)
-  bool mirror = false;              // test-time augmentation: the mean over the 8 flips (8 times slower)
+  std::string device = "auto";  // cpu | cuda | auto
+  // Empty for the folder's default. Run folder: best (model_best.safetensors, default) or latest
+  // (checkpoint_latest's weights). nnU-Net model: final (checkpoint_final.pth, default) or best.
+  std::string checkpoint;
+  std::string folds;     // nnU-Net model: "" for every fold present, "all", or a list such as "0,1,4"
+  double overlap = 0.5;  // sliding-window overlap in [0, 1) (nnU-Net's step size is 1 - overlap)
+  // Test-time augmentation, the mean over the mirrored inputs (8 in 3-D: 8 times slower). Unset:
+  // off for run folders, on for nnU-Net models (over the axes their checkpoint allows).
+  std::optional<bool> mirror;
 };
 
 // Called after each sliding window with (windows done, windows total) of the current case.
@@ -33,8 +39,9 @@ using WindowProgress = std::function<void(std::int64_t done, std::int64_t total)
 // the file and the reason.
 class VG_API Predictor {
  public:
-  // `model_dir` is a voxgrad run folder (voxgrad train --out). Reads its config and weights, every
-  // checksum verified. Warnings (unusual images) go to `sink`.
+  // `model_dir` is a voxgrad run folder (voxgrad train --out; its config and weights, every checksum
+  // verified) or an nnU-Net v2 trained-model folder (dataset.json, plans.json, fold_K/checkpoint_*.pth:
+  // segmented as nnUNetPredictor does, the folds' mean). Warnings (unusual images) go to `sink`.
   explicit Predictor(const std::string& model_dir, PredictorOptions options = {},
                      logging::Sink& sink = logging::silent_sink());
   ~Predictor();
@@ -44,6 +51,7 @@ class VG_API Predictor {
   int in_channels() const;            // channel files (or image channels) a case needs
   int classes() const;                // labels including background: outputs are 0..classes-1
   const std::string& device() const;  // "cpu" or "cuda:N", resolved
+  std::vector<std::string> model_files() const;  // the files the model was read from
 
   // One case given as its channel files (NIfTI; 2-D slices or 3-D volumes, channel 0 first): writes
   // the label map (uint8 when classes <= 256, else int32; intent "label") to `labels_path` on the

@@ -6,7 +6,8 @@
 #   - every installed header compiles on its own with a plain compiler and includes no CUDA, cuDNN,
 #     CLI11 or nlohmann header;
 #   - examples/ builds through find_package and through pkg-config, and both examples write labels
-#     byte-identical to `voxgrad predict`'s; tests/install/c_api_check.c checks the C API's failures.
+#     byte-identical to `voxgrad predict`'s; tests/install/c_api_check.c checks the C API's failures;
+#   - an nnU-Net model folder and its `voxgrad convert`ed form give the examples and predict one answer.
 # Usage: check_install.sh BUILD_DIR SOURCE_DIR
 set -euo pipefail
 build="$1"
@@ -103,4 +104,23 @@ cc -std=c99 -Wall -o "$work/c_api_check" "$source/tests/install/c_api_check.c" $
   fail "building c_api_check failed"
 mkdir "$work/c_api"
 env -i "$work/c_api_check" "$work/run" "$work/c_api" || fail "c_api_check failed"
+
+# ---- an nnU-Net model, as it is and converted: predict, the C and C++ examples give one answer ----
+nnunet_model="$source/tests/data/nnunet/models/Dataset903_CTBorder/nnUNetTrainer__nnUNetPlans__3d_fullres"
+nnunet_image="$source/tests/data/nnunet/inputs/Dataset903_CTBorder/case_other_0000.nii.gz"
+run predict --device cpu --model "$nnunet_model" --input "$nnunet_image" --out "$work/nnunet" >/dev/null 2>&1 ||
+  fail "voxgrad predict on the nnU-Net model failed"
+expected="$work/nnunet/case_other.nii.gz"
+run convert --model "$nnunet_model" --out "$work/converted" >/dev/null 2>"$work/convert.log" ||
+  fail "voxgrad convert failed: $(tail -3 "$work/convert.log")"
+run predict --device cpu --model "$work/converted" --input "$nnunet_image" --out "$work/nnunet_converted" \
+  >/dev/null 2>&1 || fail "voxgrad predict on the converted model failed"
+same_as_predict "predict (converted model)" "$work/nnunet_converted/case_other.nii.gz"
+for model in "$nnunet_model" "$work/converted"; do
+  env -i "$work/segment_pc" "$model" "$work/nnunet_c.nii.gz" "$nnunet_image" || fail "segment on $model failed"
+  same_as_predict "segment (C API, $(basename "$model"))" "$work/nnunet_c.nii.gz"
+  env -i "$work/segment_cpp_pc" "$model" "$work/nnunet_cpp.nii.gz" "$nnunet_image" 2>/dev/null ||
+    fail "segment_cpp on $model failed"
+  same_as_predict "segment_cpp ($(basename "$model"))" "$work/nnunet_cpp.nii.gz"
+done
 echo "check_install: the installed package passed every check"
