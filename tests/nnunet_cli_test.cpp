@@ -6,6 +6,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <tuple>
 
 #include "tests/test_support.h"
 
@@ -179,6 +180,65 @@ TEST(NnunetCli, ADamagedConvertedWeightFileIsRefused) {
   bytes[bytes.size() - 3] ^= 0x10;  // one bit of one weight
   std::ofstream(weights, std::ios::binary) << bytes;
   expect_one_error(predict(dir + "/m", ct_inputs(), dir + "/o"), 1, "fold_0.safetensors");
+}
+
+// A copy of the CT model whose `file` (plans.json or dataset.json) `edit` changes.
+std::string edited_file_copy(const std::string& file, const std::function<void(nlohmann::json&)>& edit) {
+  const std::string dir = voxgrad::test::temp_dir("nnunet-hostile") + "/model";
+  fs::copy(ct_model(), dir, fs::copy_options::recursive);
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(dir + "/" + file));
+  edit(j);
+  std::ofstream(dir + "/" + file) << j.dump(2);
+  return dir;
+}
+
+// Hostile or broken model descriptions: each is one error line naming the file (exit 1), never a
+// crash, a hang or an allocation the size of the machine.
+TEST(NnunetCli, BrokenPlansAndDatasetJsonAreOneErrorLineEach) {
+  using J = nlohmann::json;
+  const auto cfg = [](J& plans) -> J& { return plans["configurations"]["3d_fullres"]; };
+  const std::vector<std::tuple<std::string, std::string, std::function<void(J&)>>> cases = {
+      {"plans.json", "patch_size", [&](J& p) { cfg(p)["patch_size"] = "big"; }},
+      {"plans.json", "patch_size",
+       [&](J& p) {
+         cfg(p)["patch_size"] = J::array({0, 16, 16});
+       }},
+      {"plans.json", "spacing",
+       [&](J& p) {
+         cfg(p)["spacing"] = J::array({-1.0, 1.0, 1.0});
+       }},
+      {"plans.json", "transpose_forward",
+       [](J& p) {
+         p["transpose_forward"] = J::array({0, 0, 1});
+       }},
+      {"plans.json", "Unknown", [&](J& p) { cfg(p)["normalization_schemes"] = J::array({"UnknownNormalization"}); }},
+      {"plans.json", "my_resampler", [&](J& p) { cfg(p)["resampling_fn_data"] = "my_resampler"; }},
+      {"plans.json", "cycle", [&](J& p) { cfg(p)["inherits_from"] = "3d_fullres"; }},
+      {"plans.json", "n_stages", [&](J& p) { cfg(p)["architecture"]["arch_kwargs"]["n_stages"] = 1000; }},
+      {"plans.json", "patch",
+       [&](J& p) {
+         cfg(p)["patch_size"] = J::array({100000, 100000, 100000});
+       }},
+      {"plans.json", "image_reader_writer", [](J& p) { p["image_reader_writer"] = "Tiff3DIO"; }},
+      {"dataset.json", "background", [](J& d) { d["labels"].erase("background"); }},
+      {"dataset.json", "labels.tumour", [](J& d) { d["labels"]["tumour"] = "one"; }},
+      {"dataset.json", "regions_class_order",
+       [](J& d) {
+         d["labels"]["both"] = J::array({1, 2});
+       }},
+      {"dataset.json", "channel_names", [](J& d) { d.erase("channel_names"); }},
+  };
+  for (const auto& [file, needle, edit] : cases) {
+    const std::string model = edited_file_copy(file, edit);
+    const CommandResult r = predict(model, ct_inputs(), voxgrad::test::temp_dir("o") + "/o");
+    SCOPED_TRACE(file + ": " + needle);
+    expect_one_error(r, 1, needle);
+    EXPECT_FALSE(voxgrad::test::has_source_text(r.err)) << r.err;
+  }
+  // Not JSON at all.
+  const std::string model = edited_file_copy("plans.json", [](J&) {});
+  std::ofstream(model + "/plans.json") << "{\"configurations\": ";
+  expect_one_error(predict(model, ct_inputs(), voxgrad::test::temp_dir("o") + "/o"), 1, "plans.json: not valid JSON");
 }
 
 }  // namespace

@@ -3,7 +3,9 @@
 // convert_predicted_logits_to_segmentation_with_correct_shape.
 #include "apps/pipeline/nnunet_inference.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "apps/pipeline/nnunet_sliding_window.h"
 #include "engine/autograd.h"
@@ -14,6 +16,12 @@ namespace voxgrad::pipeline::nnunet {
 
 Inference::Inference(ModelFolder model, Device device) : model_(std::move(model)), device_(device) {
   const Configuration& c = model_.configuration;
+  // One tile's sums, weights and Gaussian must fit before any case is read.
+  std::uint64_t tile_bytes = 4 * static_cast<std::uint64_t>(model_.input_channels + 2 * segmentation_heads() + 1);
+  for (const std::int64_t extent : c.patch_size)
+    tile_bytes =
+        memory::saturating_product({static_cast<std::int64_t>(std::min<std::uint64_t>(tile_bytes, INT64_MAX)), extent});
+  memory::check_fits(tile_bytes, model_.plans_json_path + ": the patch_size of configuration " + c.name);
   for (const std::string& scheme : c.normalization_schemes) schemes_.push_back(parse_normalization_scheme(scheme));
   data_resampling_ = parse_resampling_settings(c.resampling_fn_data, c.resampling_fn_data_kwargs,
                                                model_.plans_json_path + ": resampling_fn_data");
@@ -52,6 +60,18 @@ PreprocessedCase Inference::preprocess(const ReaderCase& input, const std::strin
 
 Tensor Inference::logits(const Tensor& preprocessed, const InferenceSettings& settings,
                          const WindowProgress& on_window) const {
+  // The image padded to at least the patch, its window sums (K) and weights, and the tiles: sized
+  // from the plans' patch, so a hostile plans file is refused before anything that large is made.
+  const std::vector<std::int64_t>& patch = model_.configuration.patch_size;
+  const std::size_t first = 3 - patch.size();
+  std::uint64_t bytes = 4 * static_cast<std::uint64_t>(preprocessed.size(0) + 2 * segmentation_heads() + 1);
+  for (std::size_t a = 0; a < 3; ++a) {
+    const std::int64_t extent = std::max(preprocessed.size(1 + a), a >= first ? patch[a - first] : std::int64_t{1});
+    const auto so_far = static_cast<std::int64_t>(std::min<std::uint64_t>(bytes, INT64_MAX));
+    bytes = memory::saturating_product({so_far, extent});
+  }
+  memory::check_fits(bytes, model_.plans_json_path + ": the sliding window over the patch_size of configuration " +
+                                model_.configuration.name);
   SlidingWindowOptions sw;
   sw.patch = model_.configuration.patch_size;
   sw.tile_step_size = settings.tile_step_size;

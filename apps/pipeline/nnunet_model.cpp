@@ -118,6 +118,8 @@ LabelLayout read_labels(const Json& dataset, const std::string& path) {
 }
 
 int count_channels(const Json& dataset, const std::string& path) {
+  VG_INPUT_CHECK(dataset.is_object() && (dataset.contains("channel_names") || dataset.contains("modality")),
+                 path << ": has no \"channel_names\" (the input channels, e.g. {\"0\": \"CT\"})");
   const char* key = dataset.contains("channel_names") ? "channel_names" : "modality";  // nnU-Net v1's name
   const Json& channels = member(dataset, key, path);
   VG_INPUT_CHECK(channels.is_object() && !channels.empty(),
