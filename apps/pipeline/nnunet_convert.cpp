@@ -50,7 +50,7 @@ std::vector<std::string> convert_model_folder(const std::string& model_dir, cons
       {"converted_from", fs::absolute(model_dir).lexically_normal().string()},
       {"trainer_name", m.trainer_name},
       {"configuration", m.configuration.name},
-      {"checkpoint", checkpoint.empty() ? "final" : checkpoint},
+      {"checkpoint", m.checkpoint},
       {"inference_allowed_mirroring_axes", m.mirror_axes.empty() ? Json(nullptr) : axes},
       {"folds", fold_list},
       {"dataset_json", m.dataset_json},

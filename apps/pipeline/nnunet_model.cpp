@@ -366,54 +366,27 @@ std::vector<std::string> choose_folds(const std::string& folds, const std::vecto
 }
 
 ModelFolder open_converted_folder(const std::string& dir, const std::string& folds, const std::string& checkpoint) {
-  ModelFolder m;
-  m.path = dir;
   const std::string path = (fs::path(dir) / kConvertedModelFile).string();
-  const Json j = read_json_file(path);
-  VG_INPUT_CHECK(j.is_object() && j.value("format", "") == kConvertedModelFormat,
-                 path << ": \"format\" is not \"" << kConvertedModelFormat << "\" (not written by voxgrad convert)");
-  VG_INPUT_CHECK(j.value("format_version", 0) == 1, path << ": format_version " << j.value("format_version", 0)
-                                                         << " is not 1, the version this voxgrad reads; convert "
-                                                            "the nnU-Net model again");
-  m.dataset_json_path = path + " (dataset_json)";
-  m.plans_json_path = path + " (plans_json)";
-  m.dataset_json = member(j, "dataset_json", path);
-  m.plans_json = member(j, "plans_json", path);
-  m.trainer_name = as_string(member(j, "trainer_name", path), path + ": trainer_name");
-  const std::string converted_checkpoint = as_string(member(j, "checkpoint", path), path + ": checkpoint");
-  VG_INPUT_CHECK(checkpoint.empty() || checkpoint == converted_checkpoint,
-                 path << ": converted from checkpoint_" << converted_checkpoint << ".pth; --checkpoint " << checkpoint
+  VG_INPUT_CHECK(fs::exists(path), path << ": missing");
+  ModelFolder listed = read_converted_description(io::read_file_bytes(path), path);
+  VG_INPUT_CHECK(checkpoint.empty() || checkpoint == listed.checkpoint,
+                 path << ": converted from checkpoint_" << listed.checkpoint << ".pth; --checkpoint " << checkpoint
                       << " needs a conversion of that checkpoint (voxgrad convert --checkpoint " << checkpoint << ")");
-  describe(m, as_string(member(j, "configuration", path), path + ": configuration"));
-  const Json& axes = member(j, "inference_allowed_mirroring_axes", path);
-  if (!axes.is_null())
-    for (const Json& a : axes) {
-      const std::int64_t axis = as_int(a, path + ": inference_allowed_mirroring_axes");
-      VG_INPUT_CHECK(axis >= 0 && axis < static_cast<std::int64_t>(m.configuration.patch_size.size()),
-                     path << ": inference_allowed_mirroring_axes holds an axis outside the patch");
-      m.mirror_axes.push_back(static_cast<int>(axis));
-    }
   std::vector<std::string> present;
-  std::map<std::string, std::string> files;
-  for (const Json& f : member(j, "folds", path)) {
-    const std::string fold = as_string(member(f, "fold", path + ": folds"), path + ": folds[].fold");
-    const std::string file = as_string(member(f, "weights", path + ": folds"), path + ": folds[].weights");
-    VG_INPUT_CHECK(!file.empty() && fs::path(file).filename().string() == file,
-                   path << ": fold " << fold << "'s weights " << file << " must be a file beside it");
-    present.push_back(fold);
-    files[fold] = (fs::path(dir) / file).string();
-  }
+  for (const FoldCheckpoint& f : listed.folds) present.push_back(f.fold);
   const std::vector<std::string> chosen = choose_folds(
       folds, present, [&](const std::string& f) { return path + ": fold " + f; }, path, "");
-  for (const std::string& f : chosen) {
-    FoldCheckpoint fold;
-    fold.fold = f;
-    fold.path = files[f];
-    fold.network_weights = load_safetensors(fold.path).tensors;
-    fold.aliases_omitted = true;
-    m.folds.push_back(std::move(fold));
-  }
-  return m;
+  std::vector<FoldCheckpoint> kept;
+  for (const std::string& f : chosen)
+    for (FoldCheckpoint& fold : listed.folds)
+      if (fold.fold == f) {
+        fold.path = (fs::path(dir) / fold.path).string();
+        fold.network_weights = load_safetensors(fold.path).tensors;
+        kept.push_back(std::move(fold));
+      }
+  listed.path = dir;
+  listed.folds = std::move(kept);
+  return listed;
 }
 
 }  // namespace
@@ -421,6 +394,52 @@ ModelFolder open_converted_folder(const std::string& dir, const std::string& fol
 bool is_converted_model_folder(const std::string& dir) {
   std::error_code ec;
   return fs::is_regular_file(fs::path(dir) / kConvertedModelFile, ec);
+}
+
+ModelFolder read_converted_description(const std::string& text, const std::string& path) {
+  Json j;
+  try {
+    j = Json::parse(text);
+  } catch (const Json::exception& e) {
+    VG_INPUT_FAIL(path << ": not valid JSON (" << e.what() << ")");
+  }
+  VG_INPUT_CHECK(j.is_object() && j.contains("format") && j["format"] == kConvertedModelFormat,
+                 path << ": \"format\" is not \"" << kConvertedModelFormat << "\" (not written by voxgrad convert)");
+  const Json& version = member(j, "format_version", path);
+  VG_INPUT_CHECK(version == 1, path << ": format_version " << version.dump(-1, ' ', true)
+                                    << " is not 1, the version this voxgrad reads; convert the nnU-Net model again");
+  ModelFolder m;
+  m.path = fs::path(path).parent_path().string();
+  m.dataset_json_path = path + " (dataset_json)";
+  m.plans_json_path = path + " (plans_json)";
+  m.dataset_json = member(j, "dataset_json", path);
+  m.plans_json = member(j, "plans_json", path);
+  m.trainer_name = as_string(member(j, "trainer_name", path), path + ": trainer_name");
+  m.checkpoint = as_string(member(j, "checkpoint", path), path + ": checkpoint");
+  VG_INPUT_CHECK(m.checkpoint == "final" || m.checkpoint == "best",
+                 path << ": checkpoint " << m.checkpoint << " is neither final nor best");
+  describe(m, as_string(member(j, "configuration", path), path + ": configuration"));
+  const Json& axes = member(j, "inference_allowed_mirroring_axes", path);
+  VG_INPUT_CHECK(axes.is_null() || axes.is_array(), path << ": inference_allowed_mirroring_axes is not a list");
+  if (axes.is_array())
+    for (const Json& a : axes) {
+      const std::int64_t axis = as_int(a, path + ": inference_allowed_mirroring_axes");
+      VG_INPUT_CHECK(axis >= 0 && axis < static_cast<std::int64_t>(m.configuration.patch_size.size()),
+                     path << ": inference_allowed_mirroring_axes holds an axis outside the patch");
+      m.mirror_axes.push_back(static_cast<int>(axis));
+    }
+  const Json& folds = member(j, "folds", path);
+  VG_INPUT_CHECK(folds.is_array(), path << ": folds is not a list");
+  for (const Json& f : folds) {
+    FoldCheckpoint fold;
+    fold.fold = as_string(member(f, "fold", path + ": folds"), path + ": folds[].fold");
+    fold.path = as_string(member(f, "weights", path + ": folds"), path + ": folds[].weights");
+    VG_INPUT_CHECK(!fold.path.empty() && fs::path(fold.path).filename().string() == fold.path,
+                   path << ": fold " << fold.fold << "'s weights " << fold.path << " must be a file beside it");
+    fold.aliases_omitted = true;
+    m.folds.push_back(std::move(fold));
+  }
+  return m;
 }
 
 ModelFolder open_model_folder(const std::string& dir, const std::string& folds, const std::string& checkpoint) {
@@ -449,6 +468,7 @@ ModelFolder open_model_folder(const std::string& dir, const std::string& folds, 
     if (configuration_name.empty()) {
       configuration_name = configuration;
       m.trainer_name = trainer;
+      m.checkpoint = checkpoint.empty() ? "final" : checkpoint;
       describe(m, configuration_name);
       m.mirror_axes = mirror_axes_of(saved.get("inference_allowed_mirroring_axes"),
                                      static_cast<int>(m.configuration.patch_size.size()), fold.path);

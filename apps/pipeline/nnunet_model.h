@@ -60,6 +60,7 @@ struct ModelFolder {
   std::string dataset_json_path, plans_json_path;
   Json dataset_json, plans_json;
   std::string trainer_name;  // from the first fold's checkpoint
+  std::string checkpoint;    // "final" or "best": the checkpoint files the weights come from
   Configuration configuration;
   int input_channels = 0;  // dataset.json's channel_names
   LabelLayout labels;
@@ -96,6 +97,10 @@ ModelFolder open_model_folder(const std::string& dir, const std::string& folds, 
 
 // Parses `folds` ("", "all", "0,1,..."), UsageError naming --folds on a bad list.
 std::vector<std::string> parse_fold_list(const std::string& folds);
+
+// The description a converted folder's nnunet_model.json holds (`text`; `path` names it in errors):
+// everything open_model_folder returns, each fold with its weights' file name and no weights read.
+ModelFolder read_converted_description(const std::string& text, const std::string& path);
 
 // One network per fold, built from the configuration's architecture and loaded strictly with the
 // fold's weights (which are released from `m` as they load), in eval mode on the CPU. A mismatch
