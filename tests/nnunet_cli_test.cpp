@@ -172,6 +172,23 @@ TEST(NnunetCli, ConvertedModelPredictsByteForByteWhatItsSourceDoes) {
                    "converted from checkpoint_final.pth");
 }
 
+TEST(NnunetCli, ConvertNeverWritesIntoItsModelAndReplacesAWholeModel) {
+  const std::string dir = voxgrad::test::temp_dir("nnunet-convert-places");
+  fs::copy(ensemble_model(), dir + "/model", fs::copy_options::recursive);
+  const auto before = voxgrad::test::folder_snapshot(dir + "/model");
+  expect_one_error(run_voxgrad("convert --model " + dir + "/model --out " + dir + "/model/."), 2,
+                   "is the --model folder");
+  EXPECT_EQ(voxgrad::test::folder_snapshot(dir + "/model"), before);
+  // --overwrite replaces the description with the new conversion's (fold 1 only).
+  ASSERT_EQ(run_voxgrad("convert --model " + dir + "/model --out " + dir + "/c").exit_code, 0);
+  const CommandResult again =
+      run_voxgrad("convert --model " + dir + "/model --out " + dir + "/c --folds 1 --overwrite");
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  const nlohmann::json description = nlohmann::json::parse(std::ifstream(dir + "/c/nnunet_model.json"));
+  ASSERT_EQ(description["folds"].size(), 1u);
+  EXPECT_EQ(description["folds"][0]["fold"], "1");
+}
+
 TEST(NnunetCli, ADamagedConvertedWeightFileIsRefused) {
   const std::string dir = voxgrad::test::temp_dir("nnunet-convert-damaged");
   ASSERT_EQ(run_voxgrad("convert --model " + ct_model() + " --out " + dir + "/m").exit_code, 0);

@@ -22,12 +22,20 @@ std::vector<std::string> convert_model_folder(const std::string& model_dir, cons
   VG_USAGE_CHECK(is_nnunet_model_folder(model_dir),
                  "--model " << model_dir << ": not an nnU-Net trained-model folder (it needs dataset.json, plans.json "
                             << "and fold_K/checkpoint_final.pth)");
+  const auto model_identity = files::identity_of(model_dir);
+  VG_USAGE_CHECK(!model_identity || model_identity != files::identity_of(out_dir),
+                 "--out " << out_dir << ": is the --model folder; the converted model goes to a folder of its own");
   ModelFolder m = open_model_folder(model_dir, folds, checkpoint);
   std::vector<std::string> fold_names;
   for (const FoldCheckpoint& f : m.folds) fold_names.push_back(f.fold);
   // Loading into the network is the check that the converted folder will run.
   const auto networks = build_fold_networks(m);
 
+  // A converted model already there stops being one before its weights are replaced, so a failed
+  // conversion never leaves an old description over new weights.
+  std::error_code ec;
+  fs::remove(fs::path(out_dir) / kConvertedModelFile, ec);
+  VG_INPUT_CHECK(!ec, out_dir << "/" << kConvertedModelFile << ": cannot be replaced (" << ec.message() << ")");
   std::vector<std::string> written;
   Json fold_list = Json::array();
   for (std::size_t i = 0; i < networks.size(); ++i) {
