@@ -1,6 +1,7 @@
 // CPU twins of the 3D convolution: vol2col over bounded tiles of output positions times a packed,
-// register-blocked GEMM whose SIMD variant is chosen at run time; each OpenMP thread owns whole
-// tiles (no barriers inside a pass), and every sum runs in a fixed order, so results are deterministic.
+// register- and cache-blocked GEMM whose SIMD variant is chosen at run time; each OpenMP thread owns
+// whole tiles (no barriers inside a pass), and every sum runs in a fixed order, so results are
+// deterministic.
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -25,6 +26,11 @@ constexpr int kMR = 6;
 template <class T>
 constexpr std::int64_t kNR = 64 / static_cast<std::int64_t>(sizeof(T));
 
+// Cache blocking of the GEMM: kKc rows of the sum at a time keep one B panel's slice (kKc x 64
+// bytes: 16 KiB) in L1 while kMc rows of A (a slice of at most kMc x kKc elements) stay in L2.
+constexpr std::int64_t kKc = 256;
+constexpr std::int64_t kMc = 20 * kMR;
+
 // Each thread's vol2col tile is sized to stay in its core's L2, whatever the volume.
 constexpr std::int64_t kTileBytes = std::int64_t{1} << 20;
 // Backward-filter partial sums (one per job group) may take this much; fewer groups beyond it.
@@ -39,6 +45,12 @@ constexpr std::int64_t kParallelMinMacs = std::int64_t{1} << 18;
 std::int64_t macs(const Conv3dShape& g) { return g.n * g.c_out * g.out_spatial() * g.c_in * g.kernel_volume(); }
 
 std::int64_t round_up(std::int64_t v, std::int64_t m) { return (v + m - 1) / m * m; }
+
+// A row stride for `positions` columns (a multiple of kNR) that is an odd number of 64-byte panels:
+// rows a power of two apart would share a few cache sets and evict one another.
+std::int64_t odd_panel_stride(std::int64_t positions, std::int64_t nr) {
+  return positions / nr % 2 == 1 ? positions : positions + nr;
+}
 
 // The loops below would accept sizes that disagree, but cuDNN would not: refusing them here keeps
 // every geometry the CPU suite passes one the CUDA path can run.
@@ -65,38 +77,48 @@ struct Vec;
 template <>
 struct Vec<float, 16> {
   using type = float __attribute__((vector_size(16)));
+  using unaligned = float __attribute__((vector_size(16), aligned(sizeof(float)), may_alias));
 };
 template <>
 struct Vec<float, 32> {
   using type = float __attribute__((vector_size(32)));
+  using unaligned = float __attribute__((vector_size(32), aligned(sizeof(float)), may_alias));
 };
 template <>
 struct Vec<float, 64> {
   using type = float __attribute__((vector_size(64)));
+  using unaligned = float __attribute__((vector_size(64), aligned(sizeof(float)), may_alias));
 };
 template <>
 struct Vec<double, 16> {
   using type = double __attribute__((vector_size(16)));
+  using unaligned = double __attribute__((vector_size(16), aligned(sizeof(double)), may_alias));
 };
 template <>
 struct Vec<double, 32> {
   using type = double __attribute__((vector_size(32)));
+  using unaligned = double __attribute__((vector_size(32), aligned(sizeof(double)), may_alias));
 };
 template <>
 struct Vec<double, 64> {
   using type = double __attribute__((vector_size(64)));
+  using unaligned = double __attribute__((vector_size(64), aligned(sizeof(double)), may_alias));
 };
 
 // C[0..mr)[0..nr) (=|+=) sum_r ap[r][i] * b[r*ldb + j]: ap is one packed A panel (R, kMR), b one
 // panel of B whose rows hold kNR readable values (columns past nr are computed and dropped).
+// Memory is read and written only through the unaligned vector type: the accumulators' address is
+// never taken, so they live in registers for the whole loop.
 template <class T, int Bytes>
 [[gnu::always_inline]] inline void micro_tile_body(std::int64_t R, const T* ap, const T* b, std::int64_t ldb, T* c,
                                                    std::int64_t ldc, int mr, int nr, bool accumulate) {
   using V = typename Vec<T, Bytes>::type;
-  static_assert(sizeof(V) == Bytes, "V must be one vector of Bytes bytes");
+  using U = typename Vec<T, Bytes>::unaligned;
+  static_assert(sizeof(V) == Bytes && sizeof(U) == Bytes, "V must be one vector of Bytes bytes");
   constexpr int NR = static_cast<int>(kNR<T>);
-  constexpr int P = static_cast<int>(NR * sizeof(T)) / Bytes;  // vectors per row
-  static_assert(P * Bytes == NR * static_cast<int>(sizeof(T)), "a row must split into whole vectors");
+  constexpr int W = Bytes / static_cast<int>(sizeof(T));  // lanes per vector
+  constexpr int P = NR / W;                               // vectors per row
+  static_assert(P * W == NR, "a row must split into whole vectors");
   V acc[kMR][P];
 #pragma GCC unroll 6
   for (int i = 0; i < kMR; ++i)
@@ -104,7 +126,8 @@ template <class T, int Bytes>
     for (int p = 0; p < P; ++p) acc[i][p] = V{};
   for (std::int64_t r = 0; r < R; ++r) {
     V bv[P];
-    std::memcpy(bv, b + r * ldb, sizeof(bv));
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) bv[p] = *reinterpret_cast<const U*>(b + r * ldb + p * W);
     const T* a = ap + r * kMR;
 #pragma GCC unroll 6
     for (int i = 0; i < kMR; ++i)
@@ -116,20 +139,17 @@ template <class T, int Bytes>
     for (int i = 0; i < kMR; ++i)
 #pragma GCC unroll 4
       for (int p = 0; p < P; ++p) {
-        V out = acc[i][p];
-        T* dst = c + i * ldc + p * (Bytes / static_cast<int>(sizeof(T)));
-        if (accumulate) {
-          V old;
-          std::memcpy(&old, dst, sizeof(V));
-          out += old;
-        }
-        std::memcpy(dst, &out, sizeof(V));
+        U* dst = reinterpret_cast<U*>(c + i * ldc + p * W);
+        *dst = accumulate ? V(*dst) + acc[i][p] : acc[i][p];
       }
     return;
   }
-  for (int i = 0; i < mr; ++i) {
+#pragma GCC unroll 6
+  for (int i = 0; i < kMR; ++i) {
+    if (i >= mr) break;
     T lanes[NR];
-    std::memcpy(lanes, acc[i], sizeof(lanes));
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) *reinterpret_cast<U*>(lanes + p * W) = acc[i][p];
     for (int j = 0; j < nr; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + lanes[j] : lanes[j];
   }
 }
@@ -233,7 +253,7 @@ MicroTileFn<T> micro_tile_fn() {
 
 // C (M, N; row stride ldc) (=|+=) A (M, R) * B (R, N). A is packed as (ceil(M/kMR), R, kMR) with
 // zero rows past M; B is split into panels of kNR columns, panel q starting at b + q*b_panel_stride,
-// rows ldb apart. One thread; the B panel stays in L1 while the row blocks of A stream past it.
+// rows ldb apart. One thread.
 template <class T>
 struct Gemm {
   std::int64_t M, N, R;
@@ -245,17 +265,32 @@ struct Gemm {
   bool accumulate;
 };
 
+// The rows [r0, r0 + rc) of the sum (rc <= kKc), with B's rows r0.. at b_rows in panel 0 (panels
+// g.b_panel_stride apart, rows g.ldb apart): blocks of kMc rows of A stay in L2 while every panel of
+// B passes them, and each panel's rc rows stay in L1 while that block's micro-tiles read them.
 template <class T>
-void gemm(const Gemm<T>& g) {
+void gemm_rows(const Gemm<T>& g, std::int64_t r0, std::int64_t rc, const T* b_rows, bool accumulate) {
   const MicroTileFn<T> micro_tile = micro_tile_fn<T>();
-  for (std::int64_t nb = 0; nb < ceil_div(g.N, kNR<T>); ++nb) {
-    const int nr = static_cast<int>(std::min<std::int64_t>(kNR<T>, g.N - nb * kNR<T>));
-    for (std::int64_t mb = 0; mb < ceil_div(g.M, kMR); ++mb) {
-      const int mr = static_cast<int>(std::min<std::int64_t>(kMR, g.M - mb * kMR));
-      micro_tile(g.R, g.ap + mb * g.R * kMR, g.b + nb * g.b_panel_stride, g.ldb,
-                 g.c + mb * kMR * g.ldc + nb * kNR<T>, g.ldc, mr, nr, g.accumulate);
+  const std::int64_t m_blocks = ceil_div(g.M, kMR), n_panels = ceil_div(g.N, kNR<T>);
+  for (std::int64_t mb0 = 0; mb0 < m_blocks; mb0 += kMc / kMR) {
+    const std::int64_t mb1 = std::min(m_blocks, mb0 + kMc / kMR);
+    for (std::int64_t nb = 0; nb < n_panels; ++nb) {
+      const int nr = static_cast<int>(std::min<std::int64_t>(kNR<T>, g.N - nb * kNR<T>));
+      for (std::int64_t mb = mb0; mb < mb1; ++mb) {
+        const int mr = static_cast<int>(std::min<std::int64_t>(kMR, g.M - mb * kMR));
+        micro_tile(rc, g.ap + (mb * g.R + r0) * kMR, b_rows + nb * g.b_panel_stride, g.ldb,
+                   g.c + mb * kMR * g.ldc + nb * kNR<T>, g.ldc, mr, nr, accumulate);
+      }
     }
   }
+}
+
+// The whole sum, kKc rows of R at a time: every element of C sums its blocks in the same order
+// whatever the tile, thread or SIMD variant.
+template <class T>
+void gemm(const Gemm<T>& g) {
+  for (std::int64_t r0 = 0; r0 < g.R; r0 += kKc)
+    gemm_rows(g, r0, std::min(kKc, g.R - r0), g.b + r0 * g.ldb, g.accumulate || r0 > 0);
 }
 
 // ap (ceil(M/kMR), R, kMR) from A with element (m, r) at a[m*rs + r*cs].
@@ -422,34 +457,48 @@ std::int64_t data_chunk_slices(const Conv3dShape& g) {
 }  // namespace
 
 // y (c_out, tile) = W (c_out, K) * col (K, tile), K = c_in * kernel volume; threads take whole
-// (batch, tile) jobs, each with its own vol2col buffer. Plain rows make vol2col a run of
-// contiguous copies; the GEMM's strided B reads stay in L1 (K rows of one 64-byte panel).
+// (batch, tile) jobs. vol2col makes kKc rows of col at a time (plain rows: runs of contiguous
+// copies) and the GEMM consumes them while they are still in cache. The rows' stride is an odd
+// number of panels, and when K spans several blocks the partial sums go to a per-thread buffer
+// with such rows first: y's rows are a whole volume apart, and power-of-two strides would put
+// every row of a tile in one cache set.
 template <class T>
 void conv3d_forward(const T* x, const T* w, T* y, const Conv3dShape& g, Scratch& scratch) {
   check_sizes_agree(g, "forward");
   const std::int64_t kvol = g.kernel_volume(), K = g.c_in * kvol, S = g.out_spatial(), Sin = g.in_spatial();
-  const Tiling t = make_tiling(g, tile_positions(g, K, sizeof(T), kNR<T>), g.out[0]);
-  const std::int64_t P = t.positions, tiles = static_cast<std::int64_t>(t.tiles.size());
+  const std::int64_t Kc = std::min(K, kKc);
+  const Tiling t = make_tiling(g, tile_positions(g, Kc + g.c_out, sizeof(T), kNR<T>), g.out[0]);
+  const std::int64_t tiles = static_cast<std::int64_t>(t.tiles.size()), ld = odd_panel_stride(t.positions, kNR<T>);
+  const bool direct = K <= kKc;  // one block: the GEMM writes y itself
   const int threads = omp_get_max_threads();
   T* wp = scratch_array<T>(scratch, round_up(g.c_out, kMR) * K);  // packed W (c_out / MR, K, MR)
-  T* cols = scratch_array<T>(scratch, threads * K * P);           // per thread: (K, P), rows P apart
-  std::fill(cols, cols + threads * K * P, T(0));
+  T* cols = scratch_array<T>(scratch, threads * Kc * ld);         // per thread: (Kc, P), rows ld apart
+  T* sums = direct ? nullptr : scratch_array<T>(scratch, threads * g.c_out * ld);
+  std::fill(cols, cols + threads * Kc * ld, T(0));
   pack_a(w, K, std::int64_t{1}, g.c_out, K, wp);
 #pragma omp parallel num_threads(threads) if (macs(g) > kParallelMinMacs)
   {
-    T* col = cols + omp_get_thread_num() * K * P;
+    T* col = cols + omp_get_thread_num() * Kc * ld;
+    T* sum = direct ? nullptr : sums + omp_get_thread_num() * g.c_out * ld;
 #pragma omp for schedule(dynamic)
     for (std::int64_t job = 0; job < g.n * tiles; ++job) {
       const std::int64_t n = job / tiles;
       const Tile& tile = t.tiles[job - n * tiles];
       const Segment* seg = t.segments.data() + tile.seg_begin;
-      for (std::int64_t row = 0; row < K; ++row) {
-        const std::int64_t c = row / kvol;
-        const Offset o = offset_of(row - c * kvol, g);
-        vol2col_row(x + (n * g.c_in + c) * Sin, g, seg, tile.seg_end - tile.seg_begin, o.kd, o.kh, o.kw, col,
-                    StridedIndex{row * P, 1});
+      T* y_tile = y + n * g.c_out * S + tile.p0;
+      const Gemm<T> gm{g.c_out, tile.np, K, wp, col, kNR<T>, ld, direct ? y_tile : sum, direct ? S : ld, false};
+      for (std::int64_t k0 = 0; k0 < K; k0 += kKc) {
+        const std::int64_t rc = std::min(kKc, K - k0);
+        for (std::int64_t row = k0; row < k0 + rc; ++row) {
+          const std::int64_t c = row / kvol;
+          const Offset o = offset_of(row - c * kvol, g);
+          vol2col_row(x + (n * g.c_in + c) * Sin, g, seg, tile.seg_end - tile.seg_begin, o.kd, o.kh, o.kw, col,
+                      StridedIndex{(row - k0) * ld, 1});
+        }
+        gemm_rows(gm, k0, rc, col, k0 > 0);
       }
-      gemm(Gemm<T>{g.c_out, tile.np, K, wp, col, kNR<T>, P, y + n * g.c_out * S + tile.p0, S, false});
+      if (!direct)
+        for (std::int64_t c = 0; c < g.c_out; ++c) std::copy(sum + c * ld, sum + c * ld + tile.np, y_tile + c * S);
     }
   }
 }
@@ -574,10 +623,11 @@ std::int64_t conv3d_scratch_bytes(const Conv3dShape& g, std::size_t element_size
   const auto es = static_cast<std::int64_t>(element_size);
   const std::int64_t nr = 64 / es, K = g.c_in * g.kernel_volume(), Kp = round_up(K, nr), Mp = round_up(g.c_out, kMR);
   const std::int64_t threads = omp_get_max_threads();
-  const std::int64_t pf = tile_positions(g, K, es, nr), pd = tile_positions(g, K + g.c_out, es, nr),
-                     pw = tile_positions(g, Kp + g.c_out, es, nr);
+  const std::int64_t Kc = std::min(K, kKc), pf = tile_positions(g, Kc + g.c_out, es, nr),
+                     pd = tile_positions(g, K + g.c_out, es, nr), pw = tile_positions(g, Kp + g.c_out, es, nr);
   const std::int64_t jobs = g.n * ceil_div(g.out_spatial(), pw) + g.n * g.out[0];  // an upper bound
-  const std::int64_t fwd = Mp * K + threads * K * pf;
+  const std::int64_t ldf = odd_panel_stride(pf, nr);
+  const std::int64_t fwd = Mp * K + threads * (Kc * ldf + (K > kKc ? g.c_out * ldf : 0));
   const std::int64_t data = round_up(K, kMR) * g.c_out + threads * (K + g.c_out) * pd;
   const std::int64_t filter = threads * (Kp + Mp) * pw + (filter_groups(g, es, jobs) - 1) * g.c_out * K;
   return std::max({fwd, data, filter}) * es;

@@ -7,6 +7,29 @@ namespace voxgrad::kernels::cpu {
 
 namespace {
 constexpr std::int64_t kParallelMin = 1 << 15;
+
+// Channel sums run in kLanes interleaved partial sums, added in a fixed order at the end: one
+// running sum is a chain of dependent additions the compiler may not reorder, lanes vectorise,
+// and the order still depends only on the row length, never on the thread count.
+constexpr int kLanes = 8;
+struct LaneSums {
+  double lane[kLanes] = {};
+  double total() const {
+    double pairs[kLanes / 2];
+    for (int l = 0; l < kLanes / 2; ++l) pairs[l] = lane[2 * l] + lane[2 * l + 1];
+    return (pairs[0] + pairs[1]) + (pairs[2] + pairs[3]);
+  }
+};
+static_assert(kLanes == 8, "LaneSums::total adds eight lanes");
+
+// sums.lane[j % kLanes] += term(j) for j in [0, n).
+template <class Term>
+void add_to_lanes(LaneSums& sums, std::int64_t n, Term term) {
+  std::int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) sums.lane[l] += term(j + l);
+  for (int l = 0; j + l < n; ++l) sums.lane[l] += term(j + l);
+}
 }  // namespace
 
 template <class T>
@@ -14,21 +37,21 @@ void norm_stats(const T* x, T* mean, T* var, T* invstd, const NormGeometry& g, d
   const std::int64_t count = g.count();
 #pragma omp parallel for schedule(static) if (g.numel() > kParallelMin)
   for (std::int64_t c = 0; c < g.channels; ++c) {
-    double sum = 0;
+    LaneSums sum;
     for (std::int64_t o = 0; o < g.outer; ++o) {
       const T* row = x + (o * g.channels + c) * g.inner;
-      for (std::int64_t j = 0; j < g.inner; ++j) sum += static_cast<double>(row[j]);
+      add_to_lanes(sum, g.inner, [row](std::int64_t j) { return static_cast<double>(row[j]); });
     }
-    const double m = count > 0 ? sum / static_cast<double>(count) : 0.0;
-    double ss = 0;
+    const double m = count > 0 ? sum.total() / static_cast<double>(count) : 0.0;
+    LaneSums ss;
     for (std::int64_t o = 0; o < g.outer; ++o) {
       const T* row = x + (o * g.channels + c) * g.inner;
-      for (std::int64_t j = 0; j < g.inner; ++j) {
+      add_to_lanes(ss, g.inner, [row, m](std::int64_t j) {
         const double d = static_cast<double>(row[j]) - m;
-        ss += d * d;
-      }
+        return d * d;
+      });
     }
-    const NormChannelStats st = norm_channel_stats(static_cast<double>(count), m, ss, eps);
+    const NormChannelStats st = norm_channel_stats(static_cast<double>(count), m, ss.total(), eps);
     mean[c] = static_cast<T>(st.mean);
     var[c] = static_cast<T>(st.var);
     invstd[c] = static_cast<T>(st.invstd);
@@ -38,11 +61,15 @@ void norm_stats(const T* x, T* mean, T* var, T* invstd, const NormGeometry& g, d
 template <class T>
 void norm_forward(const T* x, const T* mean, const T* invstd, const T* weight, const T* bias, T* y,
                   const NormGeometry& g) {
-  const std::int64_t n = g.numel();
-#pragma omp parallel for schedule(static) if (n > kParallelMin)
-  for (std::int64_t i = 0; i < n; ++i) {
-    const std::int64_t c = norm_channel_of(g, i);
-    y[i] = norm_forward_at(x[i], mean[c], invstd[c], weight, bias, c % g.affine_channels);
+  // Row by row (one channel each), so the channel's constants are hoisted and the loop vectorises.
+  const std::int64_t rows = g.outer * g.channels;
+#pragma omp parallel for schedule(static) if (g.numel() > kParallelMin)
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::int64_t c = r % g.channels, a = c % g.affine_channels;
+    const T m = mean[c], is = invstd[c];
+    const T* xr = x + r * g.inner;
+    T* yr = y + r * g.inner;
+    for (std::int64_t j = 0; j < g.inner; ++j) yr[j] = norm_forward_at(xr[j], m, is, weight, bias, a);
   }
 }
 
@@ -52,31 +79,33 @@ void norm_backward_reduce(const T* x, const T* dy, const T* mean, const T* invst
 #pragma omp parallel for schedule(static) if (g.numel() > kParallelMin)
   for (std::int64_t c = 0; c < g.channels; ++c) {
     const double m = static_cast<double>(mean[c]), is = static_cast<double>(invstd[c]);
-    double s = 0, sx = 0;
+    LaneSums s, sx;
     for (std::int64_t o = 0; o < g.outer; ++o) {
-      const std::int64_t base = (o * g.channels + c) * g.inner;
-      for (std::int64_t j = 0; j < g.inner; ++j) {
-        const double d = static_cast<double>(dy[base + j]);
-        s += d;
-        sx += d * (static_cast<double>(x[base + j]) - m) * is;
-      }
+      const T* xr = x + (o * g.channels + c) * g.inner;
+      const T* dyr = dy + (o * g.channels + c) * g.inner;
+      add_to_lanes(s, g.inner, [dyr](std::int64_t j) { return static_cast<double>(dyr[j]); });
+      add_to_lanes(sx, g.inner, [xr, dyr, m, is](std::int64_t j) {
+        return static_cast<double>(dyr[j]) * (static_cast<double>(xr[j]) - m) * is;
+      });
     }
-    sum_dy[c] = static_cast<T>(s);
-    sum_dy_xhat[c] = static_cast<T>(sx);
+    sum_dy[c] = static_cast<T>(s.total());
+    sum_dy_xhat[c] = static_cast<T>(sx.total());
   }
 }
 
 template <class T>
 void norm_backward_input(const T* x, const T* dy, const T* mean, const T* invstd, const T* weight, const T* sum_dy,
                          const T* sum_dy_xhat, T* dx, const NormGeometry& g, bool batch_stats) {
-  const std::int64_t n = g.numel();
   const T inv_count = T(1) / static_cast<T>(g.count());
-#pragma omp parallel for schedule(static) if (n > kParallelMin)
-  for (std::int64_t i = 0; i < n; ++i) {
-    const std::int64_t c = norm_channel_of(g, i);
-    const T w = weight ? weight[c % g.affine_channels] : T(1);
-    dx[i] = norm_backward_at(x[i], dy[i], mean[c], invstd[c], w, batch_stats ? sum_dy[c] : T(0),
-                             batch_stats ? sum_dy_xhat[c] : T(0), inv_count, batch_stats);
+  const std::int64_t rows = g.outer * g.channels;
+#pragma omp parallel for schedule(static) if (g.numel() > kParallelMin)
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::int64_t c = r % g.channels;
+    const T w = weight ? weight[c % g.affine_channels] : T(1), m = mean[c], is = invstd[c];
+    const T sdy = batch_stats ? sum_dy[c] : T(0), sdyx = batch_stats ? sum_dy_xhat[c] : T(0);
+    const std::int64_t base = r * g.inner;
+    for (std::int64_t j = base; j < base + g.inner; ++j)
+      dx[j] = norm_backward_at(x[j], dy[j], m, is, w, sdy, sdyx, inv_count, batch_stats);
   }
 }
 
