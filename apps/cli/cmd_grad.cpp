@@ -15,6 +15,7 @@
 
 #include "apps/cli/cli.h"
 #include "apps/cli/cli_checks.h"
+#include "apps/cli/loss_flags.h"
 #include "apps/pipeline/grad_stats.h"
 #include "engine/device.h"
 #include "engine/error.h"
@@ -34,11 +35,7 @@ namespace {
 
 struct GradOptions {
   std::string logits, label, loss, out;
-  std::string classes, aggregate;  // empty: the loss's default
-  double eps = 1e-5;
-  std::vector<double> class_weights;
-  double ce_weight = 1.0, dice_weight = 1.0;
-  std::int32_t ignore_label = 0;  // used when --ignore-label is given
+  LossFlags loss_flags;
 };
 
 std::string dims_str(const std::vector<std::int64_t>& dims) {
@@ -120,8 +117,8 @@ Json options_json(const LossOutput& out, const LossOptions& lo) {
 void warn_unused(LossKind k, const CLI::App& sub) {
   auto given = [&](const char* name) { return sub.count(name) > 0; };
   const std::string loss = loss_kind_name(k);
-  if (!kernels::loss_has_region(k) && (given("--classes") || given("--aggregate")))
-    logging::warning("--classes and --aggregate do not apply to " + loss + "; ignored");
+  if (!kernels::loss_has_region(k) && (given("--loss-classes") || given("--aggregate")))
+    logging::warning("--loss-classes and --aggregate do not apply to " + loss + "; ignored");
   if (given("--eps") && k != LossKind::Dice && k != LossKind::Jaccard && k != LossKind::DiceCrossEntropy)
     logging::warning("--eps does not apply to " + loss + "; ignored");
   if (given("--class-weights") && k != LossKind::WeightedCrossEntropy)
@@ -169,10 +166,12 @@ int run_grad(const GradOptions& opt, const CLI::App& sub, const GlobalOptions& g
     VG_INPUT_FAIL("lovasz_hinge takes one logit channel (K = 1), but " << opt.logits << " has K = " << K << " (dims "
                                                                  << dims_str(logits_vol.dims())
                                                                  << "); use --loss lovasz for K classes");
-  if (kind == LossKind::WeightedCrossEntropy && !opt.class_weights.empty() &&
-      static_cast<std::int64_t>(opt.class_weights.size()) != K)
-    VG_USAGE_FAIL("--class-weights gives " << opt.class_weights.size() << " weights but " << opt.logits
-                                           << " has K = " << K << " classes");
+  const std::vector<double> class_weights =
+      class_weights_of(opt.loss_flags.class_weights).value_or(std::vector<double>{});
+  if (kind == LossKind::WeightedCrossEntropy && !class_weights.empty() &&
+      static_cast<std::int64_t>(class_weights.size()) != K)
+    VG_USAGE_FAIL("--class-weights gives " << class_weights.size() << " weights but " << opt.logits << " has K = " << K
+                                           << " classes");
   if (!same_affine(logits_vol.affine, label_vol.affine))
     logging::warning(opt.logits + " and " + opt.label + " have different affines; --out uses the label's");
 
@@ -196,14 +195,15 @@ int run_grad(const GradOptions& opt, const CLI::App& sub, const GlobalOptions& g
   z.requires_grad_(true);
   const Tensor y = reshape(label_vol.to_labels().to(dev), ys);  // (N, D, H, W) int32
 
+  const LossFlags& f = opt.loss_flags;
   LossOptions lo;
-  if (!opt.classes.empty()) lo.classes = parse_class_selection(opt.classes);
-  if (!opt.aggregate.empty()) lo.aggregate = parse_aggregate(opt.aggregate);
-  if (sub.count("--ignore-label") > 0) lo.ignore_label = opt.ignore_label;
-  lo.eps = opt.eps;
-  if (kind == LossKind::WeightedCrossEntropy) lo.class_weights = opt.class_weights;
-  lo.ce_weight = opt.ce_weight;
-  lo.dice_weight = opt.dice_weight;
+  if (!f.classes.empty()) lo.classes = parse_class_selection(f.classes);
+  if (!f.aggregate.empty()) lo.aggregate = parse_aggregate(f.aggregate);
+  if (sub.count("--ignore-label") > 0) lo.ignore_label = f.ignore_label;
+  lo.eps = f.eps;
+  if (kind == LossKind::WeightedCrossEntropy) lo.class_weights = class_weights;
+  lo.ce_weight = f.ce_weight;
+  lo.dice_weight = f.dice_weight;
 
   const LossOutput out = segmentation_loss_terms(kind, z, y, lo);
   out.loss.backward();
@@ -277,28 +277,7 @@ Command grad_command() {
             sub.add_option("--loss", opt->loss, "The loss")
                 ->check(one_of({"ce", "wce", "dice", "jaccard", "lovasz", "lovasz_hinge", "dice_ce"}))
                 ->required();
-            sub.add_option("--classes", opt->classes,
-                           "Classes a region loss averages: all, fg (all but 0), present (default: fg for "
-                           "dice, jaccard, dice_ce; present for lovasz)")
-                ->check(one_of({"all", "fg", "present"}));
-            sub.add_option("--aggregate", opt->aggregate,
-                           "One set per image or one over the batch (default: per-image for dice, jaccard, "
-                           "dice_ce, lovasz_hinge; batch for lovasz)")
-                ->check(one_of({"per-image", "batch"}));
-            sub.add_option("--eps", opt->eps, "Dice and Jaccard smoothing")
-                ->check(number_above_zero(false))
-                ->capture_default_str();
-            sub.add_option("--class-weights", opt->class_weights,
-                           "wce: one weight per class, w0,w1,... (default: inverse class frequency)")
-                ->delimiter(',')
-                ->check(number_above_zero(false));
-            sub.add_option("--ce-weight", opt->ce_weight, "dice_ce: weight of the cross-entropy part")
-                ->check(number_above_zero(false))
-                ->capture_default_str();
-            sub.add_option("--dice-weight", opt->dice_weight, "dice_ce: weight of the Dice part")
-                ->check(number_above_zero(false))
-                ->capture_default_str();
-            sub.add_option("--ignore-label", opt->ignore_label, "Voxels with this label take no part");
+            add_loss_flags(sub, opt->loss_flags, /*classes_alias=*/true, "inverse class frequency of --label");
             sub.add_option("--out", opt->out, "Write ∂loss/∂logits as a float32 NIfTI (.nii or .nii.gz)")
                 ->type_name("FILE");
             CLI::App* app = &sub;

@@ -13,6 +13,7 @@
 #include "apps/cli/cli.h"
 #include "apps/cli/cli_checks.h"
 #include "apps/cli/interrupt.h"
+#include "apps/cli/loss_flags.h"
 #include "apps/pipeline/run_history.h"
 #include "apps/pipeline/trainer.h"
 #include "engine/json.h"
@@ -49,6 +50,19 @@ CLI::Validator patch_validator() {
       "D,H,W|S");
 }
 
+// The loss flags given on the command line, as the Trainer's options (unset ones stay the loss's
+// defaults; the Trainer refuses those the loss does not use).
+void apply_loss_flags(const LossFlags& f, const CLI::App& sub, TrainOptions& o) {
+  auto given = [&](const char* flag) { return sub.count(flag) > 0; };
+  if (given("--loss-classes")) o.loss_classes = f.classes;
+  if (given("--aggregate")) o.aggregate = f.aggregate;
+  if (given("--eps")) o.eps = f.eps;
+  if (given("--class-weights")) o.class_weights = class_weights_of(f.class_weights).value_or(std::vector<double>{});
+  if (given("--ce-weight")) o.ce_weight = f.ce_weight;
+  if (given("--dice-weight")) o.dice_weight = f.dice_weight;
+  if (given("--ignore-label")) o.ignore_label = f.ignore_label;
+}
+
 constexpr int kExitInterrupted = 130;  // 128 + SIGINT, what shells report for Ctrl-C
 
 int run_train(TrainOptions options, const GlobalOptions& global) {
@@ -82,6 +96,8 @@ Command train_command() {
             auto opt = std::make_shared<TrainOptions>();
             auto patch = std::make_shared<std::string>();
             auto lr = std::make_shared<double>(0.0);
+            auto loss_flags = std::make_shared<LossFlags>();
+            auto data_seed = std::make_shared<std::uint64_t>(0);
             sub.add_option("--data", opt->data, "Dataset folder holding dataset.json (nnU-Net v2 raw or MSD layout)")
                 ->type_name("DIR");
             sub.add_option("--out", opt->out, "Run folder: config.json, log.csv, metrics.json, checkpoints, curve")
@@ -113,17 +129,30 @@ Command train_command() {
                 ->capture_default_str();
             sub.add_flag("--deep-supervision", opt->deep_supervision,
                          "Add the loss of every decoder level (nnU-Net's weights 1/2^i, lowest 0)");
-            sub.add_option("--seed", opt->seed, "Seed of the initial weights, the validation split and the sampler")
+            add_loss_flags(sub, *loss_flags, /*classes_alias=*/false,
+                           "inverse class frequency over the training cases, computed once");
+            sub.add_option("--seed", opt->seed,
+                           "Seed of the initial weights (and of the validation split and the sampler unless "
+                           "--data-seed)")
                 ->check(whole_number(0, std::numeric_limits<std::uint64_t>::max()))
                 ->capture_default_str();
+            sub.add_option("--data-seed", *data_seed,
+                           "Seed of the validation split and the patch sampler (default: --seed)")
+                ->check(whole_number(0, std::numeric_limits<std::uint64_t>::max()));
+            sub.add_option("--init-from", opt->init_from,
+                           "Start from the weights of run RUN (its checkpoint_latest) with a fresh optimizer and "
+                           "schedule, e.g. to fine-tune a cross-entropy run with another loss")
+                ->type_name("RUN");
             sub.add_flag("--resume", opt->resume, "Continue RUN from checkpoint_latest.safetensors");
-            return [opt, patch, lr, &sub](const GlobalOptions& global) {
+            return [opt, patch, lr, loss_flags, data_seed, &sub](const GlobalOptions& global) {
               for (const char* flag : {"--data", "--loss", "--patch", "--batch-size", "--epochs", "--iters-per-epoch",
                                        "--lr", "--optim", "--base", "--levels", "--norm", "--deep-supervision",
                                        "--seed"})
                 if (sub.count(flag) > 0) opt->given.insert(flag);
               if (!patch->empty()) opt->patch = parse_patch(*patch);  // validated above
               if (sub.count("--lr") > 0) opt->lr = *lr;
+              if (sub.count("--data-seed") > 0) opt->data_seed = *data_seed;
+              apply_loss_flags(*loss_flags, sub, *opt);
               return run_train(*opt, global);
             };
           }};

@@ -3,11 +3,12 @@
 
 #include <charconv>
 #include <cmath>
-#include <limits>
 #include <filesystem>
+#include <limits>
 #include <span>
 
 #include "engine/error.h"
+#include "engine/losses.h"
 #include "io/gzip_stream.h"
 
 namespace voxgrad::pipeline {
@@ -66,11 +67,11 @@ std::int64_t get_int(const Json& j, const char* key, std::int64_t lo, std::int64
 }
 
 // A seed: any whole number from 0 to 2^64 - 1 (nlohmann stores the large ones as unsigned).
-std::uint64_t get_seed(const Json& j, const std::string& where) {
-  VG_INPUT_CHECK(j.is_object() && j.contains("seed"), where << ": missing key \"seed\"");
-  const Json& v = j.at("seed");
+std::uint64_t get_seed(const Json& j, const char* key, const std::string& where) {
+  VG_INPUT_CHECK(j.is_object() && j.contains(key), where << ": missing key \"" << key << "\"");
+  const Json& v = j.at(key);
   const bool ok = v.is_number_unsigned() || (v.is_number_integer() && v.get<std::int64_t>() >= 0);
-  VG_INPUT_CHECK(ok, where << ": \"seed\" is " << v.dump() << "; it must be a whole number from 0 to "
+  VG_INPUT_CHECK(ok, where << ": \"" << key << "\" is " << v.dump() << "; it must be a whole number from 0 to "
                            << std::numeric_limits<std::uint64_t>::max());
   return v.get<std::uint64_t>();
 }
@@ -99,7 +100,55 @@ pipeline::Shape3 get_shape(const Json& j, const char* key, const std::string& wh
   return s;
 }
 
+// What a run recorded before its loss settings were: the defaults it ran with.
+LossSettings legacy_loss_settings(const std::string& loss, const std::string& where) {
+  LossKind kind;
+  try {
+    kind = parse_loss_kind(loss);
+  } catch (const Error& e) {
+    VG_INPUT_FAIL(where << ": \"loss\": " << e.what());
+  }
+  LossSettings s;
+  s.classes = class_selection_name(default_class_selection(kind));
+  s.aggregate = aggregate_name(default_aggregate(kind));
+  return s;
+}
+
+LossSettings loss_settings_from_json(const Json& j, const std::string& where) {
+  LossSettings s;
+  s.classes = get<std::string>(j, "classes", where);
+  s.aggregate = get<std::string>(j, "aggregate", where);
+  try {
+    parse_class_selection(s.classes);
+    parse_aggregate(s.aggregate);
+  } catch (const Error& e) {
+    VG_INPUT_FAIL(where << ": " << e.what());
+  }
+  s.eps = get_number(j, "eps", 0, kHuge, false, where);
+  s.class_weights = get<std::vector<double>>(j, "class_weights", where);
+  for (double w : s.class_weights)
+    VG_INPUT_CHECK(std::isfinite(w) && w >= 0, where << ": class_weights must be finite and >= 0");
+  s.class_weights_from = get<std::string>(j, "class_weights_from", where);
+  s.ce_weight = get_number(j, "ce_weight", 0, kHuge, false, where);
+  s.dice_weight = get_number(j, "dice_weight", 0, kHuge, false, where);
+  VG_INPUT_CHECK(j.contains("ignore_label"), where << ": missing key \"ignore_label\"");
+  if (!j.at("ignore_label").is_null())
+    s.ignore_label = static_cast<std::int32_t>(get_int(j, "ignore_label", 0, kMaxLabelValue, where));
+  return s;
+}
+
 }  // namespace
+
+Json loss_settings_to_json(const LossSettings& s) {
+  return {{"classes", s.classes},
+          {"aggregate", s.aggregate},
+          {"eps", s.eps},
+          {"class_weights", s.class_weights},
+          {"class_weights_from", s.class_weights_from},
+          {"ce_weight", s.ce_weight},
+          {"dice_weight", s.dice_weight},
+          {"ignore_label", s.ignore_label ? Json(*s.ignore_label) : Json(nullptr)}};
+}
 
 Json run_config_to_json(const RunConfig& c) {
   Json labels = Json::object();
@@ -136,6 +185,9 @@ Json run_config_to_json(const RunConfig& c) {
         {"weight_decay", t.weight_decay},
         {"grad_clip", t.grad_clip},
         {"seed", t.seed},
+        {"data_seed", t.data_seed},
+        {"init_from", t.init_from.empty() ? Json(nullptr) : Json(t.init_from)},
+        {"loss_options", loss_settings_to_json(t.loss_options)},
         {"train_cases", t.train_cases},
         {"val_cases", t.val_cases}}},
   };
@@ -209,7 +261,12 @@ RunConfig run_config_from_json(const Json& j, const std::string& source) {
   s.optim = get<std::string>(t, "optim", tw);
   s.weight_decay = get_number(t, "weight_decay", 0, kHuge, false, tw);
   s.grad_clip = get_number(t, "grad_clip", 0, kHuge, true, tw);
-  s.seed = get_seed(t, tw);
+  s.seed = get_seed(t, "seed", tw);
+  s.data_seed = t.contains("data_seed") ? get_seed(t, "data_seed", tw) : s.seed;
+  s.init_from = t.contains("init_from") && !t.at("init_from").is_null() ? get<std::string>(t, "init_from", tw) : "";
+  s.loss_options = t.contains("loss_options")
+                       ? loss_settings_from_json(child(t, "loss_options", tw), tw + " loss_options")
+                       : legacy_loss_settings(s.loss, tw);
   s.train_cases = get<std::vector<std::string>>(t, "train_cases", tw);
   s.val_cases = get<std::vector<std::string>>(t, "val_cases", tw);
   VG_INPUT_CHECK(c.model.in_channels == static_cast<int>(c.channels.size()) && c.model.classes == c.plan.classes,

@@ -5,17 +5,33 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
-#include "engine/json.h"
 #include "apps/pipeline/preprocess.h"
+#include "engine/json.h"
 #include "models/unet3d.h"
 
 namespace voxgrad::pipeline {
 
+// The loss's settings as the run used them, every default resolved (engine/losses.h): a run folder
+// says exactly what was optimised. Runs recorded before these settings existed read as the
+// defaults they ran with, wce weighting each batch by its own inverse class frequency.
+struct LossSettings {
+  std::string classes = "all";      // all | fg | present (region losses)
+  std::string aggregate = "batch";  // per-image | batch (region losses)
+  double eps = 1e-5;                // Dice and Jaccard smoothing
+  // wce: one weight per class; empty: each batch's inverse class frequency (older runs only).
+  std::vector<double> class_weights;
+  std::string class_weights_from;             // "auto" (inverse frequency over the training cases), "given", or ""
+  double ce_weight = 1.0, dice_weight = 1.0;  // dice_ce
+  std::optional<std::int32_t> ignore_label;
+};
+
 struct TrainingSettings {
   std::string loss = "dice_ce";
+  LossSettings loss_options;
   Shape3 patch{64, 64, 64};  // D, H, W
   std::int64_t batch_size = 2;
   std::int64_t epochs = 50;
@@ -24,7 +40,9 @@ struct TrainingSettings {
   std::string optim = "sgd";  // sgd (momentum 0.99, Nesterov, nnU-Net) | adam
   double weight_decay = 3e-5;
   double grad_clip = 12.0;  // nnU-Net clips the gradient norm at 12
-  std::uint64_t seed = 0;
+  std::uint64_t seed = 0;   // the initial weights
+  std::uint64_t data_seed = 0;  // the validation split and the patch sampler
+  std::string init_from;        // the weights file the run started from; empty: seeded initialisation
   std::vector<std::string> train_cases, val_cases;  // case ids; may overlap when only one case exists
 };
 
@@ -43,6 +61,7 @@ inline constexpr const char* kRunConfigFormat = "voxgrad-run-1";
 Json run_config_to_json(const RunConfig& config);
 // Throws an Error naming `source` (the file) and the key that is missing or of the wrong type.
 RunConfig run_config_from_json(const Json& json, const std::string& source);
+Json loss_settings_to_json(const LossSettings& s);
 
 // RUN/config.json: written atomically; read with one clear error when missing or malformed.
 std::string run_config_path(const std::string& run_dir);

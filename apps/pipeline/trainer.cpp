@@ -9,11 +9,13 @@
 #include <filesystem>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "apps/pipeline/output_folder.h"
+#include "apps/pipeline/patch_sampler.h"
 #include "apps/pipeline/run_config.h"
 #include "apps/pipeline/run_history.h"
 #include "apps/pipeline/sliding_window.h"
@@ -29,7 +31,6 @@
 #include "engine/metrics.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
-#include "apps/pipeline/patch_sampler.h"
 #include "models/unet3d.h"
 
 namespace voxgrad {
@@ -117,6 +118,103 @@ std::unique_ptr<Optimizer> make_optimizer(const TrainingSettings& t, const Named
   VG_INPUT_FAIL("--optim: unknown optimizer \"" << t.optim << "\" (choices: sgd, adam)");
 }
 
+// wce's "auto" weights: n / n_c over the labelled voxels of the training cases (the engine's
+// inverse class frequency, taken once over the data rather than per batch); 0 for an absent class.
+std::vector<double> inverse_class_frequency(const TrainingData& data, const std::vector<std::string>& train_cases,
+                                            std::optional<std::int32_t> ignore_label) {
+  const int classes = data.plan.classes;
+  std::vector<std::int64_t> counts(classes, 0);
+  for (const PreparedCase& pc : data.cases) {
+    if (std::find(train_cases.begin(), train_cases.end(), pc.id) == train_cases.end()) continue;
+    const Tensor& label = pc.data.label;
+    const std::int32_t* v = label.data<std::int32_t>();
+    for (std::int64_t i = 0; i < label.numel(); ++i)
+      if (v[i] >= 0 && v[i] < classes && (!ignore_label || v[i] != *ignore_label)) ++counts[v[i]];
+  }
+  std::int64_t total = 0;
+  for (std::int64_t n : counts) total += n;
+  std::vector<double> weights(classes, 0.0);
+  for (int k = 0; k < classes; ++k)
+    if (counts[k] > 0) weights[k] = static_cast<double>(total) / static_cast<double>(counts[k]);
+  return weights;
+}
+
+// The loss settings of a fresh run, every default resolved.
+LossSettings resolve_loss_settings(const TrainOptions& o, const TrainingData& data,
+                                   const std::vector<std::string>& train_cases) {
+  const LossKind kind = parse_loss_kind(o.loss);
+  LossSettings s;
+  s.classes =
+      class_selection_name(o.loss_classes ? parse_class_selection(*o.loss_classes) : default_class_selection(kind));
+  s.aggregate = aggregate_name(o.aggregate ? parse_aggregate(*o.aggregate) : default_aggregate(kind));
+  s.eps = o.eps.value_or(s.eps);
+  s.ce_weight = o.ce_weight.value_or(s.ce_weight);
+  s.dice_weight = o.dice_weight.value_or(s.dice_weight);
+  s.ignore_label = o.ignore_label;
+  if (kind == LossKind::WeightedCrossEntropy) {
+    if (o.class_weights && !o.class_weights->empty()) {
+      VG_USAGE_CHECK(static_cast<int>(o.class_weights->size()) == data.plan.classes,
+                     "--class-weights: " << o.class_weights->size() << " weights given, but the dataset has "
+                                         << data.plan.classes << " classes (one weight per label of dataset.json)");
+      s.class_weights = *o.class_weights;
+      s.class_weights_from = "given";
+    } else {
+      s.class_weights = inverse_class_frequency(data, train_cases, o.ignore_label);
+      s.class_weights_from = "auto";
+    }
+  }
+  return s;
+}
+
+LossOptions loss_options_of(const LossSettings& s) {
+  LossOptions lo;
+  lo.classes = parse_class_selection(s.classes);
+  lo.aggregate = parse_aggregate(s.aggregate);
+  lo.eps = s.eps;
+  lo.class_weights = s.class_weights;
+  lo.ce_weight = s.ce_weight;
+  lo.dice_weight = s.dice_weight;
+  lo.ignore_label = s.ignore_label;
+  return lo;
+}
+
+// The checkpoint's own record: the progress, and what was optimised (the loss with its settings
+// and the seeds), so a checkpoint taken out of its run folder still says how it was made.
+std::string checkpoint_config(const TrainingProgress& progress, const TrainingSettings& t) {
+  Json j = Json::parse(progress_to_json(progress));
+  j["training"] = {{"loss", t.loss},
+                   {"loss_options", loss_settings_to_json(t.loss_options)},
+                   {"seed", t.seed},
+                   {"data_seed", t.data_seed},
+                   {"init_from", t.init_from.empty() ? Json(nullptr) : Json(t.init_from)}};
+  return j.dump();
+}
+
+// --init-from RUN: RUN's latest weights into `model`, after checking that RUN trained the same
+// network. Returns the weights file's absolute path, which config.json records.
+std::string load_initial_weights(const std::string& run, const RunConfig& config, UNet3d& model) {
+  std::error_code ec;
+  VG_USAGE_CHECK(fs::is_directory(run, ec), "--init-from '" << run << "': no such run folder");
+  const std::string weights = run_file(run, "checkpoint_latest.safetensors");
+  VG_USAGE_CHECK(fs::exists(weights, ec),
+                 "--init-from " << run << ": " << weights << " is missing (is it a voxgrad train run folder?)");
+  const RunConfig source = read_run_config(run);
+  const UNet3dConfig& a = source.model;
+  const UNet3dConfig& b = config.model;
+  auto refuse = [&](const char* what, const std::string& theirs, const std::string& ours) {
+    VG_USAGE_FAIL("--init-from " << run << ": its network has " << what << " " << theirs << ", this run's has " << ours
+                                 << "; the weights cannot carry over");
+  };
+  if (a.in_channels != b.in_channels)
+    refuse("input channels", std::to_string(a.in_channels), std::to_string(b.in_channels));
+  if (a.classes != b.classes) refuse("classes", std::to_string(a.classes), std::to_string(b.classes));
+  if (a.base_features != b.base_features)
+    refuse("--base", std::to_string(a.base_features), std::to_string(b.base_features));
+  if (a.levels != b.levels) refuse("--levels", std::to_string(a.levels), std::to_string(b.levels));
+  load_checkpoint_weights(weights, model);  // strict: anything else that differs is listed by name
+  return fs::absolute(weights).lexically_normal().string();
+}
+
 // A fresh run's settings from the command line and the data.
 RunConfig plan_run(const TrainOptions& o, const TrainingData& data, logging::Sink& sink) {
   RunConfig c;
@@ -139,9 +237,11 @@ RunConfig plan_run(const TrainOptions& o, const TrainingData& data, logging::Sin
   t.optim = o.optim;
   t.lr = o.lr ? *o.lr : (o.optim == "adam" ? 3e-4 : 0.01);
   t.seed = o.seed;
+  t.data_seed = o.data_seed.value_or(o.seed);
   std::vector<std::string> ids;
   for (const PreparedCase& pc : data.cases) ids.push_back(pc.id);
-  split_cases(ids, o.seed, t.train_cases, t.val_cases, sink);
+  split_cases(ids, t.data_seed, t.train_cases, t.val_cases, sink);
+  t.loss_options = resolve_loss_settings(o, data, t.train_cases);
   return c;
 }
 
@@ -180,6 +280,29 @@ void check_resume_flags(const TrainOptions& o, RunConfig& c, logging::Sink& sink
   if (o.given.count("--deep-supervision") && o.deep_supervision != c.model.deep_supervision)
     refuse("--deep-supervision", "on", "off");
   if (o.given.count("--seed") && o.seed != t.seed) refuse("--seed", std::to_string(o.seed), std::to_string(t.seed));
+  if (o.data_seed && *o.data_seed != t.data_seed)
+    refuse("--data-seed", std::to_string(*o.data_seed), std::to_string(t.data_seed));
+  VG_USAGE_CHECK(o.init_from.empty(),
+                 "--init-from starts a new run; --resume continues " << o.out << " from its own checkpoint");
+  const LossSettings& l = t.loss_options;
+  if (o.loss_classes && class_selection_name(parse_class_selection(*o.loss_classes)) != l.classes)
+    refuse("--loss-classes", *o.loss_classes, l.classes);
+  if (o.aggregate && aggregate_name(parse_aggregate(*o.aggregate)) != l.aggregate)
+    refuse("--aggregate", *o.aggregate, l.aggregate);
+  if (o.eps && *o.eps != l.eps) refuse("--eps", number_text(*o.eps), number_text(l.eps));
+  if (o.ce_weight && *o.ce_weight != l.ce_weight)
+    refuse("--ce-weight", number_text(*o.ce_weight), number_text(l.ce_weight));
+  if (o.dice_weight && *o.dice_weight != l.dice_weight)
+    refuse("--dice-weight", number_text(*o.dice_weight), number_text(l.dice_weight));
+  if (o.ignore_label && o.ignore_label != l.ignore_label)
+    refuse("--ignore-label", std::to_string(*o.ignore_label),
+           l.ignore_label ? std::to_string(*l.ignore_label) : std::string("none"));
+  if (o.class_weights) {
+    const bool now_auto = o.class_weights->empty();
+    if (now_auto ? l.class_weights_from != "auto" : *o.class_weights != l.class_weights)
+      refuse("--class-weights", now_auto ? "auto" : "(the weights given)",
+             l.class_weights_from.empty() ? "none" : l.class_weights_from + " weights");
+  }
   if (o.given.count("--data") &&
       fs::absolute(o.data).lexically_normal().string() != c.dataset_root)
     sink.warning("--data " + o.data + " is not the run's dataset folder " + c.dataset_root +
@@ -191,6 +314,34 @@ void check_resume_flags(const TrainOptions& o, RunConfig& c, logging::Sink& sink
   }
 }
 
+// A loss option the chosen loss does not use is refused: a run must not seem to have used it.
+void check_loss_options(const TrainOptions& o) {
+  LossKind kind;
+  try {
+    kind = parse_loss_kind(o.loss);
+    if (o.loss_classes) parse_class_selection(*o.loss_classes);
+    if (o.aggregate) parse_aggregate(*o.aggregate);
+  } catch (const Error& e) {
+    VG_USAGE_FAIL(e.what());
+  }
+  const std::string loss = loss_kind_name(kind);
+  VG_USAGE_CHECK(
+      kernels::loss_has_region(kind) || (!o.loss_classes && !o.aggregate),
+      "--loss-classes and --aggregate apply to the region losses (dice, jaccard, lovasz, dice_ce), not " << loss);
+  const bool smoothed = kind == LossKind::Dice || kind == LossKind::Jaccard || kind == LossKind::DiceCrossEntropy;
+  VG_USAGE_CHECK(smoothed || !o.eps, "--eps applies to dice, jaccard and dice_ce, not " << loss);
+  VG_USAGE_CHECK(!o.eps || (std::isfinite(*o.eps) && *o.eps >= 0), "--eps must be a finite number >= 0");
+  VG_USAGE_CHECK(kind == LossKind::WeightedCrossEntropy || !o.class_weights,
+                 "--class-weights applies to wce only, not " << loss);
+  if (o.class_weights)
+    for (double w : *o.class_weights)
+      VG_USAGE_CHECK(std::isfinite(w) && w >= 0, "--class-weights: " << w << " is not a finite number >= 0");
+  VG_USAGE_CHECK(kind == LossKind::DiceCrossEntropy || (!o.ce_weight && !o.dice_weight),
+                 "--ce-weight and --dice-weight apply to dice_ce only, not " << loss);
+  for (const auto& [flag, w] : {std::pair{"--ce-weight", o.ce_weight}, std::pair{"--dice-weight", o.dice_weight}})
+    VG_USAGE_CHECK(!w || (std::isfinite(*w) && *w >= 0), flag << " must be a finite number >= 0");
+}
+
 // What the command line alone can refuse (exit 2), checked before any file is read: a training
 // run must not spend minutes on preprocessing before saying that a flag is wrong.
 void check_command_line(const TrainOptions& o) {
@@ -199,7 +350,8 @@ void check_command_line(const TrainOptions& o) {
     std::error_code ec;
     VG_USAGE_CHECK(fs::is_directory(o.data, ec), "--data '" << o.data << "': no such folder");
   }
-  if (o.resume) return;  // the network and the patch come from config.json
+  if (o.resume) return;  // the network, the patch and the loss come from config.json
+  check_loss_options(o);
   VG_USAGE_CHECK(!o.deep_supervision || o.levels >= 2,
                  "--deep-supervision needs --levels 2 or more (it adds the loss of every lower decoder level)");
   if (!o.patch) return;
@@ -282,9 +434,11 @@ TrainResult Trainer::run() {
   Generator init(t.seed);
   UNet3d model(config.model, init);
   model.check_input({t.batch_size, config.model.in_channels, t.patch[0], t.patch[1], t.patch[2]});
+  if (!o.resume && !o.init_from.empty()) config.training.init_from = load_initial_weights(o.init_from, config, model);
   model.to(dev);
   std::unique_ptr<Optimizer> optimizer = make_optimizer(t, model.named_parameters());
   const LossKind loss_kind = parse_loss_kind(t.loss);
+  const LossOptions loss_options = loss_options_of(t.loss_options);
 
   // Cases: training ones padded to the patch for the sampler; validation ones as they are (the
   // sliding window pads what it needs).
@@ -306,7 +460,7 @@ TrainResult Trainer::run() {
   PatchSamplerOptions sampling;
   sampling.patch = t.patch;
   sampling.batch_size = t.batch_size;
-  sampling.seed = t.seed;
+  sampling.seed = t.data_seed;
   const PatchSampler sampler(std::move(sampler_cases), sampling);
 
   TrainingProgress progress;
@@ -315,8 +469,8 @@ TrainResult Trainer::run() {
     const TrainingState state = load_training_checkpoint(latest, model, *optimizer);
     progress = progress_from_json(state.config, latest);
     step = state.step;
-    VG_INPUT_CHECK(state.rng_seed == t.seed, latest << ": sampler seed " << state.rng_seed
-                                                    << " differs from config.json's " << t.seed);
+    VG_INPUT_CHECK(state.rng_seed == t.data_seed,
+                   latest << ": sampler seed " << state.rng_seed << " differs from config.json's " << t.data_seed);
   }
   const std::int64_t total_steps = t.epochs * t.iters_per_epoch;
   TrainResult result;
@@ -358,9 +512,9 @@ TrainResult Trainer::run() {
     TrainingState state;
     state.step = step;
     state.epoch = step / t.iters_per_epoch;
-    state.rng_seed = t.seed;
+    state.rng_seed = t.data_seed;
     state.rng_offset = static_cast<std::uint64_t>(step);  // the sampler's next batch number
-    state.config = progress_to_json(progress);
+    state.config = checkpoint_config(progress, t);
     return state;
   };
   std::int64_t saved_step = step;  // what checkpoint_latest holds
@@ -398,7 +552,7 @@ TrainResult Trainer::run() {
       for (std::size_t i = 0; i < outputs.size(); ++i) {
         if (ds_weights[i] == 0.0) continue;
         const Tensor labels = labels_at(batch.label, outputs[i].shape(), config.plan.classes).to(dev);
-        const Tensor term = mul(segmentation_loss(loss_kind, outputs[i], labels), ds_weights[i]);
+        const Tensor term = mul(segmentation_loss(loss_kind, outputs[i], labels, loss_options), ds_weights[i]);
         loss = loss.defined() ? add(loss, term) : term;
       }
       const double value = loss.item();

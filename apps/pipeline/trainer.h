@@ -35,7 +35,21 @@ struct TrainOptions {
   int levels = 4;               // resolution levels of the U-Net
   std::string norm = "zscore";  // zscore or ct
   bool deep_supervision = false;
-  std::uint64_t seed = 0;
+  // The loss's settings (engine/losses.h); unset: the loss's defaults. An option the loss does not
+  // use is refused. All are recorded, resolved, in config.json.
+  std::optional<std::string> loss_classes;  // all | fg | present: the classes a region loss averages
+  std::optional<std::string> aggregate;     // per-image | batch: one set per image or per batch
+  std::optional<double> eps;                // Dice and Jaccard smoothing (default 1e-5)
+  // wce: one weight per class; unset or empty: inverse class frequency over the training cases,
+  // computed once ("auto").
+  std::optional<std::vector<double>> class_weights;
+  std::optional<double> ce_weight, dice_weight;  // dice_ce (default 1 and 1)
+  std::optional<std::int32_t> ignore_label;
+  std::uint64_t seed = 0;                  // the initial weights
+  std::optional<std::uint64_t> data_seed;  // the validation split and the sampler; unset: seed
+  // A run folder (its checkpoint_latest weights) or a weights file (.safetensors) to start from,
+  // with a fresh optimizer and schedule; the network must be the same.
+  std::string init_from;
   bool resume = false;  // continue `out` from checkpoint_latest
   // Options the caller set explicitly, by flag name ("--lr"): with `resume`, any of them that
   // disagrees with the run's config.json is an error, except --epochs (the schedule then stretches).
