@@ -35,6 +35,7 @@ std::vector<Command> commands() {
       predict_command(),
       convert_command(),
       eval_command(),
+      theory_command(),
   };
 }
 

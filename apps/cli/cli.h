@@ -46,6 +46,7 @@ Command grad_command();
 Command info_command();
 Command predict_command();
 Command synth_command();
+Command theory_command();
 Command toy_command();
 Command train_command();
 
