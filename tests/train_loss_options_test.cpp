@@ -4,6 +4,7 @@
 // a fresh optimizer) and --data-seed (the split and the sampler, apart from the weights' --seed).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -229,6 +230,53 @@ TEST_F(TrainLossOptions, DataSeedSplitsApartFromTheWeightsSeed) {
   ASSERT_EQ(train(dir + "/b", "--loss ce").exit_code, 0);
   EXPECT_EQ(training_of(dir + "/b").at("data_seed").get<std::uint64_t>(), 3u);
   EXPECT_EQ(training_of(dir + "/b").at("val_cases").get<std::vector<std::string>>(), val_of(3));
+}
+
+std::vector<std::vector<std::string>> csv_rows(const std::string& path) {
+  std::vector<std::vector<std::string>> rows;
+  std::istringstream in(read_file(path));
+  for (std::string line; std::getline(in, line);) {
+    std::vector<std::string> cells;
+    std::istringstream cols(line);
+    for (std::string cell; std::getline(cols, cell, ',');) cells.push_back(cell);
+    rows.push_back(cells);
+  }
+  return rows;
+}
+
+// One column per layer (each parameter name less its last part, in the model's order), one row per
+// epoch, positive finite norms that depend on the loss; resumed runs keep logging.
+TEST_F(TrainLossOptions, GradientNormsPerLayerPerEpoch) {
+  const std::string dir = temp_dir("train-grad-norms");
+  for (const char* loss : {"ce", "dice"})
+    ASSERT_EQ(run_voxgrad("train --data " + data() + " --out " + dir + "/" + loss + " --loss " + loss +
+                          " --patch 16 --base 4 --levels 3 --seed 3 --device cpu --epochs 2 --iters-per-epoch 2 "
+                          "--log-grad-norms")
+                  .exit_code,
+              0);
+  const auto ce = csv_rows(dir + "/ce/grad_norms.csv"), dice = csv_rows(dir + "/dice/grad_norms.csv");
+  ASSERT_EQ(ce.size(), 3u);
+  std::vector<std::string> layers{"epoch"};
+  for (const auto& [name, t] : voxgrad::load_safetensors(dir + "/ce/model_best.safetensors").tensors) {
+    const std::string layer = name.substr(0, name.rfind('.'));
+    if (layer != layers.back()) layers.push_back(layer);
+  }
+  std::vector<std::string> header = ce[0];
+  EXPECT_EQ(header, layers);
+  EXPECT_EQ(dice[0], header);
+  for (std::size_t row = 1; row < 3; ++row) {
+    EXPECT_EQ(ce[row][0], std::to_string(row));
+    for (std::size_t c = 1; c < header.size(); ++c) {
+      const double norm = std::stod(ce[row][c]);
+      EXPECT_TRUE(std::isfinite(norm) && norm > 0) << header[c] << " " << ce[row][c];
+    }
+  }
+  EXPECT_NE(ce[1], dice[1]);
+  EXPECT_TRUE(training_of(dir + "/ce").at("log_grad_norms").get<bool>());
+  EXPECT_FALSE(fs::exists(dir + "/other/grad_norms.csv"));
+  const CommandResult more = run_voxgrad("train --out " + dir + "/ce --resume --device cpu --epochs 3");
+  ASSERT_EQ(more.exit_code, 0) << more.err;
+  EXPECT_EQ(csv_rows(dir + "/ce/grad_norms.csv").size(), 4u);
 }
 
 // A config.json written before the loss settings were recorded reads as the settings it ran with.

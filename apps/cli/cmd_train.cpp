@@ -143,11 +143,14 @@ Command train_command() {
                            "Start from the weights of run RUN (its checkpoint_latest) with a fresh optimizer and "
                            "schedule, e.g. to fine-tune a cross-entropy run with another loss")
                 ->type_name("RUN");
+            sub.add_flag("--log-grad-norms", opt->log_grad_norms,
+                         "Write each layer's gradient norm (before clipping), averaged per epoch, to "
+                         "RUN/grad_norms.csv");
             sub.add_flag("--resume", opt->resume, "Continue RUN from checkpoint_latest.safetensors");
             return [opt, patch, lr, loss_flags, data_seed, &sub](const GlobalOptions& global) {
-              for (const char* flag : {"--data", "--loss", "--patch", "--batch-size", "--epochs", "--iters-per-epoch",
-                                       "--lr", "--optim", "--base", "--levels", "--norm", "--deep-supervision",
-                                       "--seed"})
+              for (const char* flag :
+                   {"--data", "--loss", "--patch", "--batch-size", "--epochs", "--iters-per-epoch", "--lr", "--optim",
+                    "--base", "--levels", "--norm", "--deep-supervision", "--seed", "--log-grad-norms"})
                 if (sub.count(flag) > 0) opt->given.insert(flag);
               if (!patch->empty()) opt->patch = parse_patch(*patch);  // validated above
               if (sub.count("--lr") > 0) opt->lr = *lr;

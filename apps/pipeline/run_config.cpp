@@ -188,6 +188,7 @@ Json run_config_to_json(const RunConfig& c) {
         {"data_seed", t.data_seed},
         {"init_from", t.init_from.empty() ? Json(nullptr) : Json(t.init_from)},
         {"loss_options", loss_settings_to_json(t.loss_options)},
+        {"log_grad_norms", t.log_grad_norms},
         {"train_cases", t.train_cases},
         {"val_cases", t.val_cases}}},
   };
@@ -267,6 +268,7 @@ RunConfig run_config_from_json(const Json& j, const std::string& source) {
   s.loss_options = t.contains("loss_options")
                        ? loss_settings_from_json(child(t, "loss_options", tw), tw + " loss_options")
                        : legacy_loss_settings(s.loss, tw);
+  s.log_grad_norms = t.contains("log_grad_norms") && get<bool>(t, "log_grad_norms", tw);
   s.train_cases = get<std::vector<std::string>>(t, "train_cases", tw);
   s.val_cases = get<std::vector<std::string>>(t, "val_cases", tw);
   VG_INPUT_CHECK(c.model.in_channels == static_cast<int>(c.channels.size()) && c.model.classes == c.plan.classes,

@@ -43,6 +43,7 @@ struct TrainingSettings {
   std::uint64_t seed = 0;   // the initial weights
   std::uint64_t data_seed = 0;  // the validation split and the patch sampler
   std::string init_from;        // the weights file the run started from; empty: seeded initialisation
+  bool log_grad_norms = false;  // per-layer gradient norms per epoch in grad_norms.csv
   std::vector<std::string> train_cases, val_cases;  // case ids; may overlap when only one case exists
 };
 

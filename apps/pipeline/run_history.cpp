@@ -4,6 +4,7 @@
 #include <cmath>
 #include <span>
 #include <sstream>
+#include <stdexcept>
 
 #include "apps/pipeline/run_config.h"
 #include "engine/error.h"
@@ -26,7 +27,8 @@ Json record_json(const EpochRecord& r) {
           {"train_loss", number_or_null(r.train_loss)},
           {"val_dice", number_or_null(r.val_dice)},
           {"val_dice_per_class", per_class},
-          {"seconds", r.seconds}};
+          {"seconds", r.seconds},
+          {"grad_norms", r.grad_norms}};
 }
 
 EpochRecord record_from_json(const Json& j) {
@@ -37,6 +39,7 @@ EpochRecord record_from_json(const Json& j) {
   r.val_dice = number_or_nan(j.at("val_dice"));
   for (const Json& d : j.at("val_dice_per_class")) r.val_dice_per_class.push_back(number_or_nan(d));
   r.seconds = j.at("seconds").get<double>();
+  if (j.contains("grad_norms")) r.grad_norms = j.at("grad_norms").get<std::vector<double>>();
   return r;
 }
 
@@ -52,10 +55,9 @@ std::string progress_to_json(const TrainingProgress& p) {
   Json history = Json::array();
   for (const EpochRecord& r : p.history) history.push_back(record_json(r));
   // nlohmann writes doubles with 17 significant digits: the running sum comes back bit for bit.
-  return Json{{"history", history},
-              {"epoch_loss_sum", p.epoch_loss_sum},
-              {"best_dice", p.best_dice},
-              {"best_epoch", p.best_epoch}}
+  return Json{
+      {"history", history},         {"epoch_loss_sum", p.epoch_loss_sum},     {"best_dice", p.best_dice},
+      {"best_epoch", p.best_epoch}, {"grad_norm_layers", p.grad_norm_layers}, {"grad_norm_sums", p.grad_norm_sums}}
       .dump();
 }
 
@@ -67,6 +69,12 @@ TrainingProgress progress_from_json(const std::string& text, const std::string& 
     p.epoch_loss_sum = j.at("epoch_loss_sum").get<double>();
     p.best_dice = j.at("best_dice").get<double>();
     p.best_epoch = j.at("best_epoch").get<std::int64_t>();
+    if (j.contains("grad_norm_layers")) {
+      p.grad_norm_layers = j.at("grad_norm_layers").get<std::vector<std::string>>();
+      p.grad_norm_sums = j.at("grad_norm_sums").get<std::vector<double>>();
+      if (p.grad_norm_sums.size() != p.grad_norm_layers.size())
+        throw std::runtime_error("grad_norm_sums and grad_norm_layers differ in length");
+    }
     return p;
   } catch (const std::exception& e) {
     VG_INPUT_FAIL(path << ": the training progress it records is unreadable (" << e.what() << ")");
@@ -107,6 +115,18 @@ void write_run_reports(const std::string& run, const TrainingProgress& p, int cl
                   {"epochs", epochs}};
   write_text(run_file(run, "metrics.json"), metrics.dump(2) + "\n");
   io::write_training_curve_svg(run_file(run, "training_curve.svg"), points, title);
+  if (!p.grad_norm_layers.empty()) {
+    std::string norms = "epoch";
+    for (const std::string& layer : p.grad_norm_layers) norms.append(",").append(layer);
+    norms.append("\n");
+    for (const EpochRecord& r : p.history) {
+      norms.append(std::to_string(r.epoch));
+      for (std::size_t l = 0; l < p.grad_norm_layers.size(); ++l)
+        norms.append(",").append(csv_number(l < r.grad_norms.size() ? r.grad_norms[l] : kNaN));
+      norms.append("\n");
+    }
+    write_text(run_file(run, "grad_norms.csv"), norms);
+  }
 }
 
 }  // namespace voxgrad::pipeline

@@ -21,6 +21,9 @@ struct EpochRecord {
   double val_dice = std::numeric_limits<double>::quiet_NaN();
   std::vector<double> val_dice_per_class;  // (K), NaN where undefined (background included, NaN)
   double seconds = 0.0;
+  // With --log-grad-norms: per layer (TrainingProgress::grad_norm_layers), the mean over the
+  // epoch's steps of the layer's gradient L2 norm before clipping; empty otherwise.
+  std::vector<double> grad_norms;
 };
 
 // What checkpoint_latest holds besides tensors, as JSON in TrainingState::config.
@@ -29,6 +32,10 @@ struct TrainingProgress {
   double epoch_loss_sum = 0.0;  // over the iterations of the current epoch done so far
   double best_dice = -1.0;
   std::int64_t best_epoch = 0;  // 1-based; 0: none yet
+  // --log-grad-norms: the layers (parameter names less their last part: "encoder.0.conv1") and the
+  // current epoch's running sums of their per-step norms; both empty when not logging.
+  std::vector<std::string> grad_norm_layers;
+  std::vector<double> grad_norm_sums;
 };
 
 // The progress as the JSON string TrainingState::config holds, and back (an Error naming `source`
@@ -37,7 +44,8 @@ std::string progress_to_json(const TrainingProgress& p);
 TrainingProgress progress_from_json(const std::string& text, const std::string& source);
 
 // RUN/log.csv (epoch, lr, train_loss, val_dice, val_dice_<class> for classes 1..K-1, seconds),
-// RUN/metrics.json (every epoch, the best) and RUN/training_curve.svg.
+// RUN/metrics.json (every epoch, the best) and RUN/training_curve.svg; with gradient norms logged,
+// RUN/grad_norms.csv (epoch, then one column per layer).
 void write_run_reports(const std::string& run_dir, const TrainingProgress& p, int classes, const std::string& title);
 
 // JSON null for NaN and Inf, the number otherwise; and a number as CSV text ("nan" when not finite).

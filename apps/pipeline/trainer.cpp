@@ -215,6 +215,34 @@ std::string load_initial_weights(const std::string& run, const RunConfig& config
   return fs::absolute(weights).lexically_normal().string();
 }
 
+// --log-grad-norms: the model's parameters grouped by layer (the name less its last part), in the
+// model's order, and each layer's gradient L2 norm after a backward pass.
+struct LayerGradients {
+  std::vector<std::string> layers;
+  std::vector<std::vector<Tensor>> params;
+
+  explicit LayerGradients(const UNet3d& model) {
+    for (const auto& [name, tensor] : model.named_parameters()) {
+      const std::size_t dot = name.rfind('.');
+      const std::string layer = dot == std::string::npos ? name : name.substr(0, dot);
+      if (layers.empty() || layers.back() != layer) {
+        layers.push_back(layer);
+        params.emplace_back();
+      }
+      params.back().push_back(tensor);
+    }
+  }
+  void add_norms_to(std::vector<double>& sums) const {
+    NoGradGuard no_grad;
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      double squares = 0;
+      for (const Tensor& p : params[l])
+        if (p.grad().defined()) squares += sum(mul(p.grad(), p.grad())).item();
+      sums[l] += std::sqrt(squares);
+    }
+  }
+};
+
 // A fresh run's settings from the command line and the data.
 RunConfig plan_run(const TrainOptions& o, const TrainingData& data, logging::Sink& sink) {
   RunConfig c;
@@ -238,6 +266,7 @@ RunConfig plan_run(const TrainOptions& o, const TrainingData& data, logging::Sin
   t.lr = o.lr ? *o.lr : (o.optim == "adam" ? 3e-4 : 0.01);
   t.seed = o.seed;
   t.data_seed = o.data_seed.value_or(o.seed);
+  t.log_grad_norms = o.log_grad_norms;
   std::vector<std::string> ids;
   for (const PreparedCase& pc : data.cases) ids.push_back(pc.id);
   split_cases(ids, t.data_seed, t.train_cases, t.val_cases, sink);
@@ -280,6 +309,8 @@ void check_resume_flags(const TrainOptions& o, RunConfig& c, logging::Sink& sink
   if (o.given.count("--deep-supervision") && o.deep_supervision != c.model.deep_supervision)
     refuse("--deep-supervision", "on", "off");
   if (o.given.count("--seed") && o.seed != t.seed) refuse("--seed", std::to_string(o.seed), std::to_string(t.seed));
+  if (o.given.count("--log-grad-norms") && o.log_grad_norms != t.log_grad_norms)
+    refuse("--log-grad-norms", "on", "setting (off)");
   if (o.data_seed && *o.data_seed != t.data_seed)
     refuse("--data-seed", std::to_string(*o.data_seed), std::to_string(t.data_seed));
   VG_USAGE_CHECK(o.init_from.empty(),
@@ -472,6 +503,16 @@ TrainResult Trainer::run() {
     VG_INPUT_CHECK(state.rng_seed == t.data_seed,
                    latest << ": sampler seed " << state.rng_seed << " differs from config.json's " << t.data_seed);
   }
+  std::optional<LayerGradients> layer_gradients;
+  if (t.log_grad_norms) {
+    layer_gradients.emplace(model);
+    if (progress.grad_norm_layers.empty()) {
+      progress.grad_norm_layers = layer_gradients->layers;
+      progress.grad_norm_sums.assign(layer_gradients->layers.size(), 0.0);
+    }
+    VG_INPUT_CHECK(progress.grad_norm_layers == layer_gradients->layers,
+                   latest << ": the layers whose gradient norms it logs are not the network's");
+  }
   const std::int64_t total_steps = t.epochs * t.iters_per_epoch;
   TrainResult result;
   result.latest_checkpoint = latest;
@@ -564,6 +605,7 @@ TrainResult Trainer::run() {
                               << " holds the state after step " << saved_step << "; lower --lr or check those cases");
       }
       loss.backward();
+      if (layer_gradients) layer_gradients->add_norms_to(progress.grad_norm_sums);
       clip_grad_norm_(model.parameters(), t.grad_clip);
       optimizer->step();
       progress.epoch_loss_sum += value;
@@ -584,6 +626,10 @@ TrainResult Trainer::run() {
     record.epoch = epoch + 1;
     record.lr = optimizer->lr();
     record.train_loss = progress.epoch_loss_sum / static_cast<double>(t.iters_per_epoch);
+    for (double& sum : progress.grad_norm_sums) {
+      record.grad_norms.push_back(sum / static_cast<double>(t.iters_per_epoch));
+      sum = 0.0;
+    }
     const Validation v = validate(model, val_cases, t.patch, config.plan.classes, dev);
     record.val_dice = v.dice;
     record.val_dice_per_class = v.per_class;

@@ -50,6 +50,9 @@ struct TrainOptions {
   // A run folder (its checkpoint_latest weights) or a weights file (.safetensors) to start from,
   // with a fresh optimizer and schedule; the network must be the same.
   std::string init_from;
+  // Write each layer's gradient norm (before clipping), averaged over every epoch's steps, to
+  // RUN/grad_norms.csv: which loss starves which layer.
+  bool log_grad_norms = false;
   bool resume = false;  // continue `out` from checkpoint_latest
   // Options the caller set explicitly, by flag name ("--lr"): with `resume`, any of them that
   // disagrees with the run's config.json is an error, except --epochs (the schedule then stretches).
