@@ -96,8 +96,9 @@ void naming_the_file(const std::string& path, F&& load) {
 
 }  // namespace
 
-void load_model(const std::string& path, Module& module, bool strict) {
-  const SafeTensors file = load_safetensors(path);
+void load_model(const std::string& path, Module& module, bool strict, const TensorRenamer& rename) {
+  SafeTensors file = load_safetensors(path);
+  if (rename) file.tensors = rename(file.tensors);
   naming_the_file(path, [&] { load_state_dict(module, file.tensors, strict); });
 }
 
@@ -181,8 +182,10 @@ void save_training_checkpoint(const std::string& path, const Module& module, con
   save_safetensors(path, tensors, metadata);
 }
 
-TrainingState load_training_checkpoint(const std::string& path, Module& module, Optimizer& optimizer) {
-  const SafeTensors file = load_safetensors(path);
+TrainingState load_training_checkpoint(const std::string& path, Module& module, Optimizer& optimizer,
+                                       const TensorRenamer& rename) {
+  SafeTensors file = load_safetensors(path);
+  if (rename) file.tensors = rename(file.tensors);
   const Metadata& m = file.metadata;
   NamedTensors weights, optimizer_state;
   split_checkpoint(path, file, &weights, &optimizer_state);
@@ -216,8 +219,9 @@ TrainingState load_training_checkpoint(const std::string& path, Module& module, 
   return state;
 }
 
-void load_checkpoint_weights(const std::string& path, Module& module, bool strict) {
-  const SafeTensors file = load_safetensors(path);
+void load_checkpoint_weights(const std::string& path, Module& module, bool strict, const TensorRenamer& rename) {
+  SafeTensors file = load_safetensors(path);
+  if (rename) file.tensors = rename(file.tensors);
   NamedTensors weights, optimizer_state;
   split_checkpoint(path, file, &weights, &optimizer_state);
   naming_the_file(path, [&] { load_state_dict(module, weights, strict); });

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 
@@ -33,8 +34,8 @@ using Metadata = std::map<std::string, std::string>;
 inline constexpr const char* kChecksumKey = "voxgrad_crc32";
 
 struct SafeTensors {
-  NamedTensors tensors;  // in data order
-  Metadata metadata;     // the "__metadata__" string map without the checksum (empty when none)
+  NamedTensors tensors;            // in data order; an alias right after the tensor it names again, sharing it
+  Metadata metadata;               // the "__metadata__" string map less the checksum and the aliases (may be empty)
   bool checksum_verified = false;  // the file carried a checksum and it matched
 };
 
@@ -43,10 +44,15 @@ struct SafeTensors {
 enum class NonFinite { refuse, allow };
 
 // Writes F32, F64, I32 and U8 tensors (any device) in the given order with their checksum, the
-// header padded with spaces to a multiple of 8 bytes. Atomic (files::AtomicFile): `path` holds
-// either the old file or the complete new one. With NonFinite::refuse a tensor holding NaN or Inf
-// is an InputError naming it and nothing is written, so a diverged network never replaces a good
-// file. `metadata` must not use kChecksumKey.
+// header padded with spaces to a multiple of 8 bytes. A tensor listed under several names (the
+// same storage, offset, dtype and shape: a state_dict's aliases) is written once, under its first
+// name; every further name becomes the metadata entry "name": "first name", as
+// safetensors.torch.save_model writes shared tensors, so the file stays one any safetensors
+// reader opens, and load_safetensors lists the tensor under every name again. Atomic
+// (files::AtomicFile): `path` holds either the old file or the complete new one. With
+// NonFinite::refuse a tensor holding NaN or Inf is an InputError naming it and nothing is written,
+// so a diverged network never replaces a good file. `metadata` must not use kChecksumKey nor read
+// as an alias (a value that is a tensor's name under a key that is none).
 void save_safetensors(const std::string& path, const NamedTensors& tensors, const Metadata& metadata = {},
                       NonFinite non_finite = NonFinite::refuse);
 
@@ -59,7 +65,9 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors, cons
 // before any is made. When every floating-point tensor is all zeros it warns (such weights
 // predict one class everywhere) but loads: a zero-initialised tensor is legal, only a whole file
 // of zeros is suspicious. Tensors are placed on `device`. Anything wrong with the file throws
-// voxgrad::InputError "PATH: reason" (header text in it cut to its first 200 characters).
+// voxgrad::InputError "PATH: reason" (header text in it cut to its first 200 characters). A
+// metadata entry whose key is no tensor's name and whose value is one is an alias (see
+// save_safetensors): it comes back as that tensor under the key's name, not as metadata.
 SafeTensors load_safetensors(const std::string& path, Device device = Device::cpu(),
                              NonFinite non_finite = NonFinite::refuse);
 
@@ -68,10 +76,14 @@ SafeTensors load_safetensors(const std::string& path, Device device = Device::cp
 // differences. Non-strict loading skips missing and unexpected names but never a mismatched shape.
 void load_state_dict(Module& module, const NamedTensors& tensors, bool strict = true);
 
-// Model files: the module's state_dict, names as in PyTorch ("encoder.0.conv1.weight"). Weights
-// holding NaN or Inf are refused on both sides (InputError; nothing is written).
+// Model files: the module's state_dict, names as in PyTorch ("decoder.seg_layers.0.weight").
+// Weights holding NaN or Inf are refused on both sides (InputError; nothing is written).
 void save_model(const std::string& path, const Module& module, const Metadata& metadata = {});
-void load_model(const std::string& path, Module& module, bool strict = true);
+// Rewrites a file's tensor names before they load (unet3d_migrate_names for files of UNet3d's former
+// names); applied to every tensor of the file, "model." and "optimizer." ones of a checkpoint alike.
+using TensorRenamer = std::function<NamedTensors(const NamedTensors&)>;
+
+void load_model(const std::string& path, Module& module, bool strict = true, const TensorRenamer& rename = nullptr);
 
 // What a training checkpoint records besides tensors. `config` is a JSON document kept as a string.
 struct TrainingState {
@@ -90,8 +102,10 @@ void save_training_checkpoint(const std::string& path, const Module& module, con
                               const TrainingState& state);
 // Restores the module's weights, the optimizer's state and learning rate; returns the progress.
 // All or nothing: when anything is refused, the module keeps its own weights.
-TrainingState load_training_checkpoint(const std::string& path, Module& module, Optimizer& optimizer);
+TrainingState load_training_checkpoint(const std::string& path, Module& module, Optimizer& optimizer,
+                                       const TensorRenamer& rename = nullptr);
 // Only the weights ("model.*") of a training checkpoint, e.g. for inference from the latest state.
-void load_checkpoint_weights(const std::string& path, Module& module, bool strict = true);
+void load_checkpoint_weights(const std::string& path, Module& module, bool strict = true,
+                             const TensorRenamer& rename = nullptr);
 
 }  // namespace voxgrad

@@ -3,6 +3,8 @@
 #include "engine/layers.h"
 
 #include "engine/autograd.h"
+#include "engine/dispatch.h"
+#include "kernels/norm.h"
 
 namespace voxgrad {
 
@@ -96,11 +98,10 @@ BatchNorm3d::BatchNorm3d(std::int64_t channels, double momentum, double eps, boo
 
 Tensor BatchNorm3d::forward(const Tensor& x) {
   if (is_training() && num_batches_tracked_.defined()) {
-    // A 4-byte host round trip: the counter is bookkeeping PyTorch keeps, never read by the math.
-    NoGradGuard no_grad;
-    Tensor count = num_batches_tracked_.cpu().clone();
-    count.data<std::int32_t>()[0] += 1;
-    num_batches_tracked_.copy_(count);
+    // Counted on the counter's device in the stream's order: reading it back to the host would make
+    // every training forward on a GPU wait for the work before it.
+    std::int32_t* count = num_batches_tracked_.data<std::int32_t>();
+    detail::dispatch_device(num_batches_tracked_.device(), [&](auto on) { VG_LAUNCH(on, count_batch, count); });
   }
   return batch_norm3d(x, weight_, bias_, running_mean_, running_var_, is_training(), momentum_, eps_);
 }

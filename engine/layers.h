@@ -80,7 +80,7 @@ class InstanceNorm3d : public Module {
 // PyTorch's int64 "num_batches_tracked" buffer only matters for momentum=None (cumulative
 // averaging), which this layer does not offer, so it is kept only on request
 // (`track_num_batches`, for state_dicts that must match PyTorch's name for name): an int32 scalar
-// (voxgrad's integer type) counted up by each training forward. Without it PyTorch's
+// (voxgrad's integer type) counted up by each training forward on its own device, never read back. Without it PyTorch's
 // load_state_dict fills it in when a state_dict without version metadata lacks it.
 class BatchNorm3d : public Module {
  public:

@@ -1,6 +1,6 @@
-// The safetensors format: atomic writing with a checksum (see kChecksumKey in checkpoint.h) and
-// strict reading of hostile bytes: regular files only, every size checked against the file before
-// anything is allocated, the checksum and the finiteness of the weights verified.
+// The safetensors format: atomic writing with a checksum (see kChecksumKey in checkpoint.h), shared
+// tensors written once, and strict reading of hostile bytes: regular files only, every size checked
+// against the file before anything is allocated, the checksum and the weights' finiteness verified.
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -12,6 +12,9 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <set>
+#include <tuple>
 
 #include "engine/checkpoint.h"
 #include "engine/files.h"
@@ -63,6 +66,19 @@ struct Entry {
   DType dtype = DType::Float32;
   Shape shape;
   std::uint64_t begin = 0, end = 0;  // byte offsets into the data section
+};
+
+// What makes two names one tensor in a file: the same bytes of the same storage read as the same
+// dtype and shape (PyTorch's aliases, such as nnU-Net's "all_modules.0" for "conv"). Views that
+// merely overlap, or read the bytes otherwise, are written apart, each with its own bytes.
+struct SharedBytes {
+  const Storage* storage;
+  std::size_t byte_offset;
+  DType dtype;
+  Shape shape;
+  bool operator<(const SharedBytes& o) const {
+    return std::tie(storage, byte_offset, dtype, shape) < std::tie(o.storage, o.byte_offset, o.dtype, o.shape);
+  }
 };
 
 // Data order: the order the tensors' bytes appear in, ties (empty tensors) broken by name.
@@ -286,17 +302,30 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors, cons
   std::vector<Tensor> host;  // the bytes to write, in the given order
   std::uint64_t offset = 0;
   std::uint32_t data_crc = crc_update(0, nullptr, 0);
+  std::set<std::string> names;
+  // The same bytes under another name (see SharedBytes): written once, the other names as aliases.
+  std::map<SharedBytes, std::string> stored_as;
+  Metadata header_metadata = metadata;
   // (No structured bindings here: the check macros' lambdas capture them only from clang 16 on.)
   for (const auto& named : tensors) {
     const std::string& name = named.first;
     const Tensor& t = named.second;
     VG_CHECK(!name.empty() && name != "__metadata__", path << ": tensor name " << quote_name(name) << " is not allowed");
-    VG_CHECK(std::none_of(entries.begin(), entries.end(), [&](const Entry& e) { return e.name == name; }),
-             path << ": tensor name " << quote_name(name) << " appears twice");
+    VG_CHECK(names.insert(name).second, path << ": tensor name " << quote_name(name) << " appears twice");
     VG_CHECK(t.defined(), path << ": tensor " << quote_name(name) << " is undefined");
     VG_CHECK(safetensors_dtype(t.dtype()) != nullptr,
              path << ": tensor " << quote_name(name) << " has dtype " << static_cast<int>(t.dtype())
                   << ", which safetensors files of voxgrad do not hold");
+    if (t.numel() > 0) {
+      const SharedBytes bytes_of_t{t.impl()->storage.get(), t.impl()->byte_offset, t.dtype(), t.shape()};
+      const auto [first, is_new] = stored_as.emplace(bytes_of_t, name);
+      if (!is_new) {
+        VG_CHECK(metadata.count(name) == 0,
+                 path << ": tensor name " << quote_name(name) << " is also a metadata key, so it cannot be an alias");
+        header_metadata[name] = first->second;
+        continue;
+      }
+    }
     const Tensor h = t.device().is_cpu() ? t : t.cpu();
     if (non_finite == NonFinite::refuse) {
       const std::int64_t bad = count_non_finite(h);
@@ -310,13 +339,19 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors, cons
     host.push_back(h);
     offset += bytes;
   }
+  // A metadata entry that reads as an alias (its value a tensor's name, its key none) would come
+  // back from load_safetensors as a tensor: the program's own metadata never looks like one.
+  for (const auto& [key, value] : metadata)
+    VG_CHECK(names.count(key) != 0 || names.count(value) == 0,
+             path << ": metadata " << quote_name(key) << ": " << quote_name(value)
+                  << " would read as another name of tensor " << quote_name(value));
   std::vector<Entry> ordered = entries;
   sort_in_data_order(ordered);
-  const std::uint32_t checksum = checksum_of(data_crc, ordered, metadata);
+  const std::uint32_t checksum = checksum_of(data_crc, ordered, header_metadata);
 
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   nlohmann::ordered_json meta = nlohmann::ordered_json::object();
-  for (const auto& [k, v] : metadata) meta[k] = v;
+  for (const auto& [k, v] : header_metadata) meta[k] = v;
   meta[kChecksumKey] = hex8(checksum);
   header["__metadata__"] = meta;
   for (const Entry& e : entries)
@@ -431,6 +466,21 @@ SafeTensors load_safetensors(const std::string& path, Device device, NonFinite n
     out.metadata.erase(kChecksumKey);
     out.checksum_verified = true;
   }
+  // Names written as aliases of a stored tensor (metadata "alias": "stored name", as
+  // save_safetensors and safetensors.torch.save_model write them) come back as that tensor.
+  std::map<std::string, std::vector<std::string>> aliases_of;  // stored name -> its aliases
+  {
+    std::set<std::string> stored;
+    for (const Entry& e : entries) stored.insert(e.name);
+    for (auto it = out.metadata.begin(); it != out.metadata.end();) {
+      if (stored.count(it->first) == 0 && stored.count(it->second) != 0) {
+        aliases_of[it->second].push_back(it->first);
+        it = out.metadata.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
 
   bool any_floating = false, floating_all_zero = true;
   for (const auto& named : out.tensors) {
@@ -455,6 +505,15 @@ SafeTensors load_safetensors(const std::string& path, Device device, NonFinite n
 
   if (!device.is_cpu())
     for (auto& [name, t] : out.tensors) t = t.to(device);
+  if (!aliases_of.empty()) {
+    NamedTensors with_aliases;
+    for (const auto& [name, t] : out.tensors) {
+      with_aliases.emplace_back(name, t);
+      if (const auto it = aliases_of.find(name); it != aliases_of.end())
+        for (const std::string& alias : it->second) with_aliases.emplace_back(alias, t);
+    }
+    out.tensors = std::move(with_aliases);
+  }
   return out;
 }
 

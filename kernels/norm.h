@@ -66,6 +66,10 @@ VG_HD double dropout_channel_scale(std::uint64_t seed, std::uint64_t offset, std
   return philox_uniform(seed, offset, i) <= keep ? 1.0 / keep : 0.0;
 }
 
+// BatchNorm's num_batches_tracked after one more training batch. It stops at the int32 maximum
+// rather than wrapping (PyTorch counts in int64; no training comes near 2^31 batches).
+VG_HD std::int32_t next_batch_count(std::int32_t count) { return count < 2147483647 ? count + 1 : count; }
+
 namespace cpu {
 // mean, var (biased) and invstd = 1/sqrt(var + eps), each (channels); accumulated in double.
 // Channels without elements get norm_channel_stats' values.
@@ -101,6 +105,9 @@ void dropout_mask(T* mask, std::int64_t n, std::uint64_t seed, std::uint64_t off
 // y (channels, inner) = x * mask[channel]: dropout's forward and, with dy for x, its backward.
 template <class T>
 void channel_scale(const T* x, const T* mask, T* y, std::int64_t channels, std::int64_t inner);
+// *count = next_batch_count(*count), where the counter lives: on a GPU in the stream's order, so a
+// training step never waits to read it.
+void count_batch(std::int32_t* count);
 }  // namespace cpu
 
 namespace cuda {
@@ -121,6 +128,7 @@ void batch_norm_update_running(const float* mean, const float* var, float* runni
 void invstd_from_var(const float* var, float* invstd, std::int64_t channels, double eps, Stream s);
 void dropout_mask(float* mask, std::int64_t n, std::uint64_t seed, std::uint64_t offset, double p, Stream s);
 void channel_scale(const float* x, const float* mask, float* y, std::int64_t channels, std::int64_t inner, Stream s);
+void count_batch(std::int32_t* count, Stream s);
 }  // namespace cuda
 
 }  // namespace voxgrad::kernels

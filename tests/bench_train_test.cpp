@@ -28,6 +28,10 @@ TEST(BenchTrain, JsonHasTheIssueKeys) {
 
 TEST(BenchTrain, BadFlagIsAUsageError) {
   EXPECT_EQ(run_voxgrad("bench train --no-such-flag --device cpu").exit_code, 2);
+  // The U-Net (nnU-Net's PlainConvUNet) downsamples at least once.
+  const auto one_level = run_voxgrad("bench train --patch 16 --base 4 --levels 1 --steps 1 --warmup 0 --device cpu");
+  EXPECT_EQ(one_level.exit_code, 2) << one_level.err;
+  EXPECT_NE(one_level.err.find("--levels"), std::string::npos) << one_level.err;
 }
 
 }  // namespace

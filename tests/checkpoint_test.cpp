@@ -1,4 +1,5 @@
-// safetensors files: bit-exact round trips, the byte layout and checksum checked by hand, damaged,
+// safetensors files: bit-exact round trips, the byte layout and checksum checked by hand, shared
+// tensors written once and loaded under every name, damaged,
 // edited, non-finite and malformed files refused with messages naming the problem, load_state_dict's
 // mismatch report, atomic writes, model files and training checkpoints, and the reference Python
 // reader opening our files (when it is installed).
@@ -291,6 +292,82 @@ TEST(Checkpoint, ModelFileRoundTrip) {
   EXPECT_EQ(msg.rfind(path + ": the tensors do not match the model", 0), 0u) << msg;  // named once
   EXPECT_NE(msg.find(path), std::string::npos);
   EXPECT_NE(msg.find("unexpected keys (3): 1.weight, 1.bias, 1.running_mean"), std::string::npos) << msg;
+}
+
+// A tensor listed under several names (a state_dict's aliases) is written once: its further names
+// become metadata entries "alias": "first name", as safetensors.torch.save_model writes them, and
+// loading lists it under every name again, one tensor shared. Other views of the same storage
+// (another shape, another offset) keep bytes of their own.
+TEST(Checkpoint, SharedTensorsAreWrittenOnceAndLoadUnderEveryName) {
+  const std::string dir = test::temp_dir("ckpt");
+  const std::string path = dir + "/shared.safetensors";
+  Generator gen(5);
+  const Tensor weight = randn({4, 3}, gen), bias = randn({3}, gen), empty = zeros({0});
+  const Tensor flat = reshape(weight, {12});  // the same bytes read as another shape
+  const NamedTensors tensors = {{"conv.weight", weight},
+                                {"conv.bias", bias},
+                                {"all_modules.0.weight", weight},
+                                {"all_modules.0.bias", bias},
+                                {"decoder.encoder.weight", weight},
+                                {"flat", flat},
+                                {"empty", empty},
+                                {"empty_again", empty}};
+  save_safetensors(path, tensors, {{"epoch", "2"}});
+  const std::string bytes = read_file(path);
+  const std::size_t start = data_start(bytes);
+  EXPECT_EQ(bytes.size() - start, (12 + 3 + 12) * sizeof(float));  // weight, bias and flat once each
+  const Json header = Json::parse(bytes.substr(8, start - 8));
+  std::vector<std::string> stored;
+  for (const auto& [key, value] : header.items())
+    if (key != "__metadata__") stored.push_back(key);
+  EXPECT_EQ(stored, (std::vector<std::string>{"conv.bias", "conv.weight", "empty", "empty_again", "flat"}));  // sorted
+  EXPECT_EQ(header["__metadata__"]["all_modules.0.weight"], "conv.weight");
+  EXPECT_EQ(header["__metadata__"]["all_modules.0.bias"], "conv.bias");
+  EXPECT_EQ(header["__metadata__"]["decoder.encoder.weight"], "conv.weight");
+  EXPECT_EQ(header["__metadata__"]["epoch"], "2");
+
+  const SafeTensors back = load_safetensors(path);
+  EXPECT_TRUE(back.checksum_verified);
+  EXPECT_EQ(back.metadata, (Metadata{{"epoch", "2"}}));  // the aliases are tensors again, not metadata
+  std::vector<std::string> names;
+  std::map<std::string, Tensor> by_name;
+  for (const auto& [name, t] : back.tensors) {
+    names.push_back(name);
+    by_name[name] = t;
+  }
+  EXPECT_EQ(names, (std::vector<std::string>{"conv.weight", "all_modules.0.weight", "decoder.encoder.weight",
+                                             "conv.bias", "all_modules.0.bias", "flat", "empty", "empty_again"}));
+  EXPECT_EQ(by_name["all_modules.0.weight"].impl(), by_name["conv.weight"].impl());
+  EXPECT_EQ(by_name["decoder.encoder.weight"].impl(), by_name["conv.weight"].impl());
+  EXPECT_EQ(by_name["all_modules.0.bias"].impl(), by_name["conv.bias"].impl());
+  EXPECT_NE(by_name["flat"].impl()->storage, by_name["conv.weight"].impl()->storage);
+  for (const auto& [name, t] : tensors) {
+    EXPECT_EQ(by_name[name].shape(), t.shape()) << name;
+    EXPECT_EQ(raw(by_name[name]), raw(t)) << name;
+  }
+  // What loads saves again to the same bytes.
+  save_safetensors(dir + "/again.safetensors", back.tensors, back.metadata);
+  EXPECT_EQ(read_file(dir + "/again.safetensors"), bytes);
+  // Metadata that would read back as an alias is the program's mistake, refused before writing.
+  EXPECT_THROW(save_safetensors(dir + "/ambiguous.safetensors", {{"w", weight}}, {{"note", "w"}}), Error);
+  EXPECT_FALSE(fs::exists(dir + "/ambiguous.safetensors"));
+}
+
+// A file another writer made the same way (safetensors.torch.save_model's shared tensors, no
+// checksum) loads its aliases too; a metadata entry whose value names no tensor stays metadata.
+TEST(Checkpoint, AliasesOfOtherWritersLoad) {
+  const std::string path = test::temp_dir("ckpt") + "/hf.safetensors";
+  write_bytes(path, file_of(R"({"__metadata__":{"format":"pt","lm_head.weight":"embed.weight","note":"embed"},)"
+                            R"("embed.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+                            floats_le({1.5f, -2.0f})));
+  SafeTensors back;
+  EXPECT_NE(stderr_of([&] { back = load_safetensors(path); }).find("no checksum"), std::string::npos);
+  ASSERT_EQ(back.tensors.size(), 2u);
+  EXPECT_EQ(back.tensors[0].first, "embed.weight");
+  EXPECT_EQ(back.tensors[1].first, "lm_head.weight");
+  EXPECT_EQ(back.tensors[1].second.impl(), back.tensors[0].second.impl());
+  EXPECT_EQ(back.tensors[1].second.to_vector<float>(), (std::vector<float>{1.5f, -2.0f}));
+  EXPECT_EQ(back.metadata, (Metadata{{"format", "pt"}, {"note", "embed"}}));
 }
 
 TEST(Checkpoint, TrainingCheckpointResumesExactly) {
@@ -675,8 +752,10 @@ TEST(Checkpoint, ReferencePythonReaderOpensOurFiles) {
                  << " (pip install safetensors)";
   const bool with_torch = std::system("/usr/bin/python3 -c 'import safetensors.torch' >/dev/null 2>&1") == 0;
   const std::string path = test::temp_dir("ckpt") + "/py.safetensors";
+  const Tensor shared = from_vector<float>({0.5f, -1.25f, 3.0f, 1e-3f}, {1, 1, 2, 2});
   save_safetensors(path,
-                   {{"encoder.0.conv1.weight", from_vector<float>({0.5f, -1.25f, 3.0f, 1e-3f}, {1, 1, 2, 2})},
+                   {{"encoder.0.conv1.weight", shared},
+                    {"encoder.0.all_modules.0.weight", shared},  // an alias: stored once
                     {"f64", from_vector<double>({0.1, -2.5}, {2})},
                     {"labels", from_vector<std::int32_t>({-3, 4, 5}, {3})},
                     {"mask", from_vector<std::uint8_t>({0, 255}, {2})}},
@@ -701,7 +780,10 @@ TEST(Checkpoint, ReferencePythonReaderOpensOurFiles) {
   ASSERT_EQ(::pclose(pipe), 0) << command << "\n" << out;
   const Json j = Json::parse(out);
   EXPECT_EQ(j["meta"]["epoch"], "7");
+  // The alias as safetensors.torch.save_model records one (its load_model fills it back).
+  EXPECT_EQ(j["meta"]["encoder.0.all_modules.0.weight"], "encoder.0.conv1.weight");
   const Json& t = j["tensors"];
+  EXPECT_EQ(t.size(), 4u);
   EXPECT_EQ(t["encoder.0.conv1.weight"][0], Json({1, 1, 2, 2}));
   EXPECT_EQ(t["encoder.0.conv1.weight"][1], "float32");
   EXPECT_EQ(t["encoder.0.conv1.weight"][2], Json({0.5, -1.25, 3.0, static_cast<double>(1e-3f)}));

@@ -166,6 +166,29 @@ TEST(Layers, BatchNorm3dWithoutAffineAndWithNumBatchesTracked) {
                                            tracked.running_var(), false, 0.1, 1e-3)));
   plain.eval();
   EXPECT_EQ(values(plain(x)), values(batch_norm3d(x, {}, {}, plain.running_mean(), plain.running_var(), false)));
+  // The counter goes on from a loaded value, and stops at the int32 maximum rather than wrapping.
+  tracked.train();
+  tracked.num_batches_tracked().copy_(from_vector<std::int32_t>({2147483646}, {}));
+  tracked(x);
+  EXPECT_EQ(tracked.num_batches_tracked().item(), 2147483647.0);
+  tracked(x);
+  EXPECT_EQ(tracked.num_batches_tracked().item(), 2147483647.0);
+}
+
+// On a GPU the counter is counted on the device (no read back per forward), as on the CPU.
+TEST(Layers, BatchNorm3dCountsBatchesOnTheGpu) {
+  VG_REQUIRE_CUDA();
+  BatchNorm3d tracked(4, 0.1, 1e-5, true, /*track_num_batches=*/true);
+  tracked.to(Device::cuda(0));
+  tracked.num_batches_tracked().copy_(from_vector<std::int32_t>({5}, {}));
+  Generator gen(12);
+  const Tensor x = randn({2, 4, 3, 3, 3}, gen).to(Device::cuda(0));
+  for (int i = 0; i < 3; ++i) tracked(x);
+  EXPECT_TRUE(tracked.num_batches_tracked().device().is_cuda());
+  EXPECT_EQ(tracked.num_batches_tracked().item(), 8.0);
+  tracked.eval();
+  tracked(x);
+  EXPECT_EQ(tracked.num_batches_tracked().item(), 8.0);
 }
 
 TEST(Layers, AvgPool3dPoolsPerAxis) {

@@ -168,6 +168,44 @@ std::string checkpoint_step(const std::string& path) {
   return voxgrad::load_safetensors(path).metadata.at("step");
 }
 
+// A tensor name of a run folder's file as voxgrad wrote it before UNet3d was built as nnU-Net's
+// PlainConvUNet (the map in models/unet3d.h), for a U-Net of `levels` levels without deep
+// supervision; "" for names those files did not have (the aliases, the unused seg layers).
+//   encoder.stages.{i}.0.convs.{k}.{conv,norm}.X  <- encoder.{i}.{conv,norm}{k+1}.X
+//   decoder.transpconvs.{d}.X                     <- decoder.{L-2-d}.up.X
+//   decoder.stages.{d}.convs.{k}.{conv,norm}.X    <- decoder.{L-2-d}.{conv,norm}{k+1}.X
+//   decoder.seg_layers.{L-2}.X                    <- heads.0.X
+// Checkpoint names keep their "model." prefix, and "optimizer.state.<parameter>.<what>" has its
+// parameter renamed.
+std::string former_unet3d_name(const std::string& name, int levels) {
+  for (const std::string prefix : {"model.", "optimizer.state."})
+    if (name.rfind(prefix, 0) == 0) {
+      const bool state = prefix == "optimizer.state.";
+      const std::size_t end = state ? name.rfind('.') : name.size();
+      const std::string renamed = former_unet3d_name(name.substr(prefix.size(), end - prefix.size()), levels);
+      return renamed.empty() ? "" : prefix + renamed + name.substr(end);
+    }
+  if (name.rfind("optimizer.", 0) == 0) return name;
+  if (name.find("all_modules") != std::string::npos || name.rfind("decoder.encoder.", 0) == 0) return "";
+  std::vector<std::string> p;
+  for (std::size_t start = 0;;) {
+    const std::size_t dot = name.find('.', start);
+    p.push_back(name.substr(start, dot == std::string::npos ? std::string::npos : dot - start));
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  const auto level = [&](const std::string& d) { return std::to_string(levels - 2 - std::stoi(d)); };
+  const auto layer = [](const std::string& kind, const std::string& k) {
+    return kind + std::to_string(std::stoi(k) + 1);
+  };
+  if (p[0] == "encoder") return "encoder." + p[2] + "." + layer(p[6], p[5]) + "." + p[7];
+  if (p[1] == "transpconvs") return "decoder." + level(p[2]) + ".up." + p[3];
+  if (p[1] == "stages") return "decoder." + level(p[2]) + "." + layer(p[5], p[4]) + "." + p[6];
+  if (p[1] == "seg_layers") return level(p[2]) == "0" ? "heads.0." + p[3] : "";
+  ADD_FAILURE() << "not a UNet3d name: " << name;
+  return "";
+}
+
 TEST_F(TrainCli, EndToEndTrainPredictEval) {
   const std::string dir = temp_dir("train-e2e");
   const std::string run = dir + "/run";
@@ -424,6 +462,68 @@ TEST_F(TrainCli, UsageErrorsComeFirstWithStatusTwo) {
 
 // A plain (not a terminal) progress log ends each epoch at 100%, and SIGHUP (a dropped ssh
 // session) saves a checkpoint and stops like SIGTERM.
+// A run folder written before UNet3d was built as nnU-Net's PlainConvUNet (its tensors named
+// encoder.{i}.conv1, decoder.{i}.up, heads.{i}, ...) predicts from model_best and from
+// checkpoint_latest, and resumes, exactly as the same run written with the current names.
+TEST_F(TrainCli, RunsWithTheFormerTensorNamesPredictAndResume) {
+  const std::string dir = temp_dir("train-former-names");
+  const std::string current = dir + "/current", former = dir + "/former";
+  const CommandResult t = train(current, "--epochs 1 --iters-per-epoch 2");
+  ASSERT_EQ(t.exit_code, 0) << t.err;
+  fs::copy(current, former, fs::copy_options::recursive);
+  for (const char* file : {"model_best.safetensors", "checkpoint_latest.safetensors", "checkpoint_best.safetensors"}) {
+    const std::string path = former + "/" + file;
+    const voxgrad::SafeTensors written = voxgrad::load_safetensors(path);
+    voxgrad::NamedTensors renamed;
+    for (const auto& [name, tensor] : written.tensors)
+      if (const std::string old = former_unet3d_name(name, 3); !old.empty()) renamed.emplace_back(old, tensor);
+    voxgrad::save_safetensors(path, renamed, written.metadata);
+  }
+  const auto former_names = tensors_of(former + "/checkpoint_latest.safetensors");
+  for (const char* name : {"model.encoder.0.conv1.weight", "model.decoder.1.up.weight", "model.decoder.0.norm2.bias",
+                           "model.heads.0.weight", "optimizer.state.encoder.2.conv2.weight.momentum_buffer"})
+    EXPECT_EQ(former_names.count(name), 1u) << name;
+  for (const auto& [name, values] : former_names) EXPECT_EQ(name.find("stages"), std::string::npos) << name;
+  EXPECT_EQ(tensors_of(former + "/model_best.safetensors").count("encoder.1.norm1.weight"), 1u);
+
+  for (const char* checkpoint : {"best", "latest"}) {
+    SCOPED_TRACE(checkpoint);
+    std::vector<std::vector<float>> probabilities;
+    std::vector<std::vector<std::int32_t>> labels;
+    for (const std::string& run : {current, former}) {
+      const std::string out = run + "-pred-" + checkpoint;
+      const CommandResult p =
+          run_voxgrad("predict --model " + run + " --checkpoint " + checkpoint + " --input " + data() +
+                      "/imagesTs/synth_003_0000.nii.gz --out " + out + " --save-probabilities --device cpu");
+      ASSERT_EQ(p.exit_code, 0) << p.err;
+      labels.push_back(io::read_nifti(out + "/synth_003.nii.gz").to_labels().to_vector<std::int32_t>());
+      probabilities.push_back(io::read_nifti(out + "/synth_003_probabilities.nii.gz").to_float32().to_vector<float>());
+    }
+    EXPECT_EQ(labels[1], labels[0]);
+    EXPECT_EQ(probabilities[1], probabilities[0]);
+  }
+
+  for (const std::string& run : {current, former}) {
+    const CommandResult r = run_voxgrad("train --out " + run + " --resume --epochs 2 --device cpu");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  EXPECT_EQ(log_without_seconds(former), log_without_seconds(current));
+  // Bit for bit, but for the seg layer of the lower decoder stage: the former files did not have
+  // it (a U-Net without deep supervision never uses it), so the migration gave it zeros.
+  for (const char* file : {"/checkpoint_latest.safetensors", "/model_best.safetensors"}) {
+    const auto resumed = tensors_of(former + file), reference = tensors_of(current + file);
+    ASSERT_EQ(resumed.size(), reference.size()) << file;
+    for (const auto& [name, values] : reference) {
+      ASSERT_EQ(resumed.count(name), 1u) << name;
+      if (name.find("seg_layers.0.") != std::string::npos) {
+        EXPECT_EQ(resumed.at(name), std::vector<float>(values.size(), 0.0f)) << name;
+      } else {
+        EXPECT_EQ(std::memcmp(resumed.at(name).data(), values.data(), values.size() * sizeof(float)), 0) << name;
+      }
+    }
+  }
+}
+
 TEST_F(TrainCli, PlainProgressEndsAtTheLastStepAndSighupSaves) {
   const std::string dir = temp_dir("train-hup");
   const CommandResult done = train(dir + "/short", "--epochs 2 --iters-per-epoch 3");
@@ -494,10 +594,13 @@ TEST_F(TrainCli, BadInputGivesOneErrorLine) {
   expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r3 --loss hinge"), 2, "--loss");
   expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r4 --patch 0,4"), 2, "--patch");
   expect_one_error(run_voxgrad("train --out " + dir + "/r5 --resume"), 2, "nothing to resume");
-  expect_one_error(
-      run_voxgrad("train --data " + data() + " --out " + dir + "/r5b --levels 1 --deep-supervision --patch 8"), 2,
-      "--deep-supervision needs --levels 2");
-  EXPECT_FALSE(fs::exists(dir + "/r5b/config.json"));
+  // The U-Net (nnU-Net's PlainConvUNet) downsamples at least once: 2 levels or more.
+  for (const char* levels : {"1", "0", "8"}) {
+    SCOPED_TRACE(levels);
+    expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r5b --levels " + levels + " --patch 8"),
+                     2, "--levels");
+    EXPECT_FALSE(fs::exists(dir + "/r5b"));
+  }
   // A patch the U-Net cannot take (3 levels need multiples of 4).
   expect_one_error(run_voxgrad("train --data " + data() + " --out " + dir + "/r6 --patch 18 --levels 3 --device cpu"),
                    2, "D = 18 is not divisible by 4");
@@ -798,6 +901,18 @@ TEST(TrainRecipe, RunConfigRoundTrips) {
     FAIL() << "no error for a missing key";
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("levels"), std::string::npos) << e.what();
+  }
+  // One level would be a U-Net that never downsamples, which nnU-Net's PlainConvUNet is not: one line says so.
+  broken = j;
+  broken["model"]["levels"] = 1;
+  try {
+    voxgrad::pipeline::run_config_from_json(broken, "config.json");
+    FAIL() << "no error for levels 1";
+  } catch (const voxgrad::InputError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("config.json model: \"levels\" is 1; it must be a whole number from 2 to 7"), std::string::npos)
+        << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
   }
 }
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-# The PyTorch twin of `voxgrad bench train`: the same nnU-Net-style U-Net as models/unet3d.cpp, the same
-# soft Dice (engine/losses.cpp) and SGD (momentum 0.99, Nesterov, lr 0.01), timed over the same steps;
-# prints one JSON line with step_median_s, step_min_s and params. `voxgrad bench train --torch` runs it.
+# The PyTorch twin of `voxgrad bench train`: the network voxgrad's UNet3d is, dynamic_network_architectures'
+# PlainConvUNet with the arch_kwargs of models/unet3d.cpp's unet3d_architecture (so the same parameters
+# and the same state_dict names), the same soft Dice (engine/losses.cpp) and SGD (momentum 0.99,
+# Nesterov, lr 0.01), timed over the same steps; prints one JSON line with step_median_s, step_min_s
+# and params. `voxgrad bench train --torch` runs it.
 import argparse
 import json
 import os
@@ -16,53 +18,31 @@ try:
 except ImportError as e:  # the bench reports the reason as "unavailable"
     print(json.dumps({"available": False, "reason": f"PyTorch not importable: {e}"}))
     sys.exit(1)
+try:
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from dynamic_network_architectures.initialization.weight_init import InitWeights_He
+except ImportError as e:
+    print(json.dumps({"available": False, "reason": f"dynamic_network_architectures not importable: {e}"}))
+    sys.exit(1)
 
 
 def features(base, level, cap=320):
     return min(base * 2 ** level, cap)
 
 
-class ConvBlock(nn.Module):
-    # Two (conv 3^3 pad 1 -> InstanceNorm3d affine -> LeakyReLU 0.01); the first conv may downsample.
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv3d(cin, cout, 3, stride, 1, bias=True)
-        self.norm1 = nn.InstanceNorm3d(cout, eps=1e-5, affine=True)
-        self.conv2 = nn.Conv3d(cout, cout, 3, 1, 1, bias=True)
-        self.norm2 = nn.InstanceNorm3d(cout, eps=1e-5, affine=True)
-
-    def forward(self, x):
-        x = F.leaky_relu(self.norm1(self.conv1(x)), 0.01)
-        return F.leaky_relu(self.norm2(self.conv2(x)), 0.01)
-
-
-class DecoderStage(ConvBlock):
-    def __init__(self, below, channels):
-        super().__init__(2 * channels, channels, 1)
-        self.up = nn.ConvTranspose3d(below, channels, 2, 2, bias=True)
-
-    def forward(self, below, skip):
-        return super().forward(torch.cat([self.up(below), skip], 1))
-
-
-class UNet3d(nn.Module):
-    def __init__(self, in_channels, classes, base, levels):
-        super().__init__()
-        self.encoder = nn.ModuleList(
-            ConvBlock(in_channels if i == 0 else features(base, i - 1), features(base, i), 1 if i == 0 else 2)
-            for i in range(levels))
-        self.decoder = nn.ModuleList(DecoderStage(features(base, i + 1), features(base, i)) for i in range(levels - 1))
-        self.head = nn.Conv3d(features(base, 0), classes, 1, bias=True)
-
-    def forward(self, x):
-        skips = []
-        for block in self.encoder:
-            x = block(x)
-            skips.append(x)
-        x = skips.pop()
-        for i in reversed(range(len(self.decoder))):
-            x = self.decoder[i](x, skips[i])
-        return self.head(x)
+def unet3d(in_channels, classes, base, levels):
+    # models/unet3d.h: n_stages = levels, features min(base * 2^i, 320), kernels 3^3, strides
+    # [1, 2, 2, ...], two convs per encoder and decoder stage, conv bias, affine InstanceNorm3d
+    # (eps 1e-5), LeakyReLU 0.01, no dropout, no deep supervision (the bench trains one output).
+    model = PlainConvUNet(
+        input_channels=in_channels, n_stages=levels, features_per_stage=[features(base, i) for i in range(levels)],
+        conv_op=nn.Conv3d, kernel_sizes=[[3, 3, 3]] * levels, strides=[[1, 1, 1]] + [[2, 2, 2]] * (levels - 1),
+        n_conv_per_stage=[2] * levels, num_classes=classes, n_conv_per_stage_decoder=[2] * (levels - 1),
+        conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+        dropout_op=None, dropout_op_kwargs=None, nonlin=nn.LeakyReLU,
+        nonlin_kwargs={"negative_slope": 0.01, "inplace": True}, deep_supervision=False)
+    model.apply(InitWeights_He(1e-2))  # nnU-Net's initialisation, as voxgrad's kaiming_normal_
+    return model
 
 
 def soft_dice(logits, labels, eps=1e-5):
@@ -108,7 +88,7 @@ def main():
     torch.set_num_threads(os.cpu_count())
     gen = torch.Generator().manual_seed(1)
     torch.manual_seed(1)
-    model = UNet3d(1, a.classes, a.base, a.levels).train()
+    model = unet3d(1, a.classes, a.base, a.levels).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.99, nesterov=True)
     images = torch.randn(a.batch_size, 1, a.patch, a.patch, a.patch, generator=gen)
     labels = sphere_labels(a.batch_size, a.patch, a.classes, gen)

@@ -208,7 +208,9 @@ NestedCommand add_bench_train(CLI::App& bench) {
       ->capture_default_str();
   sub->add_option("--batch-size", opt->batch, "N")->check(number_above_zero())->capture_default_str();
   sub->add_option("--base", opt->base, "Features at full resolution")->check(number_above_zero())->capture_default_str();
-  sub->add_option("--levels", opt->levels, "Resolution levels")->check(number_above_zero())->capture_default_str();
+  sub->add_option("--levels", opt->levels, "Resolution levels, 2 to 7 (levels - 1 downsamplings)")
+      ->check(number_in_range(2, 7))
+      ->capture_default_str();
   sub->add_option("--classes", opt->classes, "Output classes (background included)")
       ->check(number_in_range(2, 1000))
       ->capture_default_str();

@@ -121,8 +121,8 @@ Command train_command() {
             sub.add_option("--base", opt->base, "Features at full resolution (doubled per level, capped at 320)")
                 ->check(number_in_range(1, 320))
                 ->capture_default_str();
-            sub.add_option("--levels", opt->levels, "Resolution levels of the U-Net (levels - 1 downsamplings)")
-                ->check(number_in_range(1, 7))
+            sub.add_option("--levels", opt->levels, "Resolution levels of the U-Net, 2 to 7 (levels - 1 downsamplings)")
+                ->check(number_in_range(2, 7))
                 ->capture_default_str();
             sub.add_option("--norm", opt->norm, "Intensity normalisation: zscore (per case) or ct (dataset percentiles)")
                 ->check(one_of({"zscore", "ct"}))

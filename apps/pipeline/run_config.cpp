@@ -220,7 +220,7 @@ RunConfig run_config_from_json(const Json& j, const std::string& source) {
   c.model.in_channels = static_cast<int>(get_int(m, "in_channels", 1, kMaxChannels, mw));
   c.model.classes = static_cast<int>(get_int(m, "classes", 2, kMaxLabelValue + 1, mw));
   c.model.base_features = static_cast<int>(get_int(m, "base_features", 1, 320, mw));
-  c.model.levels = static_cast<int>(get_int(m, "levels", 1, 7, mw));
+  c.model.levels = static_cast<int>(get_int(m, "levels", 2, 7, mw));
   c.model.feature_cap = static_cast<int>(get_int(m, "feature_cap", 1, 4096, mw));
   const auto norm = get<std::string>(m, "norm", mw);
   VG_INPUT_CHECK(norm == "instance" || norm == "batch", mw << ": norm \"" << norm << "\" is not instance or batch");

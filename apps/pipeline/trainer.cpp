@@ -211,7 +211,8 @@ std::string load_initial_weights(const std::string& run, const RunConfig& config
   if (a.base_features != b.base_features)
     refuse("--base", std::to_string(a.base_features), std::to_string(b.base_features));
   if (a.levels != b.levels) refuse("--levels", std::to_string(a.levels), std::to_string(b.levels));
-  load_checkpoint_weights(weights, model);  // strict: anything else that differs is listed by name
+  // Strict: anything else that differs is listed by name; older runs' tensor names are migrated.
+  load_checkpoint_weights(weights, model, /*strict=*/true, unet3d_migrate_names);
   return fs::absolute(weights).lexically_normal().string();
 }
 
@@ -383,8 +384,9 @@ void check_command_line(const TrainOptions& o) {
   }
   if (o.resume) return;  // the network, the patch and the loss come from config.json
   check_loss_options(o);
-  VG_USAGE_CHECK(!o.deep_supervision || o.levels >= 2,
-                 "--deep-supervision needs --levels 2 or more (it adds the loss of every lower decoder level)");
+  // The U-Net is nnU-Net's PlainConvUNet, which downsamples at least once.
+  VG_USAGE_CHECK(o.levels >= 2 && o.levels <= 7,
+                 "--levels " << o.levels << ": the U-Net needs 2 to 7 resolution levels (levels - 1 downsamplings)");
   if (!o.patch) return;
   // Every level halves each axis, so the patch must divide by 2^(levels-1): refused, never rounded.
   const std::int64_t q = std::int64_t{1} << (o.levels - 1);
@@ -497,7 +499,8 @@ TrainResult Trainer::run() {
   TrainingProgress progress;
   std::int64_t step = 0;
   if (o.resume) {
-    const TrainingState state = load_training_checkpoint(latest, model, *optimizer);
+    // A checkpoint of a run begun with UNet3d's former names resumes too.
+    const TrainingState state = load_training_checkpoint(latest, model, *optimizer, unet3d_migrate_names);
     progress = progress_from_json(state.config, latest);
     step = state.step;
     VG_INPUT_CHECK(state.rng_seed == t.data_seed,

@@ -32,7 +32,7 @@ struct TrainOptions {
   std::optional<double> lr;     // unset: 0.01 for sgd, 3e-4 for adam
   std::string optim = "sgd";    // sgd (Nesterov, momentum 0.99) or adam
   int base = 32;                // features at full resolution
-  int levels = 4;               // resolution levels of the U-Net
+  int levels = 4;               // resolution levels of the U-Net, 2 to 7
   std::string norm = "zscore";  // zscore or ct
   bool deep_supervision = false;
   // The loss's settings (engine/losses.h); unset: the loss's defaults. An option the loss does not

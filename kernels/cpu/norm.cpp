@@ -152,6 +152,8 @@ void channel_scale(const T* x, const T* mask, T* y, std::int64_t channels, std::
   for (std::int64_t i = 0; i < n; ++i) y[i] = x[i] * mask[i / inner];
 }
 
+void count_batch(std::int32_t* count) { *count = next_batch_count(*count); }
+
 #define VG_NORM_INSTANTIATE(T)                                                                                      \
   template void norm_stats<T>(const T*, T*, T*, T*, const NormGeometry&, double);                                  \
   template void norm_forward<T>(const T*, const T*, const T*, const T*, const T*, T*, const NormGeometry&);        \

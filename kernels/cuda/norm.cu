@@ -208,6 +208,8 @@ __global__ void batch_norm_update_running_kernel(const float* __restrict__ mean,
   }
 }
 
+__global__ void count_batch_kernel(std::int32_t* count) { *count = next_batch_count(*count); }
+
 __global__ void invstd_from_var_kernel(const float* __restrict__ var, float* __restrict__ invstd,
                                        std::int64_t channels, double eps) {
   for (std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < channels;
@@ -314,6 +316,11 @@ void batch_norm_update_running(const float* mean, const float* var, float* runni
   batch_norm_update_running_kernel<<<grid_for(channels), kBlock, 0, native(s)>>>(mean, var, running_mean,
                                                                                  running_var, channels, unbias,
                                                                                  momentum);
+  VG_CUDA_CHECK_LAUNCH();
+}
+
+void count_batch(std::int32_t* count, Stream s) {
+  count_batch_kernel<<<1, 1, 0, native(s)>>>(count);
   VG_CUDA_CHECK_LAUNCH();
 }
 
