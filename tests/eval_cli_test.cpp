@@ -1,18 +1,24 @@
 // `voxgrad eval` as a user meets it: Dice, Jaccard and counts equal to hand-computed values on two
 // tiny cases, absent classes null and left out of the means, the CSV rows (read back as RFC 4180),
 // predictions stored with flipped or permuted axes reoriented, other grid differences refused,
-// errors in plain words with the right exit status, no output over an input, and a well-formed PNG
-// per case.
+// errors in plain words with the right exit status, no output over an input, a well-formed PNG
+// per case; --components (hand-made volumes with corner-touching voxels, and synth data with one
+// structure erased) and --probabilities (hand-computed calibration and volume ratios, refusals of
+// missing and mismatched files).
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -613,6 +619,361 @@ TEST(EvalCli, FailureWhileScoringWritesNothing) {
   std::vector<std::string> left;
   for (const auto& e : fs::recursive_directory_iterator(d.root + "/out")) left.push_back(e.path().filename().string());
   EXPECT_EQ(left, std::vector<std::string>{"notes.txt"});
+}
+
+// ---- --components ---------------------------------------------------------------------------------
+
+// One case of dims 10 x 10 x 5 (x fastest) on spacing 2 x 1 x 1.5 mm (3 mm^3 a voxel):
+//   class 1: the slab z = 0 (100 voxels), found by a single predicted voxel;
+//            two voxels touching only at a corner, (1, 1, 2) and (2, 2, 3): one component under
+//            26-connectivity, missed (predicted as class 2);
+//            a lone voxel (8, 8, 4), missed (predicted as background).
+//   class 2: the voxel (5, 5, 2), found whole.
+// The prediction also marks class 1 at (0, 9, 4), where the reference has nothing (no component).
+constexpr int kBigX = 10, kBigY = 10, kBigZ = 5;
+
+int voxel(int x, int y, int z) { return x + kBigX * (y + kBigY * z); }
+
+struct ComponentCase {
+  std::string root, ref, pred, out;
+};
+
+ComponentCase make_component_case(const std::string& tag) {
+  ComponentCase c;
+  c.root = voxgrad::test::temp_dir(tag);
+  c.ref = c.root + "/ref";
+  c.pred = c.root + "/pred";
+  c.out = c.root + "/out/summary.json";
+  fs::create_directories(c.ref);
+  fs::create_directories(c.pred);
+  std::vector<std::int32_t> ref(kBigX * kBigY * kBigZ, 0), pred(ref.size(), 0);
+  for (int i = 0; i < kBigX * kBigY; ++i) ref[voxel(i % kBigX, i / kBigX, 0)] = 1;
+  pred[voxel(4, 4, 0)] = 1;
+  ref[voxel(1, 1, 2)] = ref[voxel(2, 2, 3)] = 1;
+  pred[voxel(1, 1, 2)] = pred[voxel(2, 2, 3)] = 2;
+  ref[voxel(8, 8, 4)] = 1;
+  ref[voxel(5, 5, 2)] = 2;
+  pred[voxel(5, 5, 2)] = 2;
+  pred[voxel(0, 9, 4)] = 1;
+  const io::Affine affine = affine_of({{2, 0, 0, 0}, {0, 1, 0, 0}, {0, 0, 1.5, 0}});
+  write_labels_on(c.ref + "/big.nii.gz", ref, {kBigX, kBigY, kBigZ}, affine);
+  write_labels_on(c.pred + "/big.nii.gz", pred, {kBigX, kBigY, kBigZ}, affine);
+  return c;
+}
+
+CommandResult eval_components(const ComponentCase& c, const std::string& extra = "") {
+  return run_voxgrad("eval --components --pred '" + c.pred + "' --ref '" + c.ref + "' --out '" + c.out + "' " + extra);
+}
+
+const json& size_bin(const json& components, const std::string& cls, const std::string& bin) {
+  for (const json& b : components["per_class"][cls]["recall_by_size"])
+    if (b["bin"] == bin) return b;
+  throw std::runtime_error("no bin " + bin);
+}
+
+TEST(EvalCli, ComponentsAreDetectedOrMissedPerSizeBin) {
+  const ComponentCase c = make_component_case("eval-components");
+  const CommandResult r = eval_components(c);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json line = json::parse(lines_of(r.out).at(0));
+  EXPECT_EQ(line["components_csv"], c.root + "/out/summary_components.csv");
+
+  const json s = json::parse(read_file(c.out));
+  const json& comps = s["components"];
+  EXPECT_EQ(comps["connectivity"], 26);
+  EXPECT_NE(comps["detected_rule"].get<std::string>().find("at least one"), std::string::npos);
+  EXPECT_EQ(comps["table"], c.root + "/out/summary_components.csv");
+  ASSERT_EQ(comps["size_bins"].size(), 4u);
+  EXPECT_EQ(comps["size_bins"][1], json({{"bin", "100-999"}, {"min_voxels", 100}, {"max_voxels", 999}}));
+  EXPECT_TRUE(comps["size_bins"][3]["max_voxels"].is_null());
+  // Class 1: three components (the corner-touching pair is one), the slab alone found.
+  EXPECT_EQ(comps["per_class"]["1"]["components"], 3);
+  EXPECT_EQ(comps["per_class"]["1"]["detected"], 1);
+  EXPECT_NEAR(comps["per_class"]["1"]["recall"].get<double>(), 1.0 / 3, 1e-12);
+  EXPECT_EQ(size_bin(comps, "1", "<100"), json({{"bin", "<100"}, {"components", 2}, {"detected", 0}, {"recall", 0.0}}));
+  EXPECT_EQ(size_bin(comps, "1", "100-999")["recall"], 1.0);
+  EXPECT_TRUE(size_bin(comps, "1", "1000-9999")["recall"].is_null());
+  EXPECT_EQ(comps["per_class"]["2"]["recall"], 1.0);
+  EXPECT_EQ(metrics_of(s, "big", "1")["components"], 3);
+  EXPECT_EQ(metrics_of(s, "big", "1")["components_detected"], 1);
+  EXPECT_EQ(metrics_of(s, "big", "2")["components_detected"], 1);
+
+  const auto rows = voxgrad::test::parse_csv(read_file(c.root + "/out/summary_components.csv"));
+  ASSERT_EQ(rows.size(), 5u);
+  EXPECT_EQ(rows[0], (std::vector<std::string>{"case", "class", "component", "voxels", "mm3", "detected",
+                                               "overlap_voxels", "first_x", "first_y", "first_z"}));
+  EXPECT_EQ(rows[1], (std::vector<std::string>{"big", "1", "1", "100", "300", "1", "1", "0", "0", "0"}));
+  EXPECT_EQ(rows[2], (std::vector<std::string>{"big", "1", "2", "2", "6", "0", "0", "1", "1", "2"}));
+  EXPECT_EQ(rows[3], (std::vector<std::string>{"big", "1", "3", "1", "3", "0", "0", "8", "8", "4"}));
+  EXPECT_EQ(rows[4], (std::vector<std::string>{"big", "2", "1", "1", "3", "1", "1", "5", "5", "2"}));
+}
+
+TEST(EvalCli, WithoutComponentsNothingAboutThemIsWritten) {
+  const ComponentCase c = make_component_case("eval-no-components");
+  const CommandResult r = run_voxgrad("eval --pred '" + c.pred + "' --ref '" + c.ref + "' --out '" + c.out + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json s = json::parse(read_file(c.out));
+  EXPECT_FALSE(s.contains("components"));
+  EXPECT_FALSE(s.contains("calibration"));
+  EXPECT_FALSE(metrics_of(s, "big", "1").contains("components"));
+  EXPECT_FALSE(json::parse(r.out).contains("components_csv"));
+  EXPECT_FALSE(fs::exists(c.root + "/out/summary_components.csv"));
+}
+
+TEST(EvalCli, ComponentsTableIsNeverWrittenOverAnInput) {
+  const ComponentCase c = make_component_case("eval-components-input");
+  fs::create_directories(c.root + "/out");
+  fs::create_symlink(c.ref + "/big.nii.gz", c.root + "/out/summary_components.csv");
+  const std::string before = read_file(c.ref + "/big.nii.gz");
+  const CommandResult r = eval_components(c);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("components CSV"), std::string::npos) << r.err;
+  EXPECT_EQ(read_file(c.ref + "/big.nii.gz"), before);
+}
+
+// Sizes of the 26-connected components of `value`, by a flood fill, each with its voxel indices.
+std::vector<std::vector<std::int64_t>> components_of(const std::vector<std::int32_t>& v, int value,
+                                                     const std::array<std::int64_t, 3>& zyx) {
+  std::vector<std::vector<std::int64_t>> out;
+  std::vector<char> seen(v.size(), 0);
+  for (std::int64_t start = 0; start < static_cast<std::int64_t>(v.size()); ++start) {
+    if (v[start] != value || seen[start]) continue;
+    seen[start] = 1;
+    std::vector<std::int64_t> members{start};
+    for (std::size_t next = 0; next < members.size(); ++next) {
+      const std::int64_t i = members[next];
+      const std::int64_t x = i % zyx[2], y = i / zyx[2] % zyx[1], z = i / (zyx[2] * zyx[1]);
+      for (int dz = -1; dz <= 1; ++dz)
+        for (int dy = -1; dy <= 1; ++dy)
+          for (int dx = -1; dx <= 1; ++dx) {
+            const std::int64_t zz = z + dz, yy = y + dy, xx = x + dx;
+            if (zz < 0 || zz >= zyx[0] || yy < 0 || yy >= zyx[1] || xx < 0 || xx >= zyx[2]) continue;
+            const std::int64_t j = (zz * zyx[1] + yy) * zyx[2] + xx;
+            if (v[j] == value && !seen[j]) {
+              seen[j] = 1;
+              members.push_back(j);
+            }
+          }
+    }
+    out.push_back(std::move(members));
+  }
+  return out;
+}
+
+TEST(EvalCli, ComponentsOnSynthDataFindTheOneStructureErased) {
+  const std::string root = voxgrad::test::temp_dir("eval-components-synth");
+  const CommandResult synth =
+      run_voxgrad("synth --out '" + root + "/ds' --preset small-structures --cases 2 --test-cases 0 --size 32");
+  ASSERT_EQ(synth.exit_code, 0) << synth.err;
+  // The prediction: the reference with class 1's smallest component of the first case erased.
+  fs::create_directories(root + "/pred");
+  std::map<int, std::int64_t> components_per_class, voxels_per_class;
+  std::int64_t erased_size = -1;
+  for (const std::string name : {"synth_000", "synth_001"}) {
+    const std::string file = root + "/ds/labelsTr/" + name + ".nii.gz";
+    const io::Volume v = io::read_nifti(file);
+    const voxgrad::Tensor t = v.to_labels();
+    std::vector<std::int32_t> labels(t.data<std::int32_t>(), t.data<std::int32_t>() + t.numel());
+    const std::array<std::int64_t, 3> zyx{t.shape()[0], t.shape()[1], t.shape()[2]};
+    for (int k = 1; k <= 2; ++k) {
+      const auto comps = components_of(labels, k, zyx);
+      components_per_class[k] += static_cast<std::int64_t>(comps.size());
+      for (const auto& c : comps) voxels_per_class[k] += static_cast<std::int64_t>(c.size());
+      if (name == std::string("synth_000") && k == 1) {
+        ASSERT_GE(comps.size(), 2u);
+        const auto smallest = std::min_element(comps.begin(), comps.end(),
+                                               [](const auto& a, const auto& b) { return a.size() < b.size(); });
+        erased_size = static_cast<std::int64_t>(smallest->size());
+        for (const std::int64_t i : *smallest) labels[static_cast<std::size_t>(i)] = 0;
+      }
+    }
+    io::Volume pred = v;
+    pred.data = voxgrad::from_vector(labels, t.shape());
+    io::write_nifti(root + "/pred/" + name + ".nii.gz", pred, io::NiftiWriteType::UInt8);
+  }
+  const CommandResult r = run_voxgrad("eval --components --pred '" + root + "/pred' --ref '" + root +
+                                      "/ds/labelsTr' --out '" + root + "/out/summary.json'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json s = json::parse(read_file(root + "/out/summary.json"));
+  for (int k = 1; k <= 2; ++k) {
+    const json& pc = s["components"]["per_class"][std::to_string(k)];
+    EXPECT_EQ(pc["components"], components_per_class[k]) << k;
+    EXPECT_EQ(pc["detected"], components_per_class[k] - (k == 1)) << k;
+  }
+  const auto rows = voxgrad::test::parse_csv(read_file(root + "/out/summary_components.csv"));
+  std::map<int, std::int64_t> voxels_in_table;
+  int missed = 0;
+  for (std::size_t i = 1; i < rows.size(); ++i) {
+    voxels_in_table[std::stoi(rows[i][1])] += std::stoll(rows[i][3]);
+    // Voxels of 0.8 x 0.8 x 2 mm (synth's spacing).
+    EXPECT_NEAR(std::stod(rows[i][4]), std::stod(rows[i][3]) * 0.8 * 0.8 * 2, 1e-4) << i;
+    if (rows[i][5] == "0") {
+      ++missed;
+      EXPECT_EQ(rows[i][0], "synth_000");
+      EXPECT_EQ(rows[i][1], "1");
+      EXPECT_EQ(std::stoll(rows[i][3]), erased_size);
+      EXPECT_EQ(rows[i][6], "0");
+    } else {
+      EXPECT_EQ(rows[i][3], rows[i][6]) << "every other component is predicted whole";
+    }
+  }
+  EXPECT_EQ(missed, 1);
+  EXPECT_EQ(voxels_in_table, voxels_per_class);
+  EXPECT_EQ(static_cast<std::int64_t>(rows.size()) - 1, components_per_class[1] + components_per_class[2]);
+}
+
+// ---- --probabilities ------------------------------------------------------------------------------
+
+// Probabilities (K, Z, Y, X) for make_dataset's cases: 0.8 for the predicted class, 0.1 for each of
+// the other two (K = 3).
+std::vector<float> confident_probabilities(const std::vector<std::int32_t>& pred, int classes = 3) {
+  std::vector<float> p(pred.size() * classes);
+  for (int k = 0; k < classes; ++k)
+    for (std::size_t i = 0; i < pred.size(); ++i) p[k * pred.size() + i] = pred[i] == k ? 0.8f : 0.1f;
+  return p;
+}
+
+void write_probabilities(const std::string& path, const std::vector<float>& p, int classes = 3,
+                         const io::Affine& affine = io::identity_affine(),
+                         std::vector<std::int64_t> zyx = {kZ, kY, kX}) {
+  io::write_nifti(path, io::make_volume(voxgrad::from_vector(p, {classes, zyx[0], zyx[1], zyx[2]}), affine),
+                  io::NiftiWriteType::Float32);
+}
+
+Dataset make_probability_dataset(const std::string& tag) {
+  Dataset d = make_dataset(tag);
+  fs::create_directories(d.root + "/prob");
+  write_probabilities(d.root + "/prob/case_a_probabilities.nii.gz",
+                      confident_probabilities(labels({{2, 1}, {8, 2}, {12, 0}})));
+  write_probabilities(d.root + "/prob/case_b_probabilities.nii.gz", confident_probabilities(labels({{0, 1}, {2, 0}})));
+  return d;
+}
+
+CommandResult eval_probabilities(const Dataset& d, const std::string& extra = "") {
+  return eval(d, "--probabilities '" + d.root + "/prob' " + extra);
+}
+
+TEST(EvalCli, CalibrationAndVolumeRatiosMatchHandComputedValues) {
+  const Dataset d = make_probability_dataset("eval-calibration");
+  const CommandResult r = eval_probabilities(d);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json s = json::parse(read_file(d.root + "/out/summary.json"));
+  // case_a, class 1: 6 voxels at 0.8 (bin 12), 4 of them class 1; 18 at 0.1 (bin 1), 2 of them.
+  //   ECE = (|4 - 4.8| + |2 - 1.8|) / 24; soft volume 6 * 0.8 + 18 * 0.1 = 6.6 over 6 reference voxels.
+  const json& a1 = metrics_of(s, "case_a", "1");
+  EXPECT_NEAR(a1["ECE"].get<double>(), 1.0 / 24, 1e-6);
+  EXPECT_NEAR(a1["soft_volume"].get<double>(), 6.6, 1e-5);
+  EXPECT_NEAR(a1["volume_ratio_soft"].get<double>(), 1.1, 1e-6);
+  EXPECT_EQ(a1["volume_ratio_hard"], 1.0);
+  // case_a, class 2: 4 at 0.8, 2 of them class 2; 20 at 0.1, 2 of them. ECE = (|2 - 3.2| + |2 - 2|) / 24.
+  const json& a2 = metrics_of(s, "case_a", "2");
+  EXPECT_NEAR(a2["ECE"].get<double>(), 1.2 / 24, 1e-6);
+  EXPECT_NEAR(a2["volume_ratio_soft"].get<double>(), (4 * 0.8 + 20 * 0.1) / 4, 1e-6);
+  // case_b, class 1: 2 at 0.8, both class 1; 22 at 0.1, 2 of them. ECE = (|2 - 1.6| + |2 - 2.2|) / 24.
+  const json& b1 = metrics_of(s, "case_b", "1");
+  EXPECT_NEAR(b1["ECE"].get<double>(), 0.6 / 24, 1e-6);
+  EXPECT_EQ(b1["volume_ratio_hard"], 0.5);
+  EXPECT_NEAR(b1["volume_ratio_soft"].get<double>(), (2 * 0.8 + 22 * 0.1) / 4, 1e-6);
+  // case_b, class 2: in neither volume: no ratio, but the probabilities still have an ECE (24 at 0.1, none).
+  const json& b2 = metrics_of(s, "case_b", "2");
+  EXPECT_TRUE(b2["volume_ratio_hard"].is_null());
+  EXPECT_TRUE(b2["volume_ratio_soft"].is_null());
+  EXPECT_NEAR(b2["ECE"].get<double>(), 0.1, 1e-6);
+  // Means over the cases where each is defined.
+  EXPECT_NEAR(s["mean"]["1"]["ECE"].get<double>(), (1.0 + 0.6) / 48, 1e-6);
+  EXPECT_NEAR(s["mean"]["1"]["volume_ratio_hard"].get<double>(), 0.75, 1e-12);
+  EXPECT_NEAR(s["mean"]["1"]["volume_ratio_soft"].get<double>(), (1.1 + 0.95) / 2, 1e-6);
+  EXPECT_NEAR(s["mean"]["2"]["volume_ratio_soft"].get<double>(), 1.3, 1e-6);
+  EXPECT_NEAR(s["mean"]["2"]["ECE"].get<double>(), (1.2 / 24 + 0.1) / 2, 1e-6);
+  // Pooled over both cases' 48 voxels: class 1's bin 12 holds 8 voxels, 6 of them class 1.
+  const json& cal = s["calibration"];
+  EXPECT_EQ(cal["bins"], 15);
+  EXPECT_EQ(cal["probabilities"], d.root + "/prob");
+  EXPECT_NEAR(cal["per_class"]["1"]["ECE_pooled"].get<double>(), (std::abs(6 - 6.4) + std::abs(4 - 4.0)) / 48, 1e-6);
+  const json& bin12 = cal["per_class"]["1"]["reliability"][12];
+  EXPECT_EQ(bin12["voxels"], 8);
+  EXPECT_NEAR(bin12["mean_probability"].get<double>(), 0.8, 1e-6);
+  EXPECT_NEAR(bin12["fraction_positive"].get<double>(), 0.75, 1e-12);
+  EXPECT_TRUE(cal["per_class"]["1"]["reliability"][5]["mean_probability"].is_null());
+  // The nnU-Net keys stay as they were.
+  EXPECT_NEAR(a1["Dice"].get<double>(), 2.0 / 3, 1e-12);
+}
+
+TEST(EvalCli, ProbabilitiesStoredWithXFlippedAreReoriented) {
+  const Dataset d = make_probability_dataset("eval-calibration-flip");
+  const std::vector<float> p = confident_probabilities(labels({{2, 1}, {8, 2}, {12, 0}}));
+  std::vector<float> flipped(p.size());
+  for (std::size_t i = 0; i < p.size(); ++i) flipped[i - i % kX + (kX - 1 - i % kX)] = p[i];
+  write_probabilities(d.root + "/prob/case_a_probabilities.nii.gz", flipped, 3,
+                      affine_of({{-1, 0, 0, kX - 1}, {0, 1, 0, 0}, {0, 0, 1, 0}}));
+  const CommandResult r = eval_probabilities(d);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json s = json::parse(read_file(d.root + "/out/summary.json"));
+  EXPECT_NEAR(metrics_of(s, "case_a", "1")["ECE"].get<double>(), 1.0 / 24, 1e-6);
+  EXPECT_NEAR(metrics_of(s, "case_a", "2")["ECE"].get<double>(), 1.2 / 24, 1e-6);
+}
+
+// One error line on stderr holding every part (after the progress bar's line when the voxels were
+// being read), exit 1, nothing written.
+void expect_refused(const Dataset& d, const CommandResult& r, const std::vector<std::string>& parts) {
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+  std::vector<std::string> err;
+  for (const std::string& line : lines_of(r.err))
+    if (line.rfind("eval ", 0) != 0) err.push_back(line);
+  ASSERT_EQ(err.size(), 1u) << r.err;
+  EXPECT_EQ(err[0].rfind("voxgrad: error: ", 0), 0u) << r.err;
+  for (const std::string& part : parts) EXPECT_NE(err[0].find(part), std::string::npos) << part << "\n" << r.err;
+  EXPECT_FALSE(voxgrad::test::has_source_text(err[0])) << r.err;
+  EXPECT_FALSE(fs::exists(d.root + "/out/summary.json"));
+}
+
+TEST(EvalCli, MissingProbabilitiesFileIsOneLineNamingIt) {
+  const Dataset d = make_probability_dataset("eval-prob-missing");
+  fs::remove(d.root + "/prob/case_b_probabilities.nii.gz");
+  expect_refused(d, eval_probabilities(d), {d.root + "/prob/case_b_probabilities.nii.gz", "--save-probabilities"});
+}
+
+TEST(EvalCli, ProbabilitiesWithoutAClassAxisAreRefusedNamingTheDims) {
+  const Dataset d = make_probability_dataset("eval-prob-3d");
+  io::write_nifti(d.root + "/prob/case_b_probabilities.nii.gz",
+                  io::make_volume(voxgrad::from_vector(std::vector<float>(kX * kY * kZ, 0.5f), {kZ, kY, kX})));
+  expect_refused(d, eval_probabilities(d), {"case_b_probabilities.nii.gz", "dims 4x3x2;", "4x3x2xK"});
+}
+
+TEST(EvalCli, ProbabilitiesOnAnotherGridAreRefusedNamingTheDims) {
+  const Dataset d = make_probability_dataset("eval-prob-grid");
+  write_probabilities(d.root + "/prob/case_b_probabilities.nii.gz", std::vector<float>(5 * kY * kZ * 3, 0.5f), 3,
+                      io::identity_affine(), {kZ, kY, 5});
+  expect_refused(d, eval_probabilities(d), {"case_b_probabilities.nii.gz", "5x3x2x3", "dims 5x3x2 vs 4x3x2"});
+}
+
+TEST(EvalCli, ProbabilitiesWithOtherClassCountsAreRefused) {
+  const Dataset d = make_probability_dataset("eval-prob-classes");
+  write_probabilities(d.root + "/prob/case_b_probabilities.nii.gz",
+                      confident_probabilities(labels({{0, 1}, {2, 0}}), 4), 4);
+  expect_refused(d, eval_probabilities(d), {"case_b_probabilities.nii.gz", "4x3x2x4", "case_a_probabilities.nii.gz"});
+}
+
+TEST(EvalCli, ProbabilitiesWithTooFewClassesForTheLabelsAreRefused) {
+  Dataset d = make_probability_dataset("eval-prob-few");
+  // Both files hold classes 0 and 1 only, but case_a's volumes hold class 2.
+  write_probabilities(d.root + "/prob/case_a_probabilities.nii.gz", std::vector<float>(kX * kY * kZ * 2, 0.5f), 2);
+  write_probabilities(d.root + "/prob/case_b_probabilities.nii.gz", std::vector<float>(kX * kY * kZ * 2, 0.5f), 2);
+  expect_refused(d, eval_probabilities(d), {"case case_a", "class 2", "case_a_probabilities.nii.gz", "0..1"});
+  // --labels asks for a class beyond the files: refused before any voxel is read.
+  fs::remove(d.ref + "/case_a.nii.gz");
+  fs::remove(d.pred + "/case_a.nii.gz");
+  expect_refused(d, eval_probabilities(d, "--labels 1,2"), {"--labels 2", "case_b_probabilities.nii.gz", "0..1"});
+}
+
+TEST(EvalCli, NonFiniteProbabilityIsRefusedNamingTheVoxel) {
+  const Dataset d = make_probability_dataset("eval-prob-nan");
+  std::vector<float> p = confident_probabilities(labels({{0, 1}, {2, 0}}));
+  p[2 * kX * kY * kZ + 5] = std::numeric_limits<float>::quiet_NaN();  // class 2, x 1, y 1, z 0
+  write_probabilities(d.root + "/prob/case_b_probabilities.nii.gz", p);
+  expect_refused(d, eval_probabilities(d), {"case_b_probabilities.nii.gz", "nan", "(1, 1, 0, 2)"});
+  EXPECT_FALSE(fs::exists(d.root + "/out")) << "the output folder was made and left behind";
 }
 
 }  // namespace

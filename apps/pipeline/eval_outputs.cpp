@@ -27,7 +27,7 @@ std::string reason(int err) {
 
 }  // namespace
 
-EvalOutputs::EvalOutputs(const std::string& out) : out_flag_(out) {
+EvalOutputs::EvalOutputs(const std::string& out, bool components_table) : out_flag_(out) {
   VG_USAGE_CHECK(!out.empty(), "--out is empty; give the summary file to write, e.g. --out results/summary.json");
   const fs::path path(out);
   std::error_code ec;
@@ -43,6 +43,11 @@ EvalOutputs::EvalOutputs(const std::string& out) : out_flag_(out) {
   csv_ = (fs::path(out_dir_) / (path.stem().string() + ".csv")).string();
   picture_dir_ = (fs::path(out_dir_) / "png").string();
   VG_USAGE_CHECK(!fs::is_directory(csv_, ec), "--out '" << out << "': its CSV '" << csv_ << "' is a folder");
+  if (components_table) {
+    components_csv_ = (fs::path(out_dir_) / (path.stem().string() + "_components.csv")).string();
+    VG_USAGE_CHECK(!fs::is_directory(components_csv_, ec),
+                   "--out '" << out << "': its components CSV '" << components_csv_ << "' is a folder");
+  }
 
   // The nearest folder that exists must be one this process can write in (everything below it is
   // made by prepare()); found now, before any voxel is read.
@@ -80,6 +85,11 @@ void EvalOutputs::refuse_inputs(const files::InputFiles& inputs, const std::vect
   if (const auto input = inputs.overwritten_by(csv_))
     VG_INPUT_FAIL("the CSV '" << csv_ << "' that --out '" << summary_ << "' writes is the input file '" << *input
                               << "'; eval never writes over its inputs: choose another --out");
+  if (!components_csv_.empty())
+    if (const auto input = inputs.overwritten_by(components_csv_))
+      VG_INPUT_FAIL("the components CSV '" << components_csv_ << "' that --out '" << summary_
+                                           << "' writes is the input file '" << *input
+                                           << "'; eval never writes over its inputs: choose another --out");
   for (const std::string& name : case_names) {
     const std::string picture = picture_path(name);
     if (const auto input = inputs.overwritten_by(picture))
@@ -116,13 +126,15 @@ std::string EvalOutputs::stage_picture(const std::string& case_name) {
   return staged_.back().first;
 }
 
-void EvalOutputs::commit(const std::string& summary_text, const std::string& csv_text) {
+void EvalOutputs::commit(const std::string& summary_text, const std::string& csv_text,
+                         const std::string& components_csv_text) {
   for (const auto& [temporary, target] : staged_)
     if (std::rename(temporary.c_str(), target.c_str()) != 0) {
       const int err = errno;
       VG_INPUT_FAIL(target << ": cannot put the picture in place: " << reason(err));
     }
   files::write_file_atomically(csv_, csv_text);
+  if (!components_csv_.empty()) files::write_file_atomically(components_csv_, components_csv_text);
   files::write_file_atomically(summary_, summary_text);
   committed_ = true;
 }

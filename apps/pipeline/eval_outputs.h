@@ -1,4 +1,5 @@
-// The places eval writes: summary.json (--out), <stem>.csv beside it and png/<case>.png. Each is
+// The places eval writes: summary.json (--out), <stem>.csv beside it, with --components
+// <stem>_components.csv, and png/<case>.png. Each is
 // checked before any voxel is read (a usable --out; no output that is one of eval's inputs), and
 // the pictures are written under temporary names and put in place with the summary only once every
 // case is scored, so an eval that fails leaves the output folder as it found it.
@@ -15,8 +16,9 @@ namespace voxgrad::pipeline {
 class EvalOutputs {
  public:
   // Checks --out as a place to write (voxgrad::UsageError, exit 2): not empty, not a folder, in a
-  // folder that exists or can be made, and that this process may write in.
-  explicit EvalOutputs(const std::string& out);
+  // folder that exists or can be made, and that this process may write in. `components_table`:
+  // the per-component CSV is written too.
+  explicit EvalOutputs(const std::string& out, bool components_table = false);
   // Without commit(): removes the staged pictures and the folders prepare() made (when empty).
   ~EvalOutputs();
   EvalOutputs(const EvalOutputs&) = delete;
@@ -24,6 +26,7 @@ class EvalOutputs {
 
   const std::string& summary_path() const { return summary_; }
   const std::string& csv_path() const { return csv_; }
+  const std::string& components_csv_path() const { return components_csv_; }  // "" when not written
   const std::string& picture_dir() const { return picture_dir_; }
   std::string picture_path(const std::string& case_name) const;
 
@@ -35,12 +38,13 @@ class EvalOutputs {
   void prepare();
   // Where to write the picture of `case_name` now; commit() moves it to picture_path(case_name).
   std::string stage_picture(const std::string& case_name);
-  // The pictures put in place, then the CSV and the summary written atomically.
-  void commit(const std::string& summary_text, const std::string& csv_text);
+  // The pictures put in place, then the CSVs and the summary written atomically.
+  void commit(const std::string& summary_text, const std::string& csv_text,
+              const std::string& components_csv_text = "");
 
  private:
   std::string out_flag_;  // --out as given, for messages
-  std::string out_dir_, summary_, csv_, picture_dir_;
+  std::string out_dir_, summary_, csv_, components_csv_, picture_dir_;
   std::vector<std::string> created_folders_;                    // outermost first
   std::vector<std::pair<std::string, std::string>> staged_;    // (temporary, target)
   bool committed_ = false;

@@ -33,7 +33,72 @@ double mean_of(const std::vector<double>& v) {
   return s / static_cast<double>(v.size());
 }
 
+double ratio(double num, std::int64_t denom) { return denom == 0 ? kNaN : num / static_cast<double>(denom); }
+
+std::size_t size_bin_of(std::int64_t voxels) {
+  const auto& bins = component_size_bins();
+  for (std::size_t b = 0; b + 1 < bins.size(); ++b)
+    if (voxels < bins[b].max_voxels) return b;
+  return bins.size() - 1;
+}
+
+// Components found and detected, per size bin, for one class over every case.
+struct ComponentTally {
+  std::vector<std::int64_t> found = std::vector<std::int64_t>(component_size_bins().size(), 0);
+  std::vector<std::int64_t> detected = std::vector<std::int64_t>(component_size_bins().size(), 0);
+};
+
+Json component_section(const std::vector<std::int32_t>& classes, std::map<std::int32_t, ComponentTally>& tallies) {
+  Json bins = Json::array();
+  for (const SizeBin& b : component_size_bins())
+    bins.push_back({{"bin", b.name},
+                    {"min_voxels", b.min_voxels},
+                    {"max_voxels", b.max_voxels < 0 ? Json(nullptr) : Json(b.max_voxels - 1)}});
+  Json per_class = Json::object();
+  for (std::int32_t k : classes) {
+    const ComponentTally& t = tallies[k];
+    std::int64_t found = 0, detected = 0;
+    Json by_size = Json::array();  // in the order of size_bins
+    for (std::size_t b = 0; b < t.found.size(); ++b) {
+      found += t.found[b];
+      detected += t.detected[b];
+      by_size.push_back({{"bin", component_size_bins()[b].name},
+                         {"components", t.found[b]},
+                         {"detected", t.detected[b]},
+                         {"recall", number_or_null(ratio(static_cast<double>(t.detected[b]), t.found[b]))}});
+    }
+    per_class[std::to_string(k)] = {{"components", found},
+                                    {"detected", detected},
+                                    {"recall", number_or_null(ratio(static_cast<double>(detected), found))},
+                                    {"recall_by_size", by_size}};
+  }
+  return {
+      {"connectivity", 26},
+      {"detected_rule", "a reference component is detected when at least one of its voxels is predicted as its class"},
+      {"size_bins", bins},
+      {"per_class", per_class}};
+}
+
+Json reliability_of(const ClassCalibration& c) {
+  Json bins = Json::array();
+  for (int b = 0; b < ClassCalibration::kBins; ++b) {
+    const std::int64_t n = c.voxels[b];
+    bins.push_back({{"lower", static_cast<double>(b) / ClassCalibration::kBins},
+                    {"upper", static_cast<double>(b + 1) / ClassCalibration::kBins},
+                    {"voxels", n},
+                    {"mean_probability", number_or_null(ratio(c.probability_sum[b], n))},
+                    {"fraction_positive", number_or_null(ratio(static_cast<double>(c.positives[b]), n))}});
+  }
+  return bins;
+}
+
 }  // namespace
+
+const std::vector<SizeBin>& component_size_bins() {
+  static const std::vector<SizeBin> bins = {
+      {"<100", 1, 100}, {"100-999", 100, 1000}, {"1000-9999", 1000, 10000}, {">=10000", 10000, -1}};
+  return bins;
+}
 
 // Labels are small non-negative numbers in practice, so those go to a flat table and the rest to a map.
 std::map<std::int32_t, Counts> count_labels(const std::int32_t* ref, const std::int32_t* pred, std::int64_t n) {
@@ -72,8 +137,38 @@ EvalSummary summarize(const std::vector<CaseScores>& cases, const std::vector<in
   std::map<std::int32_t, std::map<std::string, double>> count_sums;
   std::map<std::int32_t, std::int64_t> class_left_out;
   std::int64_t left_out = 0;
+  const bool with_components = !cases.empty() && cases.front().components.has_value();
+  const bool with_calibration = !cases.empty() && !cases.front().calibration.empty();
+  std::map<std::int32_t, ComponentTally> tallies;
+  std::map<std::int32_t, std::vector<double>> eces, hard_ratios, soft_ratios;
+  std::map<std::int32_t, ClassCalibration> pooled;
+  std::string components_csv =
+      io::csv_record({io::csv_text("case"), io::csv_text("class"), io::csv_text("component"), io::csv_text("voxels"),
+                      io::csv_text("mm3"), io::csv_text("detected"), io::csv_text("overlap_voxels"),
+                      io::csv_text("first_x"), io::csv_text("first_y"), io::csv_text("first_z")});
   for (const CaseScores& cr : cases) {
     Json metrics = Json::object();
+    // Components numbered per class, in the order of their first voxels; rows by class, then number.
+    std::map<std::int32_t, std::pair<std::int64_t, std::int64_t>> case_components;  // class -> (found, detected)
+    if (cr.components)
+      for (std::int32_t k : classes)
+        for (const ReferenceComponent& rc : *cr.components) {
+          if (rc.value != k) continue;
+          auto& [found, detected] = case_components[k];
+          ++found;
+          detected += rc.detected();
+          ComponentTally& t = tallies[k];
+          const std::size_t b = size_bin_of(rc.voxels);
+          ++t.found[b];
+          t.detected[b] += rc.detected();
+          const auto [nz, ny, nx] = cr.shape;
+          const std::int64_t in_volume = rc.first_voxel % (nz * ny * nx);
+          components_csv += io::csv_record(
+              {io::csv_text(cr.name), io::csv_integer(k), io::csv_integer(found), io::csv_integer(rc.voxels),
+               io::csv_number(static_cast<double>(rc.voxels) * cr.voxel_mm3), io::csv_integer(rc.detected()),
+               io::csv_integer(rc.overlap), io::csv_integer(in_volume % nx), io::csv_integer(in_volume / nx % ny),
+               io::csv_integer(in_volume / (nx * ny))});
+        }
     for (std::int32_t k : classes) {
       const auto it = cr.counts.find(k);
       const Counts c = it == cr.counts.end() ? Counts{} : it->second;
@@ -84,6 +179,25 @@ EvalSummary summarize(const std::vector<CaseScores>& cases, const std::vector<in
       metrics[std::to_string(k)] = {{"Dice", number_or_null(d)}, {"IoU", number_or_null(j)},
                                     {"Jaccard", number_or_null(j)}, {"TP", c.tp},
                                     {"FP", fp}, {"FN", fn}, {"TN", tn}, {"n_ref", c.n_ref}, {"n_pred", c.n_pred}};
+      Json& entry = metrics[std::to_string(k)];
+      if (with_components) {
+        entry["components"] = case_components[k].first;
+        entry["components_detected"] = case_components[k].second;
+      }
+      if (with_calibration && static_cast<std::size_t>(k) < cr.calibration.size()) {
+        const ClassCalibration& cal = cr.calibration[static_cast<std::size_t>(k)];
+        const double ece = cal.expected_calibration_error();
+        const double hard = ratio(static_cast<double>(c.n_pred), c.n_ref);
+        const double soft = ratio(cal.soft_volume, c.n_ref);
+        entry["ECE"] = number_or_null(ece);
+        entry["soft_volume"] = cal.soft_volume;
+        entry["volume_ratio_hard"] = number_or_null(hard);
+        entry["volume_ratio_soft"] = number_or_null(soft);
+        if (!std::isnan(ece)) eces[k].push_back(ece);
+        if (!std::isnan(hard)) hard_ratios[k].push_back(hard);
+        if (!std::isnan(soft)) soft_ratios[k].push_back(soft);
+        pooled[k].add(cal);
+      }
       csv += io::csv_record({io::csv_text(cr.name), io::csv_integer(k), io::csv_number(d), io::csv_number(j),
                              io::csv_integer(c.tp), io::csv_integer(fp), io::csv_integer(fn)});
       if (std::isnan(d)) {
@@ -112,6 +226,12 @@ EvalSummary summarize(const std::vector<CaseScores>& cases, const std::vector<in
               {"cases_left_out", class_left_out[k]}};
     // Counts are averaged over every case, as nnU-Net does (a count is defined even where Dice is not).
     for (const auto& [name, sum] : count_sums[k]) m[name] = sum / static_cast<double>(cases.size());
+    if (with_calibration) {
+      // Means over the cases where each is defined (a ratio needs the class in the reference).
+      m["ECE"] = number_or_null(mean_of(eces[k]));
+      m["volume_ratio_hard"] = number_or_null(mean_of(hard_ratios[k]));
+      m["volume_ratio_soft"] = number_or_null(mean_of(soft_ratios[k]));
+    }
     mean[std::to_string(k)] = m;
     if (k > 0 && !std::isnan(d)) {
       fg_dice.push_back(d);
@@ -133,6 +253,24 @@ EvalSummary summarize(const std::vector<CaseScores>& cases, const std::vector<in
                  // NaN (null) and left out of every mean, nnU-Net's convention.
                  {"left_out", left_out},
                  {"left_out_of", static_cast<std::int64_t>(cases.size()) * foreground_classes}};
+  if (with_components) {
+    out.summary["components"] = component_section(classes, tallies);
+    out.components_csv = std::move(components_csv);
+  }
+  if (with_calibration) {
+    Json per_class = Json::object();
+    for (std::int32_t k : classes)
+      per_class[std::to_string(k)] = {{"ECE_pooled", number_or_null(pooled[k].expected_calibration_error())},
+                                      {"reliability", reliability_of(pooled[k])}};
+    out.summary["calibration"] = {
+        {"bins", ClassCalibration::kBins},
+        {"ECE_rule",
+         "one class against the rest: voxels binned by the probability of the class in 15 equal-width bins of [0, 1]; "
+         "ECE = sum over bins of (voxels in bin / voxels) * |fraction of them in the class - their mean probability|"},
+        {"volume_ratio_rule",
+         "predicted / reference voxels: hard from the predicted labels, soft from the sum of the probabilities"},
+        {"per_class", per_class}};
+  }
   out.csv = std::move(csv);
   out.classes = classes;
   out.left_out = left_out;

@@ -1,12 +1,18 @@
-// Evaluation as `voxgrad eval` runs it: references paired with predictions by file name, their grids
-// compared from the headers (flipped or permuted axes reoriented), then every case scored per class
-// and drawn. Messages name eval's flags (--pred, --ref, --images).
+// Evaluation as `voxgrad eval` runs it: references paired with predictions (and probabilities) by
+// file name, their grids compared from the headers (flipped or permuted axes reoriented), then every
+// case scored per class and drawn. Messages name eval's flags (--pred, --ref, --images, --probabilities).
 #include "apps/pipeline/evaluation.h"
 
 #include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <set>
+#include <utility>
 
+#include "apps/pipeline/connected_components.h"
+#include "apps/pipeline/eval_calibration.h"
 #include "apps/pipeline/eval_picture.h"
 #include "engine/error.h"
 #include "engine/files.h"
@@ -52,12 +58,79 @@ std::string join(const std::vector<std::string>& parts, std::size_t at_most) {
   return s;
 }
 
+std::string probabilities_file_name(const std::string& case_name) { return case_name + "_probabilities.nii.gz"; }
+
+// The first three dims (the spatial ones) of a grid, for comparing probabilities with a reference.
+std::vector<std::int64_t> spatial_part(const std::vector<std::int64_t>& dims) {
+  return {dims.begin(), dims.begin() + static_cast<std::ptrdiff_t>(std::min<std::size_t>(3, dims.size()))};
+}
+
+// A probabilities file against its case's reference, from the headers: the reference's grid (up to
+// flipped or permuted axes) and the classes on a 4th axis, as many as the first file held.
+void match_probabilities_grid(EvalCase& c, const io::NiftiHeader& rh, std::int64_t& classes, std::string& first_file) {
+  const io::NiftiHeader h = io::read_nifti_header(c.probabilities_path);
+  const std::vector<std::int64_t> dims = h.dims(), ref_dims = rh.dims();
+  const std::string ref_spatial = io::dims_text(spatial_part(ref_dims));
+  for (std::size_t a = 3; a < ref_dims.size(); ++a)
+    VG_INPUT_CHECK(ref_dims[a] == 1, "case " << c.name << ": --probabilities needs 3-D references; '" << c.ref_path
+                                             << "' has dims " << io::dims_text(ref_dims));
+  VG_INPUT_CHECK(dims.size() == 4 && dims[3] >= 2,
+                 "case " << c.name << ": the probabilities file '" << c.probabilities_path << "' has dims "
+                         << io::dims_text(dims) << "; expected " << ref_spatial
+                         << "xK (the reference's grid, K >= 2 classes on the 4th axis)");
+  const io::Grid stored{spatial_part(dims), h.affine}, target{spatial_part(ref_dims), rh.affine};
+  const auto map = io::match_grid(stored, target);
+  VG_INPUT_CHECK(map.has_value(), "case " << c.name << ": the probabilities file '" << c.probabilities_path
+                                          << "' has dims " << io::dims_text(dims)
+                                          << " on a grid other than the reference's: "
+                                          << io::grid_difference(stored, target) << " (probabilities vs reference)");
+  if (!map->identity()) c.probabilities_reorient = *map;
+  if (classes == 0) {
+    classes = dims[3];
+    first_file = c.probabilities_path;
+  }
+  VG_INPUT_CHECK(dims[3] == classes, "case " << c.name << ": the probabilities file '" << c.probabilities_path
+                                             << "' has dims " << io::dims_text(dims) << ", " << dims[3] << " classes; '"
+                                             << first_file << "' has " << classes
+                                             << ": every case needs the same classes on the 4th axis");
+  c.probability_classes = classes;
+}
+
+// The (Z, Y, X) of one volume and how many such volumes a label tensor holds (axes beyond the
+// third are stacked volumes).
+std::pair<std::array<std::int64_t, 3>, std::int64_t> volume_shape(const Shape& shape) {
+  std::array<std::int64_t, 3> zyx{1, 1, 1};
+  const int rank = static_cast<int>(shape.size());
+  for (int a = 0; a < 3 && a < rank; ++a) zyx[2 - a] = shape[rank - 1 - a];
+  std::int64_t volumes = 1;
+  for (int a = 0; a + 3 < rank; ++a) volumes *= shape[a];
+  return {zyx, volumes};
+}
+
+// The probabilities of one case as (K, Z, Y, X) float32 on the reference grid, every value finite.
+Tensor read_probabilities(const EvalCase& c, const std::array<std::int64_t, 3>& zyx) {
+  const io::Volume v = io::read_nifti(c.probabilities_path);
+  Tensor p = v.to_float32();
+  const float* data = p.data<float>();
+  const std::vector<std::int64_t> dims = v.dims();  // (x, y, z, K): checked from the header
+  for (std::int64_t i = 0; i < p.numel(); ++i)
+    if (!std::isfinite(data[i]))
+      VG_INPUT_FAIL("case " << c.name << ": the probabilities file '" << c.probabilities_path << "' holds " << data[i]
+                            << " at voxel (" << i % dims[0] << ", " << i / dims[0] % dims[1] << ", "
+                            << i / (dims[0] * dims[1]) % dims[2] << ", " << i / (dims[0] * dims[1] * dims[2])
+                            << "), not a probability");
+  if (c.probabilities_reorient)
+    p = io::reorient(p, dims, *c.probabilities_reorient, {c.probability_classes, zyx[0], zyx[1], zyx[2]});
+  return p;
+}
+
 }  // namespace
 
 std::vector<EvalCase> pair_eval_cases(const EvalInputs& opt, logging::Sink& sink) {
   const std::vector<std::string> ref_files = nifti_files(opt.ref, "--ref");
   const std::vector<std::string> pred_files = nifti_files(opt.pred, "--pred");
   if (!opt.images.empty()) (void)nifti_files(opt.images, "--images");
+  if (!opt.probabilities.empty()) (void)nifti_files(opt.probabilities, "--probabilities");
   VG_INPUT_CHECK(!ref_files.empty(), "--ref '" << opt.ref << "' holds no .nii.gz or .nii files");
 
   const std::set<std::string> preds(pred_files.begin(), pred_files.end());
@@ -65,8 +138,11 @@ std::vector<EvalCase> pair_eval_cases(const EvalInputs& opt, logging::Sink& sink
   std::vector<std::string> missing, extra;
   for (const std::string& f : ref_files)
     if (!preds.count(f)) missing.push_back(case_name(f));
+  // The probabilities `voxgrad predict --save-probabilities` writes beside the labels are no extras.
+  std::set<std::string> companions;
+  for (const std::string& f : ref_files) companions.insert(probabilities_file_name(case_name(f)));
   for (const std::string& f : pred_files)
-    if (!refs.count(f)) extra.push_back(f);
+    if (!refs.count(f) && !companions.count(f)) extra.push_back(f);
   VG_INPUT_CHECK(missing.empty(), "no prediction in '" << opt.pred << "' for case" << (missing.size() > 1 ? "s " : " ")
                                                        << join(missing, 10));
   if (!extra.empty())
@@ -74,6 +150,7 @@ std::vector<EvalCase> pair_eval_cases(const EvalInputs& opt, logging::Sink& sink
                  " file(s) in --pred have no reference and are ignored: " + join(extra, 5));
 
   std::vector<EvalCase> cases;
+  std::vector<std::string> missing_probabilities;
   for (const std::string& f : ref_files) {
     EvalCase c;
     c.name = case_name(f);
@@ -81,6 +158,13 @@ std::vector<EvalCase> pair_eval_cases(const EvalInputs& opt, logging::Sink& sink
     c.pred_path = (fs::path(opt.pred) / f).string();
     files::require_regular_file(c.ref_path);
     files::require_regular_file(c.pred_path);
+    if (!opt.probabilities.empty()) {
+      c.probabilities_path = (fs::path(opt.probabilities) / probabilities_file_name(c.name)).string();
+      if (files::identity_of(c.probabilities_path))
+        files::require_regular_file(c.probabilities_path);
+      else
+        missing_probabilities.push_back(c.probabilities_path);
+    }
     if (!opt.images.empty()) {
       const std::string image = (fs::path(opt.images) / (c.name + "_0000.nii.gz")).string();
       if (files::identity_of(image)) {
@@ -92,14 +176,32 @@ std::vector<EvalCase> pair_eval_cases(const EvalInputs& opt, logging::Sink& sink
     }
     cases.push_back(std::move(c));
   }
+  VG_INPUT_CHECK(missing_probabilities.empty(),
+                 "no probabilities file '"
+                     << missing_probabilities.front() << "'"
+                     << (missing_probabilities.size() > 1
+                             ? " (nor " + std::to_string(missing_probabilities.size() - 1) + " more)"
+                             : std::string())
+                     << " for --probabilities; voxgrad predict --save-probabilities writes "
+                        "<case>_probabilities.nii.gz");
   return cases;
 }
 
-void match_eval_grids(std::vector<EvalCase>& cases, bool ignore_geometry, logging::Sink& sink) {
+void match_eval_grids(std::vector<EvalCase>& cases, bool ignore_geometry, logging::Sink& sink,
+                      const std::vector<int>& labels) {
   std::vector<std::string> problems;
   std::string first;
+  std::int64_t probability_classes = 0;
+  std::string first_probabilities;
   for (EvalCase& c : cases) {
     const io::NiftiHeader rh = io::read_nifti_header(c.ref_path);
+    if (!c.probabilities_path.empty()) {
+      match_probabilities_grid(c, rh, probability_classes, first_probabilities);
+      for (const int k : labels)
+        VG_INPUT_CHECK(k < probability_classes, "--labels " << k << ": the probabilities file '" << c.probabilities_path
+                                                            << "' holds classes 0.." << probability_classes - 1
+                                                            << " on its 4th axis");
+    }
     const io::NiftiHeader ph = io::read_nifti_header(c.pred_path);
     const io::Grid ref{rh.dims(), rh.affine}, pred{ph.dims(), ph.affine};
     if (const auto map = io::match_grid(pred, ref)) {
@@ -129,8 +231,8 @@ void match_eval_grids(std::vector<EvalCase>& cases, bool ignore_geometry, loggin
                         << " more: " << join(std::vector<std::string>(problems.begin() + 1, problems.end()), 5) << ")");
 }
 
-std::vector<CaseScores> score_eval_cases(const std::vector<EvalCase>& cases, EvalOutputs& outputs,
-                                         logging::Sink& sink) {
+std::vector<CaseScores> score_eval_cases(const std::vector<EvalCase>& cases, EvalOutputs& outputs, logging::Sink& sink,
+                                         const EvalExtras& extras) {
   std::vector<CaseScores> scores;
   logging::ProgressBar bar("eval", static_cast<std::int64_t>(cases.size()), "case", sink);
   bar.update(0);  // plain logs get a start line (the first update is always drawn) and finish()'s end line
@@ -148,6 +250,26 @@ std::vector<CaseScores> score_eval_cases(const std::vector<EvalCase>& cases, Eva
       pl = io::reorient(pl, pv.dims(), c.reorient.value_or(io::AxisMap{}), rl.shape());
     cs.voxels = rl.numel();
     cs.counts = count_labels(rl.data<std::int32_t>(), pl.data<std::int32_t>(), rl.numel());
+    const auto [zyx, volumes] = volume_shape(rl.shape());
+    cs.shape = zyx;
+    for (std::size_t a = 0; a < 3 && a < rv.spacing.size(); ++a) cs.voxel_mm3 *= rv.spacing[a];
+    if (extras.components)
+      cs.components = reference_components(rl.data<std::int32_t>(), pl.data<std::int32_t>(), zyx,
+                                           Connectivity::kFacesEdgesCorners, volumes);
+    if (!c.probabilities_path.empty()) {
+      const std::int32_t highest = cs.counts.empty() ? 0 : cs.counts.rbegin()->first;
+      VG_INPUT_CHECK(highest < c.probability_classes, "case " << c.name << ": the labels hold class " << highest
+                                                              << " but the probabilities file '" << c.probabilities_path
+                                                              << "' holds classes 0.." << c.probability_classes - 1
+                                                              << " on its 4th axis");
+      const Tensor p = read_probabilities(c, zyx);
+      std::int64_t clamped = 0;
+      cs.calibration = calibrate(p.data<float>(), rl.data<std::int32_t>(), rl.numel(),
+                                 static_cast<int>(c.probability_classes), &clamped);
+      if (clamped > 0)
+        sink.warning("case " + c.name + ": " + std::to_string(clamped) + " value(s) in '" + c.probabilities_path +
+                     "' lie outside [0, 1]; binned as the nearest end");
+    }
     if (rv.ndim() == 3)
       write_case_picture(outputs.stage_picture(c.name), rv, rl, pl, c.image_path, sink);
     else
