@@ -30,6 +30,9 @@ constexpr std::int64_t kNR = 64 / static_cast<std::int64_t>(sizeof(T));
 // bytes: 16 KiB) in L1 while kMc rows of A (a slice of at most kMc x kKc elements) stay in L2.
 constexpr std::int64_t kKc = 256;
 constexpr std::int64_t kMc = 20 * kMR;
+// Rows of K the backward-filter pass turns into vol2col panels at a time (a multiple of every kNR).
+constexpr std::int64_t kFilterRows = 256;
+constexpr std::int64_t kFilterTilePositions = 384;
 
 // Each thread's vol2col tile is sized to stay in its core's L2, whatever the volume.
 constexpr std::int64_t kTileBytes = std::int64_t{1} << 20;
@@ -440,6 +443,14 @@ T* scratch_array(Scratch& scratch, std::int64_t count) {
 
 // ---- the three passes ------------------------------------------------------------------------
 
+// Positions per tile of the backward-filter pass: vol2col writes each row's positions one 64-byte
+// panel row apart, and 16 rows fill the same lines, so a row's lines must stay in L1 between them.
+std::int64_t filter_tile_positions(const Conv3dShape& g, std::int64_t element_size) {
+  const std::int64_t nr = 64 / element_size;
+  const std::int64_t rows = std::min(round_up(g.c_in * g.kernel_volume(), nr), kFilterRows) + round_up(g.c_out, kMR);
+  return std::min(tile_positions(g, rows, element_size, nr), std::max(kFilterTilePositions, 4 * nr));
+}
+
 // Job groups of the backward-filter pass: each sums its jobs into its own dW partial, and the
 // partials are added in group order, so the result does not depend on the number of threads.
 std::int64_t filter_groups(const Conv3dShape& g, std::int64_t element_size, std::int64_t jobs) {
@@ -553,23 +564,28 @@ void conv3d_backward_data(const T* dy, const T* w, T* dx, const Conv3dShape& g, 
 }
 
 // dW (c_out, K) += dy (c_out, tile) * col^T (tile, K) over all (batch, tile) jobs, summed per job
-// group (filter_groups) and then across groups in order.
+// group (filter_groups) and then across groups in order. vol2col makes kFilterRows rows of K at a
+// time, as panels (rows / NR, P, NR) the GEMM reads contiguously while they are still in cache; the
+// dW columns of those rows (c_out x kFilterRows) stay in L2 while the tile's positions are summed
+// into them kKc at a time, so large tiles cost no extra passes over the whole of dW.
 template <class T>
 void conv3d_backward_filter(const T* x, const T* dy, T* dw, const Conv3dShape& g, Scratch& scratch) {
   check_sizes_agree(g, "backward_filter");
   const std::int64_t kvol = g.kernel_volume(), K = g.c_in * kvol, S = g.out_spatial(), Sin = g.in_spatial();
-  const std::int64_t Kp = round_up(K, kNR<T>), CK = g.c_out * K;
-  const Tiling t = make_tiling(g, tile_positions(g, Kp + g.c_out, sizeof(T), kNR<T>), g.out[0]);
+  const std::int64_t Kg = std::min(round_up(K, kNR<T>), kFilterRows), CK = g.c_out * K, Mp = round_up(g.c_out, kMR);
+  const Tiling t = make_tiling(g, filter_tile_positions(g, sizeof(T)), g.out[0]);
   const std::int64_t P = t.positions, tiles = static_cast<std::int64_t>(t.tiles.size()), jobs = g.n * tiles;
-  const std::int64_t groups = filter_groups(g, sizeof(T), jobs), Mp = round_up(g.c_out, kMR);
+  const std::int64_t groups = filter_groups(g, sizeof(T), jobs);
   const int threads = omp_get_max_threads();
-  T* colts = scratch_array<T>(scratch, threads * Kp * P);        // per thread: panels (Kp / NR, P, NR)
-  T* dyps = scratch_array<T>(scratch, threads * Mp * P);         // per thread: packed dy (c_out / MR, P, MR)
-  T* partials = scratch_array<T>(scratch, (groups - 1) * CK);   // groups 1.. (group 0 sums into dw)
-  std::fill(colts, colts + threads * Kp * P, T(0));
+  // Panels one row longer than P: P * 64 bytes apart, every panel's row r would share one cache set.
+  const std::int64_t panel = (P + 1) * kNR<T>;
+  T* colts = scratch_array<T>(scratch, threads * Kg / kNR<T> * panel);  // per thread: panels (Kg / NR, P + 1, NR)
+  T* dyps = scratch_array<T>(scratch, threads * Mp * P);                // per thread: packed dy (c_out / MR, P, MR)
+  T* partials = scratch_array<T>(scratch, (groups - 1) * CK);           // groups 1.. (group 0 sums into dw)
+  std::fill(colts, colts + threads * Kg / kNR<T> * panel, T(0));
 #pragma omp parallel num_threads(threads) if (macs(g) > kParallelMinMacs)
   {
-    T* colt = colts + omp_get_thread_num() * Kp * P;
+    T* colt = colts + omp_get_thread_num() * Kg / kNR<T> * panel;
     T* dyp = dyps + omp_get_thread_num() * Mp * P;
 #pragma omp for schedule(dynamic)
     for (std::int64_t group = 0; group < groups; ++group) {
@@ -579,14 +595,18 @@ void conv3d_backward_filter(const T* x, const T* dy, T* dw, const Conv3dShape& g
         const std::int64_t n = job / tiles;
         const Tile& tile = t.tiles[job - n * tiles];
         const Segment* seg = t.segments.data() + tile.seg_begin;
-        for (std::int64_t row = 0; row < K; ++row) {
-          const std::int64_t c = row / kvol;
-          const Offset o = offset_of(row - c * kvol, g);
-          vol2col_row(x + (n * g.c_in + c) * Sin, g, seg, tile.seg_end - tile.seg_begin, o.kd, o.kh, o.kw, colt,
-                      StridedIndex{(row / kNR<T>)*P * kNR<T> + row % kNR<T>, kNR<T>});
-        }
         pack_a(dy + n * g.c_out * S + tile.p0, S, std::int64_t{1}, g.c_out, tile.np, dyp);
-        gemm(Gemm<T>{g.c_out, K, tile.np, dyp, colt, P * kNR<T>, kNR<T>, acc, K, true});
+        for (std::int64_t k0 = 0; k0 < K; k0 += Kg) {
+          const std::int64_t rows = std::min(Kg, K - k0);
+          for (std::int64_t row = k0; row < k0 + rows; ++row) {
+            const std::int64_t c = row / kvol, r = row - k0;
+            const Offset o = offset_of(row - c * kvol, g);
+            vol2col_row(x + (n * g.c_in + c) * Sin, g, seg, tile.seg_end - tile.seg_begin, o.kd, o.kh, o.kw, colt,
+                        StridedIndex{r / kNR<T> * panel + r % kNR<T>, kNR<T>});
+          }
+          const Gemm<T> gm{g.c_out, rows, tile.np, dyp, colt, panel, kNR<T>, acc + k0, K, true};
+          gemm(gm);
+        }
       }
     }
 #pragma omp for schedule(static)
@@ -621,15 +641,17 @@ void conv3d_bias_backward(const T* dy, T* db, std::int64_t n, std::int64_t c, st
 
 std::int64_t conv3d_scratch_bytes(const Conv3dShape& g, std::size_t element_size) {
   const auto es = static_cast<std::int64_t>(element_size);
-  const std::int64_t nr = 64 / es, K = g.c_in * g.kernel_volume(), Kp = round_up(K, nr), Mp = round_up(g.c_out, kMR);
+  const std::int64_t nr = 64 / es, K = g.c_in * g.kernel_volume(), Mp = round_up(g.c_out, kMR);
+  const std::int64_t Kg = std::min(round_up(K, nr), kFilterRows);
   const std::int64_t threads = omp_get_max_threads();
   const std::int64_t Kc = std::min(K, kKc), pf = tile_positions(g, Kc + g.c_out, es, nr),
-                     pd = tile_positions(g, K + g.c_out, es, nr), pw = tile_positions(g, Kp + g.c_out, es, nr);
+                     pd = tile_positions(g, K + g.c_out, es, nr), pw = filter_tile_positions(g, es);
   const std::int64_t jobs = g.n * ceil_div(g.out_spatial(), pw) + g.n * g.out[0];  // an upper bound
   const std::int64_t ldf = odd_panel_stride(pf, nr);
   const std::int64_t fwd = Mp * K + threads * (Kc * ldf + (K > kKc ? g.c_out * ldf : 0));
   const std::int64_t data = round_up(K, kMR) * g.c_out + threads * (K + g.c_out) * pd;
-  const std::int64_t filter = threads * (Kp + Mp) * pw + (filter_groups(g, es, jobs) - 1) * g.c_out * K;
+  const std::int64_t filter =
+      threads * (Kg / nr * (pw + 1) * nr + Mp * pw) + (filter_groups(g, es, jobs) - 1) * g.c_out * K;
   return std::max({fwd, data, filter}) * es;
 }
 
