@@ -33,6 +33,7 @@ constexpr std::int64_t kMc = 20 * kMR;
 // Rows of K the backward-filter pass turns into vol2col panels at a time (a multiple of every kNR).
 constexpr std::int64_t kFilterRows = 256;
 constexpr std::int64_t kFilterTilePositions = 384;
+constexpr std::int64_t kForwardTiles = 8;
 
 // Each thread's vol2col tile is sized to stay in its core's L2, whatever the volume.
 constexpr std::int64_t kTileBytes = std::int64_t{1} << 20;
@@ -296,17 +297,22 @@ void gemm(const Gemm<T>& g) {
     gemm_rows(g, r0, std::min(kKc, g.R - r0), g.b + r0 * g.ldb, g.accumulate || r0 > 0);
 }
 
-// ap (ceil(M/kMR), R, kMR) from A with element (m, r) at a[m*rs + r*cs].
+// Block mb of ap (ceil(M/kMR), R, kMR) from A with element (m, r) at a[m*rs + r*cs].
+template <class T>
+void pack_a_block(const T* a, std::int64_t rs, std::int64_t cs, std::int64_t M, std::int64_t R, T* ap,
+                  std::int64_t mb) {
+  T* dst = ap + mb * R * kMR;
+  for (std::int64_t r = 0; r < R; ++r)
+    for (int i = 0; i < kMR; ++i) {
+      const std::int64_t m = mb * kMR + i;
+      dst[r * kMR + i] = m < M ? a[m * rs + r * cs] : T(0);
+    }
+}
+
+// All of ap, on the calling thread.
 template <class T>
 void pack_a(const T* a, std::int64_t rs, std::int64_t cs, std::int64_t M, std::int64_t R, T* ap) {
-  for (std::int64_t mb = 0; mb < ceil_div(M, kMR); ++mb) {
-    T* dst = ap + mb * R * kMR;
-    for (std::int64_t r = 0; r < R; ++r)
-      for (int i = 0; i < kMR; ++i) {
-        const std::int64_t m = mb * kMR + i;
-        dst[r * kMR + i] = m < M ? a[m * rs + r * cs] : T(0);
-      }
-  }
+  for (std::int64_t mb = 0; mb < ceil_div(M, kMR); ++mb) pack_a_block(a, rs, cs, M, R, ap, mb);
 }
 
 // ---- tiles of output positions ---------------------------------------------------------------
@@ -443,6 +449,14 @@ T* scratch_array(Scratch& scratch, std::int64_t count) {
 
 // ---- the three passes ------------------------------------------------------------------------
 
+// Positions per tile of the forward pass: at most an eighth of the volume (down to four panels),
+// so that the deep levels, whose whole volume would fit one tile, still give every thread work.
+std::int64_t forward_tile_positions(const Conv3dShape& g, std::int64_t rows, std::int64_t element_size) {
+  const std::int64_t nr = 64 / element_size;
+  const std::int64_t eighth = std::max(4 * nr, round_up(ceil_div(g.out_spatial(), kForwardTiles), nr));
+  return std::min(tile_positions(g, rows, element_size, nr), eighth);
+}
+
 // Positions per tile of the backward-filter pass: vol2col writes each row's positions one 64-byte
 // panel row apart, and 16 rows fill the same lines, so a row's lines must stay in L1 between them.
 std::int64_t filter_tile_positions(const Conv3dShape& g, std::int64_t element_size) {
@@ -478,26 +492,35 @@ void conv3d_forward(const T* x, const T* w, T* y, const Conv3dShape& g, Scratch&
   check_sizes_agree(g, "forward");
   const std::int64_t kvol = g.kernel_volume(), K = g.c_in * kvol, S = g.out_spatial(), Sin = g.in_spatial();
   const std::int64_t Kc = std::min(K, kKc);
-  const Tiling t = make_tiling(g, tile_positions(g, Kc + g.c_out, sizeof(T), kNR<T>), g.out[0]);
+  const Tiling t = make_tiling(g, forward_tile_positions(g, Kc + g.c_out, sizeof(T)), g.out[0]);
   const std::int64_t tiles = static_cast<std::int64_t>(t.tiles.size()), ld = odd_panel_stride(t.positions, kNR<T>);
   const bool direct = K <= kKc;  // one block: the GEMM writes y itself
   const int threads = omp_get_max_threads();
+  // Too few tiles for the threads (the deepest levels): jobs also split y's rows into blocks of kMc.
+  // Neither the tiles nor the split change any sum, only which outputs are computed together.
+  const std::int64_t parts = g.n * tiles >= 2 * threads ? 1 : ceil_div(g.c_out, kMc);
   T* wp = scratch_array<T>(scratch, round_up(g.c_out, kMR) * K);  // packed W (c_out / MR, K, MR)
   T* cols = scratch_array<T>(scratch, threads * Kc * ld);         // per thread: (Kc, P), rows ld apart
   T* sums = direct ? nullptr : scratch_array<T>(scratch, threads * g.c_out * ld);
   std::fill(cols, cols + threads * Kc * ld, T(0));
-  pack_a(w, K, std::int64_t{1}, g.c_out, K, wp);
 #pragma omp parallel num_threads(threads) if (macs(g) > kParallelMinMacs)
   {
     T* col = cols + omp_get_thread_num() * Kc * ld;
     T* sum = direct ? nullptr : sums + omp_get_thread_num() * g.c_out * ld;
+    // On the deep levels packing W takes as long as the convolution: shared like the rest.
+#pragma omp for schedule(static)
+    for (std::int64_t mb = 0; mb < ceil_div(g.c_out, kMR); ++mb)
+      pack_a_block(w, K, std::int64_t{1}, g.c_out, K, wp, mb);
 #pragma omp for schedule(dynamic)
-    for (std::int64_t job = 0; job < g.n * tiles; ++job) {
-      const std::int64_t n = job / tiles;
-      const Tile& tile = t.tiles[job - n * tiles];
+    for (std::int64_t job = 0; job < g.n * tiles * parts; ++job) {
+      const std::int64_t n = job / (tiles * parts), ti = job / parts % tiles, m0 = job % parts * kMc;
+      const std::int64_t rows = std::min(kMc, g.c_out - m0);
+      const Tile& tile = t.tiles[ti];
       const Segment* seg = t.segments.data() + tile.seg_begin;
-      T* y_tile = y + n * g.c_out * S + tile.p0;
-      const Gemm<T> gm{g.c_out, tile.np, K, wp, col, kNR<T>, ld, direct ? y_tile : sum, direct ? S : ld, false};
+      T* y_tile = y + (n * g.c_out + m0) * S + tile.p0;
+      T* sum_rows = direct ? nullptr : sum + m0 * ld;
+      const Gemm<T> gm{rows, tile.np, K, wp + m0 * K, col, kNR<T>, ld, direct ? y_tile : sum_rows, direct ? S : ld,
+                       false};
       for (std::int64_t k0 = 0; k0 < K; k0 += kKc) {
         const std::int64_t rc = std::min(kKc, K - k0);
         for (std::int64_t row = k0; row < k0 + rc; ++row) {
@@ -509,7 +532,8 @@ void conv3d_forward(const T* x, const T* w, T* y, const Conv3dShape& g, Scratch&
         gemm_rows(gm, k0, rc, col, k0 > 0);
       }
       if (!direct)
-        for (std::int64_t c = 0; c < g.c_out; ++c) std::copy(sum + c * ld, sum + c * ld + tile.np, y_tile + c * S);
+        for (std::int64_t c = 0; c < rows; ++c)
+          std::copy(sum_rows + c * ld, sum_rows + c * ld + tile.np, y_tile + c * S);
     }
   }
 }
@@ -644,7 +668,7 @@ std::int64_t conv3d_scratch_bytes(const Conv3dShape& g, std::size_t element_size
   const std::int64_t nr = 64 / es, K = g.c_in * g.kernel_volume(), Mp = round_up(g.c_out, kMR);
   const std::int64_t Kg = std::min(round_up(K, nr), kFilterRows);
   const std::int64_t threads = omp_get_max_threads();
-  const std::int64_t Kc = std::min(K, kKc), pf = tile_positions(g, Kc + g.c_out, es, nr),
+  const std::int64_t Kc = std::min(K, kKc), pf = forward_tile_positions(g, Kc + g.c_out, es),
                      pd = tile_positions(g, K + g.c_out, es, nr), pw = filter_tile_positions(g, es);
   const std::int64_t jobs = g.n * ceil_div(g.out_spatial(), pw) + g.n * g.out[0];  // an upper bound
   const std::int64_t ldf = odd_panel_stride(pf, nr);
