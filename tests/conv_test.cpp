@@ -224,6 +224,10 @@ std::vector<OpCase> conv_cases() {
   table.push_back(large(make("tiled", 2, 24, 9, {17, 19, 21}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}), 1e-11));
   table.push_back(large(make("unet_level", 2, 16, 32, {16, 16, 16}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}), 1e-12));
   table.push_back(large(transposed(make("unet_up", 2, 32, 16, {8, 8, 8}, {2, 2, 2}, {2, 2, 2})), 1e-12));
+  // More output channels than one block of the GEMM's A rows (120), K over one block of the sum:
+  // over several tiles, and in one tile whose jobs split the output channels between threads.
+  table.push_back(large(make("wide_out_tiles", 1, 10, 130, {8, 8, 8}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}), 1e-12));
+  table.push_back(large(make("wide_out_one_tile", 1, 10, 130, {4, 4, 4}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}), 1e-12));
   return table;
 }
 

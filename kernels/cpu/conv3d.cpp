@@ -498,7 +498,7 @@ void conv3d_forward(const T* x, const T* w, T* y, const Conv3dShape& g, Scratch&
   const int threads = omp_get_max_threads();
   // Too few tiles for the threads (the deepest levels): jobs also split y's rows into blocks of kMc.
   // Neither the tiles nor the split change any sum, only which outputs are computed together.
-  const std::int64_t parts = g.n * tiles >= 2 * threads ? 1 : ceil_div(g.c_out, kMc);
+  const std::int64_t part_rows = g.n * tiles >= 2 * threads ? g.c_out : kMc, parts = ceil_div(g.c_out, part_rows);
   T* wp = scratch_array<T>(scratch, round_up(g.c_out, kMR) * K);  // packed W (c_out / MR, K, MR)
   T* cols = scratch_array<T>(scratch, threads * Kc * ld);         // per thread: (Kc, P), rows ld apart
   T* sums = direct ? nullptr : scratch_array<T>(scratch, threads * g.c_out * ld);
@@ -513,8 +513,8 @@ void conv3d_forward(const T* x, const T* w, T* y, const Conv3dShape& g, Scratch&
       pack_a_block(w, K, std::int64_t{1}, g.c_out, K, wp, mb);
 #pragma omp for schedule(dynamic)
     for (std::int64_t job = 0; job < g.n * tiles * parts; ++job) {
-      const std::int64_t n = job / (tiles * parts), ti = job / parts % tiles, m0 = job % parts * kMc;
-      const std::int64_t rows = std::min(kMc, g.c_out - m0);
+      const std::int64_t n = job / (tiles * parts), ti = job / parts % tiles, m0 = job % parts * part_rows;
+      const std::int64_t rows = std::min(part_rows, g.c_out - m0);
       const Tile& tile = t.tiles[ti];
       const Segment* seg = t.segments.data() + tile.seg_begin;
       T* y_tile = y + (n * g.c_out + m0) * S + tile.p0;
