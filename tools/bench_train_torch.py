@@ -78,6 +78,7 @@ def main():
     ap.add_argument("--loss", default="dice")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="torch's intra-op threads (default: every core)")
     a = ap.parse_args()
     losses = {"dice": soft_dice, "ce": lambda lg, lb: F.cross_entropy(lg, lb.long()),
               "dice_ce": lambda lg, lb: F.cross_entropy(lg, lb.long()) + soft_dice(lg, lb)}
@@ -85,7 +86,7 @@ def main():
         print(json.dumps({"available": False, "reason": f"the PyTorch twin has no --loss {a.loss}"}))
         return 1
 
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(a.threads if a.threads > 0 else os.cpu_count())
     gen = torch.Generator().manual_seed(1)
     torch.manual_seed(1)
     model = unet3d(1, a.classes, a.base, a.levels).train()

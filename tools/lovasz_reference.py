@@ -19,12 +19,16 @@ def main():
     ap.add_argument("--logits-raw", help="float32 logits (N, C, S, S, S), C order, from voxgrad (default: random)")
     ap.add_argument("--labels-raw", help="int32 labels (N, S, S, S), C order, from voxgrad (default: random)")
     ap.add_argument("--float64", action="store_true", help="compute in float64 (to see which float32 result is closer)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch's intra-op threads, voxgrad's count for a fair comparison (default: torch's own)")
     args = ap.parse_args()
     try:
         import torch
     except ImportError as e:  # a missing torch is a result, not a failure: the caller says "unavailable"
         print(json.dumps({"available": False, "reason": "PyTorch is unavailable (%s); Debian: apt-get install python3-torch" % e}))
         return 0
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     def lovasz_grad(gt_sorted):
         # Gradient of the Lovász extension w.r.t. sorted errors: Berman's lovasz_grad, with his

@@ -3,6 +3,7 @@
 // sorts (and both of its sort paths), on the CPU beside Berman's reference Lovász-softmax in PyTorch.
 #include "apps/bench/bench_loss.h"
 
+#include <omp.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -131,7 +132,8 @@ Json run_reference(const LossBenchOptions& opt, const Tensor& logits, const Tens
   const std::string args = "--images " + std::to_string(kImages) + " --classes " + std::to_string(kClasses) +
                            " --size " + std::to_string(opt.size) + " --reps " + std::to_string(opt.reps) +
                            " --warmup " + std::to_string(opt.warmup) + " --logits-raw " + shell_quote(logits_path) +
-                           " --labels-raw " + shell_quote(labels_path);
+                           " --labels-raw " + shell_quote(labels_path) + " --threads " +
+                           std::to_string(omp_get_max_threads());  // the threads voxgrad's CPU kernels use
   return run_python_json(opt.python, script, args);
 }
 

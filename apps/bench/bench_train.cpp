@@ -3,6 +3,7 @@
 // warm-up, with the allocator's peak; --torch runs tools/bench_train_torch.py (the same network in PyTorch) beside it.
 #include "apps/bench/bench_train.h"
 
+#include <omp.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -82,7 +83,8 @@ Json run_torch(const TrainBenchOptions& opt) {
   const std::string args = "--patch " + std::to_string(opt.patch) + " --batch-size " + std::to_string(opt.batch) +
                            " --base " + std::to_string(opt.base) + " --levels " + std::to_string(opt.levels) +
                            " --classes " + std::to_string(opt.classes) + " --loss " + shell_quote(opt.loss) +
-                           " --steps " + std::to_string(opt.steps) + " --warmup " + std::to_string(opt.warmup);
+                           " --steps " + std::to_string(opt.steps) + " --warmup " + std::to_string(opt.warmup) +
+                           " --threads " + std::to_string(omp_get_max_threads());  // voxgrad's CPU threads
   Json j = run_python_json(opt.python, script, args);
   if (j.value("available", true) && !j.contains("step_median_s"))
     return {{"available", false}, {"reason", script + " printed no step_median_s"}};
