@@ -17,6 +17,8 @@
 #include "apps/cli/cli_checks.h"
 #include "apps/cli/loss_flags.h"
 #include "apps/pipeline/grad_stats.h"
+#include "apps/pipeline/network_gradient.h"
+#include "apps/pipeline/predictor_backend.h"
 #include "engine/device.h"
 #include "engine/error.h"
 #include "engine/files.h"
@@ -35,6 +37,7 @@ namespace {
 
 struct GradOptions {
   std::string logits, label, loss, out;
+  std::string model, image, checkpoint = "best";  // --model RUN: the loss through a trained network
   LossFlags loss_flags;
 };
 
@@ -131,24 +134,157 @@ bool ends_with(const std::string& s, const std::string& tail) {
   return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
 
-int run_grad(const GradOptions& opt, const CLI::App& sub, const GlobalOptions& global) {
-  const LossKind kind = parse_loss_kind(opt.loss);
-  warn_unused(kind, sub);
+// The loss options from the flags given; `base` holds what a flag left out (a run's recorded
+// settings, or the loss's defaults).
+LossOptions loss_options_of(const LossFlags& f, const CLI::App& sub, LossKind kind, LossOptions base,
+                            const std::vector<double>& class_weights) {
+  auto given = [&](const char* flag) { return sub.count(flag) > 0; };
+  if (given("--loss-classes")) base.classes = parse_class_selection(f.classes);
+  if (given("--aggregate")) base.aggregate = parse_aggregate(f.aggregate);
+  if (given("--ignore-label")) base.ignore_label = f.ignore_label;
+  if (given("--eps")) base.eps = f.eps;
+  if (kind == LossKind::WeightedCrossEntropy && given("--class-weights")) base.class_weights = class_weights;
+  if (given("--ce-weight")) base.ce_weight = f.ce_weight;
+  if (given("--dice-weight")) base.dice_weight = f.dice_weight;
+  if (kind != LossKind::WeightedCrossEntropy) base.class_weights.clear();
+  return base;
+}
+
+// The loss of logits z (N, K, D, H, W, a leaf requiring grad) against labels y (N, D, H, W), its
+// backward, and the report every grad run prints; `grad` receives ∂loss/∂z as float64 host values.
+Json loss_and_gradient(LossKind kind, const Tensor& z, const Tensor& y, const LossOptions& lo,
+                       std::vector<double>& grad) {
+  const LossOutput out = segmentation_loss_terms(kind, z, y, lo);
+  out.loss.backward();
+  const LossReport report = loss_report(out);
+  const GradGeometry geo{z.size(0), z.size(1), z.size(2), z.size(3), z.size(4)};
+  // The hinge's one channel scores the foreground: its "inside" is the voxels labelled 1.
+  const std::vector<std::int64_t> channel_label =
+      kind == LossKind::LovaszHinge ? std::vector<std::int64_t>{1} : std::vector<std::int64_t>{};
+  grad = z.grad().cpu().to(DType::Float64).to_vector<double>();  // float64 lives on the CPU only
+  const std::vector<std::int32_t> labels = y.cpu().to_vector<std::int32_t>();
+  const std::vector<ClassGradStats> stats = gradient_stats(grad, labels, geo, lo.ignore_label, channel_label);
+
+  double abs_sum = 0, sq_sum = 0, abs_max = 0;
+  for (double v : grad) {
+    abs_sum += std::fabs(v);
+    sq_sum += v * v;
+    abs_max = std::max(abs_max, std::fabs(v));
+  }
+  Json per_class = Json::array();
+  for (double v : report.per_class) per_class.push_back(finite_or_null(v));
+  return {
+      {"loss", finite_or_null(report.loss)},
+      {"loss_name", loss_kind_name(kind)},
+      {"per_class", per_class},
+      {"grad_stats", stats_json(stats)},
+      {"sets", report.sets},
+      {"sets_chosen", report.sets_chosen},
+      {"parts", {{"ce", finite_or_null(report.ce_part)}, {"region", finite_or_null(report.region_part)}}},
+      {"options", options_json(out, lo)},
+      {"grad",
+       {{"abs_mean", grad.empty() ? Json(nullptr) : Json(abs_sum / static_cast<double>(grad.size()))},
+        {"abs_max", abs_max},
+        {"l2", std::sqrt(sq_sum)}}},
+  };
+}
+
+// --out, when given, must be a NIfTI path that is none of the inputs.
+void check_out(const std::string& out, const std::vector<std::string>& input_paths) {
+  if (out.empty()) return;
   // Refused before the work rather than after it: write_nifti writes single files only.
-  if (!opt.out.empty() && !ends_with(opt.out, ".nii") && !ends_with(opt.out, ".nii.gz"))
-    VG_USAGE_FAIL("--out " << opt.out << ": the gradient is written as .nii or .nii.gz");
-  for (const auto& [flag, path] : {std::pair{"--logits", &opt.logits}, std::pair{"--label", &opt.label}})
-    VG_USAGE_CHECK(std::filesystem::exists(*path), flag << " '" << *path << "': no such file");
+  if (!ends_with(out, ".nii") && !ends_with(out, ".nii.gz"))
+    VG_USAGE_FAIL("--out " << out << ": the gradient is written as .nii or .nii.gz");
   // The gradient never lands on one of the files it is computed from (compared by identity).
   files::InputFiles inputs;
-  inputs.add(opt.logits);
-  inputs.add(opt.label);
-  if (!opt.out.empty())
-    if (const auto input = inputs.overwritten_by(opt.out))
-      VG_INPUT_FAIL("--out " << opt.out << ": would overwrite the input " << *input
-                             << " (grad never writes over its inputs); choose another --out");
-  const Device dev = resolve_device(global.device);
+  for (const std::string& path : input_paths) inputs.add(path);
+  if (const auto input = inputs.overwritten_by(out))
+    VG_INPUT_FAIL("--out " << out << ": would overwrite the input " << *input
+                           << " (grad never writes over its inputs); choose another --out");
+}
 
+// --model RUN --image I --label L: the loss of the run's network on one case, on the grid the
+// network sees (the run's plan), and the gradient carried on into the network's parameters.
+int run_grad_through_model(const GradOptions& opt, const CLI::App& sub, const GlobalOptions& global) {
+  VG_USAGE_CHECK(!opt.image.empty() && !opt.label.empty(), "--model needs --image and --label (one case)");
+  for (const auto& [flag, path] : {std::pair{"--image", &opt.image}, std::pair{"--label", &opt.label}})
+    VG_USAGE_CHECK(std::filesystem::exists(*path), flag << " '" << *path << "': no such file");
+  std::error_code ec;
+  VG_USAGE_CHECK(std::filesystem::is_directory(opt.model, ec), "--model '" << opt.model << "': no such run folder");
+  check_out(opt.out, {opt.image, opt.label});
+  const Device dev = resolve_device(global.device);
+  RunNetworkLogits net(opt.model, opt.checkpoint, dev);
+  const TrainingSettings& t = net.config().training;
+  // The run's own loss and settings unless the command line says otherwise.
+  const LossKind kind = parse_loss_kind(sub.count("--loss") > 0 ? opt.loss : t.loss);
+  warn_unused(kind, sub);
+  LossOptions recorded;
+  if (sub.count("--loss") == 0) {
+    const LossSettings& l = t.loss_options;
+    recorded.classes = parse_class_selection(l.classes);
+    recorded.aggregate = parse_aggregate(l.aggregate);
+    recorded.eps = l.eps;
+    recorded.class_weights = l.class_weights;
+    recorded.ce_weight = l.ce_weight;
+    recorded.dice_weight = l.dice_weight;
+    recorded.ignore_label = l.ignore_label;
+  }
+  const std::vector<double> class_weights =
+      class_weights_of(opt.loss_flags.class_weights).value_or(std::vector<double>{});
+  const LossOptions lo = loss_options_of(opt.loss_flags, sub, kind, recorded, class_weights);
+  VG_USAGE_CHECK(lo.class_weights.empty() || static_cast<int>(lo.class_weights.size()) == net.config().plan.classes,
+                 "--class-weights gives " << lo.class_weights.size() << " weights but the run has "
+                                          << net.config().plan.classes << " classes");
+
+  const io::Volume image_vol = io::read_nifti(opt.image);
+  const io::Volume label_vol = io::read_nifti(opt.label);
+  const Tensor image = stack_channels({image_vol}, {opt.image});
+  const Tensor label = label_vol.to_labels();
+  VG_INPUT_CHECK(label.dim() == 3 && label.size(0) == image.size(1) && label.size(1) == image.size(2) &&
+                     label.size(2) == image.size(3),
+                 opt.label << ": dims " << dims_str(label_vol.dims()) << " are not the image's ("
+                           << dims_str(image_vol.dims()) << ", " << opt.image << ")");
+  net.forward(image, label, spacing_zyx(image_vol.spacing), opt.image);
+
+  std::vector<double> grad;
+  Json result = loss_and_gradient(kind, net.logits(), net.labels().to(DType::Int32), lo, grad);
+  Json layers = Json::array();
+  for (const auto& [layer, norm] : net.backward_into_network()) layers.push_back({{"layer", layer}, {"norm", norm}});
+  if (!opt.out.empty()) {
+    // (K, Z, Y, X) on the input's grid: a NIfTI of dims (X, Y, Z, K), as a logits file.
+    const Tensor g = net.to_input_grid(net.logits().grad());
+    io::write_nifti(opt.out, io::make_volume(g, label_vol.affine), io::NiftiWriteType::Float32);
+    logging::info("wrote the gradient to " + opt.out);
+  }
+  result["layer_grad_norms"] = layers;
+  result["model"] = opt.model;
+  result["checkpoint"] = opt.checkpoint;
+  result["image"] = opt.image;
+  result["label"] = opt.label;
+  result["grid"] = {{"logits", net.logits().shape()}, {"spacing_zyx", net.config().plan.target_spacing}};
+  result["out"] = opt.out.empty() ? Json(nullptr) : Json(opt.out);
+  result["device"] = dev.str();
+  result["dtype"] = "float64";
+  write_json_line(std::cout, result);
+  return kExitOk;
+}
+
+int run_grad(const GradOptions& opt, const CLI::App& sub, const GlobalOptions& global) {
+  if (!opt.model.empty()) {
+    VG_USAGE_CHECK(opt.logits.empty(), "--logits and --model exclude each other (logits come from the network)");
+    return run_grad_through_model(opt, sub, global);
+  }
+  VG_USAGE_CHECK(!opt.logits.empty() && !opt.label.empty(),
+                 "--logits and --label are required (or --model RUN "
+                 "--image I --label L)");
+  VG_USAGE_CHECK(!opt.loss.empty(), "--loss is required with --logits");
+  VG_USAGE_CHECK(opt.image.empty() && sub.count("--checkpoint") == 0, "--image and --checkpoint go with --model");
+  const LossKind kind = parse_loss_kind(opt.loss);
+  warn_unused(kind, sub);
+  for (const auto& [flag, path] : {std::pair{"--logits", &opt.logits}, std::pair{"--label", &opt.label}})
+    VG_USAGE_CHECK(std::filesystem::exists(*path), flag << " '" << *path << "': no such file");
+  check_out(opt.out, {opt.logits, opt.label});
+  const Device dev = resolve_device(global.device);
   const io::Volume logits_vol = io::read_nifti(opt.logits);
   const io::Volume label_vol = io::read_nifti(opt.label);
   const Shape zs = logits_shape(logits_vol, opt.logits);  // (N, K, D, H, W)
@@ -195,67 +331,25 @@ int run_grad(const GradOptions& opt, const CLI::App& sub, const GlobalOptions& g
   z.requires_grad_(true);
   const Tensor y = reshape(label_vol.to_labels().to(dev), ys);  // (N, D, H, W) int32
 
-  const LossFlags& f = opt.loss_flags;
-  LossOptions lo;
-  if (!f.classes.empty()) lo.classes = parse_class_selection(f.classes);
-  if (!f.aggregate.empty()) lo.aggregate = parse_aggregate(f.aggregate);
-  if (sub.count("--ignore-label") > 0) lo.ignore_label = f.ignore_label;
-  lo.eps = f.eps;
-  if (kind == LossKind::WeightedCrossEntropy) lo.class_weights = class_weights;
-  lo.ce_weight = f.ce_weight;
-  lo.dice_weight = f.dice_weight;
-
-  const LossOutput out = segmentation_loss_terms(kind, z, y, lo);
-  out.loss.backward();
-  const LossReport report = loss_report(out);
-  const Tensor grad = z.grad();  // (N, K, D, H, W) on dev
-
-  const GradGeometry geo{zs[0], K, zs[2], zs[3], zs[4]};
-  // The hinge's one channel scores the foreground: its "inside" is the voxels labelled 1.
-  const std::vector<std::int64_t> channel_label =
-      kind == LossKind::LovaszHinge ? std::vector<std::int64_t>{1} : std::vector<std::int64_t>{};
-  const std::vector<double> g = grad.cpu().to(DType::Float64).to_vector<double>();  // float64 lives on the CPU only
-  const std::vector<std::int32_t> labels = y.cpu().to_vector<std::int32_t>();
-  const std::vector<ClassGradStats> stats = gradient_stats(g, labels, geo, lo.ignore_label, channel_label);
-
-  double abs_sum = 0, sq_sum = 0, abs_max = 0;
-  for (double v : g) {
-    abs_sum += std::fabs(v);
-    sq_sum += v * v;
-    abs_max = std::max(abs_max, std::fabs(v));
-  }
-
+  LossOptions defaults;
+  const LossOptions lo = loss_options_of(opt.loss_flags, sub, kind, defaults, class_weights);
+  std::vector<double> g;
+  Json result = loss_and_gradient(kind, z, y, lo, g);
   if (!opt.out.empty()) {
     // The logits file's own shape (dims as it has them), in the label's space.
-    const Tensor g32 = reshape(grad.cpu().to(DType::Float32), logits_vol.data.shape());
+    const Tensor g32 = reshape(z.grad().cpu().to(DType::Float32), logits_vol.data.shape());
     io::Volume gv = io::make_volume(g32, label_vol.affine);
     for (std::size_t i = 3; i < gv.spacing.size() && i < logits_vol.spacing.size(); ++i)
       gv.spacing[i] = logits_vol.spacing[i];
     io::write_nifti(opt.out, gv, io::NiftiWriteType::Float32);
     logging::info("wrote the gradient to " + opt.out);
   }
-
-  Json per_class = Json::array();
-  for (double v : report.per_class) per_class.push_back(finite_or_null(v));
-  Json result = {
-      {"loss", finite_or_null(report.loss)},
-      {"loss_name", loss_kind_name(kind)},
-      {"per_class", per_class},
-      {"grad_stats", stats_json(stats)},
-      {"sets", report.sets},
-      {"sets_chosen", report.sets_chosen},
-      {"parts", {{"ce", finite_or_null(report.ce_part)}, {"region", finite_or_null(report.region_part)}}},
-      {"options", options_json(out, lo)},
-      {"grad", {{"abs_mean", g.empty() ? Json(nullptr) : Json(abs_sum / static_cast<double>(g.size()))},
-                {"abs_max", abs_max},
-                {"l2", std::sqrt(sq_sum)}}},
-      {"shape", {{"logits", zs}, {"labels", ys}}},
-      {"logits", opt.logits},
-      {"label", opt.label},
-      {"out", opt.out.empty() ? Json(nullptr) : Json(opt.out)},
-      {"device", dev.str()},
-      {"dtype", dtype == DType::Float64 ? "float64" : "float32"},
-  };
+  result["shape"] = {{"logits", zs}, {"labels", ys}};
+  result["logits"] = opt.logits;
+  result["label"] = opt.label;
+  result["out"] = opt.out.empty() ? Json(nullptr) : Json(opt.out);
+  result["device"] = dev.str();
+  result["dtype"] = dtype == DType::Float64 ? "float64" : "float32";
   write_json_line(std::cout, result);
   return kExitOk;
 }
@@ -269,14 +363,19 @@ Command grad_command() {
           [](CLI::App& sub) -> RunFn {
             auto opt = std::make_shared<GradOptions>();
             sub.add_option("--logits", opt->logits, "Float NIfTI logits (X,Y,Z,K), or (X,Y,Z,K,N) for a batch")
-                ->type_name("FILE")
-                ->required();
+                ->type_name("FILE");
             sub.add_option("--label", opt->label, "Integer NIfTI labels (X,Y,Z), or (X,Y,Z,N) for a batch")
-                ->type_name("FILE")
-                ->required();
+                ->type_name("FILE");
+            sub.add_option("--model", opt->model,
+                           "A voxgrad train run folder: the loss of its network on --image against --label, "
+                           "on the network's grid, and each layer's parameter-gradient norm")
+                ->type_name("RUN");
+            sub.add_option("--image", opt->image, "With --model: the case's image (NIfTI)")->type_name("FILE");
+            sub.add_option("--checkpoint", opt->checkpoint, "With --model: best (model_best) or latest")
+                ->check(one_of({"best", "latest"}))
+                ->capture_default_str();
             sub.add_option("--loss", opt->loss, "The loss")
-                ->check(one_of({"ce", "wce", "dice", "jaccard", "lovasz", "lovasz_hinge", "dice_ce"}))
-                ->required();
+                ->check(one_of({"ce", "wce", "dice", "jaccard", "lovasz", "lovasz_hinge", "dice_ce"}));
             add_loss_flags(sub, opt->loss_flags, /*classes_alias=*/true, "inverse class frequency of --label");
             sub.add_option("--out", opt->out, "Write ∂loss/∂logits as a float32 NIfTI (.nii or .nii.gz)")
                 ->type_name("FILE");

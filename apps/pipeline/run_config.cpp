@@ -7,6 +7,7 @@
 #include <limits>
 #include <span>
 
+#include "engine/checkpoint.h"
 #include "engine/error.h"
 #include "engine/losses.h"
 #include "io/gzip_stream.h"
@@ -281,6 +282,21 @@ std::string run_file(const std::string& run_dir, const std::string& name) {
 }
 
 std::string run_config_path(const std::string& run_dir) { return run_file(run_dir, "config.json"); }
+
+void load_run_weights(UNet3d& network, const std::string& run_dir, const std::string& checkpoint) {
+  std::error_code ec;
+  if (checkpoint == "best") {
+    const std::string path = run_file(run_dir, "model_best.safetensors");
+    VG_INPUT_CHECK(fs::exists(path, ec), path << ": missing (the run has no validated epoch yet; try "
+                                                 "--checkpoint latest)");
+    load_unet3d_model(path, network);
+    return;
+  }
+  VG_USAGE_CHECK(checkpoint == "latest", "--checkpoint '" << checkpoint << "': choose best or latest");
+  const std::string path = run_file(run_dir, "checkpoint_latest.safetensors");
+  VG_INPUT_CHECK(fs::exists(path, ec), path << ": missing (is " << run_dir << " a voxgrad train --out folder?)");
+  load_checkpoint_weights(path, network, /*strict=*/true, unet3d_migrate_names);
+}
 
 void write_run_config(const std::string& run_dir, const RunConfig& config) {
   const std::string text = run_config_to_json(config).dump(2) + "\n";

@@ -72,4 +72,9 @@ RunConfig read_run_config(const std::string& run_dir);
 // The files of a run folder.
 std::string run_file(const std::string& run_dir, const std::string& name);  // run_dir/name
 
+// The run's weights into `network`: `checkpoint` "best" is model_best (weights only), "latest" the
+// model part of checkpoint_latest; either file's checksum is verified as it loads, and files of runs
+// written with UNet3d's former names load too (unet3d_migrate_names).
+void load_run_weights(UNet3d& network, const std::string& run_dir, const std::string& checkpoint);
+
 }  // namespace voxgrad::pipeline

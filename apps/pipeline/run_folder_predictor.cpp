@@ -36,24 +36,6 @@ struct RunFolderModel {
   }
 };
 
-// The run's weights: model_best (weights only) or the model part of checkpoint_latest; either
-// file's checksum is verified as it loads, and files of runs written with UNet3d's former names
-// load too (unet3d_migrate_names).
-void load_weights(UNet3d& network, const std::string& model_dir, const std::string& checkpoint) {
-  std::error_code ec;
-  if (checkpoint == "best") {
-    const std::string path = run_file(model_dir, "model_best.safetensors");
-    VG_INPUT_CHECK(fs::exists(path, ec), path << ": missing (the run has no validated epoch yet; try "
-                                                 "--checkpoint latest)");
-    load_unet3d_model(path, network);
-    return;
-  }
-  VG_USAGE_CHECK(checkpoint == "latest", "--checkpoint '" << checkpoint << "': choose best or latest");
-  const std::string path = run_file(model_dir, "checkpoint_latest.safetensors");
-  VG_INPUT_CHECK(fs::exists(path, ec), path << ": missing (is " << model_dir << " a voxgrad train --out folder?)");
-  load_checkpoint_weights(path, network, /*strict=*/true, unet3d_migrate_names);
-}
-
 // The network's logits (K, Z, Y, X) float32 on the image's own grid.
 Tensor logits_on_grid(RunFolderModel& m, const Tensor& image, const Spacing3& spacing,
                       const std::vector<std::string>& names, const WindowProgress& on_window) {
@@ -96,7 +78,7 @@ class RunFolderBackend : public PredictorBackend {
  public:
   RunFolderBackend(const std::string& dir, const PredictorOptions& options, logging::Sink& sink)
       : dir_(dir), m_(read_run_config(dir), options, sink) {
-    load_weights(m_.network, dir, options.checkpoint.empty() ? "best" : options.checkpoint);
+    load_run_weights(m_.network, dir, options.checkpoint.empty() ? "best" : options.checkpoint);
     m_.network.to(m_.device);
     m_.network.eval();
   }

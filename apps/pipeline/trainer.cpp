@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/pipeline/network_gradient.h"
 #include "apps/pipeline/output_folder.h"
 #include "apps/pipeline/patch_sampler.h"
 #include "apps/pipeline/run_config.h"
@@ -215,34 +216,6 @@ std::string load_initial_weights(const std::string& run, const RunConfig& config
   load_checkpoint_weights(weights, model, /*strict=*/true, unet3d_migrate_names);
   return fs::absolute(weights).lexically_normal().string();
 }
-
-// --log-grad-norms: the model's parameters grouped by layer (the name less its last part), in the
-// model's order, and each layer's gradient L2 norm after a backward pass.
-struct LayerGradients {
-  std::vector<std::string> layers;
-  std::vector<std::vector<Tensor>> params;
-
-  explicit LayerGradients(const UNet3d& model) {
-    for (const auto& [name, tensor] : model.named_parameters()) {
-      const std::size_t dot = name.rfind('.');
-      const std::string layer = dot == std::string::npos ? name : name.substr(0, dot);
-      if (layers.empty() || layers.back() != layer) {
-        layers.push_back(layer);
-        params.emplace_back();
-      }
-      params.back().push_back(tensor);
-    }
-  }
-  void add_norms_to(std::vector<double>& sums) const {
-    NoGradGuard no_grad;
-    for (std::size_t l = 0; l < layers.size(); ++l) {
-      double squares = 0;
-      for (const Tensor& p : params[l])
-        if (p.grad().defined()) squares += sum(mul(p.grad(), p.grad())).item();
-      sums[l] += std::sqrt(squares);
-    }
-  }
-};
 
 // A fresh run's settings from the command line and the data.
 RunConfig plan_run(const TrainOptions& o, const TrainingData& data, logging::Sink& sink) {
@@ -506,14 +479,14 @@ TrainResult Trainer::run() {
     VG_INPUT_CHECK(state.rng_seed == t.data_seed,
                    latest << ": sampler seed " << state.rng_seed << " differs from config.json's " << t.data_seed);
   }
-  std::optional<LayerGradients> layer_gradients;
   if (t.log_grad_norms) {
-    layer_gradients.emplace(model);
+    std::vector<std::string> layers;
+    for (const auto& [layer, norm] : layer_gradient_norms(model)) layers.push_back(layer);
     if (progress.grad_norm_layers.empty()) {
-      progress.grad_norm_layers = layer_gradients->layers;
-      progress.grad_norm_sums.assign(layer_gradients->layers.size(), 0.0);
+      progress.grad_norm_layers = layers;
+      progress.grad_norm_sums.assign(layers.size(), 0.0);
     }
-    VG_INPUT_CHECK(progress.grad_norm_layers == layer_gradients->layers,
+    VG_INPUT_CHECK(progress.grad_norm_layers == layers,
                    latest << ": the layers whose gradient norms it logs are not the network's");
   }
   const std::int64_t total_steps = t.epochs * t.iters_per_epoch;
@@ -608,7 +581,10 @@ TrainResult Trainer::run() {
                               << " holds the state after step " << saved_step << "; lower --lr or check those cases");
       }
       loss.backward();
-      if (layer_gradients) layer_gradients->add_norms_to(progress.grad_norm_sums);
+      if (t.log_grad_norms) {
+        const auto norms = layer_gradient_norms(model);
+        for (std::size_t l = 0; l < norms.size(); ++l) progress.grad_norm_sums[l] += norms[l].second;
+      }
       clip_grad_norm_(model.parameters(), t.grad_clip);
       optimizer->step();
       progress.epoch_loss_sum += value;
