@@ -218,17 +218,7 @@ int run_grad_through_model(const GradOptions& opt, const CLI::App& sub, const Gl
   // The run's own loss and settings unless the command line says otherwise.
   const LossKind kind = parse_loss_kind(sub.count("--loss") > 0 ? opt.loss : t.loss);
   warn_unused(kind, sub);
-  LossOptions recorded;
-  if (sub.count("--loss") == 0) {
-    const LossSettings& l = t.loss_options;
-    recorded.classes = parse_class_selection(l.classes);
-    recorded.aggregate = parse_aggregate(l.aggregate);
-    recorded.eps = l.eps;
-    recorded.class_weights = l.class_weights;
-    recorded.ce_weight = l.ce_weight;
-    recorded.dice_weight = l.dice_weight;
-    recorded.ignore_label = l.ignore_label;
-  }
+  const LossOptions recorded = sub.count("--loss") == 0 ? loss_options_of(t.loss_options) : LossOptions{};
   const std::vector<double> class_weights =
       class_weights_of(opt.loss_flags.class_weights).value_or(std::vector<double>{});
   const LossOptions lo = loss_options_of(opt.loss_flags, sub, kind, recorded, class_weights);

@@ -140,6 +140,18 @@ LossSettings loss_settings_from_json(const Json& j, const std::string& where) {
 
 }  // namespace
 
+LossOptions loss_options_of(const LossSettings& s) {
+  LossOptions lo;
+  lo.classes = parse_class_selection(s.classes);
+  lo.aggregate = parse_aggregate(s.aggregate);
+  lo.eps = s.eps;
+  lo.class_weights = s.class_weights;
+  lo.ce_weight = s.ce_weight;
+  lo.dice_weight = s.dice_weight;
+  lo.ignore_label = s.ignore_label;
+  return lo;
+}
+
 Json loss_settings_to_json(const LossSettings& s) {
   return {{"classes", s.classes},
           {"aggregate", s.aggregate},

@@ -11,6 +11,7 @@
 
 #include "apps/pipeline/preprocess.h"
 #include "engine/json.h"
+#include "engine/losses.h"
 #include "models/unet3d.h"
 
 namespace voxgrad::pipeline {
@@ -63,6 +64,8 @@ Json run_config_to_json(const RunConfig& config);
 // Throws an Error naming `source` (the file) and the key that is missing or of the wrong type.
 RunConfig run_config_from_json(const Json& json, const std::string& source);
 Json loss_settings_to_json(const LossSettings& s);
+// The engine's options for the recorded settings.
+LossOptions loss_options_of(const LossSettings& s);
 
 // RUN/config.json: written atomically; read with one clear error when missing or malformed.
 std::string run_config_path(const std::string& run_dir);

@@ -167,18 +167,6 @@ LossSettings resolve_loss_settings(const TrainOptions& o, const TrainingData& da
   return s;
 }
 
-LossOptions loss_options_of(const LossSettings& s) {
-  LossOptions lo;
-  lo.classes = parse_class_selection(s.classes);
-  lo.aggregate = parse_aggregate(s.aggregate);
-  lo.eps = s.eps;
-  lo.class_weights = s.class_weights;
-  lo.ce_weight = s.ce_weight;
-  lo.dice_weight = s.dice_weight;
-  lo.ignore_label = s.ignore_label;
-  return lo;
-}
-
 // The checkpoint's own record: the progress, and what was optimised (the loss with its settings
 // and the seeds), so a checkpoint taken out of its run folder still says how it was made.
 std::string checkpoint_config(const TrainingProgress& progress, const TrainingSettings& t) {
