@@ -91,6 +91,15 @@ def main():
         "all_dtypes.safetensors": safetensors(ALL_DTYPES, {"note": "\u00fcn\u00efcode"}),
         "all_dtypes_no_checksum.safetensors": safetensors(ALL_DTYPES, checksum=False),
         "no_tensors.safetensors": safetensors([], checksum=False),
+        # A tensor stored once under several names: the further names are metadata entries whose
+        # value is the stored name (safetensors.torch.save_model's convention), and variants that
+        # point at no tensor or at another alias.
+        "model_alias.safetensors": safetensors(WEIGHTS, {"1.weight": "0.weight", "epoch": "4"}),
+        "model_alias_no_checksum.safetensors": safetensors(WEIGHTS, {"1.weight": "0.weight"}, checksum=False),
+        "alias_chain_no_checksum.safetensors":
+            safetensors(WEIGHTS, {"1.weight": "0.weight", "2.weight": "1.weight"}, checksum=False),
+        "alias_shadowing_no_checksum.safetensors":
+            safetensors(WEIGHTS, {"0.bias": "0.weight", "x": "missing"}, checksum=False),
         **REGRESSIONS,
     }
     for name, data in seeds.items():
