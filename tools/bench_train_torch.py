@@ -7,6 +7,7 @@
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -56,21 +57,22 @@ def soft_dice(logits, labels, eps=1e-5):
 
 
 def sphere_labels(n, p, classes, gen):
-    # A few balls per foreground class, as the voxgrad bench draws them (not the same draws: timing only).
-    z, y, x = torch.meshgrid(*(torch.arange(p, dtype=torch.float32),) * 3, indexing="ij")
-    labels = torch.zeros(n, p, p, p, dtype=torch.int64)
+    # A few ellipsoids per foreground class, as the voxgrad bench draws them (not the same draws: timing only).
+    z, y, x = torch.meshgrid(*(torch.arange(s, dtype=torch.float32) for s in p), indexing="ij")
+    labels = torch.zeros(n, *p, dtype=torch.int64)
     for i in range(n):
         for c in range(1, classes):
             for _ in range(2):
-                cz, cy, cx = (0.2 + 0.6 * torch.rand(3, generator=gen)) * p
-                r = (0.1 + 0.15 * torch.rand(1, generator=gen).item()) * p
-                labels[i][(z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 <= r * r] = c
+                cz, cy, cx = (0.2 + 0.6 * torch.rand(3, generator=gen)) * torch.tensor(p, dtype=torch.float32)
+                r = 0.1 + 0.15 * torch.rand(1, generator=gen).item()
+                labels[i][((z - cz) / (r * p[0])) ** 2 + ((y - cy) / (r * p[1])) ** 2 + ((x - cx) / (r * p[2])) ** 2
+                          <= 1] = c
     return labels
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--patch", type=int, default=64)
+    ap.add_argument("--patch", default="64", help="D,H,W or S")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--base", type=int, default=16)
     ap.add_argument("--levels", type=int, default=4)
@@ -91,8 +93,10 @@ def main():
     torch.manual_seed(1)
     model = unet3d(1, a.classes, a.base, a.levels).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.99, nesterov=True)
-    images = torch.randn(a.batch_size, 1, a.patch, a.patch, a.patch, generator=gen)
-    labels = sphere_labels(a.batch_size, a.patch, a.classes, gen)
+    patch = [int(s) for s in a.patch.split(",")]
+    patch = patch * 3 if len(patch) == 1 else patch
+    images = torch.randn(a.batch_size, 1, *patch, generator=gen)
+    labels = sphere_labels(a.batch_size, patch, a.classes, gen)
     loss_fn = losses[a.loss]
 
     times = []
@@ -108,6 +112,7 @@ def main():
     print(json.dumps({"available": True, "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "params": sum(p.numel() for p in model.parameters()),
                       "step_median_s": statistics.median(times), "step_min_s": min(times),
+                      "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                       "loss": loss.item()}))
     return 0
 

@@ -4,10 +4,12 @@
 #include "apps/bench/bench_train.h"
 
 #include <omp.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -17,8 +19,8 @@
 #include <string>
 #include <vector>
 
-#include "apps/cli/cli_checks.h"
 #include "apps/bench/python_reference.h"
+#include "apps/cli/cli_checks.h"
 #include "engine/allocator.h"
 #include "engine/device.h"
 #include "engine/json.h"
@@ -35,7 +37,8 @@ using namespace cli;  // the command line's option checks and exit statuses
 namespace {
 
 struct TrainBenchOptions {
-  std::int64_t patch = 64, batch = 2;
+  std::string patch = "64";  // D,H,W or S (validated)
+  std::int64_t batch = 2;
   int base = 16, levels = 4, classes = 3;
   std::string loss = "dice";
   int steps = 5;
@@ -46,45 +49,56 @@ struct TrainBenchOptions {
   std::string python = "/usr/bin/python3";
 };
 
+// The process's peak resident memory (Linux reports kilobytes), the twin's measure of its own.
+std::int64_t peak_rss_bytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<std::int64_t>(usage.ru_maxrss) * 1024;
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const std::size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// Labels (N, P, P, P) int32: a few balls of each foreground class on background, from a fixed seed,
-// so every class is present and the Dice terms are not degenerate.
-Tensor sphere_labels(std::int64_t n, std::int64_t p, int classes, Device d) {
+// Labels (N, D, H, W) int32: a few ellipsoids of each foreground class on background (balls in a
+// cube), from a fixed seed, so every class is present and the Dice terms are not degenerate.
+Tensor sphere_labels(std::int64_t n, const std::array<std::int64_t, 3>& p, int classes, Device d) {
   std::mt19937 rng(7);
-  std::uniform_real_distribution<double> centre(0.2 * static_cast<double>(p), 0.8 * static_cast<double>(p));
-  std::uniform_real_distribution<double> radius(0.1 * static_cast<double>(p), 0.25 * static_cast<double>(p));
-  std::vector<std::int32_t> y(static_cast<std::size_t>(n * p * p * p), 0);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  std::vector<std::int32_t> y(static_cast<std::size_t>(n * p[0] * p[1] * p[2]), 0);
   for (std::int64_t i = 0; i < n; ++i) {
     for (int c = 1; c < classes; ++c) {
       for (int ball = 0; ball < 2; ++ball) {
-        const double cz = centre(rng), cy = centre(rng), cx = centre(rng), r = radius(rng);
-        for (std::int64_t z = 0; z < p; ++z)
-          for (std::int64_t yy = 0; yy < p; ++yy)
-            for (std::int64_t x = 0; x < p; ++x) {
-              const double dz = static_cast<double>(z) - cz, dy = static_cast<double>(yy) - cy,
-                           dx = static_cast<double>(x) - cx;
-              if (dz * dz + dy * dy + dx * dx <= r * r) y[static_cast<std::size_t>(((i * p + z) * p + yy) * p + x)] = c;
+        double centre[3], radius[3];
+        for (int a = 0; a < 3; ++a) centre[a] = (0.2 + 0.6 * unit(rng)) * static_cast<double>(p[a]);
+        const double r = 0.1 + 0.15 * unit(rng);  // a fraction of each side
+        for (int a = 0; a < 3; ++a) radius[a] = r * static_cast<double>(p[a]);
+        for (std::int64_t z = 0; z < p[0]; ++z)
+          for (std::int64_t yy = 0; yy < p[1]; ++yy)
+            for (std::int64_t x = 0; x < p[2]; ++x) {
+              const double dz = (static_cast<double>(z) - centre[0]) / radius[0],
+                           dy = (static_cast<double>(yy) - centre[1]) / radius[1],
+                           dx = (static_cast<double>(x) - centre[2]) / radius[2];
+              if (dz * dz + dy * dy + dx * dx <= 1.0)
+                y[static_cast<std::size_t>(((i * p[0] + z) * p[1] + yy) * p[2] + x)] = c;
             }
       }
     }
   }
-  return from_vector(y, {n, p, p, p}, d);
+  return from_vector(y, {n, p[0], p[1], p[2]}, d);
 }
 
 // The script's JSON line, or {"available": false, "reason"}.
 Json run_torch(const TrainBenchOptions& opt) {
   const std::string script = find_tools_script(opt.torch_script, "bench_train_torch.py");
   if (script.empty()) return {{"available", false}, {"reason", "tools/bench_train_torch.py not found (--torch-script)"}};
-  const std::string args = "--patch " + std::to_string(opt.patch) + " --batch-size " + std::to_string(opt.batch) +
-                           " --base " + std::to_string(opt.base) + " --levels " + std::to_string(opt.levels) +
-                           " --classes " + std::to_string(opt.classes) + " --loss " + shell_quote(opt.loss) +
-                           " --steps " + std::to_string(opt.steps) + " --warmup " + std::to_string(opt.warmup) +
-                           " --threads " + std::to_string(omp_get_max_threads());  // voxgrad's CPU threads
+  const std::string args = "--patch " + opt.patch + " --batch-size " + std::to_string(opt.batch) + " --base " +
+                           std::to_string(opt.base) + " --levels " + std::to_string(opt.levels) + " --classes " +
+                           std::to_string(opt.classes) + " --loss " + shell_quote(opt.loss) + " --steps " +
+                           std::to_string(opt.steps) + " --warmup " + std::to_string(opt.warmup) + " --threads " +
+                           std::to_string(omp_get_max_threads());  // voxgrad's CPU threads
   Json j = run_python_json(opt.python, script, args);
   if (j.value("available", true) && !j.contains("step_median_s"))
     return {{"available", false}, {"reason", script + " printed no step_median_s"}};
@@ -102,7 +116,13 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
   config.levels = opt.levels;
   Generator gen(1);
   UNet3d model(config, gen);
-  model.check_input({opt.batch, 1, opt.patch, opt.patch, opt.patch});
+  const std::array<std::int64_t, 3> patch = *parse_patch(opt.patch);  // validated by the option
+  const std::int64_t q = std::int64_t{1} << (opt.levels - 1);
+  for (std::int64_t side : patch)
+    VG_USAGE_CHECK(side % q == 0, "--patch " << opt.patch << ": " << side << " is not divisible by " << q
+                                             << " (--levels " << opt.levels << " halves each axis " << opt.levels - 1
+                                             << " times)");
+  model.check_input({opt.batch, 1, patch[0], patch[1], patch[2]});
   model.to(dev);
   model.train();
   const std::int64_t params = model.parameter_count();
@@ -112,8 +132,10 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
   sgd.nesterov = true;
   SGD optimizer(model.named_parameters(), sgd);
 
-  const Tensor images = randn({opt.batch, 1, opt.patch, opt.patch, opt.patch}, gen, DType::Float32, dev);
-  const Tensor labels = sphere_labels(opt.batch, opt.patch, opt.classes, dev);
+  const Tensor images = randn({opt.batch, 1, patch[0], patch[1], patch[2]}, gen, DType::Float32, dev);
+  const Tensor labels = sphere_labels(opt.batch, patch, opt.classes, dev);
+  const std::string patch_text =
+      std::to_string(patch[0]) + "x" + std::to_string(patch[1]) + "x" + std::to_string(patch[2]);
 
   double last_loss = 0;
   auto step = [&] {
@@ -127,7 +149,7 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
 
   logging::info("bench train on " + dev.str() + ": U-Net base " + std::to_string(opt.base) + ", " +
                 std::to_string(opt.levels) + " levels, " + std::to_string(params) + " parameters, batch " +
-                std::to_string(opt.batch) + " x 1 x " + std::to_string(opt.patch) + "^3, loss " + opt.loss);
+                std::to_string(opt.batch) + " x 1 x " + patch_text + ", loss " + opt.loss);
   using clock = std::chrono::steady_clock;
   std::vector<double> times;
   std::size_t peak = 0;
@@ -153,9 +175,10 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
   }
 
   const double med = median(times), min = *std::min_element(times.begin(), times.end());
-  const double voxels = static_cast<double>(opt.batch * opt.patch * opt.patch * opt.patch);
-  Json line = {{"device", dev.str()},       {"params", params},          {"step_median_s", med},
-               {"step_min_s", min},         {"voxels_per_s", voxels / med}, {"peak_bytes", peak}};
+  const double voxels = static_cast<double>(opt.batch * patch[0] * patch[1] * patch[2]);
+  const std::int64_t peak_rss = peak_rss_bytes();
+  Json line = {{"device", dev.str()},          {"params", params},   {"step_median_s", med},      {"step_min_s", min},
+               {"voxels_per_s", voxels / med}, {"peak_bytes", peak}, {"peak_rss_bytes", peak_rss}};
 
   Json ref;
   if (opt.torch) {
@@ -171,21 +194,23 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
   }
 
   if (opt.json) {
-    // The object keeps exactly its six keys; the twin's numbers go to stderr.
+    // The object keeps exactly its seven keys for scripts; the twin's numbers go to stderr.
     write_json_line(std::cout, line);
     if (opt.torch) std::cerr << "torch: " << ref.dump() << "\n";
   } else {
-    std::printf("bench train on %s: %lld parameters, batch %lld x 1 x %lld^3, loss %s, %d steps after %d warm-up\n",
+    std::printf("bench train on %s: %lld parameters, batch %lld x 1 x %s, loss %s, %d steps after %d warm-up\n",
                 dev.str().c_str(), static_cast<long long>(params), static_cast<long long>(opt.batch),
-                static_cast<long long>(opt.patch), opt.loss.c_str(), opt.steps, opt.warmup);
-    std::printf("%-10s %14s %12s %14s %12s\n", "engine", "step median s", "step min s", "voxels/s", "peak MB");
-    std::printf("%-10s %14.3f %12.3f %14.0f %12.1f\n", "voxgrad", med, min, voxels / med,
-                static_cast<double>(peak) / 1e6);
+                patch_text.c_str(), opt.loss.c_str(), opt.steps, opt.warmup);
+    std::printf("%-10s %14s %12s %14s %12s %12s\n", "engine", "step median s", "step min s", "voxels/s", "peak MB",
+                "peak RSS MB");
+    std::printf("%-10s %14.3f %12.3f %14.0f %12.1f %12.1f\n", "voxgrad", med, min, voxels / med,
+                static_cast<double>(peak) / 1e6, static_cast<double>(peak_rss) / 1e6);
     if (opt.torch) {
       if (ref.value("available", false)) {
         const double tmed = ref.value("step_median_s", 0.0);
-        std::printf("%-10s %14.3f %12.3f %14.0f %12s\n", "pytorch", tmed, ref.value("step_min_s", 0.0),
-                    tmed > 0 ? voxels / tmed : 0.0, "-");
+        std::printf("%-10s %14.3f %12.3f %14.0f %12s %12.1f\n", "pytorch", tmed, ref.value("step_min_s", 0.0),
+                    tmed > 0 ? voxels / tmed : 0.0, "-",
+                    static_cast<double>(ref.value("peak_rss_bytes", std::int64_t{0})) / 1e6);
         std::printf("voxgrad / pytorch = %.2f (torch %s, %lld parameters)\n", tmed > 0 ? med / tmed : 0.0,
                     ref.value("torch", std::string("?")).c_str(),
                     static_cast<long long>(ref.value("params", std::int64_t{0})));
@@ -205,8 +230,8 @@ NestedCommand add_bench_train(CLI::App& bench) {
   auto opt = std::make_shared<TrainBenchOptions>();
   CLI::App* sub = bench.add_subcommand(
       "train", "Time full U-Net training steps (forward, loss, backward, SGD) on (N, 1, P, P, P), median after warm-up");
-  sub->add_option("--patch", opt->patch, "Patch size P (divisible by 2^(levels-1))")
-      ->check(number_above_zero())
+  sub->add_option("--patch", opt->patch, "Patch size D,H,W or S (each divisible by 2^(levels-1))")
+      ->check(patch_validator())
       ->capture_default_str();
   sub->add_option("--batch-size", opt->batch, "N")->check(number_above_zero())->capture_default_str();
   sub->add_option("--base", opt->base, "Features at full resolution")->check(number_above_zero())->capture_default_str();

@@ -2,7 +2,6 @@
 // dataset folder, with the loss of the user's choice). Ctrl-C, SIGTERM and SIGHUP stop the run after
 // its current step with checkpoint_latest saved (exit 130); one JSON line on stdout when it ends.
 #include <CLI/CLI.hpp>
-#include <charconv>
 #include <iostream>
 #include <limits>
 #include <memory>
@@ -22,33 +21,6 @@
 namespace voxgrad::cli {
 
 namespace {
-
-// "--patch 32,64,64" or "--patch 48" (a cube): the sizes, or nothing when the text is not that.
-std::optional<std::array<std::int64_t, 3>> parse_patch(const std::string& text) {
-  std::vector<std::int64_t> v;
-  const char* p = text.data();
-  const char* end = text.data() + text.size();
-  while (true) {
-    std::int64_t x = 0;
-    const auto [next, error] = std::from_chars(p, end, x);
-    if (error != std::errc() || x < 1 || x > 4096) return std::nullopt;
-    v.push_back(x);
-    if (next == end) break;
-    if (*next != ',') return std::nullopt;
-    p = next + 1;
-  }
-  if (v.size() == 1) return std::array<std::int64_t, 3>{v[0], v[0], v[0]};
-  if (v.size() == 3) return std::array<std::int64_t, 3>{v[0], v[1], v[2]};
-  return std::nullopt;
-}
-
-CLI::Validator patch_validator() {
-  return CLI::Validator(
-      [](std::string& text) -> std::string {
-        return parse_patch(text) ? "" : "'" + text + "' is not D,H,W or S (whole numbers from 1 to 4096)";
-      },
-      "D,H,W|S");
-}
 
 // The loss flags given on the command line, as the Trainer's options (unset ones stay the loss's
 // defaults; the Trainer refuses those the loss does not use).
