@@ -271,4 +271,31 @@ std::vector<std::string> lines_of(const std::string& text) {
   return lines;
 }
 
+std::string log_without_seconds(const std::string& run) {
+  std::istringstream in(read_file(run + "/log.csv"));
+  std::string out;
+  for (std::string line; std::getline(in, line);) out += line.substr(0, line.rfind(',')) + "\n";
+  return out;
+}
+
+std::string former_unet3d_name(const std::string& name, int levels) {
+  std::vector<std::string> p;
+  for (std::size_t start = 0;;) {
+    const std::size_t dot = name.find('.', start);
+    p.push_back(name.substr(start, dot == std::string::npos ? std::string::npos : dot - start));
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  const auto level = [&](const std::string& d) { return std::to_string(levels - 2 - std::stoi(d)); };
+  const auto layer = [](const std::string& kind, const std::string& k) {
+    return kind + std::to_string(std::stoi(k) + 1);
+  };
+  if (p[0] == "encoder") return "encoder." + p[2] + "." + layer(p[6], p[5]) + "." + p[7];
+  if (p[1] == "transpconvs") return "decoder." + level(p[2]) + ".up." + p[3];
+  if (p[1] == "stages") return "decoder." + level(p[2]) + "." + layer(p[5], p[4]) + "." + p[6];
+  if (p[1] == "seg_layers") return "heads." + level(p[2]) + "." + p[3];
+  ADD_FAILURE() << "not a UNet3d name: " << name;
+  return "";
+}
+
 }  // namespace voxgrad::test

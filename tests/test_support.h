@@ -63,6 +63,19 @@ std::string temp_dir(const std::string& tag);
 ::testing::AssertionResult all_close(const std::vector<double>& a, const std::vector<double>& b, double atol,
                                      double rtol);
 
+// A run folder's log.csv without its last column (seconds, the one thing allowed to differ
+// between runs that compute the same numbers).
+std::string log_without_seconds(const std::string& run);
+
+// The name UNet3d gave a tensor before it was built as nnU-Net's PlainConvUNet, for an alias-free
+// current parameter or buffer name of a U-Net of `levels` levels (the map in models/unet3d.h,
+// spelled here independently of unet3d_migrate_names, which the tests check):
+//   encoder.stages.{i}.0.convs.{k}.{conv,norm}.X  <- encoder.{i}.{conv,norm}{k+1}.X
+//   decoder.transpconvs.{d}.X                     <- decoder.{L-2-d}.up.X
+//   decoder.stages.{d}.convs.{k}.{conv,norm}.X    <- decoder.{L-2-d}.{conv,norm}{k+1}.X
+//   decoder.seg_layers.{d}.X                      <- heads.{L-2-d}.X
+std::string former_unet3d_name(const std::string& name, int levels);
+
 // The largest |v| and the largest |a - b| (a and b of one size), for tests that report what they measured.
 double max_abs(const std::vector<double>& v);
 double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b);

@@ -37,6 +37,7 @@ extern char** environ;
 namespace {
 
 namespace fs = std::filesystem;
+using voxgrad::test::log_without_seconds;
 using voxgrad::test::read_file;
 using voxgrad::test::voxgrad_binary;
 namespace io = voxgrad::io;
@@ -86,14 +87,6 @@ void expect_one_error(const CommandResult& r, int status, const std::string& nee
   ASSERT_EQ(lines.size(), 1u) << r.err;
   EXPECT_NE(lines[0].find(needle), std::string::npos) << lines[0];
   EXPECT_FALSE(voxgrad::test::has_source_text(lines[0])) << lines[0];
-}
-
-// log.csv without its last column (seconds, the only thing allowed to differ between runs).
-std::string log_without_seconds(const std::string& run) {
-  std::istringstream in(read_file(run + "/log.csv"));
-  std::string out;
-  for (std::string line; std::getline(in, line);) out += line.substr(0, line.rfind(',')) + "\n";
-  return out;
 }
 
 // The tensors of a safetensors file, name -> bytes.
@@ -169,41 +162,22 @@ std::string checkpoint_step(const std::string& path) {
 }
 
 // A tensor name of a run folder's file as voxgrad wrote it before UNet3d was built as nnU-Net's
-// PlainConvUNet (the map in models/unet3d.h), for a U-Net of `levels` levels without deep
-// supervision; "" for names those files did not have (the aliases, the unused seg layers).
-//   encoder.stages.{i}.0.convs.{k}.{conv,norm}.X  <- encoder.{i}.{conv,norm}{k+1}.X
-//   decoder.transpconvs.{d}.X                     <- decoder.{L-2-d}.up.X
-//   decoder.stages.{d}.convs.{k}.{conv,norm}.X    <- decoder.{L-2-d}.{conv,norm}{k+1}.X
-//   decoder.seg_layers.{L-2}.X                    <- heads.0.X
-// Checkpoint names keep their "model." prefix, and "optimizer.state.<parameter>.<what>" has its
-// parameter renamed.
-std::string former_unet3d_name(const std::string& name, int levels) {
+// PlainConvUNet, for a U-Net without deep supervision: "" for names those files did not have (the
+// aliases, the unused seg layers). Checkpoint names keep their "model." prefix, and
+// "optimizer.state.<parameter>.<what>" has its parameter renamed.
+std::string former_run_file_name(const std::string& name, int levels) {
   for (const std::string prefix : {"model.", "optimizer.state."})
     if (name.rfind(prefix, 0) == 0) {
       const bool state = prefix == "optimizer.state.";
       const std::size_t end = state ? name.rfind('.') : name.size();
-      const std::string renamed = former_unet3d_name(name.substr(prefix.size(), end - prefix.size()), levels);
+      const std::string renamed = former_run_file_name(name.substr(prefix.size(), end - prefix.size()), levels);
       return renamed.empty() ? "" : prefix + renamed + name.substr(end);
     }
   if (name.rfind("optimizer.", 0) == 0) return name;
   if (name.find("all_modules") != std::string::npos || name.rfind("decoder.encoder.", 0) == 0) return "";
-  std::vector<std::string> p;
-  for (std::size_t start = 0;;) {
-    const std::size_t dot = name.find('.', start);
-    p.push_back(name.substr(start, dot == std::string::npos ? std::string::npos : dot - start));
-    if (dot == std::string::npos) break;
-    start = dot + 1;
-  }
-  const auto level = [&](const std::string& d) { return std::to_string(levels - 2 - std::stoi(d)); };
-  const auto layer = [](const std::string& kind, const std::string& k) {
-    return kind + std::to_string(std::stoi(k) + 1);
-  };
-  if (p[0] == "encoder") return "encoder." + p[2] + "." + layer(p[6], p[5]) + "." + p[7];
-  if (p[1] == "transpconvs") return "decoder." + level(p[2]) + ".up." + p[3];
-  if (p[1] == "stages") return "decoder." + level(p[2]) + "." + layer(p[5], p[4]) + "." + p[6];
-  if (p[1] == "seg_layers") return level(p[2]) == "0" ? "heads.0." + p[3] : "";
-  ADD_FAILURE() << "not a UNet3d name: " << name;
-  return "";
+  const std::string former = voxgrad::test::former_unet3d_name(name, levels);
+  // Only the full-resolution head was written: heads.0.
+  return former.rfind("heads.", 0) == 0 && former.rfind("heads.0.", 0) != 0 ? "" : former;
 }
 
 TEST_F(TrainCli, EndToEndTrainPredictEval) {
@@ -476,7 +450,7 @@ TEST_F(TrainCli, RunsWithTheFormerTensorNamesPredictAndResume) {
     const voxgrad::SafeTensors written = voxgrad::load_safetensors(path);
     voxgrad::NamedTensors renamed;
     for (const auto& [name, tensor] : written.tensors)
-      if (const std::string old = former_unet3d_name(name, 3); !old.empty()) renamed.emplace_back(old, tensor);
+      if (const std::string old = former_run_file_name(name, 3); !old.empty()) renamed.emplace_back(old, tensor);
     voxgrad::save_safetensors(path, renamed, written.metadata);
   }
   const auto former_names = tensors_of(former + "/checkpoint_latest.safetensors");

@@ -18,6 +18,7 @@
 #include "apps/pipeline/train_data.h"
 #include "engine/checkpoint.h"
 #include "io/nifti.h"
+#include "tests/csv_reader.h"
 #include "tests/test_support.h"
 
 namespace {
@@ -25,6 +26,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 using voxgrad::test::CommandResult;
+using voxgrad::test::log_without_seconds;
 using voxgrad::test::read_file;
 using voxgrad::test::run_voxgrad;
 using voxgrad::test::temp_dir;
@@ -59,13 +61,6 @@ json training_of(const std::string& run) { return json::parse(read_file(run + "/
 json checkpoint_training(const std::string& run) {
   const auto file = voxgrad::load_safetensors(run + "/checkpoint_latest.safetensors");
   return json::parse(file.metadata.at("config")).at("training");
-}
-
-std::string log_without_seconds(const std::string& run) {
-  std::istringstream in(read_file(run + "/log.csv"));
-  std::string out;
-  for (std::string line; std::getline(in, line);) out += line.substr(0, line.rfind(',')) + "\n";
-  return out;
 }
 
 // The model's tensors of a training checkpoint (not the optimizer's), name -> values.
@@ -234,15 +229,7 @@ TEST_F(TrainLossOptions, DataSeedSplitsApartFromTheWeightsSeed) {
 }
 
 std::vector<std::vector<std::string>> csv_rows(const std::string& path) {
-  std::vector<std::vector<std::string>> rows;
-  std::istringstream in(read_file(path));
-  for (std::string line; std::getline(in, line);) {
-    std::vector<std::string> cells;
-    std::istringstream cols(line);
-    for (std::string cell; std::getline(cols, cell, ',');) cells.push_back(cell);
-    rows.push_back(cells);
-  }
-  return rows;
+  return voxgrad::test::parse_csv(read_file(path));
 }
 
 // One column per layer (each parameter name less its last part, in the model's order), one row per

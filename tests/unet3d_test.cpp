@@ -369,29 +369,6 @@ TEST(UNet3d, BatchNormVariant) {
 
 // ---- files written with the former names ----------------------------------------------------------
 
-// The former name of a current alias-free one (levels L), spelled from the documented map:
-//   encoder.stages.{i}.0.convs.{k}.{conv,norm}.X  <- encoder.{i}.{conv,norm}{k+1}.X
-//   decoder.transpconvs.{d}.X                     <- decoder.{L-2-d}.up.X
-//   decoder.stages.{d}.convs.{k}.{conv,norm}.X    <- decoder.{L-2-d}.{conv,norm}{k+1}.X
-//   decoder.seg_layers.{d}.X                      <- heads.{L-2-d}.X
-std::string former_name(const std::string& name, int levels) {
-  std::vector<std::string> p;
-  for (std::size_t start = 0;;) {
-    const std::size_t dot = name.find('.', start);
-    p.push_back(name.substr(start, dot == std::string::npos ? std::string::npos : dot - start));
-    if (dot == std::string::npos) break;
-    start = dot + 1;
-  }
-  const auto level = [&](const std::string& d) { return std::to_string(levels - 2 - std::stoi(d)); };
-  const auto layer = [](const std::string& kind, const std::string& k) {
-    return kind + std::to_string(std::stoi(k) + 1);
-  };
-  if (p[0] == "encoder") return "encoder." + p[2] + "." + layer(p[6], p[5]) + "." + p[7];
-  if (p[1] == "transpconvs") return "decoder." + level(p[2]) + ".up." + p[3];
-  if (p[1] == "stages") return "decoder." + level(p[2]) + "." + layer(p[5], p[4]) + "." + p[6];
-  return "heads." + level(p[2]) + "." + p[3];
-}
-
 // What a UNet3d of `net`'s configuration wrote before: its parameters and buffers under their
 // former names, no num_batches_tracked, and without deep supervision only the full-resolution head.
 NamedTensors former_state_dict(const UNet3d& net) {
@@ -403,7 +380,7 @@ NamedTensors former_state_dict(const UNet3d& net) {
       if (!net.config().deep_supervision && n.rfind("decoder.seg_layers.", 0) == 0 &&
           n.rfind("decoder.seg_layers." + std::to_string(L - 2) + ".", 0) != 0)
         continue;
-      out.emplace_back(former_name(n, L), t);
+      out.emplace_back(test::former_unet3d_name(n, L), t);
     }
   return out;
 }
@@ -583,11 +560,11 @@ TEST(UNet3d, MigratesTrainingCheckpointsWithTheFormerNames) {
         const std::string name = n.substr(6);
         if (name.find("all_modules") != std::string::npos || name.rfind("decoder.encoder.", 0) == 0) continue;
         if (name.find("num_batches_tracked") != std::string::npos) continue;
-        const std::string old_name = former_name(name, c.levels);
+        const std::string old_name = test::former_unet3d_name(name, c.levels);
         if (former_model.count(old_name) != 0) former.emplace_back("model." + old_name, t);
       } else {
         const std::string param = n.substr(16, n.rfind('.') - 16);  // "optimizer.state.<param>.<what>"
-        former.emplace_back("optimizer.state." + former_name(param, c.levels) + n.substr(n.rfind('.')), t);
+        former.emplace_back("optimizer.state." + test::former_unet3d_name(param, c.levels) + n.substr(n.rfind('.')), t);
       }
     }
     EXPECT_EQ(std::count_if(former.begin(), former.end(),
