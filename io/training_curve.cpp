@@ -4,13 +4,13 @@
 #include "io/training_curve.h"
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstddef>
 #include <span>
 #include <sstream>
 
 #include "io/gzip_stream.h"
+#include "io/svg_parts.h"
 
 namespace voxgrad::io {
 
@@ -24,97 +24,20 @@ constexpr double kDiceTop = 292, kDiceBottom = 462;
 constexpr const char* kLossColour = "#1f77b4";
 constexpr const char* kDiceColour = "#e6550d";
 
-// Locale-independent fixed-point text: SVG wants '.' whatever the process's locale says.
-std::string fixed(double v, int decimals) {
-  char buf[64];
-  const auto r = std::to_chars(buf, buf + sizeof(buf), v, std::chars_format::fixed, decimals);
-  std::string s(buf, r.ptr);
-  if (s.find_first_not_of("-0.") == std::string::npos && s.front() == '-') s.erase(0, 1);  // no "-0.0"
-  return s;
-}
-
-std::string coord(double v) { return fixed(v, 1); }
-
-std::string xml_escape(const std::string& text) {
-  std::string out;
-  for (char ch : text) {
-    switch (ch) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      case '\'':
-        out += "&apos;";
-        break;
-      default:
-        // XML 1.0 forbids most control characters even as references.
-        out += (static_cast<unsigned char>(ch) < 0x20) ? ' ' : ch;
-    }
-  }
-  return out;
-}
-
-// Axis ticks at a 1, 2 or 5 times a power of ten step, the range widened to whole steps.
-struct Ticks {
-  double lo = 0, hi = 1, step = 0.2;
-  int decimals = 1;  // enough to tell neighbouring ticks apart, no more
-  std::vector<double> values() const {
-    std::vector<double> v;
-    const auto n = static_cast<int>(std::lround((hi - lo) / step));
-    for (int i = 0; i <= n; ++i) v.push_back(lo + i * step);
-    return v;
-  }
-};
-
-Ticks nice_ticks(double lo, double hi, int target, double min_step = 0.0) {
-  if (!(hi > lo)) {
-    const double pad = lo != 0.0 ? std::fabs(lo) * 0.1 : 0.5;
-    lo -= pad;
-    hi += pad;
-  }
-  const double raw = (hi - lo) / target;
-  const double magnitude = std::pow(10.0, std::floor(std::log10(raw)));
-  const double r = raw / magnitude;
-  const double unit = r < 1.5 ? 1.0 : r < 3.0 ? 2.0 : r < 7.0 ? 5.0 : 10.0;
-  Ticks t;
-  t.step = std::max(unit * magnitude, min_step);
-  // Widen to whole steps, with slack for values a rounding error past a tick.
-  t.lo = std::floor(lo / t.step + 1e-9) * t.step;
-  t.hi = std::ceil(hi / t.step - 1e-9) * t.step;
-  if (!(t.hi > t.lo)) t.hi = t.lo + t.step;
-  t.decimals = std::max(0, static_cast<int>(-std::floor(std::log10(t.step) + 1e-9)));
-  return t;
-}
-
-// Maps a data value range onto a pixel range (y grows downwards, so panels pass bottom, top).
-struct Scale {
-  double d0, d1, p0, p1;
-  double operator()(double v) const { return p0 + (v - d0) / (d1 - d0) * (p1 - p0); }
-};
+using svg::coord;
+using svg::fixed;
+using svg::line;
+using svg::nice_ticks;
+using svg::Scale;
+using svg::text;
+using svg::Ticks;
+using svg::xml_escape;
 
 struct Series {
   const char* name;
   const char* colour;
   double EpochPoint::*value;
 };
-
-void text(std::ostringstream& svg, double x, double y, const std::string& s, const std::string& extra = "") {
-  svg << "  <text x=\"" << coord(x) << "\" y=\"" << coord(y) << "\"" << (extra.empty() ? "" : " ") << extra << ">" << s
-      << "</text>\n";
-}
-
-void line(std::ostringstream& svg, double x1, double y1, double x2, double y2, const char* stroke, int width = 1) {
-  svg << "  <line x1=\"" << coord(x1) << "\" y1=\"" << coord(y1) << "\" x2=\"" << coord(x2) << "\" y2=\"" << coord(y2)
-      << "\" stroke=\"" << stroke << "\" stroke-width=\"" << width << "\"/>\n";
-}
 
 // Frame, horizontal grid with value labels, vertical grid at the epoch ticks (labelled below the
 // panel when `epoch_labels`), and the rotated axis title on the left.
@@ -178,13 +101,7 @@ void plot(std::ostringstream& svg, const std::vector<EpochPoint>& points, const 
 
 std::string training_curve_svg(const std::vector<EpochPoint>& points, const std::string& title) {
   std::ostringstream svg;
-  svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << kWidth << "\" height=\"" << kHeight
-      << "\" viewBox=\"0 0 " << kWidth << " " << kHeight
-      << "\" font-family=\"Helvetica, Arial, sans-serif\" font-size=\"12\" fill=\"#333333\">\n";
-  const std::string escaped_title = xml_escape(title);
-  svg << "  <title>" << escaped_title << "</title>\n";
-  svg << "  <rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n";
-  text(svg, kWidth / 2, 30, escaped_title, "text-anchor=\"middle\" font-size=\"18\" font-weight=\"bold\"");
+  svg::begin(svg, kWidth, kHeight, title);
   if (points.empty()) {
     text(svg, kWidth / 2, kHeight / 2, "no epochs yet", "text-anchor=\"middle\" font-size=\"16\" fill=\"#888888\"");
     svg << "</svg>\n";

@@ -36,6 +36,7 @@ std::vector<Command> commands() {
       convert_command(),
       eval_command(),
       theory_command(),
+      study_command(),
   };
 }
 

@@ -47,6 +47,7 @@ Command info_command();
 Command predict_command();
 Command synth_command();
 Command theory_command();
+Command study_command();
 Command toy_command();
 Command train_command();
 

@@ -1,0 +1,147 @@
+// The loss study's analysis on a study folder written here: the statistics it reports must be the
+// project's statistics applied to the seed-averaged per-case scores, the acceptance rule must say
+// "confirmed" only when its parts hold, unfinished runs are left out, and the gradient mass split
+// puts each voxel in the region its reference gives it.
+#include "apps/pipeline/loss_study.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "apps/pipeline/gradient_mass.h"
+#include "apps/pipeline/study_statistics.h"
+#include "tests/test_support.h"
+
+namespace {
+
+namespace study = voxgrad::pipeline::study;
+namespace stats = voxgrad::pipeline::stats;
+namespace fs = std::filesystem;
+using voxgrad::Json;
+
+constexpr int kCases = 12;
+
+void write_text(const std::string& path, const std::string& text) {
+  fs::create_directories(fs::path(path).parent_path());
+  std::ofstream(path) << text;
+}
+
+// A finished run whose case c scores dice(c) on both classes (Jaccard from the identity).
+void write_run(const std::string& dir, double (*dice)(int, std::int64_t), std::int64_t seed) {
+  std::string csv = "case,class,dice,jaccard,tp,fp,fn\n";
+  for (int c = 0; c < kCases; ++c)
+    for (int k = 1; k <= 2; ++k) {
+      const double d = dice(c, seed);
+      csv += "case_" + std::to_string(100 + c) + "," + std::to_string(k) + "," + std::to_string(d) + "," +
+             std::to_string(d / (2 - d)) + ",1,1,1\n";
+    }
+  write_text(dir + "/eval/summary.csv", csv);
+  write_text(dir + "/eval/summary.json",
+             R"({"mean":{"1":{"ECE":0.1,"volume_ratio_hard":1.5,"volume_ratio_soft":1.4},"2":{"ECE":0.2,)"
+             R"("volume_ratio_hard":1.0,"volume_ratio_soft":0.9}}})");
+  write_text(
+      dir + "/eval/summary_components.csv",
+      "case,class,component,voxels,mm3,detected,overlap_voxels\ncase_100,1,1,150,1,1,75\ncase_100,2,1,3000,1,1,3000\n");
+  write_text(dir + "/run/log.csv", "epoch,lr,train_loss,val_dice,seconds\n1,0.01,0.9,0.5,1\n2,0.005,0.5,0.7,1\n");
+  write_text(dir + "/finished.json", R"({"train_seconds":10,"seconds":12})");
+}
+
+double ce_dice(int c, std::int64_t seed) { return 0.6 + 0.01 * c + 0.001 * static_cast<double>(seed); }
+double dice_dice(int c, std::int64_t seed) { return ce_dice(c, seed) + 0.1 + 0.002 * ((c * 5) % 3); }
+double lovasz_dice(int c, std::int64_t seed) { return dice_dice(c, seed) + 0.001 * ((c % 2) ? 1 : -1); }
+
+std::string make_study(const std::string& tag) {
+  const std::string work = voxgrad::test::temp_dir(tag);
+  write_text(work + "/plan.json",
+             R"({"tier":"quick","presets":["p"],"seeds":[0,1],"arms":[{"name":"ce","group":"cross-entropy"},)"
+             R"({"name":"dice","group":"surrogate"},{"name":"lovasz","group":"surrogate"}],"design":{}})");
+  for (std::int64_t seed : {0, 1}) {
+    write_run(work + "/p/ce/seed" + std::to_string(seed), ce_dice, seed);
+    write_run(work + "/p/dice/seed" + std::to_string(seed), dice_dice, seed);
+    write_run(work + "/p/lovasz/seed" + std::to_string(seed), lovasz_dice, seed);
+  }
+  return work;
+}
+
+const Json& pair_of(const Json& preset, const std::string& a, const std::string& b) {
+  for (const Json& p : preset["pairs"])
+    if (p["a"] == a && p["b"] == b) return p;
+  ADD_FAILURE() << "no pair " << a << ", " << b;
+  return preset["pairs"][0];
+}
+
+TEST(LossStudy, PairsAreTheProjectsTestsOnSeedAveragedCases) {
+  const study::StudyData data = study::load_study(make_study("loss_study_pairs"));
+  const Json analysis = study::analyze_study(data);
+  ASSERT_EQ(analysis["runs"]["done"], 6);
+  const Json& preset = analysis["per_preset"][0];
+  std::vector<double> diff;
+  for (int c = 0; c < kCases; ++c)
+    diff.push_back((dice_dice(c, 0) + dice_dice(c, 1) - ce_dice(c, 0) - ce_dice(c, 1)) / 2);
+  const Json& pair = pair_of(preset, "ce", "dice");
+  std::vector<double> negated;
+  for (double d : diff) negated.push_back(-d);
+  EXPECT_NEAR(pair["dice"]["mean_difference"].get<double>(), stats::mean(negated), 1e-5);
+  EXPECT_NEAR(pair["dice"]["wilcoxon"]["p"].get<double>(), stats::wilcoxon_signed_rank(negated).p_value, 1e-12);
+  // Holm over the three pairs: the smallest p is tripled at least.
+  EXPECT_GE(pair["dice"]["p_holm"].get<double>(), pair["dice"]["wilcoxon"]["p"].get<double>());
+  EXPECT_EQ(pair["dice"]["cases_b_better"], kCases);
+  EXPECT_EQ(preset["ranking"]["by_dice"][2], "ce");
+}
+
+TEST(LossStudy, ConfirmedOnlyWhenSurrogatesWinAndAreEquivalent) {
+  const Json analysis = study::analyze_study(study::load_study(make_study("loss_study_confirmed")));
+  const Json& verdict = analysis["per_preset"][0]["verdict"];
+  EXPECT_TRUE(verdict["surrogates_beat_cross_entropy"].get<bool>());
+  EXPECT_TRUE(verdict["surrogates_equivalent"].get<bool>()) << analysis["per_preset"][0]["equivalence"].dump();
+  EXPECT_EQ(analysis["outcome"], "confirmed");
+
+  // A surrogate no better than cross-entropy breaks the rule.
+  const std::string work = make_study("loss_study_not_confirmed");
+  for (std::int64_t seed : {0, 1}) write_run(work + "/p/lovasz/seed" + std::to_string(seed), ce_dice, seed);
+  const Json worse = study::analyze_study(study::load_study(work));
+  EXPECT_FALSE(worse["per_preset"][0]["verdict"]["surrogates_beat_cross_entropy"].get<bool>());
+  EXPECT_EQ(worse["outcome"], "not confirmed");
+}
+
+TEST(LossStudy, UnfinishedRunsAreLeftOutAndTheStudyIsIncomplete) {
+  const std::string work = make_study("loss_study_incomplete");
+  fs::remove(work + "/p/dice/seed1/finished.json");
+  const Json analysis = study::analyze_study(study::load_study(work));
+  EXPECT_EQ(analysis["runs"]["done"], 5);
+  EXPECT_EQ(analysis["outcome"], "incomplete");
+  EXPECT_EQ(pair_of(analysis["per_preset"][0], "ce", "dice")["dice"]["seeds"], Json::array({0}));
+  EXPECT_FALSE(study::results_markdown(analysis).empty());
+}
+
+TEST(LossStudy, GradientMassSplitFollowsTheReference) {
+  // 1 x 4 x 8: a 2-voxel object (small) at x = 1..2 of row y = 1, background elsewhere.
+  const std::array<std::int64_t, 3> shape = {1, 4, 8};
+  std::vector<std::int32_t> labels(32, 0);
+  labels[8 + 1] = labels[8 + 2] = 1;
+  std::vector<float> grad(64, 0.0f);
+  grad[31] = 2.0f;          // channel 0, far corner: background
+  grad[32 + 8 + 1] = -1.f;  // channel 1 on the object, which is all boundary
+  const voxgrad::pipeline::GradientMassSplit s =
+      voxgrad::pipeline::gradient_mass_split(grad.data(), 2, labels.data(), shape);
+  EXPECT_DOUBLE_EQ(s.mass[static_cast<int>(voxgrad::pipeline::GradientRegion::kBackground)], 2.0);
+  EXPECT_DOUBLE_EQ(s.mass[static_cast<int>(voxgrad::pipeline::GradientRegion::kBoundaries)], 1.0);
+  EXPECT_EQ(s.total_voxels(), 32);
+  // The object's two voxels and their six background face neighbours are boundary voxels.
+  EXPECT_EQ(s.voxels[static_cast<int>(voxgrad::pipeline::GradientRegion::kBoundaries)], 8);
+
+  // A 3 x 3 x 3 cube has one inner voxel; under 1000 voxels it is a small structure, under 27 a large one.
+  const std::array<std::int64_t, 3> cube = {5, 5, 5};
+  std::vector<std::int32_t> block(125, 0);
+  for (int z = 1; z < 4; ++z)
+    for (int y = 1; y < 4; ++y)
+      for (int x = 1; x < 4; ++x) block[(z * 5 + y) * 5 + x] = 2;
+  EXPECT_EQ(voxgrad::pipeline::count_regions(block.data(), cube, 1000, nullptr)[0], 1);
+  EXPECT_EQ(voxgrad::pipeline::count_regions(block.data(), cube, 27, nullptr)[1], 1);
+}
+
+}  // namespace
