@@ -53,6 +53,7 @@ void write_run(const std::string& dir, double (*dice)(int, std::int64_t), std::i
 double ce_dice(int c, std::int64_t seed) { return 0.6 + 0.01 * c + 0.001 * static_cast<double>(seed); }
 double dice_dice(int c, std::int64_t seed) { return ce_dice(c, seed) + 0.1 + 0.002 * ((c * 5) % 3); }
 double lovasz_dice(int c, std::int64_t seed) { return dice_dice(c, seed) + 0.001 * ((c % 2) ? 1 : -1); }
+double worse_dice(int c, std::int64_t seed) { return ce_dice(c, seed) - 0.05 - 0.002 * (c % 3); }
 
 std::string make_study(const std::string& tag) {
   const std::string work = voxgrad::test::temp_dir(tag);
@@ -100,12 +101,14 @@ TEST(LossStudy, ConfirmedOnlyWhenSurrogatesWinAndAreEquivalent) {
   EXPECT_TRUE(verdict["surrogates_equivalent"].get<bool>()) << analysis["per_preset"][0]["equivalence"].dump();
   EXPECT_EQ(analysis["outcome"], "confirmed");
 
-  // A surrogate no better than cross-entropy breaks the rule.
-  const std::string work = make_study("loss_study_not_confirmed");
-  for (std::int64_t seed : {0, 1}) write_run(work + "/p/lovasz/seed" + std::to_string(seed), ce_dice, seed);
-  const Json worse = study::analyze_study(study::load_study(work));
-  EXPECT_FALSE(worse["per_preset"][0]["verdict"]["surrogates_beat_cross_entropy"].get<bool>());
-  EXPECT_EQ(worse["outcome"], "not confirmed");
+  // A surrogate no better than cross-entropy breaks the rule, and so does one significantly worse.
+  for (auto* lovasz : {ce_dice, worse_dice}) {
+    const std::string work = make_study("loss_study_not_confirmed");
+    for (std::int64_t seed : {0, 1}) write_run(work + "/p/lovasz/seed" + std::to_string(seed), lovasz, seed);
+    const Json worse = study::analyze_study(study::load_study(work));
+    EXPECT_FALSE(worse["per_preset"][0]["verdict"]["surrogates_beat_cross_entropy"].get<bool>());
+    EXPECT_EQ(worse["outcome"], "not confirmed");
+  }
 }
 
 TEST(LossStudy, UnfinishedRunsAreLeftOutAndTheStudyIsIncomplete) {
