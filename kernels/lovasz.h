@@ -1,6 +1,7 @@
 // The Lovász extension of the Jaccard loss (Berman, Rannen Triki, Blaschko, CVPR 2018): per
 // (set, class) segment, errors sorted in decreasing order by a stable sort and the Lovász gradient
-// of the sorted ground truth, scattered back to each element's place. CPU: std::stable_sort; CUDA: CUB.
+// of the sorted ground truth, scattered back to each element's place. CPU: a parallel radix sort
+// over the CUDA path's keys (float), std::stable_sort (double); CUDA: CUB.
 #pragma once
 
 #include <cstring>
@@ -79,8 +80,15 @@ struct LovaszProblem {
 };
 
 namespace cpu {
+// float problems sort (error key, voxel) pairs with the stable radix sort, segment by segment on
+// all threads (or many small segments at once); double ones, and float segments of 2^31 voxels or
+// more, take lovasz_gradient_by_comparison.
 template <class T>
 void lovasz_gradient(const LovaszProblem<T>& problem);
+// std::stable_sort of each segment's elements with a comparison of their errors (float: through
+// descending_error_key). The same order as the radix sort, which the tests hold it to.
+template <class T>
+void lovasz_gradient_by_comparison(const LovaszProblem<T>& problem);
 }  // namespace cpu
 
 namespace cuda {

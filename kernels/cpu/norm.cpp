@@ -3,33 +3,12 @@
 // through the VG_HD functions of kernels/norm.h, channel-wise dropout masks from Philox.
 #include "kernels/norm.h"
 
+#include "kernels/cpu/lane_sums.h"
+
 namespace voxgrad::kernels::cpu {
 
 namespace {
 constexpr std::int64_t kParallelMin = 1 << 15;
-
-// Channel sums run in kLanes interleaved partial sums, added in a fixed order at the end: one
-// running sum is a chain of dependent additions the compiler may not reorder, lanes vectorise,
-// and the order still depends only on the row length, never on the thread count.
-constexpr int kLanes = 8;
-struct LaneSums {
-  double lane[kLanes] = {};
-  double total() const {
-    double pairs[kLanes / 2];
-    for (int l = 0; l < kLanes / 2; ++l) pairs[l] = lane[2 * l] + lane[2 * l + 1];
-    return (pairs[0] + pairs[1]) + (pairs[2] + pairs[3]);
-  }
-};
-static_assert(kLanes == 8, "LaneSums::total adds eight lanes");
-
-// sums.lane[j % kLanes] += term(j) for j in [0, n).
-template <class Term>
-void add_to_lanes(LaneSums& sums, std::int64_t n, Term term) {
-  std::int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) sums.lane[l] += term(j + l);
-  for (int l = 0; j + l < n; ++l) sums.lane[l] += term(j + l);
-}
 }  // namespace
 
 template <class T>
@@ -154,16 +133,16 @@ void channel_scale(const T* x, const T* mask, T* y, std::int64_t channels, std::
 
 void count_batch(std::int32_t* count) { *count = next_batch_count(*count); }
 
-#define VG_NORM_INSTANTIATE(T)                                                                                      \
-  template void norm_stats<T>(const T*, T*, T*, T*, const NormGeometry&, double);                                  \
-  template void norm_forward<T>(const T*, const T*, const T*, const T*, const T*, T*, const NormGeometry&);        \
-  template void norm_backward_reduce<T>(const T*, const T*, const T*, const T*, T*, T*, const NormGeometry&);      \
-  template void norm_backward_input<T>(const T*, const T*, const T*, const T*, const T*, const T*, const T*, T*,   \
-                                       const NormGeometry&, bool);                                                 \
-  template void norm_affine_grad<T>(const T*, const T*, T*, T*, const NormGeometry&);                              \
-  template void batch_norm_update_running<T>(const T*, const T*, T*, T*, std::int64_t, std::int64_t, double);      \
-  template void invstd_from_var<T>(const T*, T*, std::int64_t, double);                                            \
-  template void dropout_mask<T>(T*, std::int64_t, std::uint64_t, std::uint64_t, double);                           \
+#define VG_NORM_INSTANTIATE(T)                                                                                   \
+  template void norm_stats<T>(const T*, T*, T*, T*, const NormGeometry&, double);                                \
+  template void norm_forward<T>(const T*, const T*, const T*, const T*, const T*, T*, const NormGeometry&);      \
+  template void norm_backward_reduce<T>(const T*, const T*, const T*, const T*, T*, T*, const NormGeometry&);    \
+  template void norm_backward_input<T>(const T*, const T*, const T*, const T*, const T*, const T*, const T*, T*, \
+                                       const NormGeometry&, bool);                                               \
+  template void norm_affine_grad<T>(const T*, const T*, T*, T*, const NormGeometry&);                            \
+  template void batch_norm_update_running<T>(const T*, const T*, T*, T*, std::int64_t, std::int64_t, double);    \
+  template void invstd_from_var<T>(const T*, T*, std::int64_t, double);                                          \
+  template void dropout_mask<T>(T*, std::int64_t, std::uint64_t, std::uint64_t, double);                         \
   template void channel_scale<T>(const T*, const T*, T*, std::int64_t, std::int64_t);
 
 VG_NORM_INSTANTIATE(float)
