@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/bench/bench_stats.h"
 #include "apps/cli/cli_checks.h"
 #include "engine/autograd.h"
 #include "engine/conv.h"
@@ -36,15 +37,7 @@ struct ConvBenchOptions {
   bool json = false;
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 int run_bench_conv(const ConvBenchOptions& opt, const GlobalOptions& global) {
   const Device dev = resolve_device(global.device);

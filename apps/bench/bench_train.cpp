@@ -4,7 +4,6 @@
 #include "apps/bench/bench_train.h"
 
 #include <omp.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -19,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/bench/bench_stats.h"
 #include "apps/bench/python_reference.h"
 #include "apps/cli/cli_checks.h"
 #include "engine/allocator.h"
@@ -49,18 +49,7 @@ struct TrainBenchOptions {
   std::string python = "/usr/bin/python3";
 };
 
-// The process's peak resident memory (Linux reports kilobytes), the twin's measure of its own.
-std::int64_t peak_rss_bytes() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<std::int64_t>(usage.ru_maxrss) * 1024;
-}
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // Labels (N, D, H, W) int32: a few ellipsoids of each foreground class on background (balls in a
 // cube), from a fixed seed, so every class is present and the Dice terms are not degenerate.
