@@ -23,7 +23,7 @@ void accumulate_into(const Tensor& x, const Tensor& y) {
 
 void check_gradient(const Tensor& g, const Shape& expected, const std::string& where) {
   VG_CHECK(g.shape() == expected, "backward of '" << where << "' produced a gradient of shape " << shape_str(g.shape())
-                                                   << " for an input of shape " << shape_str(expected));
+                                                  << " for an input of shape " << shape_str(expected));
 }
 
 // A leaf owns its gradient buffer: the first contribution is copied (it may be shared with other
@@ -72,8 +72,10 @@ Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, B
   for (const auto& in : inputs) {
     Edge e;
     if (in.defined() && in.requires_grad()) {
-      if (in.grad_fn()) e.node = in.grad_fn();
-      else e.leaf = in.impl_ptr();
+      if (in.grad_fn())
+        e.node = in.grad_fn();
+      else
+        e.leaf = in.impl_ptr();
     }
     node->inputs.push_back(std::move(e));
     node->input_shapes.push_back(in.defined() ? in.shape() : Shape{});
@@ -83,13 +85,18 @@ Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, B
   return out;
 }
 
+void set_backward_cost(const Tensor& out, const OpCost& cost) {
+  if (out.defined() && out.grad_fn()) out.grad_fn()->backward_cost = cost;
+}
+
 void run_backward(const Tensor& root, const Tensor& grad_root, bool retain_graph) {
   VG_CHECK(root.defined() && grad_root.defined(), "backward: undefined tensor");
-  VG_CHECK(root.requires_grad(), "backward: the tensor does not require a gradient (no input of its computation has "
-                                 "requires_grad set, or it was computed under NoGradGuard)");
-  VG_CHECK(grad_root.shape() == root.shape() && grad_root.dtype() == root.dtype() &&
-               grad_root.device() == root.device(),
-           "backward: grad_output " << grad_root.str() << " does not match " << root.str());
+  VG_CHECK(root.requires_grad(),
+           "backward: the tensor does not require a gradient (no input of its computation has "
+           "requires_grad set, or it was computed under NoGradGuard)");
+  VG_CHECK(
+      grad_root.shape() == root.shape() && grad_root.dtype() == root.dtype() && grad_root.device() == root.device(),
+      "backward: grad_output " << grad_root.str() << " does not match " << root.str());
   NoGradGuard no_grad;  // backward closures compute with ops but record nothing
   if (root.is_leaf()) {
     accumulate_leaf(*root.impl(), grad_root);
@@ -112,7 +119,7 @@ void run_backward(const Tensor& root, const Tensor& grad_root, bool retain_graph
     {
       // The name is built only when profiling: a backward pass otherwise allocates nothing for it.
       const std::string scope_name = profiler::enabled() ? node->name + "_backward" : std::string();
-      VG_PROFILE(scope_name.c_str(), node->device);
+      VG_PROFILE_COST(scope_name.c_str(), node->device, node->backward_cost);
       grads = node->backward(grad_out);
     }
     VG_CHECK(grads.size() == node->inputs.size(), "backward of '" << node->name << "' returned " << grads.size()

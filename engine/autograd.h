@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "profiler.h"
 #include "tensor.h"
 
 namespace voxgrad {
@@ -26,9 +27,10 @@ struct Node {
   std::string name;          // the op, e.g. "mul"; profiler scopes use "<name>_backward"
   std::vector<Edge> inputs;  // one per input of the op
   std::vector<Shape> input_shapes;
-  BackwardFn backward;       // holds the saved tensors; released after backward() runs it
+  BackwardFn backward;  // holds the saved tensors; released after backward() runs it
   bool released = false;
   Device device;
+  OpCost backward_cost;  // the backward's cost model, set by ops that have one (profiling only)
 };
 
 bool grad_mode_enabled();
@@ -48,6 +50,10 @@ class NoGradGuard {
 // Records `out` as the result of op `name` applied to `inputs`, when grad mode is on and any
 // input requires a gradient. Tensors the closure needs must be captured detached (see saved()).
 Tensor record(const char* name, Tensor out, const std::vector<Tensor>& inputs, BackwardFn backward);
+
+// Gives the node that produced `out` (if any) the cost model of its backward pass, which
+// --profile sets against the machine's peaks. Ops call it only while profiling.
+void set_backward_cost(const Tensor& out, const OpCost& cost);
 
 // A tensor as a backward closure keeps it: the data without the history, so that a node never
 // owns its own output (no reference cycles).

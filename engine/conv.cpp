@@ -3,6 +3,7 @@
 // passes of the convolution it transposes with roles exchanged, so the math exists once.
 #include "engine/conv.h"
 
+#include <algorithm>
 #include <atomic>
 #include <sstream>
 #include <string>
@@ -48,17 +49,17 @@ void check_operands(const Tensor& x, const Tensor& w, const Tensor& bias, std::i
   check_compatible(x, w, op);
   VG_CHECK(x.dim() == 5, op << ": input must be (N, C, D, H, W), got shape " << shape_str(x.shape()));
   VG_CHECK(w.dim() == 5, op << ": weight must be " << weight_layout << ", got shape " << shape_str(w.shape()));
-  VG_CHECK(x.numel() > 0 && w.numel() > 0, op << ": empty input " << shape_str(x.shape()) << " or weight "
-                                              << shape_str(w.shape()));
+  VG_CHECK(x.numel() > 0 && w.numel() > 0,
+           op << ": empty input " << shape_str(x.shape()) << " or weight " << shape_str(w.shape()));
   VG_CHECK(w.size(static_cast<int>(weight_in_axis)) == x.size(1),
            op << ": weight " << shape_str(w.shape()) << " (" << weight_layout << ") expects "
               << w.size(static_cast<int>(weight_in_axis)) << " input channels, but input " << shape_str(x.shape())
               << " has " << x.size(1));
   if (bias.defined()) {
     check_compatible(x, bias, op);
-    VG_CHECK(bias.dim() == 1 && bias.size(0) == bias_channels,
-             op << ": bias must be (" << bias_channels << ") for weight " << shape_str(w.shape()) << ", got shape "
-                << shape_str(bias.shape()));
+    VG_CHECK(bias.dim() == 1 && bias.size(0) == bias_channels, op << ": bias must be (" << bias_channels
+                                                                  << ") for weight " << shape_str(w.shape())
+                                                                  << ", got shape " << shape_str(bias.shape()));
   }
 }
 
@@ -97,6 +98,38 @@ bool conv_deterministic() { return g_deterministic; }
 void set_conv_allow_tf32(bool on) { g_allow_tf32 = on; }
 bool conv_allow_tf32() { return g_allow_tf32; }
 
+namespace {
+
+// The convolutions' cost model, from the geometry g both directions run on: two FLOPs per
+// multiply-add of every (output position, output channel, input channel, kernel tap), one per
+// bias add; bytes of input, weight and output read or written once. The backward pays the same
+// multiply-adds once per gradient it computes.
+// bias_adds: the op's output elements when it adds a bias (the output is g's input for the
+// transposed convolution), else 0.
+OpCost conv_forward_cost(const Conv3dShape& g, double element, double bias_adds) {
+  const double taps = static_cast<double>(g.n * g.c_out * g.out_spatial()) * static_cast<double>(g.c_in) *
+                      static_cast<double>(g.kernel_volume());
+  const double x = static_cast<double>(g.n * g.c_in * g.in_spatial()),
+               y = static_cast<double>(g.n * g.c_out * g.out_spatial());
+  const double w = static_cast<double>(g.c_out * g.c_in * g.kernel_volume());
+  return {2.0 * taps + bias_adds, element * (x + w + y)};
+}
+
+OpCost conv_backward_cost(const Conv3dShape& g, double element, bool need_x, bool need_w, double bias_adds) {
+  const double taps = static_cast<double>(g.n * g.c_out * g.out_spatial()) * static_cast<double>(g.c_in) *
+                      static_cast<double>(g.kernel_volume());
+  const double x = static_cast<double>(g.n * g.c_in * g.in_spatial()),
+               y = static_cast<double>(g.n * g.c_out * g.out_spatial());
+  const double w = static_cast<double>(g.c_out * g.c_in * g.kernel_volume());
+  OpCost c{0.0, element * y};  // dy, read by every part
+  if (need_x) c = {c.flops + 2.0 * taps, c.bytes + element * (w + x)};
+  if (need_w) c = {c.flops + 2.0 * taps, c.bytes + element * (x + w)};
+  c.flops += bias_adds;
+  return c;
+}
+
+}  // namespace
+
 Tensor conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv3dParams& p) {
   const char* op = "conv3d";
   check_operands(x, w, bias, w.defined() && w.dim() == 5 ? w.size(0) : 0, 1, op, "(Co, Ci, kD, kH, kW)");
@@ -117,8 +150,10 @@ Tensor conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv3d
                                << " and dilation " << triple_str(p.dilation) << " (axis " << 2 + a << ")");
   }
   Tensor y = empty({g.n, g.c_out, g.out[0], g.out[1], g.out[2]}, x.dtype(), x.device());
+  const double element = static_cast<double>(x.nbytes()) / static_cast<double>(std::max<std::int64_t>(x.numel(), 1));
   {
-    VG_PROFILE(op, x.device());
+    VG_PROFILE_COST(op, x.device(),
+                    conv_forward_cost(g, element, bias.defined() ? static_cast<double>(y.numel()) : 0.0));
     dispatch_floating(x, [&]<class T>(auto on) {
       {
         ScratchArena scratch(x.device());
@@ -133,7 +168,7 @@ Tensor conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv3d
   // Save only what the wanted gradients read: dx needs w, dw needs x.
   Tensor x_saved = need_w ? saved(x) : Tensor();
   Tensor w_saved = need_x ? saved(w) : Tensor();
-  return record(op, y, {x, w, bias}, [g, need_x, need_w, need_b, x_saved, w_saved](const Tensor& dy) {
+  Tensor out = record(op, y, {x, w, bias}, [g, need_x, need_w, need_b, x_saved, w_saved](const Tensor& dy) {
     Tensor dx, dw, db;
     dispatch_floating(dy, [&]<class T>(auto on) {
       if (need_x) {
@@ -154,6 +189,10 @@ Tensor conv3d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv3d
     });
     return std::vector<Tensor>{dx, dw, db};
   });
+  if (profiler::enabled())
+    set_backward_cost(out,
+                      conv_backward_cost(g, element, need_x, need_w, need_b ? static_cast<double>(y.numel()) : 0.0));
+  return out;
 }
 
 Tensor conv_transpose3d(const Tensor& x, const Tensor& w, const Tensor& bias, const ConvTranspose3dParams& p) {
@@ -190,8 +229,10 @@ Tensor conv_transpose3d(const Tensor& x, const Tensor& w, const Tensor& bias, co
   }
   Tensor y = empty({g.n, g.c_in, g.in[0], g.in[1], g.in[2]}, x.dtype(), x.device());
   const Tensor x_run = pad_spatial_end(x, x_padding);  // (N, Ci, g.out)
+  const double element = static_cast<double>(x.nbytes()) / static_cast<double>(std::max<std::int64_t>(x.numel(), 1));
   {
-    VG_PROFILE(op, x.device());
+    VG_PROFILE_COST(op, x.device(),
+                    conv_forward_cost(g, element, bias.defined() ? static_cast<double>(y.numel()) : 0.0));
     dispatch_floating(x, [&]<class T>(auto on) {
       {
         ScratchArena scratch(x.device());
@@ -205,7 +246,7 @@ Tensor conv_transpose3d(const Tensor& x, const Tensor& w, const Tensor& bias, co
   Tensor x_saved = need_w ? saved(x_run) : Tensor();
   Tensor w_saved = need_x ? saved(w) : Tensor();
   const Shape x_shape = x.shape();
-  return record(op, y, {x, w, bias}, [g, x_shape, need_x, need_w, need_b, x_saved, w_saved](const Tensor& dy) {
+  Tensor out = record(op, y, {x, w, bias}, [g, x_shape, need_x, need_w, need_b, x_saved, w_saved](const Tensor& dy) {
     Tensor dx, dw, db;
     dispatch_floating(dy, [&]<class T>(auto on) {
       if (need_x) {
@@ -230,6 +271,10 @@ Tensor conv_transpose3d(const Tensor& x, const Tensor& w, const Tensor& bias, co
     });
     return std::vector<Tensor>{dx, dw, db};
   });
+  if (profiler::enabled())
+    set_backward_cost(out,
+                      conv_backward_cost(g, element, need_x, need_w, need_b ? static_cast<double>(y.numel()) : 0.0));
+  return out;
 }
 
 }  // namespace voxgrad

@@ -184,8 +184,15 @@ LossOutput segmentation_loss_terms(LossKind kind, const Tensor& logits, const Te
   const Tensor parts = empty({2}, dtype, device);
   const Tensor coefs = empty({kernels::loss_coefficient_count(cfg)}, dtype, device);
 
+  // The losses' cost model: the logits and labels read, the softmax (and the Lovász gradient)
+  // written; about 10 operations a logit (max, exp, sum, normalise, the class sums). The backward
+  // reads what the forward kept and writes dz, about 6 operations a logit. The Lovász sort's
+  // passes are memory traffic this model leaves out, so its op shows how far above it the sort runs.
+  const double logit_bytes = static_cast<double>(logits.nbytes()), label_bytes = static_cast<double>(y.nbytes());
+  const double kept = (probs.defined() ? logit_bytes : 0.0) + (lovasz_grad.defined() ? logit_bytes : 0.0);
+  const double logit_count = static_cast<double>(logits.numel());
   {
-    VG_PROFILE(name, device);
+    VG_PROFILE_COST(name, device, OpCost{10.0 * logit_count, logit_bytes + label_bytes + kept});
     dispatch_floating(logits, [&]<class T>(auto on) {
       kernels::LossForwardArgs<T> a;
       a.logits = logits.data<T>();
@@ -222,6 +229,7 @@ LossOutput segmentation_loss_terms(LossKind kind, const Tensor& logits, const Te
         });
         return std::vector<Tensor>{dz};
       });
+  if (profiler::enabled()) set_backward_cost(loss, OpCost{6.0 * logit_count, kept + label_bytes + logit_bytes});
 
   LossOutput out;
   out.kind = kind;

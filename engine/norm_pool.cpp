@@ -3,6 +3,7 @@
 // forward inside a profiler scope and its backward closure recorded beside it.
 #include "engine/norm_pool.h"
 
+#include <algorithm>
 #include <limits>
 
 #include "engine/allocator.h"
@@ -23,17 +24,15 @@ namespace {
 void check_volume(const Tensor& x, const char* op) {
   check_floating(x, op);
   VG_CHECK(x.dim() == 5, op << ": needs a 5-D (N, C, D, H, W) tensor, got " << shape_str(x.shape()));
-  for (int k = 0; k < 5; ++k)
-    VG_CHECK(x.shape()[k] > 0, op << ": empty axis " << k << " in " << shape_str(x.shape()));
+  for (int k = 0; k < 5; ++k) VG_CHECK(x.shape()[k] > 0, op << ": empty axis " << k << " in " << shape_str(x.shape()));
 }
 
 // A per-channel tensor: undefined (absent), or (C) on x's device with x's dtype.
 void check_channel_tensor(const Tensor& t, const Tensor& x, const char* op, const char* what) {
   if (!t.defined()) return;
   check_compatible(x, t, op);
-  VG_CHECK(t.shape() == Shape{x.shape()[1]}, op << ": " << what << " must have shape (" << x.shape()[1]
-                                               << ") for " << x.shape()[1] << " channels, got "
-                                               << shape_str(t.shape()));
+  VG_CHECK(t.shape() == Shape{x.shape()[1]}, op << ": " << what << " must have shape (" << x.shape()[1] << ") for "
+                                                << x.shape()[1] << " channels, got " << shape_str(t.shape()));
 }
 
 // ---- the shared normalisation op ---------------------------------------------------------------
@@ -50,33 +49,46 @@ Tensor normalize(const char* name, const Tensor& x, const Tensor& weight, const 
   const bool need_x = x.requires_grad();
   const bool need_w = weight.defined() && weight.requires_grad();
   const bool need_b = bias.defined() && bias.requires_grad();
-  return record(name, y, {x, weight, bias},
-                [g, batch_stats, need_x, need_w, need_b, x_saved = saved(x), w_saved = saved(weight), mean,
-                 invstd](const Tensor& dy) {
-                  Tensor dx, dw, db, sum_dy, sum_dy_xhat;  // sums: (g.channels)
-                  dispatch_floating(dy, [&]<class T>(auto on) {
-                    if (need_w || need_b || (need_x && batch_stats)) {
-                      sum_dy = empty({g.channels}, dy.dtype(), dy.device());
-                      sum_dy_xhat = empty({g.channels}, dy.dtype(), dy.device());
-                      ScratchArena scratch(dy.device());
-                      VG_LAUNCH(on.with_cuda_args(scratch), norm_backward_reduce, x_saved.data<T>(), dy.data<T>(),
-                                mean.data<T>(), invstd.data<T>(), sum_dy.data<T>(), sum_dy_xhat.data<T>(), g);
-                    }
-                    if (need_x) {
-                      dx = empty_like(dy);
-                      VG_LAUNCH(on, norm_backward_input, x_saved.data<T>(), dy.data<T>(), mean.data<T>(),
-                                invstd.data<T>(), data_or_null<T>(w_saved), data_or_null<T>(sum_dy),
-                                data_or_null<T>(sum_dy_xhat), dx.data<T>(), g, batch_stats);
-                    }
-                    if (need_w) dw = empty({g.affine_channels}, dy.dtype(), dy.device());
-                    if (need_b) db = empty({g.affine_channels}, dy.dtype(), dy.device());
-                    if (need_w || need_b) {
-                      VG_LAUNCH(on, norm_affine_grad, sum_dy.data<T>(), sum_dy_xhat.data<T>(), data_or_null<T>(dw),
-                                data_or_null<T>(db), g);
-                    }
-                  });
-                  return std::vector<Tensor>{dx, dw, db};
-                });
+  Tensor out = record(name, y, {x, weight, bias},
+                      [g, batch_stats, need_x, need_w, need_b, x_saved = saved(x), w_saved = saved(weight), mean,
+                       invstd](const Tensor& dy) {
+                        Tensor dx, dw, db, sum_dy, sum_dy_xhat;  // sums: (g.channels)
+                        dispatch_floating(dy, [&]<class T>(auto on) {
+                          if (need_w || need_b || (need_x && batch_stats)) {
+                            sum_dy = empty({g.channels}, dy.dtype(), dy.device());
+                            sum_dy_xhat = empty({g.channels}, dy.dtype(), dy.device());
+                            ScratchArena scratch(dy.device());
+                            VG_LAUNCH(on.with_cuda_args(scratch), norm_backward_reduce, x_saved.data<T>(), dy.data<T>(),
+                                      mean.data<T>(), invstd.data<T>(), sum_dy.data<T>(), sum_dy_xhat.data<T>(), g);
+                          }
+                          if (need_x) {
+                            dx = empty_like(dy);
+                            VG_LAUNCH(on, norm_backward_input, x_saved.data<T>(), dy.data<T>(), mean.data<T>(),
+                                      invstd.data<T>(), data_or_null<T>(w_saved), data_or_null<T>(sum_dy),
+                                      data_or_null<T>(sum_dy_xhat), dx.data<T>(), g, batch_stats);
+                          }
+                          if (need_w) dw = empty({g.affine_channels}, dy.dtype(), dy.device());
+                          if (need_b) db = empty({g.affine_channels}, dy.dtype(), dy.device());
+                          if (need_w || need_b) {
+                            VG_LAUNCH(on, norm_affine_grad, sum_dy.data<T>(), sum_dy_xhat.data<T>(),
+                                      data_or_null<T>(dw), data_or_null<T>(db), g);
+                          }
+                        });
+                        return std::vector<Tensor>{dx, dw, db};
+                      });
+  // Backward: x and dy read, dx written; two sums and the input gradient, about 8 operations an element.
+  if (profiler::enabled())
+    set_backward_cost(out, elementwise_cost(x.numel(), 8.0, 3,
+                                            static_cast<double>(x.nbytes()) /
+                                                static_cast<double>(std::max<std::int64_t>(x.numel(), 1))));
+  return out;
+}
+
+// The statistics and normalisation's cost model: x read, y written; mean, variance, then
+// (x - mean) * invstd * weight + bias, about 7 operations an element.
+OpCost norm_forward_cost(const Tensor& x) {
+  return elementwise_cost(x.numel(), 7.0, 2,
+                          static_cast<double>(x.nbytes()) / static_cast<double>(std::max<std::int64_t>(x.numel(), 1)));
 }
 
 // ---- pool helpers ------------------------------------------------------------------------------
@@ -89,8 +101,8 @@ kernels::PoolGeometry pool_geometry(const char* op, const Tensor& x, Triple kern
   for (int a = 0; a < 3; ++a) {
     const std::int64_t in = x.shape()[2 + a];
     VG_CHECK(kernel[a] > 0, op << ": kernel sizes must be positive, got " << kernel[a] << " on axis " << a);
-    VG_CHECK(stride[a] > 0, op << ": strides must be positive (or all 0 for the kernel size), got " << stride[a]
-                               << " on axis " << a);
+    VG_CHECK(stride[a] > 0,
+             op << ": strides must be positive (or all 0 for the kernel size), got " << stride[a] << " on axis " << a);
     VG_CHECK(padding[a] >= 0 && 2 * padding[a] <= kernel[a],
              op << ": padding must be between 0 and half the kernel size, got " << padding[a] << " for kernel "
                 << kernel[a] << " on axis " << a);
@@ -128,7 +140,7 @@ Tensor instance_norm3d(const Tensor& x, const Tensor& weight, const Tensor& bias
   Tensor mean = empty({n * c}, x.dtype(), x.device());    // (N*C)
   Tensor var = empty({n * c}, x.dtype(), x.device());     // (N*C), biased
   Tensor invstd = empty({n * c}, x.dtype(), x.device());  // (N*C)
-  VG_PROFILE(op, x.device());
+  VG_PROFILE_COST(op, x.device(), norm_forward_cost(x));
   dispatch_floating(x, [&]<class T>(auto on) {
     ScratchArena scratch(x.device());
     VG_LAUNCH(on.with_cuda_args(scratch), norm_stats, x.data<T>(), mean.data<T>(), var.data<T>(), invstd.data<T>(), g,
@@ -149,10 +161,10 @@ Tensor batch_norm3d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
   const std::int64_t n = x.shape()[0], c = x.shape()[1];
   const kernels::NormGeometry g{n, c, x.numel() / (n * c), c};
   Tensor mean, invstd;  // (C)
-  VG_PROFILE(op, x.device());
+  VG_PROFILE_COST(op, x.device(), norm_forward_cost(x));
   if (training) {
-    VG_CHECK(g.count() > 1, op << ": training needs more than one value per channel, got input "
-                               << shape_str(x.shape()));
+    VG_CHECK(g.count() > 1,
+             op << ": training needs more than one value per channel, got input " << shape_str(x.shape()));
     mean = empty({c}, x.dtype(), x.device());
     invstd = empty({c}, x.dtype(), x.device());
     Tensor var = empty({c}, x.dtype(), x.device());  // (C), biased
@@ -183,8 +195,8 @@ Tensor batch_norm3d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
 Tensor max_pool3d(const Tensor& x, Triple kernel, Triple stride, Triple padding) {
   const char* op = "max_pool3d";
   const kernels::PoolGeometry g = pool_geometry(op, x, kernel, stride, padding);
-  Tensor y = empty(pool_output_shape(x, g), x.dtype(), x.device());          // (N, C, OD, OH, OW)
-  Tensor arg = empty(pool_output_shape(x, g), DType::Int32, x.device());    // (N, C, OD, OH, OW)
+  Tensor y = empty(pool_output_shape(x, g), x.dtype(), x.device());       // (N, C, OD, OH, OW)
+  Tensor arg = empty(pool_output_shape(x, g), DType::Int32, x.device());  // (N, C, OD, OH, OW)
   {
     VG_PROFILE(op, x.device());
     dispatch_floating(x, [&]<class T>(auto on) {
@@ -226,7 +238,7 @@ Tensor dropout3d(const Tensor& x, double p, bool training, Generator& gen) {
   if (!training || p == 0) return x;
   const std::int64_t channels = x.shape()[0] * x.shape()[1];
   Tensor mask = empty({channels}, x.dtype(), x.device());  // (N*C): 0 or 1/(1-p)
-  Tensor y = empty_like(x);                                 // (N, C, D, H, W)
+  Tensor y = empty_like(x);                                // (N, C, D, H, W)
   const std::int64_t inner = x.numel() / channels;
   {
     VG_PROFILE(op, x.device());

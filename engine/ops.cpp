@@ -56,13 +56,20 @@ struct UnaryInfo {
 UnaryInfo unary_info(kernels::UnaryOp op) {
   using kernels::UnaryOp;
   switch (op) {
-    case UnaryOp::Neg: return {"neg", false, false};
-    case UnaryOp::Exp: return {"exp", false, true};
-    case UnaryOp::Log: return {"log", true, false};
-    case UnaryOp::Relu: return {"relu", true, false};
-    case UnaryOp::LeakyRelu: return {"leaky_relu", true, false};
-    case UnaryOp::Sigmoid: return {"sigmoid", false, true};
-    case UnaryOp::Tanh: return {"tanh", false, true};
+    case UnaryOp::Neg:
+      return {"neg", false, false};
+    case UnaryOp::Exp:
+      return {"exp", false, true};
+    case UnaryOp::Log:
+      return {"log", true, false};
+    case UnaryOp::Relu:
+      return {"relu", true, false};
+    case UnaryOp::LeakyRelu:
+      return {"leaky_relu", true, false};
+    case UnaryOp::Sigmoid:
+      return {"sigmoid", false, true};
+    case UnaryOp::Tanh:
+      return {"tanh", false, true};
   }
   return {"unary", true, true};
 }
@@ -71,8 +78,9 @@ Tensor unary(kernels::UnaryOp op, const Tensor& x, double alpha = 0) {
   const UnaryInfo info = unary_info(op);
   check_floating(x, info.name);
   Tensor y = empty_like(x);
+  const double element = static_cast<double>(x.nbytes()) / static_cast<double>(std::max<std::int64_t>(x.numel(), 1));
   {
-    VG_PROFILE(info.name, x.device());
+    VG_PROFILE_COST(info.name, x.device(), elementwise_cost(x.numel(), 1.0, 2, element));
     dispatch_floating(x, [&]<class T>(auto on) {
       VG_LAUNCH(on, unary_forward, op, x.data<T>(), y.data<T>(), x.numel(), static_cast<T>(alpha));
     });
@@ -81,7 +89,7 @@ Tensor unary(kernels::UnaryOp op, const Tensor& x, double alpha = 0) {
   // formula of this op ignores the other one.
   Tensor x_saved = info.backward_needs_x ? saved(x) : Tensor();
   Tensor y_saved = info.backward_needs_y ? saved(y) : Tensor();
-  return record(info.name, y, {x}, [op, alpha, x_saved, y_saved](const Tensor& dy) {
+  Tensor out = record(info.name, y, {x}, [op, alpha, x_saved, y_saved](const Tensor& dy) {
     const Tensor& xs = x_saved.defined() ? x_saved : (y_saved.defined() ? y_saved : dy);
     const Tensor& ys = y_saved.defined() ? y_saved : xs;
     Tensor dx = empty_like(dy);
@@ -91,6 +99,9 @@ Tensor unary(kernels::UnaryOp op, const Tensor& x, double alpha = 0) {
     });
     return std::vector<Tensor>{dx};
   });
+  // Backward: the saved tensor and dy read, dx written; a multiply by the derivative.
+  if (profiler::enabled()) set_backward_cost(out, elementwise_cost(x.numel(), 2.0, 3, element));
+  return out;
 }
 
 // ---- binary with broadcasting ---------------------------------------------------------------
@@ -168,7 +179,8 @@ Tensor binary(kernels::BinaryOp op, const char* name, const Tensor& a, const Ten
   }
   Tensor y = empty(out_shape, a.dtype(), a.device());
   {
-    VG_PROFILE(name, y.device());
+    VG_PROFILE_COST(name, y.device(),
+                    OpCost{static_cast<double>(y.numel()), static_cast<double>(a.nbytes() + b.nbytes() + y.nbytes())});
     dispatch_floating(y, [&]<class T>(auto on) {
       VG_LAUNCH(on, binary_forward, op, a.data<T>(), pa.broadcast, b.data<T>(), pb.broadcast, y.data<T>(), y.numel());
     });
@@ -217,8 +229,10 @@ Tensor reduce(const char* name, const Tensor& x, const std::vector<int>& axes, b
   }
   Shape out_shape;
   for (int k = 0; k < ndim; ++k) {
-    if (!((mask >> k) & 1u)) out_shape.push_back(x.shape()[k]);
-    else if (keepdim) out_shape.push_back(1);
+    if (!((mask >> k) & 1u))
+      out_shape.push_back(x.shape()[k]);
+    else if (keepdim)
+      out_shape.push_back(1);
   }
   const auto geometry = kernels::make_reduce_geometry(x.shape().data(), ndim, mask);
   VG_CHECK(!average || geometry.red_count > 0, name << ": mean over an empty set of elements");
@@ -272,9 +286,7 @@ Tensor softmax_op(const char* name, const Tensor& x, int axis, bool log_space) {
 struct AxisView {
   std::int64_t outer, size, inner;
 };
-AxisView axis_view(const Shape& s, int axis) {
-  return {prod(s, 0, axis), s[axis], prod(s, axis + 1, s.size())};
-}
+AxisView axis_view(const Shape& s, int axis) { return {prod(s, 0, axis), s[axis], prod(s, axis + 1, s.size())}; }
 
 }  // namespace
 
@@ -300,7 +312,9 @@ Tensor sigmoid(const Tensor& x) { return unary(kernels::UnaryOp::Sigmoid, x); }
 Tensor tanh(const Tensor& x) { return unary(kernels::UnaryOp::Tanh, x); }
 
 Tensor sum(const Tensor& x) { return reduce("sum", x, all_axes(x), false, false); }
-Tensor sum(const Tensor& x, const std::vector<int>& axes, bool keepdim) { return reduce("sum", x, axes, keepdim, false); }
+Tensor sum(const Tensor& x, const std::vector<int>& axes, bool keepdim) {
+  return reduce("sum", x, axes, keepdim, false);
+}
 Tensor mean(const Tensor& x) { return reduce("mean", x, all_axes(x), false, true); }
 Tensor mean(const Tensor& x, const std::vector<int>& axes, bool keepdim) {
   return reduce("mean", x, axes, keepdim, true);
@@ -329,7 +343,7 @@ Tensor concat(const std::vector<Tensor>& xs, int axis) {
   const auto esize = static_cast<std::int64_t>(dtype_size(first.dtype()));
   std::vector<std::int64_t> offsets;  // start of each input along the axis
   {
-    VG_PROFILE("concat", y.device());
+    VG_PROFILE_COST("concat", y.device(), OpCost{0.0, 2.0 * static_cast<double>(y.nbytes())});
     std::int64_t offset = 0;
     for (const auto& x : xs) {
       const std::int64_t row = x.shape()[a] * out_view.inner * esize;
@@ -372,7 +386,7 @@ Tensor slice(const Tensor& x, int axis, std::int64_t start, std::int64_t end) {
   const std::int64_t row = (end - start) * in_view.inner * esize;
   const std::int64_t offset = start * in_view.inner * esize;
   {
-    VG_PROFILE("slice", x.device());
+    VG_PROFILE_COST("slice", x.device(), OpCost{0.0, 2.0 * static_cast<double>(row * in_view.outer)});
     copy_rows(x, offset, in_pitch, y, 0, row, in_view.outer, row);
   }
   return record("slice", y, {x}, [x_shape = x.shape(), in_view, in_pitch, row, offset](const Tensor& dy) {
@@ -401,9 +415,9 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
              "reshape: cannot infer -1 in " << shape_str(shape) << " for " << x.numel() << " elements");
     out_shape[inferred] = x.numel() / known;
   }
-  VG_CHECK(shape_numel(out_shape) == x.numel(),
-           "reshape: " << shape_str(x.shape()) << " has " << x.numel() << " elements, " << shape_str(out_shape)
-                       << " has " << shape_numel(out_shape));
+  VG_CHECK(shape_numel(out_shape) == x.numel(), "reshape: " << shape_str(x.shape()) << " has " << x.numel()
+                                                            << " elements, " << shape_str(out_shape) << " has "
+                                                            << shape_numel(out_shape));
   VG_CHECK(out_shape.size() <= static_cast<std::size_t>(kMaxDims), "reshape: more than " << kMaxDims << " axes");
   VG_PROFILE("reshape", x.device());
   // A view: same storage, new shape.

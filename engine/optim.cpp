@@ -2,6 +2,7 @@
 // one dispatch per update to the CPU twin or the CUDA kernel of kernels/optim.h.
 #include "engine/optim.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/autograd.h"
@@ -25,8 +26,12 @@ void check_param(const std::string& name, const Tensor& p, const char* op) {
 
 template <class T>
 kernels::SgdStep<T> sgd_scalars(const SgdOptions& o, double lr, bool first_step) {
-  return {static_cast<T>(lr), static_cast<T>(o.momentum), static_cast<T>(o.dampening),
-          static_cast<T>(o.weight_decay), o.nesterov, first_step};
+  return {static_cast<T>(lr),
+          static_cast<T>(o.momentum),
+          static_cast<T>(o.dampening),
+          static_cast<T>(o.weight_decay),
+          o.nesterov,
+          first_step};
 }
 
 template <class T>
@@ -56,8 +61,8 @@ Optimizer::Optimizer(NamedTensors params, double lr, std::vector<std::string> bu
     check_param(name, p, "optimizer");
     for (std::size_t j = 0; j < i; ++j) {
       VG_CHECK(params_[j].first != name, "optimizer: parameter name \"" << name << "\" appears twice");
-      VG_CHECK(params_[j].second.impl() != p.impl(), "optimizer: parameter \"" << name << "\" is also \""
-                                                                               << params_[j].first << "\"");
+      VG_CHECK(params_[j].second.impl() != p.impl(),
+               "optimizer: parameter \"" << name << "\" is also \"" << params_[j].first << "\"");
     }
   }
   buffers_.resize(params_.size());
@@ -91,7 +96,8 @@ NamedTensors Optimizer::state() const {
   for (std::size_t i = 0; i < params_.size(); ++i) {
     if (steps_[i] == 0) continue;
     const std::string prefix = "state." + params_[i].first + ".";
-    for (std::size_t k = 0; k < buffer_names_.size(); ++k) out.emplace_back(prefix + buffer_names_[k], buffers_[i][k].cpu());
+    for (std::size_t k = 0; k < buffer_names_.size(); ++k)
+      out.emplace_back(prefix + buffer_names_[k], buffers_[i][k].cpu());
     // float64 holds every step count exactly (PyTorch keeps a float32 scalar).
     out.emplace_back(prefix + "step", from_vector<double>({static_cast<double>(steps_[i])}, {}));
   }
@@ -126,9 +132,9 @@ void Optimizer::load_state(const NamedTensors& state) {
       const Tensor* b = find(prefix + what);
       VG_INPUT_CHECK(b != nullptr, "optimizer state for \"" << name << "\" lacks \"" << prefix << what << "\"");
       VG_INPUT_CHECK(b->shape() == p.shape() && b->dtype() == p.dtype(),
-               "optimizer state \"" << prefix << what << "\" is " << dtype_name(b->dtype()) << " "
-                                    << shape_str(b->shape()) << " but the parameter is " << dtype_name(p.dtype())
-                                    << " " << shape_str(p.shape()));
+                     "optimizer state \"" << prefix << what << "\" is " << dtype_name(b->dtype()) << " "
+                                          << shape_str(b->shape()) << " but the parameter is " << dtype_name(p.dtype())
+                                          << " " << shape_str(p.shape()));
       buffers[i].push_back(b->to(p.device()).clone());
     }
   }
@@ -161,8 +167,11 @@ void SGD::step() {
     check_param(name, p, "SGD");
     const bool first_step = steps(i) == 0;
     Tensor buf = options_.momentum != 0 ? buffers(i)[0] : Tensor();
-    VG_PROFILE("sgd_step", p.device());
     const std::int64_t n = p.numel();
+    // p and its momentum read and written, the gradient read; about 5 operations a parameter.
+    VG_PROFILE_COST(
+        "sgd_step", p.device(),
+        elementwise_cost(n, 5.0, buf.defined() ? 5 : 3, static_cast<double>(p.nbytes()) / std::max<double>(n, 1)));
     detail::dispatch_floating(p, [&]<class T>(auto on) {
       VG_LAUNCH(on, sgd_step, p.data<T>(), g.data<T>(), detail::data_or_null<T>(buf), n,
                 sgd_scalars<T>(options_, lr(), first_step));

@@ -17,6 +17,7 @@
 #include "engine/error.h"
 #include "engine/files.h"
 #include "engine/json.h"
+#include "engine/machine_peaks.h"
 #include "engine/profiler_gpu.h"
 
 namespace voxgrad {
@@ -40,6 +41,7 @@ struct Record {
   double dur_us = 0;
   void* gpu_start = nullptr;  // set while a GPU record waits for its events
   void* gpu_end = nullptr;
+  OpCost cost{};  // zero: the op has no cost model
   bool resolved() const { return gpu_end == nullptr; }
 };
 
@@ -142,7 +144,29 @@ std::vector<Record> settled_records() {
   return out;
 }
 
+// The device an OpStats row's ops ran on (its first, for "cuda": the profiler keeps kinds only).
+Device device_of(const OpStats& r) { return r.device == "cpu" ? Device::cpu() : Device::cuda(0); }
+
+RooflinePoint roofline_of(const OpStats& r) {
+  return roofline_point(r.flops, r.bytes, r.costed_ms / 1000.0, peaks_for(device_of(r)));
+}
+
+// The peaks each device kind in the table is measured against, one line each.
+void print_peaks(std::ostream& out, const std::vector<OpStats>& rows) {
+  std::vector<std::string> said;
+  for (const OpStats& r : rows) {
+    if (r.costed_ms <= 0 || std::find(said.begin(), said.end(), r.device) != said.end()) continue;
+    said.push_back(r.device);
+    const MachinePeaks& p = peaks_for(device_of(r));
+    out << "roofline " << r.device << ": " << std::fixed << std::setprecision(1) << p.gflops << " GFLOP/s (" << p.level
+        << "), " << p.gbytes_per_s << " GB/s, ridge " << std::setprecision(2) << p.ridge() << " FLOP/B; " << p.machine
+        << " (" << p.source << "; voxgrad bench peak measures again)\n";
+  }
+}
+
 void print_table(std::ostream& out, const std::vector<OpStats>& rows) {
+  bool roofline = false;
+  for (const OpStats& r : rows) roofline = roofline || r.costed_ms > 0;
   double total_ms = 0;
   std::int64_t total_calls = 0;
   std::size_t name_width = 5;  // "total"
@@ -154,21 +178,41 @@ void print_table(std::ostream& out, const std::vector<OpStats>& rows) {
   const int w = static_cast<int>(name_width);
   const auto flags = out.flags();
   const auto precision = out.precision();
-  out << std::left << std::setw(w) << "op" << "  " << std::setw(6) << "device" << std::right << std::setw(10)
-      << "calls" << std::setw(13) << "total ms" << std::setw(11) << "mean ms" << std::setw(9) << "share %" << "\n";
-  out << std::string(name_width + 51, '-') << "\n";
+  out << std::left << std::setw(w) << "op"
+      << "  " << std::setw(6) << "device" << std::right << std::setw(10) << "calls" << std::setw(13) << "total ms"
+      << std::setw(11) << "mean ms" << std::setw(9) << "share %";
+  if (roofline)
+    out << std::setw(10) << "GFLOP/s" << std::setw(9) << "GB/s" << std::setw(9) << "FLOP/B"
+        << "  " << std::left << std::setw(8) << "bound" << std::right << std::setw(8) << "% peak";
+  out << "\n";
+  const std::size_t width = name_width + 51 + (roofline ? 46 : 0);
+  out << std::string(width, '-') << "\n";
   out << std::fixed;
   for (const OpStats& r : rows) {
     const double mean = r.calls > 0 ? r.total_ms / static_cast<double>(r.calls) : 0.0;
     const double share = total_ms > 0 ? 100.0 * r.total_ms / total_ms : 0.0;
     out << std::left << std::setw(w) << r.name << "  " << std::setw(6) << r.device << std::right << std::setw(10)
         << r.calls << std::setprecision(3) << std::setw(13) << r.total_ms << std::setw(11) << mean
-        << std::setprecision(1) << std::setw(9) << share << "\n";
+        << std::setprecision(1) << std::setw(9) << share;
+    if (roofline) {
+      const RooflinePoint p = roofline_of(r);
+      if (p.gflops_per_s > 0 || p.gbytes_per_s > 0) {
+        out << std::setprecision(1) << std::setw(10) << p.gflops_per_s << std::setw(9) << p.gbytes_per_s
+            << std::setprecision(2) << std::setw(9) << p.intensity << "  " << std::left << std::setw(8) << p.bound
+            << std::right << std::setprecision(1) << std::setw(8) << 100.0 * p.fraction;
+      } else {
+        out << std::setw(10) << "-" << std::setw(9) << "-" << std::setw(9) << "-"
+            << "  " << std::left << std::setw(8) << "-" << std::right << std::setw(8) << "-";
+      }
+    }
+    out << "\n";
   }
-  out << std::string(name_width + 51, '-') << "\n";
-  out << std::left << std::setw(w) << "total" << "  " << std::setw(6) << "" << std::right << std::setw(10)
-      << total_calls << std::setprecision(3) << std::setw(13) << total_ms << std::setw(11) << ""
-      << std::setprecision(1) << std::setw(9) << (rows.empty() ? 0.0 : 100.0) << "\n";
+  out << std::string(width, '-') << "\n";
+  out << std::left << std::setw(w) << "total"
+      << "  " << std::setw(6) << "" << std::right << std::setw(10) << total_calls << std::setprecision(3)
+      << std::setw(13) << total_ms << std::setw(11) << "" << std::setprecision(1) << std::setw(9)
+      << (rows.empty() ? 0.0 : 100.0) << "\n";
+  if (roofline) print_peaks(out, rows);
   out.flags(flags);
   out.precision(precision);
 }
@@ -184,13 +228,22 @@ void write_trace(const std::string& path, const std::vector<Record>& records) {
   name_thread(0, "cpu");
   name_thread(1, "cuda stream");
   for (const Record& r : records) {
-    events.push_back({{"name", r.name},
-                      {"ph", "X"},
-                      {"ts", r.start_us},
-                      {"dur", r.dur_us},
-                      {"pid", 1},
-                      {"tid", r.device.is_cpu() ? 0 : 1},
-                      {"cat", device_kind(r.device)}});
+    Json event = {{"name", r.name},
+                  {"ph", "X"},
+                  {"ts", r.start_us},
+                  {"dur", r.dur_us},
+                  {"pid", 1},
+                  {"tid", r.device.is_cpu() ? 0 : 1},
+                  {"cat", device_kind(r.device)}};
+    if (r.cost.flops > 0 || r.cost.bytes > 0) {
+      // The table's roofline numbers for this one call, as arguments Perfetto shows on the slice.
+      const RooflinePoint p = roofline_point(r.cost.flops, r.cost.bytes, r.dur_us / 1e6, peaks_for(r.device));
+      event["args"] = {{"flops", r.cost.flops},          {"bytes", r.cost.bytes},
+                       {"gflops_per_s", p.gflops_per_s}, {"gbytes_per_s", p.gbytes_per_s},
+                       {"flop_per_byte", p.intensity},   {"bound", p.bound},  // empty: too short to time
+                       {"fraction_of_peak", p.fraction}};
+    }
+    events.push_back(std::move(event));
   }
   const Json trace = {{"traceEvents", std::move(events)}, {"displayTimeUnit", "ms"}};
   files::write_file_atomically(path, trace.dump() + "\n");
@@ -230,6 +283,11 @@ std::vector<OpStats> summary() {
     o.device = kind;
     ++o.calls;
     o.total_ms += r.dur_us / 1000.0;
+    if (r.cost.flops > 0 || r.cost.bytes > 0) {
+      o.flops += r.cost.flops;
+      o.bytes += r.cost.bytes;
+      o.costed_ms += r.dur_us / 1000.0;
+    }
   }
   std::vector<OpStats> rows;
   rows.reserve(by_op.size());
@@ -272,7 +330,8 @@ void ProfileScope::begin(const char* name, Device d) {
   profiler::gpu::range_push(name_);
   active_ = true;
   // Last, so the bookkeeping above is not billed to the op.
-  cpu_start_ns_ = std::chrono::duration_cast<std::chrono::nanoseconds>(profiler::Clock::now().time_since_epoch()).count();
+  cpu_start_ns_ =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(profiler::Clock::now().time_since_epoch()).count();
 }
 
 // Runs in a destructor: a failure to record drops this one record rather than escaping.
@@ -281,6 +340,7 @@ void ProfileScope::end() {
   active_ = false;
   profiler::gpu::range_pop();
   profiler::Record r{name_, device_};
+  r.cost = cost_;
   r.gpu_start = gpu_start_;
   gpu_start_ = nullptr;
   profiler::State& s = profiler::state();

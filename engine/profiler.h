@@ -30,6 +30,8 @@ struct OpStats {
   std::string device;  // "cpu" or "cuda"
   std::int64_t calls = 0;
   double total_ms = 0;
+  // Summed over the calls that carried a cost model; costed_ms is their time.
+  double flops = 0, bytes = 0, costed_ms = 0;
 };
 // Per (op, device) totals so far, largest total first. Waits for the devices.
 std::vector<OpStats> summary();
@@ -37,6 +39,21 @@ std::vector<OpStats> summary();
 extern std::atomic<bool> g_enabled;
 
 }  // namespace profiler
+
+// What an op costs by a model of its arithmetic and its compulsory memory traffic, counted from its
+// shapes in the op's own code: floating-point operations (a fused multiply-add is two) and bytes
+// read plus written once each. The profiler sets them against the machine's peaks (roofline).
+struct OpCost {
+  double flops = 0;
+  double bytes = 0;
+};
+
+// The cost of a pass over memory: `tensors` arrays of `elements` elements (`element_bytes` each)
+// read or written once, `flops_each` operations per element.
+inline OpCost elementwise_cost(std::int64_t elements, double flops_each, int tensors, double element_bytes) {
+  const double n = static_cast<double>(elements);
+  return {n * flops_each, n * tensors * element_bytes};
+}
 
 class ProfileScope {
  public:
@@ -48,6 +65,9 @@ class ProfileScope {
   }
   ProfileScope(const ProfileScope&) = delete;
   ProfileScope& operator=(const ProfileScope&) = delete;
+  // Whether this scope is timing (profiling was on when it began).
+  bool active() const { return active_; }
+  void set_cost(const OpCost& cost) { cost_ = cost; }
 
  private:
   void begin(const char* name, Device d);
@@ -57,6 +77,7 @@ class ProfileScope {
   Device device_;
   std::int64_t cpu_start_ns_ = 0;
   void* gpu_start_ = nullptr;  // a pooled cudaEvent_t
+  OpCost cost_;
 };
 
 }  // namespace voxgrad
@@ -65,3 +86,9 @@ class ProfileScope {
 #define VG_PROFILE_CAT(a, b) VG_PROFILE_CAT2(a, b)
 // Times the rest of the enclosing block as op `name` on device `device`.
 #define VG_PROFILE(name, device) ::voxgrad::ProfileScope VG_PROFILE_CAT(vg_profile_scope_, __LINE__)(name, device)
+// The same, with the op's cost model: the OpCost expression after the device is evaluated only
+// while profiling.
+#define VG_PROFILE_COST(name, device, ...)                                           \
+  ::voxgrad::ProfileScope VG_PROFILE_CAT(vg_profile_scope_, __LINE__)(name, device); \
+  if (VG_PROFILE_CAT(vg_profile_scope_, __LINE__).active())                          \
+  VG_PROFILE_CAT(vg_profile_scope_, __LINE__).set_cost(__VA_ARGS__)

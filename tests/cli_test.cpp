@@ -1,12 +1,13 @@
 // The command line as a user meets it: help everywhere, one error line and status 2 for usage
 // errors, status 1 for run failures, stdout holding only results (JSON), and the global options
 // (--device, --profile, --trace) working after every subcommand.
+#include "apps/cli/cli.h"
+
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "apps/cli/cli.h"
 #include "tests/test_support.h"
 
 namespace {
@@ -139,17 +140,24 @@ TEST(Cli, DevicesIsJson) {
     EXPECT_TRUE(j.at("reason").is_null()) << r.out;
 }
 
+// The machine's peaks go to a cache of the test's own, not the user's.
+std::string own_cache(const std::string& tag) { return "XDG_CACHE_HOME='" + voxgrad::test::temp_dir(tag) + "'"; }
+
 TEST(Cli, ProfilePrintsATableOnStderrOnly) {
-  const CommandResult r = run_voxgrad("toy --steps 3 --device cpu --profile");
+  const CommandResult r = run_voxgrad("toy --steps 3 --device cpu --profile", own_cache("profile-cache"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(single_json_line(r).is_object()) << r.out;
   EXPECT_NE(r.err.find("add"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("log_softmax"), std::string::npos) << r.err;
+  // The roofline: columns for the ops with a cost model, and the peaks they are measured against.
+  EXPECT_NE(r.err.find("GFLOP/s"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("% peak"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("roofline cpu: "), std::string::npos) << r.err;
 }
 
 TEST(Cli, TraceWritesAChromeTrace) {
   const std::string path = voxgrad::test::temp_dir("trace") + "/trace.json";
-  const CommandResult r = run_voxgrad("toy --steps 3 --device cpu --trace '" + path + "'");
+  const CommandResult r = run_voxgrad("toy --steps 3 --device cpu --trace '" + path + "'", own_cache("trace-cache"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(single_json_line(r).is_object()) << r.out;
   std::ifstream in(path);
@@ -159,6 +167,17 @@ TEST(Cli, TraceWritesAChromeTrace) {
   const auto& events = trace.is_array() ? trace : trace.at("traceEvents");
   ASSERT_TRUE(events.is_array());
   EXPECT_GT(events.size(), 0u);
+  // Ops with a cost model carry the table's roofline numbers as arguments.
+  int bounded = 0;
+  for (const auto& e : events) {
+    if (!e.contains("args") || !e["args"].contains("flops")) continue;
+    EXPECT_GE(e["args"]["bytes"].get<double>(), 0.0) << e.dump();
+    if (e["args"]["bound"] == "") continue;  // too short for the clock to time
+    ++bounded;
+    EXPECT_TRUE(e["args"]["bound"] == "compute" || e["args"]["bound"] == "memory") << e.dump();
+    EXPECT_GT(e["args"]["fraction_of_peak"].get<double>(), 0.0) << e.dump();
+  }
+  EXPECT_GT(bounded, 0) << trace.dump();
 }
 
 TEST(Cli, UnwritableTraceFailsBeforeRunning) {

@@ -21,6 +21,7 @@
 
 #include "apps/bench/bench_conv.h"
 #include "apps/bench/bench_loss.h"
+#include "apps/bench/bench_peak.h"
 #include "apps/bench/bench_predict.h"
 #include "apps/bench/bench_train.h"
 #include "apps/cli/cli.h"
@@ -506,13 +507,16 @@ Command bench_command() {
             for (CLI::Option* o : op_options) train.app->excludes(o);
             const bench::NestedCommand predict = bench::add_bench_predict(sub);
             for (CLI::Option* o : op_options) predict.app->excludes(o);
+            const bench::NestedCommand peak = bench::add_bench_peak(sub);
+            for (CLI::Option* o : op_options) peak.app->excludes(o);
             sub.require_subcommand(0, 1);
 
-            return [opt, nifti_opt, nifti, loss, conv, train, predict](const GlobalOptions& global) {
+            return [opt, nifti_opt, nifti, loss, conv, train, predict, peak](const GlobalOptions& global) {
               if (loss.app->parsed()) return loss.run(global);
               if (conv.app->parsed()) return conv.run(global);
               if (train.app->parsed()) return train.run(global);
               if (predict.app->parsed()) return predict.run(global);
+              if (peak.app->parsed()) return peak.run(global);
               return nifti->parsed() ? run_bench_nifti(*nifti_opt) : run_bench(*opt, global);
             };
           }};
