@@ -10,11 +10,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <map>
 #include <mutex>
 #include <set>
 #include <string>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
 
 #include "engine/error.h"
 #include "engine/log.h"
@@ -60,11 +62,11 @@ std::uintptr_t address(const void* p) { return reinterpret_cast<std::uintptr_t>(
 
 struct CachingAllocator::Impl {
   struct Block {
-    std::size_t size = 0;  // the size class, as obtained from the backend
+    std::size_t size = 0;    // the size class, as obtained from the backend
     void* stream = nullptr;  // the stream it was allocated on; it is only ever reused there
     bool in_use = false;
     std::vector<void*> extra_streams;  // record_stream(): other streams that used it
-    std::vector<void*> events;  // after free(): one per extra stream; reusable once all are done
+    std::vector<void*> events;         // after free(): one per extra stream; reusable once all are done
   };
   // Free blocks ordered by (stream, size, address): lower_bound finds the best fit on a stream.
   using FreeKey = std::tuple<std::uintptr_t, std::size_t, std::uintptr_t>;
@@ -123,8 +125,7 @@ struct CachingAllocator::Impl {
 
   Block& find(void* p, const char* what) {
     const auto it = blocks.find(p);
-    if (it == blocks.end())
-      VG_FAIL(what << " of pointer " << p << ", which this allocator did not hand out");
+    if (it == blocks.end()) VG_FAIL(what << " of pointer " << p << ", which this allocator did not hand out");
     return it->second;
   }
 };
@@ -272,11 +273,64 @@ std::size_t host_block_size(std::size_t bytes) {
   if (bytes < kHugeHostBlock) return std::max(kHostAlignment, round_up(bytes, kHostAlignment));
   return round_up(bytes, kHugePage);
 }
+
+// Large blocks a freed tensor leaves are kept, by size, for the next request of the same size: a
+// training step or a sliding window allocates the same shapes over and over, and a fresh block's
+// first touch (the kernel zeroing its pages) cost more than the pass of the op that wrote it
+// (LeakyReLU ran at 6 % of the copy bandwidth). A request that finds no block of its size first
+// returns cached blocks to the system until they cover it, so reserved memory (in use plus cached)
+// only grows when a fresh block is unavoidable: it never exceeds the peak a cacheless allocator
+// would reach. Leaked on purpose, like the mutex's stats: tensors may be freed during exit.
+std::map<std::size_t, std::vector<void*>>& host_cache() {
+  static auto* cache = new std::map<std::size_t, std::vector<void*>>;
+  return *cache;
+}
+
+// Takes cached blocks, largest first, until they add up to `needed` bytes or none are left;
+// the caller frees them outside the lock. Caller holds g_host_mutex.
+std::vector<std::pair<void*, std::size_t>> take_cached(std::size_t needed) {
+  std::vector<std::pair<void*, std::size_t>> taken;
+  std::size_t bytes = 0;
+  auto& cache = host_cache();
+  while (bytes < needed && !cache.empty()) {
+    auto it = std::prev(cache.end());
+    taken.emplace_back(it->second.back(), it->first);
+    bytes += it->first;
+    it->second.pop_back();
+    if (it->second.empty()) cache.erase(it);
+  }
+  for (const auto& [block, size] : taken) {
+    g_host_stats.bytes_cached -= size;
+    g_host_stats.bytes_reserved -= size;
+    ++g_host_stats.backend_frees;
+  }
+  return taken;
+}
 }  // namespace
 
 void* host_allocate(std::size_t bytes) {
   const std::size_t size = host_block_size(bytes);
   const bool huge = size >= kHugeHostBlock;
+  if (huge) {
+    std::vector<std::pair<void*, std::size_t>> released;
+    {
+      std::lock_guard<std::mutex> lock(g_host_mutex);
+      auto& cache = host_cache();
+      auto it = cache.find(size);
+      if (it != cache.end()) {
+        void* block = it->second.back();
+        it->second.pop_back();
+        if (it->second.empty()) cache.erase(it);
+        ++g_host_stats.allocations;
+        g_host_stats.bytes_cached -= size;
+        g_host_stats.bytes_in_use += size;
+        g_host_stats.peak_bytes_in_use = std::max(g_host_stats.peak_bytes_in_use, g_host_stats.bytes_in_use);
+        return block;
+      }
+      released = take_cached(size);
+    }
+    for (const auto& [block, unused] : released) std::free(block);
+  }
   void* p = std::aligned_alloc(huge ? kHugePage : kHostAlignment, size);
   // Advice only: a kernel without transparent huge pages refuses it and nothing changes.
   if (p != nullptr && huge) (void)madvise(p, size, MADV_HUGEPAGE);
@@ -301,11 +355,25 @@ void* host_allocate(std::size_t bytes) {
 void host_free(void* p, std::size_t bytes) {
   if (p == nullptr) return;
   const std::size_t size = host_block_size(bytes);
-  std::free(p);
   std::lock_guard<std::mutex> lock(g_host_mutex);
-  ++g_host_stats.backend_frees;
   g_host_stats.bytes_in_use -= size;
+  if (size >= kHugeHostBlock) {
+    host_cache()[size].push_back(p);
+    g_host_stats.bytes_cached += size;
+    return;
+  }
+  std::free(p);
+  ++g_host_stats.backend_frees;
   g_host_stats.bytes_reserved -= size;
+}
+
+void host_empty_cache() {
+  std::vector<std::pair<void*, std::size_t>> released;
+  {
+    std::lock_guard<std::mutex> lock(g_host_mutex);
+    released = take_cached(std::numeric_limits<std::size_t>::max());
+  }
+  for (const auto& [block, unused] : released) std::free(block);
 }
 
 AllocatorStats host_allocator_stats() {

@@ -1,24 +1,25 @@
 // Memory for tensors and kernel scratch. Device memory goes through one caching allocator
-// (size classes, per-stream free lists, no cudaFree on reuse); host memory is plain aligned memory.
+// (size classes, per-stream free lists, no cudaFree on reuse); host memory is aligned memory whose
+// large blocks are kept by size for reuse (host_allocate).
 #pragma once
 
 #include <cstddef>
 #include <memory>
 #include <vector>
 
-#include "device.h"
 #include "../kernels/common.h"
+#include "device.h"
 
 namespace voxgrad {
 
 // Byte counts are of whole blocks (the size class, not the bytes asked for), so that
 // bytes_reserved == bytes_in_use + bytes_cached holds at every moment.
 struct AllocatorStats {
-  std::size_t bytes_in_use = 0;       // handed out and not yet freed
-  std::size_t peak_bytes_in_use = 0;  // high-water mark of bytes_in_use since reset_peak()
-  std::size_t bytes_cached = 0;       // freed but kept: free lists, and blocks waiting for record_stream events
-  std::size_t bytes_reserved = 0;     // obtained from the backend: in use + cached
-  std::size_t allocations = 0;        // allocate() calls that succeeded
+  std::size_t bytes_in_use = 0;         // handed out and not yet freed
+  std::size_t peak_bytes_in_use = 0;    // high-water mark of bytes_in_use since reset_peak()
+  std::size_t bytes_cached = 0;         // freed but kept: free lists, and blocks waiting for record_stream events
+  std::size_t bytes_reserved = 0;       // obtained from the backend: in use + cached
+  std::size_t allocations = 0;          // allocate() calls that succeeded
   std::size_t backend_allocations = 0;  // of them, served by the backend (cudaMalloc), not the cache
   std::size_t backend_frees = 0;        // blocks returned to the backend (empty_cache, OOM retry)
 };
@@ -73,9 +74,14 @@ CachingAllocator& cuda_allocator();
 
 // Host memory for CPU tensors: 64-byte aligned, counted in the same stats shape (sizes rounded up
 // to 64; zero bytes get a unique 64-byte block). host_free needs the size that was asked for.
+// Blocks of 4 MiB and more are 2 MiB aligned and, once freed, kept for the next request of the
+// same size; a request that misses first returns cached blocks to the system, so bytes_reserved
+// never exceeds the most bytes ever in use.
 void* host_allocate(std::size_t bytes);
 void host_free(void* p, std::size_t bytes);
 AllocatorStats host_allocator_stats();
+// Returns every cached host block to the system.
+void host_empty_cache();
 
 // Memory for `bytes` on `d`, and its release.
 void* device_allocate(Device d, std::size_t bytes);

@@ -447,7 +447,76 @@ TEST(HostAllocator, AlignsAndCounts) {
   host_free(nullptr, 5);
   s = host_allocator_stats();
   EXPECT_EQ(s.bytes_in_use, before.bytes_in_use);
+  EXPECT_EQ(s.bytes_cached, before.bytes_cached);  // small blocks go straight back
+}
+
+TEST(HostAllocator, LargeBlocksAreReusedBySize) {
+  host_empty_cache();
+  const AllocatorStats before = host_allocator_stats();
+  void* a = host_allocate(6 * MiB);
+  std::memset(a, 1, 6 * MiB);
+  host_free(a, 6 * MiB);
+  AllocatorStats s = host_allocator_stats();
+  EXPECT_EQ(s.bytes_cached - before.bytes_cached, 6 * MiB);
+  EXPECT_EQ(s.bytes_reserved - before.bytes_reserved, 6 * MiB);
+  void* b = host_allocate(6 * MiB - 100);  // the same 2 MiB size class
+  EXPECT_EQ(b, a);
+  s = host_allocator_stats();
+  EXPECT_EQ(s.backend_allocations - before.backend_allocations, 1u);
+  EXPECT_EQ(s.allocations - before.allocations, 2u);
+  EXPECT_EQ(s.bytes_cached, before.bytes_cached);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(b) % (2 * MiB), 0u);
+  host_free(b, 6 * MiB - 100);
+  host_empty_cache();
+  s = host_allocator_stats();
   EXPECT_EQ(s.bytes_cached, 0u);
+  EXPECT_EQ(s.bytes_reserved, s.bytes_in_use);
+}
+
+// A request of a size the cache lacks first returns cached blocks, largest first, until they
+// cover it: reserved memory stays within the most ever in use.
+TEST(HostAllocator, AMissReturnsCachedBlocksFirst) {
+  host_empty_cache();
+  const AllocatorStats before = host_allocator_stats();
+  host_free(host_allocate(10 * MiB), 10 * MiB);
+  void* small = host_allocate(4 * MiB);  // no 4 MiB block: the 10 MiB one goes back first
+  AllocatorStats s = host_allocator_stats();
+  EXPECT_EQ(s.bytes_cached, before.bytes_cached);
+  EXPECT_EQ(s.bytes_reserved - before.bytes_reserved, 4 * MiB);
+  host_free(small, 4 * MiB);
+  void* big = host_allocate(12 * MiB);  // 4 MiB cached cannot cover it: all of it goes back
+  s = host_allocator_stats();
+  EXPECT_EQ(s.bytes_cached, before.bytes_cached);
+  EXPECT_EQ(s.bytes_reserved - before.bytes_reserved, 12 * MiB);
+  host_free(big, 12 * MiB);
+  host_empty_cache();
+}
+
+TEST(HostAllocator, ReservedNeverExceedsThePeakInUse) {
+  host_empty_cache();
+  const AllocatorStats before = host_allocator_stats();
+  std::mt19937 rng(5);
+  std::vector<std::pair<void*, std::size_t>> live;
+  std::size_t in_use = 0, peak = 0;  // this test's own blocks (sizes are whole 2 MiB classes)
+  for (int step = 0; step < 400; ++step) {
+    if (live.empty() || rng() % 2 == 0) {
+      const std::size_t size = (4 + 2 * (rng() % 5)) * MiB;  // 4 to 12 MiB
+      live.emplace_back(host_allocate(size), size);
+      in_use += size;
+      peak = std::max(peak, in_use);
+    } else {
+      const std::size_t k = rng() % live.size();
+      host_free(live[k].first, live[k].second);
+      in_use -= live[k].second;
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(k));
+    }
+    const AllocatorStats s = host_allocator_stats();
+    ASSERT_EQ(s.bytes_in_use - before.bytes_in_use, in_use);
+    ASSERT_LE(s.bytes_reserved - before.bytes_reserved, peak) << "step " << step;
+    ASSERT_EQ(s.bytes_reserved - before.bytes_reserved, in_use + s.bytes_cached - before.bytes_cached);
+  }
+  for (const auto& [p, size] : live) host_free(p, size);
+  host_empty_cache();
 }
 
 TEST(HostAllocator, DeviceAllocateOnTheCpuIsHostMemory) {
