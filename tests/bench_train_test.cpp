@@ -44,6 +44,23 @@ TEST(BenchTrain, PatchTakesThreeSides) {
   EXPECT_EQ(run_voxgrad("bench train --patch 16,32 --device cpu").exit_code, 2);
 }
 
+// nnU-Net's anisotropic first downsampling (1, 2, 2): the depth axis is halved once fewer, so a
+// depth only divisible by 2 trains at 3 levels, which strides of 2 everywhere refuse.
+TEST(BenchTrain, FirstStrideShapesTheDivisibility) {
+  const auto aniso = run_voxgrad(
+      "bench train --patch 6,16,16 --first-stride 1,2,2 --base 4 --levels 3 --steps 1 --warmup 0 --json --device cpu");
+  ASSERT_EQ(aniso.exit_code, 0) << aniso.err;
+  EXPECT_NEAR(
+      json::parse(aniso.out)["voxels_per_s"].get<double>() * json::parse(aniso.out)["step_median_s"].get<double>(),
+      2.0 * 6 * 16 * 16, 1e-6);
+  const auto iso = run_voxgrad("bench train --patch 6,16,16 --base 4 --levels 3 --steps 1 --warmup 0 --device cpu");
+  EXPECT_EQ(iso.exit_code, 2) << iso.err;
+  EXPECT_NE(iso.err.find("6 is not divisible by 4"), std::string::npos) << iso.err;
+  const auto bad = run_voxgrad("bench train --first-stride 3,2,2 --device cpu");
+  EXPECT_EQ(bad.exit_code, 2) << bad.err;
+  EXPECT_NE(bad.err.find("each stride must be 1 or 2"), std::string::npos) << bad.err;
+}
+
 TEST(BenchTrain, BadFlagIsAUsageError) {
   EXPECT_EQ(run_voxgrad("bench train --no-such-flag --device cpu").exit_code, 2);
   // The U-Net (nnU-Net's PlainConvUNet) downsamples at least once.

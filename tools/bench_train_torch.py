@@ -31,13 +31,14 @@ def features(base, level, cap=320):
     return min(base * 2 ** level, cap)
 
 
-def unet3d(in_channels, classes, base, levels):
+def unet3d(in_channels, classes, base, levels, first_stride=(2, 2, 2)):
     # models/unet3d.h: n_stages = levels, features min(base * 2^i, 320), kernels 3^3, strides
-    # [1, 2, 2, ...], two convs per encoder and decoder stage, conv bias, affine InstanceNorm3d
+    # [1, first_stride, 2, ...], two convs per encoder and decoder stage, conv bias, affine InstanceNorm3d
     # (eps 1e-5), LeakyReLU 0.01, no dropout, no deep supervision (the bench trains one output).
     model = PlainConvUNet(
         input_channels=in_channels, n_stages=levels, features_per_stage=[features(base, i) for i in range(levels)],
-        conv_op=nn.Conv3d, kernel_sizes=[[3, 3, 3]] * levels, strides=[[1, 1, 1]] + [[2, 2, 2]] * (levels - 1),
+        conv_op=nn.Conv3d, kernel_sizes=[[3, 3, 3]] * levels,
+        strides=[[1, 1, 1], list(first_stride)] + [[2, 2, 2]] * (levels - 2),
         n_conv_per_stage=[2] * levels, num_classes=classes, n_conv_per_stage_decoder=[2] * (levels - 1),
         conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
         dropout_op=None, dropout_op_kwargs=None, nonlin=nn.LeakyReLU,
@@ -73,6 +74,7 @@ def sphere_labels(n, p, classes, gen):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--patch", default="64", help="D,H,W or S")
+    ap.add_argument("--first-stride", default="2", help="D,H,W or S: the first downsampling's stride")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--base", type=int, default=16)
     ap.add_argument("--levels", type=int, default=4)
@@ -91,7 +93,9 @@ def main():
     torch.set_num_threads(a.threads if a.threads > 0 else os.cpu_count())
     gen = torch.Generator().manual_seed(1)
     torch.manual_seed(1)
-    model = unet3d(1, a.classes, a.base, a.levels).train()
+    first_stride = [int(s) for s in a.first_stride.split(",")]
+    first_stride = first_stride * 3 if len(first_stride) == 1 else first_stride
+    model = unet3d(1, a.classes, a.base, a.levels, first_stride).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.99, nesterov=True)
     patch = [int(s) for s in a.patch.split(",")]
     patch = patch * 3 if len(patch) == 1 else patch

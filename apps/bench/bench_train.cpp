@@ -28,6 +28,7 @@
 #include "engine/losses.h"
 #include "engine/optim.h"
 #include "engine/tensor.h"
+#include "models/nnunet_networks.h"
 #include "models/unet3d.h"
 
 namespace voxgrad::bench {
@@ -37,7 +38,8 @@ using namespace cli;  // the command line's option checks and exit statuses
 namespace {
 
 struct TrainBenchOptions {
-  std::string patch = "64";  // D,H,W or S (validated)
+  std::string patch = "64";        // D,H,W or S (validated)
+  std::string first_stride = "2";  // D,H,W or S: the first downsampling's stride (each 1 or 2)
   std::int64_t batch = 2;
   int base = 16, levels = 4, classes = 3;
   std::string loss = "dice";
@@ -48,8 +50,6 @@ struct TrainBenchOptions {
   std::string torch_script;  // empty: tools/bench_train_torch.py found next to the build
   std::string python = "/usr/bin/python3";
 };
-
-
 
 // Labels (N, D, H, W) int32: a few ellipsoids of each foreground class on background (balls in a
 // cube), from a fixed seed, so every class is present and the Dice terms are not degenerate.
@@ -82,11 +82,13 @@ Tensor sphere_labels(std::int64_t n, const std::array<std::int64_t, 3>& p, int c
 // The script's JSON line, or {"available": false, "reason"}.
 Json run_torch(const TrainBenchOptions& opt) {
   const std::string script = find_tools_script(opt.torch_script, "bench_train_torch.py");
-  if (script.empty()) return {{"available", false}, {"reason", "tools/bench_train_torch.py not found (--torch-script)"}};
-  const std::string args = "--patch " + opt.patch + " --batch-size " + std::to_string(opt.batch) + " --base " +
-                           std::to_string(opt.base) + " --levels " + std::to_string(opt.levels) + " --classes " +
-                           std::to_string(opt.classes) + " --loss " + shell_quote(opt.loss) + " --steps " +
-                           std::to_string(opt.steps) + " --warmup " + std::to_string(opt.warmup) + " --threads " +
+  if (script.empty())
+    return {{"available", false}, {"reason", "tools/bench_train_torch.py not found (--torch-script)"}};
+  const std::string args = "--patch " + opt.patch + " --first-stride " + opt.first_stride + " --batch-size " +
+                           std::to_string(opt.batch) + " --base " + std::to_string(opt.base) + " --levels " +
+                           std::to_string(opt.levels) + " --classes " + std::to_string(opt.classes) + " --loss " +
+                           shell_quote(opt.loss) + " --steps " + std::to_string(opt.steps) + " --warmup " +
+                           std::to_string(opt.warmup) + " --threads " +
                            std::to_string(omp_get_max_threads());  // voxgrad's CPU threads
   Json j = run_python_json(opt.python, script, args);
   if (j.value("available", true) && !j.contains("step_median_s"))
@@ -103,18 +105,28 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
   config.classes = opt.classes;
   config.base_features = opt.base;
   config.levels = opt.levels;
+  // UNet3d's network, with the first downsampling's stride as given: (1, 2, 2) is what nnU-Net's
+  // plans choose for images coarser along one axis.
+  NnunetArchitecture architecture = unet3d_architecture(config);
+  const Triple first_stride = *parse_patch(opt.first_stride);  // validated by the option
+  for (std::int64_t s : first_stride)
+    VG_USAGE_CHECK(s == 1 || s == 2, "--first-stride " << opt.first_stride << ": each stride must be 1 or 2");
+  architecture.strides[1] = first_stride;
   Generator gen(1);
-  UNet3d model(config, gen);
+  NnunetNetwork model(architecture, 1, opt.classes, gen);
   const std::array<std::int64_t, 3> patch = *parse_patch(opt.patch);  // validated by the option
-  const std::int64_t q = std::int64_t{1} << (opt.levels - 1);
-  for (std::int64_t side : patch)
-    VG_USAGE_CHECK(side % q == 0, "--patch " << opt.patch << ": " << side << " is not divisible by " << q
-                                             << " (--levels " << opt.levels << " halves each axis " << opt.levels - 1
-                                             << " times)");
+  for (int a = 0; a < 3; ++a) {
+    std::int64_t q = 1;
+    for (const Triple& stride : architecture.strides) q *= stride[a];
+    VG_USAGE_CHECK(patch[a] % q == 0, "--patch " << opt.patch << ": " << patch[a] << " is not divisible by " << q
+                                                 << " (--levels " << opt.levels << " and --first-stride "
+                                                 << opt.first_stride << " halve axis " << a << " that often)");
+  }
   model.check_input({opt.batch, 1, patch[0], patch[1], patch[2]});
   model.to(dev);
   model.train();
-  const std::int64_t params = model.parameter_count();
+  std::int64_t params = 0;
+  for (const auto& named : model.named_parameters()) params += named.second.numel();
   SgdOptions sgd;
   sgd.lr = 0.01;
   sgd.momentum = 0.99;  // nnU-Net's optimizer
@@ -179,7 +191,7 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
     }
     if (ref.value("available", false) && ref.value("params", std::int64_t{0}) != params)
       logging::warning("PyTorch twin has " + std::to_string(ref.value("params", std::int64_t{0})) +
-                    " parameters, voxgrad " + std::to_string(params) + ": not the same architecture");
+                       " parameters, voxgrad " + std::to_string(params) + ": not the same architecture");
   }
 
   if (opt.json) {
@@ -218,12 +230,19 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
 NestedCommand add_bench_train(CLI::App& bench) {
   auto opt = std::make_shared<TrainBenchOptions>();
   CLI::App* sub = bench.add_subcommand(
-      "train", "Time full U-Net training steps (forward, loss, backward, SGD) on (N, 1, P, P, P), median after warm-up");
+      "train",
+      "Time full U-Net training steps (forward, loss, backward, SGD) on (N, 1, P, P, P), median after warm-up");
   sub->add_option("--patch", opt->patch, "Patch size D,H,W or S (each divisible by 2^(levels-1))")
       ->check(patch_validator())
       ->capture_default_str();
+  sub->add_option("--first-stride", opt->first_stride,
+                  "The first downsampling's stride D,H,W or S, each 1 or 2 (1,2,2: nnU-Net's for anisotropic images)")
+      ->check(patch_validator())
+      ->capture_default_str();
   sub->add_option("--batch-size", opt->batch, "N")->check(number_above_zero())->capture_default_str();
-  sub->add_option("--base", opt->base, "Features at full resolution")->check(number_above_zero())->capture_default_str();
+  sub->add_option("--base", opt->base, "Features at full resolution")
+      ->check(number_above_zero())
+      ->capture_default_str();
   sub->add_option("--levels", opt->levels, "Resolution levels, 2 to 7 (levels - 1 downsamplings)")
       ->check(number_in_range(2, 7))
       ->capture_default_str();
