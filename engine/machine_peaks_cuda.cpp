@@ -32,6 +32,8 @@ int attribute(cudaDeviceAttr what, int device) {
 
 MachinePeaks gpu_peaks(Device d) {
   VG_CHECK(d.is_cuda(), "gpu_peaks: " << d.str() << " is not a GPU");
+  int previous = 0;
+  VG_CUDA_CHECK(cudaGetDevice(&previous));
   VG_CUDA_CHECK(cudaSetDevice(d.index));
   const int sms = attribute(cudaDevAttrMultiProcessorCount, d.index);
   const int clock_khz = attribute(cudaDevAttrClockRate, d.index);
@@ -68,6 +70,7 @@ MachinePeaks gpu_peaks(Device d) {
   VG_CUDA_CHECK(cudaFree(from));
   VG_CUDA_CHECK(cudaFree(to));
   p.gbytes_per_s = best;
+  VG_CUDA_CHECK(cudaSetDevice(previous));
   return p;
 }
 

@@ -147,8 +147,28 @@ std::vector<Record> settled_records() {
 // The device an OpStats row's ops ran on (its first, for "cuda": the profiler keeps kinds only).
 Device device_of(const OpStats& r) { return r.device == "cpu" ? Device::cpu() : Device::cuda(0); }
 
+// The device's peaks, or null when they cannot be had (a GPU without memory left for the copy
+// test): the table then leaves the bound out rather than failing at exit.
+// A device whose peaks failed once is not asked again (a trace has an event per op).
+const MachinePeaks* peaks_or_null(Device d) {
+  static std::mutex mutex;
+  static std::vector<Device> failed;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (std::find(failed.begin(), failed.end(), d) != failed.end()) return nullptr;
+  }
+  try {
+    return &peaks_for(d);
+  } catch (const std::exception&) {
+    std::lock_guard<std::mutex> lock(mutex);
+    failed.push_back(d);
+    return nullptr;
+  }
+}
+
 RooflinePoint roofline_of(const OpStats& r) {
-  return roofline_point(r.flops, r.bytes, r.costed_ms / 1000.0, peaks_for(device_of(r)));
+  const MachinePeaks* peaks = peaks_or_null(device_of(r));
+  return roofline_point(r.flops, r.bytes, r.costed_ms / 1000.0, peaks != nullptr ? *peaks : MachinePeaks{});
 }
 
 // The peaks each device kind in the table is measured against, one line each.
@@ -157,7 +177,12 @@ void print_peaks(std::ostream& out, const std::vector<OpStats>& rows) {
   for (const OpStats& r : rows) {
     if (r.costed_ms <= 0 || std::find(said.begin(), said.end(), r.device) != said.end()) continue;
     said.push_back(r.device);
-    const MachinePeaks& p = peaks_for(device_of(r));
+    const MachinePeaks* peaks = peaks_or_null(device_of(r));
+    if (peaks == nullptr) {
+      out << "roofline " << r.device << ": the peaks could not be measured (voxgrad bench peak says why)\n";
+      continue;
+    }
+    const MachinePeaks& p = *peaks;
     out << "roofline " << r.device << ": " << std::fixed << std::setprecision(1) << p.gflops << " GFLOP/s (" << p.level
         << "), " << p.gbytes_per_s << " GB/s, ridge " << std::setprecision(2) << p.ridge() << " FLOP/B; " << p.machine
         << " (" << p.source << "; voxgrad bench peak measures again)\n";
@@ -237,7 +262,9 @@ void write_trace(const std::string& path, const std::vector<Record>& records) {
                   {"cat", device_kind(r.device)}};
     if (r.cost.flops > 0 || r.cost.bytes > 0) {
       // The table's roofline numbers for this one call, as arguments Perfetto shows on the slice.
-      const RooflinePoint p = roofline_point(r.cost.flops, r.cost.bytes, r.dur_us / 1e6, peaks_for(r.device));
+      const MachinePeaks* peaks = peaks_or_null(r.device);
+      const RooflinePoint p =
+          roofline_point(r.cost.flops, r.cost.bytes, r.dur_us / 1e6, peaks != nullptr ? *peaks : MachinePeaks{});
       event["args"] = {{"flops", r.cost.flops},          {"bytes", r.cost.bytes},
                        {"gflops_per_s", p.gflops_per_s}, {"gbytes_per_s", p.gbytes_per_s},
                        {"flop_per_byte", p.intensity},   {"bound", p.bound},  // empty: too short to time
