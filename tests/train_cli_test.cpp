@@ -3,19 +3,19 @@
 // nibabel), Ctrl-C and --resume giving bit-identical numbers, a SIGKILLed run resuming from its
 // last complete checkpoint, a non-finite loss stopping the run, and one clear error line for bad input.
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
-#include <map>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <span>
@@ -157,9 +157,7 @@ bool wait_for_epochs(const std::string& run, int epochs) {
   return false;
 }
 
-std::string checkpoint_step(const std::string& path) {
-  return voxgrad::load_safetensors(path).metadata.at("step");
-}
+std::string checkpoint_step(const std::string& path) { return voxgrad::load_safetensors(path).metadata.at("step"); }
 
 // A tensor name of a run folder's file as voxgrad wrote it before UNet3d was built as nnU-Net's
 // PlainConvUNet, for a U-Net without deep supervision: "" for names those files did not have (the
@@ -235,8 +233,8 @@ TEST_F(TrainCli, EndToEndTrainPredictEval) {
     }
     // nifti_tool (Debian nifti-bin, installed by tools/deps --test-data) agrees on dims and sform.
     const std::string probe = dir + "/nifti_tool.txt";
-    const std::string cmd = "nifti_tool -disp_hdr -field dim -field sform_code -infiles " + pred + "/" + id +
-                            ".nii.gz >" + probe + " 2>&1";
+    const std::string cmd =
+        "nifti_tool -disp_hdr -field dim -field sform_code -infiles " + pred + "/" + id + ".nii.gz >" + probe + " 2>&1";
     if (std::system("command -v nifti_tool >/dev/null 2>&1") == 0) {
       ASSERT_EQ(std::system(cmd.c_str()), 0) << read_file(probe);
       const std::string text = read_file(probe);
@@ -255,8 +253,8 @@ TEST_F(TrainCli, EndToEndTrainPredictEval) {
     EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
   }
 
-  const CommandResult e = run_voxgrad("eval --pred " + pred + " --ref " + data() + "/labelsTs --out " + dir +
-                                      "/eval/summary.json");
+  const CommandResult e =
+      run_voxgrad("eval --pred " + pred + " --ref " + data() + "/labelsTs --out " + dir + "/eval/summary.json");
   ASSERT_EQ(e.exit_code, 0) << e.err;
   EXPECT_TRUE(json::parse(e.out).contains("foreground_mean"));
   EXPECT_TRUE(fs::exists(dir + "/eval/summary.json"));
@@ -534,7 +532,6 @@ TEST_F(TrainCli, RunKilledInItsFirstEpochResumes) {
   EXPECT_EQ(json::parse(read_file(run + "/metrics.json")).at("epochs_done"), 1);
 }
 
-
 // An input on another grid than training's (twice the voxel size in x, half the voxels) is
 // resampled to the training spacing for the network and the labels come back on the input's grid.
 TEST_F(TrainCli, PredictResamplesToTheTrainingSpacingAndBack) {
@@ -687,6 +684,48 @@ TEST_F(TrainCli, PredictNeverOverwritesInputsOrFilesItDidNotWrite) {
   expect_one_error(run_voxgrad(predict + " --overwrite --continue" + case_input), 2, "--continue");
 }
 
+// --num-parts N --part-id K: N jobs into one folder write exactly what one run writes, byte for
+// byte; a part rerun with --continue skips its cases; bad part numbers are usage errors.
+TEST_F(TrainCli, PredictInPartsWritesWhatOneRunWrites) {
+  const std::string dir = temp_dir("predict-parts");
+  const std::string run = dir + "/run";
+  ASSERT_EQ(train(run, "--epochs 1 --iters-per-epoch 1").exit_code, 0);
+  const std::string images = dir + "/images";  // five cases: the test and the training images
+  fs::create_directories(images);
+  for (const char* folder : {"/imagesTs", "/imagesTr"})
+    for (const auto& entry : fs::directory_iterator(data() + folder))
+      fs::copy_file(entry.path(), images + "/" + entry.path().filename().string());
+  const std::string predict = "predict --model " + run + " --device cpu --input " + images + " --out ";
+  const CommandResult whole = run_voxgrad(predict + dir + "/whole");
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+  ASSERT_EQ(json::parse(whole.out).at("cases"), 5);
+
+  std::int64_t cases = 0;
+  for (int k = 0; k < 3; ++k) {
+    const CommandResult part = run_voxgrad(predict + dir + "/parts --num-parts 3 --part-id " + std::to_string(k));
+    ASSERT_EQ(part.exit_code, 0) << part.err;
+    const json j = json::parse(part.out);
+    EXPECT_EQ(j.at("part").at("id"), k);
+    EXPECT_EQ(j.at("part").at("of"), 3);
+    EXPECT_EQ(j.at("part").at("all_cases"), 5);
+    cases += j.at("cases").get<std::int64_t>();
+  }
+  EXPECT_EQ(cases, 5);
+  EXPECT_EQ(voxgrad::test::folder_snapshot(dir + "/parts"), voxgrad::test::folder_snapshot(dir + "/whole"));
+
+  const auto before = voxgrad::test::folder_snapshot(dir + "/parts");
+  const CommandResult again = run_voxgrad(predict + dir + "/parts --num-parts 3 --part-id 1 --continue");
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(json::parse(again.out).at("cases"), 0);
+  EXPECT_EQ(json::parse(again.out).at("skipped"), json::parse(again.out).at("part").at("cases"));
+  EXPECT_EQ(voxgrad::test::folder_snapshot(dir + "/parts"), before);
+
+  expect_one_error(run_voxgrad(predict + dir + "/p --num-parts 3 --part-id 3"), 2, "--part-id 3");
+  expect_one_error(run_voxgrad(predict + dir + "/p --num-parts 0"), 2, "--num-parts");
+  expect_one_error(run_voxgrad(predict + dir + "/p --part-id 1"), 2, "--part-id");
+  EXPECT_FALSE(fs::exists(dir + "/p"));
+}
+
 // A bad case is reported and the others are still segmented; the status says something failed.
 // Temporaries that a killed predict left in --out are cleared by the next one.
 TEST_F(TrainCli, PredictGoesOnPastABadCaseAndClearsStaleTemporaries) {
@@ -759,8 +798,9 @@ TEST_F(TrainCli, NonFiniteVoxelsCorruptModelsAndFifos) {
   fs::create_directories(dir + "/fifo");
   ASSERT_EQ(mkfifo((dir + "/fifo/a_0000.nii.gz").c_str(), 0644), 0);
   fs::copy_file(clean, dir + "/fifo/b_0000.nii.gz");
-  const CommandResult fifo = run_voxgrad("predict --model " + run + " --checkpoint latest --device cpu --input " + dir +
-                                         "/fifo --out " + dir + "/p_fifo", "timeout -s KILL 120");
+  const CommandResult fifo = run_voxgrad(
+      "predict --model " + run + " --checkpoint latest --device cpu --input " + dir + "/fifo --out " + dir + "/p_fifo",
+      "timeout -s KILL 120");
   EXPECT_EQ(fifo.exit_code, 1) << fifo.err;
   EXPECT_NE(fifo.err.find("not a regular file"), std::string::npos) << fifo.err;
   EXPECT_TRUE(fs::exists(dir + "/p_fifo/b.nii.gz"));

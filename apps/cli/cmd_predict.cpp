@@ -18,6 +18,7 @@
 
 #include "apps/cli/cli.h"
 #include "apps/cli/cli_checks.h"
+#include "apps/pipeline/case_parts.h"
 #include "apps/pipeline/nnunet_model.h"
 #include "apps/pipeline/output_folder.h"
 #include "apps/pipeline/predictor.h"
@@ -44,8 +45,10 @@ struct PredictOptions {
   bool tta = false;
   bool disable_tta = false;
   bool save_probabilities = false;
-  bool overwrite = false;    // replace outputs that exist (never an input)
+  bool overwrite = false;      // replace outputs that exist (never an input)
   bool skip_existing = false;  // --continue: skip cases whose outputs all exist
+  int num_parts = 1;           // --num-parts N --part-id K: this job segments the K-th of N shares
+  int part_id = 0;
 };
 
 struct InputCase {
@@ -53,9 +56,7 @@ struct InputCase {
   std::vector<std::string> files;  // one per channel
 };
 
-bool is_nifti_name(const std::string& name) {
-  return name.ends_with(".nii.gz") || name.ends_with(".nii");
-}
+bool is_nifti_name(const std::string& name) { return name.ends_with(".nii.gz") || name.ends_with(".nii"); }
 
 std::string strip_nifti_ending(const std::string& name) {
   if (name.ends_with(".nii.gz")) return name.substr(0, name.size() - 7);
@@ -106,8 +107,8 @@ std::vector<InputCase> find_inputs(const std::string& input, int channels) {
     std::set<std::string> ids;
     for (const std::string& name : names) {
       const std::string id = strip_nifti_ending(name);
-      VG_INPUT_CHECK(ids.insert(id).second, "--input " << input << ": case " << id
-                                                       << " is there twice (.nii and .nii.gz); keep one");
+      VG_INPUT_CHECK(ids.insert(id).second,
+                     "--input " << input << ": case " << id << " is there twice (.nii and .nii.gz); keep one");
       cases.push_back({id, {(fs::path(input) / name).string()}});
     }
     return cases;
@@ -115,8 +116,8 @@ std::vector<InputCase> find_inputs(const std::string& input, int channels) {
   char last[16];
   std::snprintf(last, sizeof last, "_%04d", channels - 1);
   VG_INPUT_CHECK(all_channel_named, "--input " << input << ": the model takes " << channels
-                                         << " channels, so the files must be named <case>_0000.nii.gz ... <case>"
-                                         << last << ".nii.gz (nnU-Net's naming)");
+                                               << " channels, so the files must be named <case>_0000.nii.gz ... <case>"
+                                               << last << ".nii.gz (nnU-Net's naming)");
   for (const auto& [id, files] : grouped) {
     InputCase c{id, {}};
     for (int ch = 0; ch < channels; ++ch) {
@@ -176,22 +177,46 @@ std::vector<std::size_t> cases_to_run(const PredictOptions& o, const std::vector
   return run;
 }
 
+// This job's share of the cases with --num-parts N --part-id K: cases_of_part over the bytes of
+// each case's input files, which every job of the array sees alike.
+std::vector<InputCase> this_part(const PredictOptions& o, const std::vector<InputCase>& cases) {
+  if (o.num_parts == 1) return cases;
+  std::vector<std::int64_t> sizes;
+  for (const InputCase& c : cases) {
+    std::int64_t bytes = 0;
+    for (const std::string& f : c.files) {
+      std::error_code ec;
+      const auto size = fs::file_size(f, ec);
+      bytes += ec ? 0 : static_cast<std::int64_t>(size);
+    }
+    sizes.push_back(bytes);
+  }
+  std::vector<InputCase> mine;
+  for (std::size_t i : pipeline::cases_of_part(sizes, o.num_parts, o.part_id)) mine.push_back(cases[i]);
+  logging::info("part " + std::to_string(o.part_id) + " of " + std::to_string(o.num_parts) + ": " +
+                std::to_string(mine.size()) + " of " + std::to_string(cases.size()) + " cases");
+  return mine;
+}
+
 int run_predict(const PredictOptions& o, const GlobalOptions& global) {
   // The command line first (exit 2), then the model and the inputs, then the outputs' places;
   // nothing is written before every check has passed.
   std::error_code ec;
-  VG_USAGE_CHECK(fs::is_directory(o.model, ec),
-                 "--model '" << o.model << "': no such folder (a voxgrad run folder or an nnU-Net trained-model folder)");
+  VG_USAGE_CHECK(
+      fs::is_directory(o.model, ec),
+      "--model '" << o.model << "': no such folder (a voxgrad run folder or an nnU-Net trained-model folder)");
   const bool nnunet = pipeline::nnunet::is_nnunet_model_folder(o.model);
   if (nnunet) {
-    VG_USAGE_CHECK(o.checkpoint != "latest", "--checkpoint latest: " << o.model
-                                                 << " is an nnU-Net model folder; choose final or best");
+    VG_USAGE_CHECK(o.checkpoint != "latest",
+                   "--checkpoint latest: " << o.model << " is an nnU-Net model folder; choose final or best");
   } else {
-    VG_USAGE_CHECK(o.checkpoint != "final", "--checkpoint final: " << o.model
-                                                << " is a voxgrad run folder; choose best or latest");
+    VG_USAGE_CHECK(o.checkpoint != "final",
+                   "--checkpoint final: " << o.model << " is a voxgrad run folder; choose best or latest");
     VG_USAGE_CHECK(o.folds.empty(), "--folds: " << o.model << " is a voxgrad run folder, which has no folds");
   }
   pipeline::nnunet::parse_fold_list(o.folds);  // a bad list is a usage error before anything is read
+  VG_USAGE_CHECK(o.part_id < o.num_parts, "--part-id " << o.part_id << ": must be below --num-parts " << o.num_parts
+                                                       << " (parts are numbered 0 to " << o.num_parts - 1 << ")");
   PredictorOptions options;
   options.device = global.device;
   options.checkpoint = o.checkpoint;
@@ -202,7 +227,8 @@ int run_predict(const PredictOptions& o, const GlobalOptions& global) {
   else if (o.tta)
     options.mirror = true;
   Predictor predictor(o.model, options, logging::stderr_sink());
-  const std::vector<InputCase> cases = find_inputs(o.input, predictor.in_channels());
+  const std::vector<InputCase> all_cases = find_inputs(o.input, predictor.in_channels());
+  const std::vector<InputCase> cases = this_part(o, all_cases);
   pipeline::OutputFolder folder(o.out, "--out");
 
   files::InputFiles inputs;
@@ -238,11 +264,17 @@ int run_predict(const PredictOptions& o, const GlobalOptions& global) {
     bar.update(static_cast<std::int64_t>(k + 1), c.id);
   }
   bar.finish();
-  write_json_line(std::cout, {{"out", o.out},
-                              {"cases", static_cast<std::int64_t>(written.size())},
-                              {"skipped", static_cast<std::int64_t>(cases.size() - todo.size())},
-                              {"failed", failed},
-                              {"files", written}});
+  Json summary = {{"out", o.out},
+                  {"cases", static_cast<std::int64_t>(written.size())},
+                  {"skipped", static_cast<std::int64_t>(cases.size() - todo.size())},
+                  {"failed", failed},
+                  {"files", written}};
+  if (o.num_parts > 1)
+    summary["part"] = {{"id", o.part_id},
+                       {"of", o.num_parts},
+                       {"cases", static_cast<std::int64_t>(cases.size())},
+                       {"all_cases", static_cast<std::int64_t>(all_cases.size())}};
+  write_json_line(std::cout, summary);
   if (failed.empty()) return kExitOk;
   std::string list;
   for (const std::string& id : failed) list += (list.empty() ? "" : ", ") + id;
@@ -291,12 +323,23 @@ Command predict_command() {
                 "--tta", opt->tta,
                 "Mirroring test-time augmentation: the mean over the flips (8 in 3-D; 8 times slower). On by default "
                 "for nnU-Net models, over the axes their checkpoint allows");
-            sub.add_flag("--disable-tta", opt->disable_tta, "No mirroring (nnU-Net's flag; run folders mirror only with --tta)")
+            sub.add_flag("--disable-tta", opt->disable_tta,
+                         "No mirroring (nnU-Net's flag; run folders mirror only with --tta)")
                 ->excludes(tta);
             sub.add_flag("--save-probabilities", opt->save_probabilities,
                          "Also write <case>_probabilities.nii.gz: the softmax, float32, classes along the 4th axis");
-            CLI::Option* overwrite = sub.add_flag(
-                "--overwrite", opt->overwrite, "Replace outputs that already exist in --out (never an input file)");
+            CLI::Option* overwrite = sub.add_flag("--overwrite", opt->overwrite,
+                                                  "Replace outputs that already exist in --out (never an input file)");
+            CLI::Option* num_parts =
+                sub.add_option(
+                       "--num-parts", opt->num_parts,
+                       "Split the cases into N disjoint shares balanced by file size, for N jobs (with --part-id)")
+                    ->check(number_above_zero())
+                    ->capture_default_str();
+            sub.add_option("--part-id", opt->part_id, "Which share this job segments, 0 to N-1 (with --num-parts)")
+                ->check(number_above_zero(false))
+                ->needs(num_parts)
+                ->capture_default_str();
             sub.add_flag("--continue", opt->skip_existing,
                          "Skip cases whose outputs already exist in --out (resume an interrupted prediction)")
                 ->excludes(overwrite);
