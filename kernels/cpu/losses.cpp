@@ -105,24 +105,37 @@ void softmax_loss_backward_block(const LossConfig& cfg, std::int64_t set, const 
     inner[s] = T(0);
   }
   // ∂term/∂p_c at voxel s: a + b g for Dice and Jaccard; a sign(p - g) lovasz_grad for Lovász.
-  auto region_dp = [&](std::int64_t c, std::int64_t s) -> T {
-    const bool g = labels[s] == static_cast<std::int32_t>(c);
-    if constexpr (kLovasz) return a[c] * (g ? T(-1) : T(1)) * lovasz_grad[c * S + s];
-    return a[c] + (g ? b[c] : T(0));
+  // Made per class with its coefficients as values, so the voxel loops load nothing else.
+  auto region_dp_of = [&](std::int64_t c) {
+    const T ac = a[c], bc = kLovasz ? T(0) : b[c];
+    const T* lg = kLovasz ? lovasz_grad + c * S : nullptr;
+    const std::int32_t label = static_cast<std::int32_t>(c);
+    return [=](std::int64_t s) -> T {
+      const bool g = labels[s] == label;
+      if constexpr (kLovasz) return ac * (g ? T(-1) : T(1)) * lg[s];
+      return ac + (g ? bc : T(0));
+    };
   };
   if constexpr (kRegion) {
-    for (std::int64_t c = 0; c < K; ++c)
+    for (std::int64_t c = 0; c < K; ++c) {
+      const auto region_dp = region_dp_of(c);
+      const T* xc = x + c * S;
 #pragma omp simd
-      for (std::int64_t s = 0; s < count; ++s) inner[s] += x[c * S + s] * region_dp(c, s);
+      for (std::int64_t s = 0; s < count; ++s) inner[s] += xc[s] * region_dp(s);
+    }
   }
   for (std::int64_t c = 0; c < K; ++c) {
+    const auto region_dp = region_dp_of(c);
+    const T* xc = x + c * S;
+    T* dzc = dz + c * S;
+    const std::int32_t label = static_cast<std::int32_t>(c);
 #pragma omp simd
     for (std::int64_t s = 0; s < count; ++s) {
-      const T p = x[c * S + s];
+      const T p = xc[s];
       T d = T(0);
-      if constexpr (kRegion) d += p * (region_dp(c, s) - inner[s]);
-      if constexpr (kCrossEntropy) d += ce_weight[s] * (p - (labels[s] == static_cast<std::int32_t>(c) ? T(1) : T(0)));
-      dz[c * S + s] = keep[s] != T(0) ? dy * d : T(0);
+      if constexpr (kRegion) d += p * (region_dp(s) - inner[s]);
+      if constexpr (kCrossEntropy) d += ce_weight[s] * (p - (labels[s] == label ? T(1) : T(0)));
+      dzc[s] = keep[s] != T(0) ? dy * d : T(0);
     }
   }
 }
