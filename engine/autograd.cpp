@@ -14,6 +14,7 @@ namespace voxgrad {
 
 namespace {
 thread_local bool g_grad_enabled = true;
+thread_local LeafReadyHook* g_leaf_ready = nullptr;
 
 // y += x for gradients (same shape, dtype and device), without recording.
 void accumulate_into(const Tensor& x, const Tensor& y) {
@@ -56,6 +57,12 @@ std::vector<Node*> topological_order(Node* root) {
 }  // namespace
 
 bool grad_mode_enabled() { return g_grad_enabled; }
+
+LeafReadyHook::LeafReadyHook(std::function<void(TensorImpl&)> ready)
+    : ready_(std::move(ready)), previous_(g_leaf_ready) {
+  g_leaf_ready = this;
+}
+LeafReadyHook::~LeafReadyHook() { g_leaf_ready = previous_; }
 
 NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
@@ -109,10 +116,25 @@ void run_backward(const Tensor& root, const Tensor& grad_root, bool retain_graph
                                   << node->name << "' were released by an earlier backward(); pass "
                                   << "retain_graph=true to the first backward() to run it again");
   }
+  // With a LeafReadyHook: how many nodes still to run feed each leaf.
+  LeafReadyHook* const hook = g_leaf_ready;
+  std::unordered_map<TensorImpl*, int> feeds_left;
+  if (hook != nullptr)
+    for (Node* node : order)
+      for (const Edge& edge : node->inputs)
+        if (edge.leaf) ++feeds_left[edge.leaf.get()];
+  auto leaves_fed_by = [&](Node* node) {
+    if (hook == nullptr) return;
+    for (const Edge& edge : node->inputs)
+      if (edge.leaf && --feeds_left[edge.leaf.get()] == 0) hook->ready_(*edge.leaf);
+  };
   std::unordered_map<Node*, Tensor> pending{{root.grad_fn().get(), grad_root}};
   for (Node* node : order) {
     auto it = pending.find(node);
-    if (it == pending.end()) continue;  // no gradient flowed into this node
+    if (it == pending.end()) {  // no gradient flowed into this node
+      leaves_fed_by(node);
+      continue;
+    }
     const Tensor grad_out = std::move(it->second);
     pending.erase(it);
     std::vector<Tensor> grads;
@@ -145,6 +167,7 @@ void run_backward(const Tensor& root, const Tensor& grad_root, bool retain_graph
         accumulate_leaf(*edge.leaf, grads[i]);
       }
     }
+    leaves_fed_by(node);
   }
 }
 

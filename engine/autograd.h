@@ -59,6 +59,23 @@ void set_backward_cost(const Tensor& out, const OpCost& cost);
 // owns its own output (no reference cycles).
 inline Tensor saved(const Tensor& t) { return t.defined() ? t.detach() : t; }
 
+// While alive (on this thread), run_backward calls `ready` with each leaf that requires a gradient
+// as soon as the last node feeding it has run, so its grad() is final for this pass while the pass
+// goes on: a data-parallel reducer starts sending it then. A leaf whose nodes all received no
+// gradient is reported too (its grad() may then be undefined); leaves outside the graph are not.
+class LeafReadyHook {
+ public:
+  explicit LeafReadyHook(std::function<void(TensorImpl& leaf)> ready);
+  ~LeafReadyHook();
+  LeafReadyHook(const LeafReadyHook&) = delete;
+  LeafReadyHook& operator=(const LeafReadyHook&) = delete;
+
+ private:
+  friend void run_backward(const Tensor& root, const Tensor& grad_root, bool retain_graph);
+  std::function<void(TensorImpl&)> ready_;
+  LeafReadyHook* previous_;
+};
+
 // Runs backward from `root` seeded with `grad_root`.
 void run_backward(const Tensor& root, const Tensor& grad_root, bool retain_graph);
 

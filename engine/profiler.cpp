@@ -42,6 +42,7 @@ struct Record {
   void* gpu_start = nullptr;  // set while a GPU record waits for its events
   void* gpu_end = nullptr;
   OpCost cost{};  // zero: the op has no cost model
+  bool communication = false;  // recorded on a thread that set_communication_thread() marked
   bool resolved() const { return gpu_end == nullptr; }
 };
 
@@ -52,6 +53,8 @@ struct GpuBase {
   void* event;
   double at_us;
 };
+
+thread_local bool t_communication_thread = false;
 
 struct State {
   std::mutex mutex;
@@ -242,8 +245,9 @@ void print_table(std::ostream& out, const std::vector<OpStats>& rows) {
   out.precision(precision);
 }
 
-// Chrome trace event format: one complete ("X") event per op, CPU ops on thread 0 and GPU ops
-// on thread 1, plus the thread names Perfetto shows. Written beside the target and renamed, so
+// Chrome trace event format: one complete ("X") event per op, CPU ops on thread 0, GPU ops on
+// thread 1 and the collectives of data-parallel training on thread 2, plus the thread names
+// Perfetto shows. Written beside the target and renamed, so
 // a crash mid-write never leaves a truncated trace under the real name.
 void write_trace(const std::string& path, const std::vector<Record>& records) {
   Json events = Json::array();
@@ -252,13 +256,14 @@ void write_trace(const std::string& path, const std::vector<Record>& records) {
   };
   name_thread(0, "cpu");
   name_thread(1, "cuda stream");
+  name_thread(2, "communication");
   for (const Record& r : records) {
     Json event = {{"name", r.name},
                   {"ph", "X"},
                   {"ts", r.start_us},
                   {"dur", r.dur_us},
                   {"pid", 1},
-                  {"tid", r.device.is_cpu() ? 0 : 1},
+                  {"tid", r.communication ? 2 : r.device.is_cpu() ? 0 : 1},
                   {"cat", device_kind(r.device)}};
     if (r.cost.flops > 0 || r.cost.bytes > 0) {
       // The table's roofline numbers for this one call, as arguments Perfetto shows on the slice.
@@ -293,6 +298,8 @@ void enable(const std::string& trace_path) {
 }
 
 bool enabled() { return g_enabled.load(std::memory_order_relaxed); }
+
+void set_communication_thread() { t_communication_thread = true; }
 
 void reset() {
   State& s = state();
@@ -368,6 +375,7 @@ void ProfileScope::end() {
   profiler::gpu::range_pop();
   profiler::Record r{name_, device_};
   r.cost = cost_;
+  r.communication = profiler::t_communication_thread;
   r.gpu_start = gpu_start_;
   gpu_start_ = nullptr;
   profiler::State& s = profiler::state();

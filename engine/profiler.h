@@ -19,6 +19,9 @@ namespace profiler {
 // Chrome trace JSON (opens in Perfetto) is written there by finish(); its folder must exist.
 void enable(const std::string& trace_path = "");
 bool enabled();
+// Marks the calling thread as a communication thread: its scopes go on the trace's own
+// "communication" track, where their overlap with the compute track shows.
+void set_communication_thread();
 // Waits for the devices, prints the per-op table (calls, total ms, mean ms, share) to `table`
 // when non-null, writes the trace if one was asked for, and turns timing off.
 void finish(std::ostream* table);

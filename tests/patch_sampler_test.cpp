@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/ops.h"
 #include "tests/test_support.h"
 
 namespace {
@@ -194,6 +195,34 @@ TEST(PatchSampler, BatchesDoNotDependOnOrderOrThread) {
   }
   BatchPrefetcher resumed(sampler, 5, 1);
   for (std::int64_t i = 5; i < 12; ++i) EXPECT_TRUE(same_batch(resumed.next(), direct[i])) << "batch " << i;
+}
+
+TEST(PatchSampler, RanksShareEachBatchInOrder) {
+  // Four ranks of a batch of 4: rank r's share is patch r of the batch one process draws.
+  const PatchSampler whole(mixed_cases(), small_options(3, 4));
+  for (std::int64_t i = 0; i < 6; ++i) {
+    const Batch all = whole.batch(i);
+    for (int ranks : {2, 4}) {
+      for (int rank = 0; rank < ranks; ++rank) {
+        PatchSamplerOptions o = small_options(3, 4);
+        o.ranks = ranks;
+        o.rank = rank;
+        const std::int64_t share = 4 / ranks;
+        const Batch mine = PatchSampler(mixed_cases(), o).batch(i);
+        Batch expected;
+        expected.index = i;
+        expected.image = slice(all.image, 0, rank * share, (rank + 1) * share).clone();
+        expected.label = slice(all.label, 0, rank * share, (rank + 1) * share).clone();
+        expected.cases.assign(all.cases.begin() + rank * share, all.cases.begin() + (rank + 1) * share);
+        expected.foreground.assign(all.foreground.begin() + rank * share, all.foreground.begin() + (rank + 1) * share);
+        EXPECT_TRUE(same_batch(mine, expected)) << "batch " << i << ", rank " << rank << " of " << ranks;
+      }
+    }
+  }
+  PatchSamplerOptions uneven = small_options(3, 4);
+  uneven.ranks = 3;
+  EXPECT_NE(error_of([&] { PatchSampler(mixed_cases(), uneven); }).find("cannot share a batch of 4"),
+            std::string::npos);
 }
 
 TEST(PatchSampler, ExactlyAThirdOfPatchesAreCentredOnForeground) {

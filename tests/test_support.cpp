@@ -131,11 +131,13 @@ std::string error_of(const std::function<void()>& f) {
 }
 
 CommandResult run_voxgrad(const std::string& args, const std::string& env) {
+  return run_shell(env + (env.empty() ? "" : " ") + "'" + voxgrad_binary() + "' " + args);
+}
+
+CommandResult run_shell(const std::string& command) {
   const std::string dir = temp_dir("cmd");
   const std::string out = dir + "/stdout", err = dir + "/stderr";
-  const std::string binary = voxgrad_binary();
-  const std::string cmd =
-      env + (env.empty() ? "" : " ") + "'" + binary + "' " + args + " </dev/null >'" + out + "' 2>'" + err + "'";
+  const std::string cmd = command + " </dev/null >'" + out + "' 2>'" + err + "'";
   const int status = std::system(cmd.c_str());
   CommandResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);

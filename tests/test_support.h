@@ -22,6 +22,8 @@ struct CommandResult {
   std::string err;
 };
 CommandResult run_voxgrad(const std::string& args, const std::string& env = "");
+// A shell command line, its input empty and its output kept as run_voxgrad keeps it.
+CommandResult run_shell(const std::string& command);
 
 // The voxgrad binary run_voxgrad runs: $VOXGRAD_BINARY when set (a build copied to another
 // machine), else the one this build made. For tests that start it themselves.

@@ -1,6 +1,10 @@
 // `voxgrad bench train`: median and minimum time of full training steps of the nnU-Net-style U-Net
 // (forward, loss, backward, SGD momentum 0.99 Nesterov) on random images with sphere labels, after
 // warm-up, with the allocator's peak; --torch runs tools/bench_train_torch.py (the same network in PyTorch) beside it.
+// Under mpirun with --distributed, the ranks share each global batch and average their gradients
+// as `train --distributed` does, and the all-reduce's cost is measured alone and as the step pays
+// it; --ranks 1,2,... runs that under mpirun for each rank count and prints the scaling
+// (bench_scaling.cpp).
 #include "apps/bench/bench_train.h"
 
 #include <omp.h>
@@ -18,14 +22,18 @@
 #include <string>
 #include <vector>
 
+#include "apps/bench/bench_scaling.h"
 #include "apps/bench/bench_stats.h"
 #include "apps/bench/python_reference.h"
 #include "apps/cli/cli_checks.h"
+#include "apps/distributed/mpi_world.h"
 #include "engine/allocator.h"
 #include "engine/device.h"
+#include "engine/gradient_reducer.h"
 #include "engine/json.h"
 #include "engine/log.h"
 #include "engine/losses.h"
+#include "engine/ops.h"
 #include "engine/optim.h"
 #include "engine/tensor.h"
 #include "models/nnunet_networks.h"
@@ -37,7 +45,7 @@ using namespace cli;  // the command line's option checks and exit statuses
 
 namespace {
 
-struct TrainBenchOptions {
+struct TrainBenchOptions : ScalingOptions {
   std::string patch = "64";        // D,H,W or S (validated)
   std::string first_stride = "2";  // D,H,W or S: the first downsampling's stride (each 1 or 2)
   std::int64_t batch = 2;
@@ -97,8 +105,46 @@ Json run_torch(const TrainBenchOptions& opt) {
   return j;
 }
 
+// The all-reduce of every bucket, started together and waited for, with no backward pass to hide
+// behind: what the step would pay if nothing overlapped. Median over `repeats`.
+double allreduce_alone_seconds(const GradientReducer& reducer, Communicator& comm, int repeats) {
+  std::vector<std::vector<float>> buffers;
+  for (const GradientBucket& b : reducer.buckets()) buffers.emplace_back(static_cast<std::size_t>(b.floats), 1.0f);
+  std::vector<double> times;
+  for (int r = 0; r < repeats; ++r) {
+    std::int64_t together = 0;
+    comm.sum(&together, 1);  // the ranks start each repeat together
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::future<void>> pending;
+    for (std::vector<float>& buffer : buffers)
+      pending.push_back(comm.start_sum(buffer.data(), static_cast<std::int64_t>(buffer.size())));
+    for (std::future<void>& f : pending) f.get();
+    times.push_back(seconds_since(t0));
+  }
+  return median(times);
+}
+
 int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
+  VG_USAGE_CHECK(!opt.torch || (!opt.distributed && opt.ranks.empty()),
+                 "--torch times one process; leave it out with --distributed or --ranks");
+  if (!opt.ranks.empty()) {
+    const std::string child = "--patch " + shell_quote(opt.patch) + " --first-stride " + shell_quote(opt.first_stride) +
+                              " --batch-size " + std::to_string(opt.batch) + " --base " + std::to_string(opt.base) +
+                              " --levels " + std::to_string(opt.levels) + " --classes " + std::to_string(opt.classes) +
+                              " --loss " + shell_quote(opt.loss) + " --steps " + std::to_string(opt.steps) +
+                              " --warmup " + std::to_string(opt.warmup);
+    return run_scaling(opt, "train", child, global);
+  }
+  std::shared_ptr<Communicator> comm;
+  if (opt.distributed) comm = distributed::mpi_world("--distributed");
+  const int ranks = comm ? comm->size() : 1;
+  const bool rank0 = !comm || comm->rank() == 0;
+  if (!rank0) logging::set_sink(logging::silent_sink());
+  VG_USAGE_CHECK(opt.batch % ranks == 0, "--batch-size " << opt.batch << " is the global batch, and " << ranks
+                                                         << " ranks cannot share it evenly");
+  const std::int64_t share = opt.batch / ranks, first = comm ? share * comm->rank() : 0;
   const Device dev = resolve_device(global.device);
+  VG_USAGE_CHECK(!comm || dev.is_cpu(), "--distributed runs on the CPU (--device cpu)");
   const LossKind kind = parse_loss_kind(opt.loss);
   UNet3dConfig config;
   config.in_channels = 1;
@@ -122,7 +168,7 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
                                                  << " (--levels " << opt.levels << " and --first-stride "
                                                  << opt.first_stride << " halve axis " << a << " that often)");
   }
-  model.check_input({opt.batch, 1, patch[0], patch[1], patch[2]});
+  model.check_input({share, 1, patch[0], patch[1], patch[2]});
   model.to(dev);
   model.train();
   std::int64_t params = 0;
@@ -132,9 +178,18 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
   sgd.momentum = 0.99;  // nnU-Net's optimizer
   sgd.nesterov = true;
   SGD optimizer(model.named_parameters(), sgd);
+  std::unique_ptr<GradientReducer> reducer;
+  if (comm) {
+    std::vector<Tensor> parameters;
+    for (const auto& [name, p] : model.named_parameters()) parameters.push_back(p);
+    reducer = std::make_unique<GradientReducer>(std::move(parameters), *comm);
+  }
 
-  const Tensor images = randn({opt.batch, 1, patch[0], patch[1], patch[2]}, gen, DType::Float32, dev);
-  const Tensor labels = sphere_labels(opt.batch, patch, opt.classes, dev);
+  // The global batch, of which this rank takes its share.
+  const Tensor images =
+      slice(randn({opt.batch, 1, patch[0], patch[1], patch[2]}, gen, DType::Float32, dev), 0, first, first + share)
+          .clone();
+  const Tensor labels = slice(sphere_labels(opt.batch, patch, opt.classes, dev), 0, first, first + share).clone();
   const std::string patch_text =
       std::to_string(patch[0]) + "x" + std::to_string(patch[1]) + "x" + std::to_string(patch[2]);
 
@@ -143,7 +198,11 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
     optimizer.zero_grad();
     const Tensor logits = model.forward(images);
     const Tensor loss = segmentation_loss(kind, logits, labels);
-    loss.backward();
+    if (reducer) {
+      reducer->backward(loss);
+    } else {
+      loss.backward();
+    }
     optimizer.step();
     return loss;
   };
@@ -152,7 +211,7 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
                 std::to_string(opt.levels) + " levels, " + std::to_string(params) + " parameters, batch " +
                 std::to_string(opt.batch) + " x 1 x " + patch_text + ", loss " + opt.loss);
   using clock = std::chrono::steady_clock;
-  std::vector<double> times;
+  std::vector<double> times, exposed;
   std::size_t peak = 0;
   {
     logging::ProgressBar bar("bench train", opt.warmup + opt.steps, "step");
@@ -169,6 +228,7 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
       const double s = std::chrono::duration<double>(clock::now() - t0).count();
       last_loss = loss.item();
       if (i >= opt.warmup) times.push_back(s);
+      if (i >= opt.warmup && reducer) exposed.push_back(reducer->last_timing().wait_seconds);
       bar.update(i + 1, "loss " + std::to_string(last_loss));
     }
     bar.finish();
@@ -180,6 +240,20 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
   const std::int64_t peak_rss = peak_rss_bytes();
   Json line = {{"device", dev.str()},          {"params", params},   {"step_median_s", med},      {"step_min_s", min},
                {"voxels_per_s", voxels / med}, {"peak_bytes", peak}, {"peak_rss_bytes", peak_rss}};
+  if (reducer) {
+    // What the step pays for the all-reduce (the wait after the backward pass), what it would pay
+    // without overlap, and the buckets it moves.
+    const double alone = allreduce_alone_seconds(*reducer, *comm, std::max(3, opt.steps));
+    const double paid = median(exposed);
+    line["ranks"] = ranks;
+    line["batch_per_rank"] = share;
+    line["allreduce_bytes"] = reducer->last_timing().bytes;
+    line["buckets"] = reducer->buckets().size();
+    line["allreduce_alone_s"] = alone;
+    line["allreduce_exposed_s"] = paid;
+    line["overlap"] = alone > 0 ? std::clamp(1.0 - paid / alone, 0.0, 1.0) : 0.0;
+  }
+  if (!rank0) return kExitOk;
 
   Json ref;
   if (opt.torch) {
@@ -206,6 +280,14 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
                 "peak RSS MB");
     std::printf("%-10s %14.3f %12.3f %14.0f %12.1f %12.1f\n", "voxgrad", med, min, voxels / med,
                 static_cast<double>(peak) / 1e6, static_cast<double>(peak_rss) / 1e6);
+    if (reducer) {
+      std::printf(
+          "all-reduce: %d ranks, %zu buckets, %.1f MB per step; %.4f s alone, %.4f s paid after the backward "
+          "pass (%.0f%% hidden)\n",
+          ranks, reducer->buckets().size(), static_cast<double>(line["allreduce_bytes"].get<std::int64_t>()) / 1e6,
+          line["allreduce_alone_s"].get<double>(), line["allreduce_exposed_s"].get<double>(),
+          100.0 * line["overlap"].get<double>());
+    }
     if (opt.torch) {
       if (ref.value("available", false)) {
         const double tmed = ref.value("step_median_s", 0.0);
@@ -260,6 +342,7 @@ NestedCommand add_bench_train(CLI::App& bench) {
   sub->add_flag("--torch", opt->torch, "Also time the same network in PyTorch (CPU) and print the ratio");
   sub->add_option("--torch-script", opt->torch_script, "The PyTorch twin (default: tools/bench_train_torch.py)");
   sub->add_option("--python", opt->python, "The Python that runs the twin")->capture_default_str();
+  add_scaling_options(*sub, *opt);
   return {sub, [opt](const GlobalOptions& global) { return run_bench_train(*opt, global); }};
 }
 

@@ -29,9 +29,13 @@ std::string shell_quote(const std::string& s) {
 }
 
 Json run_python_json(const std::string& python, const std::string& script, const std::string& args) {
-  const std::string cmd = shell_quote(python) + " " + shell_quote(script) + " " + args + " 2>&1";
+  return run_command_json(shell_quote(python) + " " + shell_quote(script) + " " + args, python);
+}
+
+Json run_command_json(const std::string& command, const std::string& what) {
+  const std::string cmd = command + " 2>&1";
   std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(cmd.c_str(), "r"), ::pclose);
-  if (!pipe) return {{"available", false}, {"reason", "cannot start " + python}};
+  if (!pipe) return {{"available", false}, {"reason", "cannot start " + what}};
   std::string out;
   char buf[4096];
   for (std::size_t got; (got = std::fread(buf, 1, sizeof buf, pipe.get())) > 0;) out.append(buf, got);
@@ -41,7 +45,7 @@ Json run_python_json(const std::string& python, const std::string& script, const
   const std::string last = out.substr(nl == std::string::npos ? 0 : nl + 1);
   Json j = Json::parse(last, nullptr, false);
   if (status != 0 || j.is_discarded() || !j.is_object()) {
-    const std::string reason = last.empty() ? python + " failed (status " + std::to_string(status) + ")" : last;
+    const std::string reason = last.empty() ? what + " failed (status " + std::to_string(status) + ")" : last;
     return {{"available", false}, {"reason", reason}};
   }
   return j;

@@ -20,4 +20,7 @@ std::string shell_quote(const std::string& s);
 // fails, or prints no object (earlier lines, such as Python warnings, are ignored).
 Json run_python_json(const std::string& python, const std::string& script, const std::string& args);
 
+// The same for any shell command line (`what` names it in the reason).
+Json run_command_json(const std::string& command, const std::string& what);
+
 }  // namespace voxgrad::bench

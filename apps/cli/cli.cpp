@@ -2,6 +2,7 @@
 // problem into one "voxgrad: error: ..." line with exit status 2 and every run failure into one
 // such line with status 1, and wraps the run in the profiler when --profile or --trace asks for it.
 #include "apps/cli/cli.h"
+#include "apps/distributed/mpi_world.h"
 
 #include <unistd.h>
 
@@ -77,6 +78,8 @@ std::string plain_parse_message(const std::string& text) {
 }
 
 int usage_error(const std::string& reason, const std::string& subcommand) {
+  // Every rank of an MPI job parses the same command line: rank 0 alone says what is wrong.
+  if (distributed::launcher_rank() > 0) return kExitUsage;
   const std::string help = subcommand.empty() ? "voxgrad --help" : "voxgrad " + subcommand + " --help";
   logging::error(lower_first(one_line(reason)) + " (see '" + help + "')");
   return kExitUsage;
@@ -99,7 +102,17 @@ std::string version_text() {
 }
 
 // Runs `run`, then the profiler's report; any exception becomes one error line and status 1.
-int run_command(const RunFn& run, const GlobalOptions& global) {
+int run_command(const RunFn& run, GlobalOptions global) {
+  // In an MPI job, rank K > 0 writes its trace beside rank 0's as NAME.rankK.json and leaves the
+  // table to rank 0, so the ranks' traces open side by side and stderr holds one table.
+  const int rank = distributed::launcher_rank();
+  if (rank > 0 && !global.trace.empty()) {
+    std::filesystem::path trace(global.trace);
+    const std::string extension = trace.extension().string();
+    trace.replace_extension(".rank" + std::to_string(rank) + extension);
+    global.trace = trace.string();
+  }
+  const bool print_table = global.profile && rank <= 0;
   const bool profiling = global.profile || !global.trace.empty();
   if (!global.trace.empty()) {
     // Fail before the work, not after it, when the trace cannot be written; probing creates
@@ -131,7 +144,7 @@ int run_command(const RunFn& run, const GlobalOptions& global) {
   }
   if (profiling) {
     try {
-      profiler::finish(global.profile ? &std::cerr : nullptr);
+      profiler::finish(print_table ? &std::cerr : nullptr);
     } catch (const std::exception& e) {
       logging::error(one_line(e.what()));
       if (status == kExitOk) status = kExitFailure;

@@ -13,8 +13,10 @@
 #include "apps/cli/cli_checks.h"
 #include "apps/cli/interrupt.h"
 #include "apps/cli/loss_flags.h"
+#include "apps/distributed/mpi_world.h"
 #include "apps/pipeline/run_history.h"
 #include "apps/pipeline/trainer.h"
+#include "engine/error.h"
 #include "engine/json.h"
 #include "engine/log.h"
 
@@ -37,17 +39,43 @@ void apply_loss_flags(const LossFlags& f, const CLI::App& sub, TrainOptions& o) 
 
 constexpr int kExitInterrupted = 130;  // 128 + SIGINT, what shells report for Ctrl-C
 
-int run_train(TrainOptions options, const GlobalOptions& global) {
+// A data-parallel run's failure. One every rank shares is rank 0's to report; the others exit
+// with the same status in silence. A rank failing alone says why and ends the whole job, whose other
+// ranks may be waiting for it in a collective.
+int distributed_failure(const std::exception& e, Communicator& comm) {
+  const int status = dynamic_cast<const UsageError*>(&e) != nullptr ? kExitUsage : kExitFailure;
+  if (comm.failure_agreed()) {
+    if (comm.rank() == 0) throw;
+    return status;
+  }
+  std::string message = e.what();
+  message = message.substr(0, message.find('\n'));
+  logging::error("rank " + std::to_string(comm.rank()) + ": " + message + "; ending every rank of the job");
+  comm.abort(status);
+}
+
+int run_train(TrainOptions options, bool distributed, const GlobalOptions& global) {
   options.device = global.device;
-  Trainer trainer(options, logging::stderr_sink());
+  std::shared_ptr<Communicator> comm;
+  if (distributed) comm = distributed::mpi_world("--distributed");
+  const bool rank0 = comm == nullptr || comm->rank() == 0;  // the rank that speaks and writes
+  Trainer trainer(options, rank0 ? logging::stderr_sink() : logging::silent_sink());
+  trainer.set_communicator(comm);
   InterruptGuard interrupt;
   trainer.set_stop_check(&InterruptGuard::requested);
-  const TrainResult r = trainer.run();
+  TrainResult r;
+  try {
+    r = trainer.run();
+  } catch (const std::exception& e) {
+    if (comm == nullptr || comm->size() == 1) throw;
+    return distributed_failure(e, *comm);
+  }
   if (r.status == TrainResult::Status::AlreadyComplete) return kExitOk;
   if (r.status == TrainResult::Status::Stopped) {
-    logging::info("continue with `voxgrad train --out " + options.out + " --resume`");
+    if (rank0) logging::info("continue with `voxgrad train --out " + options.out + " --resume`");
     return kExitInterrupted;
   }
+  if (!rank0) return kExitOk;
   write_json_line(std::cout, {{"out", options.out},
                               {"epochs", r.epochs},
                               {"steps", r.steps},
@@ -70,6 +98,7 @@ Command train_command() {
             auto lr = std::make_shared<double>(0.0);
             auto loss_flags = std::make_shared<LossFlags>();
             auto data_seed = std::make_shared<std::uint64_t>(0);
+            auto distributed = std::make_shared<bool>(false);
             sub.add_option("--data", opt->data, "Dataset folder holding dataset.json (nnU-Net v2 raw or MSD layout)")
                 ->type_name("DIR");
             sub.add_option("--out", opt->out, "Run folder: config.json, log.csv, metrics.json, checkpoints, curve")
@@ -119,7 +148,11 @@ Command train_command() {
                          "Write each layer's gradient norm (before clipping), averaged per epoch, to "
                          "RUN/grad_norms.csv");
             sub.add_flag("--resume", opt->resume, "Continue RUN from checkpoint_latest.safetensors");
-            return [opt, patch, lr, loss_flags, data_seed, &sub](const GlobalOptions& global) {
+            sub.add_flag("--distributed", *distributed,
+                         "Data-parallel training: run as mpirun -np P voxgrad train ... (or under srun); the "
+                         "--batch-size patches of every step are split across the P ranks and their gradients "
+                         "averaged, rank 0 writes RUN");
+            return [opt, patch, lr, loss_flags, data_seed, distributed, &sub](const GlobalOptions& global) {
               for (const char* flag :
                    {"--data", "--loss", "--patch", "--batch-size", "--epochs", "--iters-per-epoch", "--lr", "--optim",
                     "--base", "--levels", "--norm", "--deep-supervision", "--seed", "--log-grad-norms"})
@@ -128,7 +161,7 @@ Command train_command() {
               if (sub.count("--lr") > 0) opt->lr = *lr;
               if (sub.count("--data-seed") > 0) opt->data_seed = *data_seed;
               apply_loss_flags(*loss_flags, sub, *opt);
-              return run_train(*opt, global);
+              return run_train(*opt, *distributed, global);
             };
           }};
 }

@@ -134,6 +134,10 @@ std::vector<std::vector<std::int64_t>> index_locations(const Tensor& label) {
 PatchSampler::PatchSampler(std::vector<SamplerCase> cases, const PatchSamplerOptions& options) : options_(options) {
   VG_CHECK(!cases.empty(), "PatchSampler: no cases to sample from");
   VG_CHECK(options.batch_size >= 1, "PatchSampler: batch_size must be at least 1, got " << options.batch_size);
+  VG_CHECK(options.ranks >= 1 && options.rank >= 0 && options.rank < options.ranks &&
+               options.batch_size % options.ranks == 0,
+           "PatchSampler: rank " << options.rank << " of " << options.ranks << " cannot share a batch of "
+                                 << options.batch_size);
   for (int a = 0; a < 3; ++a)
     VG_CHECK(options.patch[a] >= 1, "PatchSampler: patch size " << shape3_str(options.patch) << " must be positive");
   const std::int64_t channels = cases[0].image.defined() && cases[0].image.dim() == 4 ? cases[0].image.size(0) : 0;
@@ -151,16 +155,18 @@ PatchSampler::PatchSampler(std::vector<SamplerCase> cases, const PatchSamplerOpt
 Batch PatchSampler::batch(std::int64_t index) const {
   VG_CHECK(index >= 0, "PatchSampler::batch: batch index must be non-negative, got " << index);
   const std::int64_t n = options_.batch_size;
+  const std::int64_t share = n / options_.ranks;
+  const std::int64_t first = share * options_.rank;
   const std::int64_t channels = cases_[0].data.image.size(0);
   const Shape3& patch = options_.patch;
   const std::int64_t pd = patch[0], ph = patch[1], pw = patch[2];
 
   Batch out;
   out.index = index;
-  out.image = empty({n, channels, pd, ph, pw}, DType::Float32);  // (N, C, D, H, W)
-  out.label = empty({n, pd, ph, pw}, DType::Int32);              // (N, D, H, W)
-  out.cases.resize(static_cast<std::size_t>(n));
-  out.foreground.resize(static_cast<std::size_t>(n));
+  out.image = empty({share, channels, pd, ph, pw}, DType::Float32);  // (N, C, D, H, W)
+  out.label = empty({share, pd, ph, pw}, DType::Int32);              // (N, D, H, W)
+  out.cases.resize(static_cast<std::size_t>(share));
+  out.foreground.resize(static_cast<std::size_t>(share));
   float* image_out = out.image.data<float>();
   std::int32_t* label_out = out.label.data<std::int32_t>();
 
@@ -192,8 +198,10 @@ Batch PatchSampler::batch(std::int64_t index) const {
     const std::uint64_t flip_bits = rng.next();
     const bool flip[3] = {options_.flips && (flip_bits & 1) != 0, options_.flips && (flip_bits & 2) != 0,
                           options_.flips && (flip_bits & 4) != 0};
-    out.cases[static_cast<std::size_t>(i)] = static_cast<int>(case_index);
-    out.foreground[static_cast<std::size_t>(i)] = foreground;
+    if (i < first || i >= first + share) continue;  // another rank's patch: drawn, not copied
+    const std::int64_t slot = i - first;            // in this rank's share
+    out.cases[static_cast<std::size_t>(slot)] = static_cast<int>(case_index);
+    out.foreground[static_cast<std::size_t>(slot)] = foreground;
 
     // Output voxel (d, h, w) reads input (corner + d) or, flipped, (corner + patch - 1 - d).
     const float* image_in = c.data.image.data<float>();                 // (C, Z, Y, X)
@@ -207,7 +215,7 @@ Batch PatchSampler::batch(std::int64_t index) const {
         const std::int64_t y = corner[1] + (flip[1] ? ph - 1 - h : h);
         const std::int64_t src_row = z * plane + y * size[2] + corner[2];
         const std::int64_t dst_row = (d * ph + h) * pw;
-        std::int32_t* label_dst = label_out + i * patch_voxels + dst_row;
+        std::int32_t* label_dst = label_out + slot * patch_voxels + dst_row;
         if (flip[2]) {
           std::reverse_copy(label_in + src_row, label_in + src_row + pw, label_dst);
         } else {
@@ -215,7 +223,7 @@ Batch PatchSampler::batch(std::int64_t index) const {
         }
         for (std::int64_t ch = 0; ch < channels; ++ch) {
           const float* src = image_in + ch * volume + src_row;
-          float* dst = image_out + (i * channels + ch) * patch_voxels + dst_row;
+          float* dst = image_out + (slot * channels + ch) * patch_voxels + dst_row;
           if (flip[2]) {
             std::reverse_copy(src, src + pw, dst);
           } else {

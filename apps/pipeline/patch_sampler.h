@@ -27,7 +27,7 @@ struct SamplerCase {
 
 struct Batch {
   std::int64_t index = 0;          // the batch number b
-  Tensor image;                    // (N, C, D, H, W) float32, CPU
+  Tensor image;                    // (N, C, D, H, W) float32, CPU; N: this rank's share
   Tensor label;                    // (N, D, H, W) int32, CPU
   std::vector<int> cases;          // which case each patch came from
   std::vector<bool> foreground;    // whether the patch was centred on a foreground voxel
@@ -41,6 +41,10 @@ struct PatchSamplerOptions {
   bool oversample_foreground = true;
   bool flips = true;  // each axis flipped with probability 1/2, image and label alike
   std::uint64_t seed = 0;
+  // Data-parallel training: this rank draws batch b as every rank does but keeps only its share,
+  // patches [rank * n / ranks, (rank + 1) * n / ranks) of it (n = batch_size, which ranks divides).
+  int ranks = 1;
+  int rank = 0;
 };
 
 class PatchSampler {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <memory>
@@ -23,9 +24,11 @@
 #include "apps/pipeline/train_data.h"
 #include "engine/autograd.h"
 #include "engine/checkpoint.h"
+#include "engine/communicator.h"
 #include "engine/device.h"
 #include "engine/error.h"
 #include "engine/files.h"
+#include "engine/gradient_reducer.h"
 #include "engine/json.h"
 #include "engine/log.h"
 #include "engine/losses.h"
@@ -66,13 +69,17 @@ struct Validation {
 
 // Sliding-window inference on the validation cases; Dice per class from the true and false
 // positives and false negatives summed over the cases (nnU-Net's online pseudo Dice, on whole cases).
+// With ranks, rank r infers cases r, r + P, ... and the counts are summed over the ranks (exactly:
+// they are integers), so every rank gets the Dice one process would.
 Validation validate(UNet3d& model, const std::vector<const PreparedCase*>& cases, const Shape3& patch, int classes,
-                    Device dev) {
+                    Device dev, Communicator* comm) {
   std::vector<std::int64_t> tp(classes, 0), fp(classes, 0), fn(classes, 0);
   SlidingWindowOptions sw;
   sw.patch = patch;
   sw.overlap = 0.5;
-  for (const PreparedCase* c : cases) {
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    if (comm != nullptr && static_cast<int>(i % static_cast<std::size_t>(comm->size())) != comm->rank()) continue;
+    const PreparedCase* c = cases[i];
     const Tensor logits = sliding_window_logits(model, c->data.image, sw, dev);
     Shape batched = logits.shape();
     batched.insert(batched.begin(), 1);
@@ -85,6 +92,14 @@ Validation validate(UNet3d& model, const std::vector<const PreparedCase*>& cases
       fp[k] += m.predicted[k] - m.intersection[k];
       fn[k] += m.reference[k] - m.intersection[k];
     }
+  }
+  if (comm != nullptr) {
+    std::vector<std::int64_t> counts;
+    for (const auto* part : {&tp, &fp, &fn}) counts.insert(counts.end(), part->begin(), part->end());
+    comm->sum(counts.data(), static_cast<std::int64_t>(counts.size()));
+    std::copy_n(counts.begin(), classes, tp.begin());
+    std::copy_n(counts.begin() + classes, classes, fp.begin());
+    std::copy_n(counts.begin() + 2 * classes, classes, fn.begin());
   }
   Validation v;
   v.per_class.assign(classes, kNaN);
@@ -362,6 +377,66 @@ void check_command_line(const TrainOptions& o) {
   }
 }
 
+// 64-bit FNV-1a, eight bytes at a time: a fingerprint, not a defence against forgery.
+struct Fingerprint {
+  std::uint64_t h = 14695981039346656037ull;
+  void add(const void* data, std::size_t bytes) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    std::size_t i = 0;
+    for (; i + 8 <= bytes; i += 8) {
+      std::uint64_t word;
+      std::memcpy(&word, p + i, 8);
+      h = (h ^ word) * 1099511628211ull;
+    }
+    for (; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  }
+  void add(const std::string& text) { add(text.data(), text.size() + 1); }  // with its end
+  std::string hex() const {
+    char text[17];
+    std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(h));
+    return text;
+  }
+};
+
+// What every rank must agree on before training together: the options, and the data as prepared.
+Communicator::Fingerprints start_fingerprints(const TrainOptions& o, const RunConfig& config,
+                                              const TrainingData& data) {
+  // Every resolved setting, the split included, but not where the dataset lies: each machine may
+  // read its own copy, which the cases' fingerprint checks.
+  RunConfig settings = config;
+  settings.dataset_root.clear();
+  Fingerprint options;
+  options.add(run_config_to_json(settings).dump());
+  for (const std::string& text : {o.out, o.loss, o.optim, o.norm, o.init_from, std::to_string(o.resume)})
+    options.add(text);
+  for (const std::string& flag : o.given) options.add(flag);
+  Fingerprint cases;
+  for (const PreparedCase& pc : data.cases) {
+    cases.add(pc.id);
+    cases.add(pc.data.image.raw_data(), pc.data.image.nbytes());
+    cases.add(pc.data.label.raw_data(), pc.data.label.nbytes());
+  }
+  return {{"options", options.hex()}, {"dataset", cases.hex()}};
+}
+
+// Ranks average their losses, each over its share of the batch: the same loss as one process's
+// when the loss is a mean over images or over equally many voxels. Why it is not, or "".
+std::string rank_dependent_loss(const TrainingSettings& t) {
+  const LossKind kind = parse_loss_kind(t.loss);
+  if (kernels::loss_has_region(kind) && t.loss_options.aggregate == "batch")
+    return "--aggregate batch makes each rank's share of the batch one set for " + t.loss;
+  if (kind == LossKind::WeightedCrossEntropy) return "wce divides by the class weights summed over the batch";
+  if (t.loss_options.ignore_label) return "--ignore-label leaves each rank its own count of voxels to average";
+  return "";
+}
+
+// The parameters' bytes, which the ranks compare after every epoch: they must never drift apart.
+std::string weights_fingerprint(const UNet3d& model) {
+  Fingerprint f;
+  for (const Tensor& p : model.parameters()) f.add(p.raw_data(), p.nbytes());
+  return f.hex();
+}
+
 }  // namespace
 
 std::vector<double> deep_supervision_weights(int outputs) {
@@ -380,24 +455,46 @@ std::vector<double> deep_supervision_weights(int outputs) {
 Trainer::Trainer(TrainOptions options, logging::Sink& sink) : options_(std::move(options)), sink_(sink) {}
 
 TrainResult Trainer::run() {
+  started_together_ = false;
+  try {
+    return train();
+  } catch (...) {
+    // A rank that fails before the ranks agreed that all of them started tells the others there,
+    // where they wait for it; agree() then throws the failure on every rank (and a failure that
+    // agree() itself threw has been agreed on already).
+    if (comm_ && !started_together_ && !comm_->failure_agreed()) comm_->agree(std::current_exception());
+    throw;
+  }
+}
+
+TrainResult Trainer::train() {
   const TrainOptions& o = options_;
   logging::Sink& sink = sink_;
+  Communicator* const comm = comm_.get();
+  const int ranks = comm != nullptr ? comm->size() : 1;
+  const bool writer = comm == nullptr || comm->rank() == 0;  // the rank that writes the run folder
   // The options first (a usage error), before any file is read.
   check_command_line(o);
   const Device dev = resolve_device(o.device);
+  VG_USAGE_CHECK(comm == nullptr || dev.is_cpu(),
+                 "--distributed trains on the CPU (--device cpu): the gradients of GPU ranks are not reduced yet");
   if (o.resume)
     VG_USAGE_CHECK(fs::is_directory(o.out),
                    "--out '" << o.out << "': no such run folder, so there is nothing to resume");
 
-  // The run folder belongs to this process from here to its exit: a second train (or --resume)
-  // into it is refused with this process's id, and the kernel releases it however we exit.
-  OutputFolder folder(o.out, "--out");
+  // The run folder belongs to this process (rank 0 of a distributed run) from here to its exit: a
+  // second train (or --resume) into it is refused with this process's id, and the kernel releases
+  // it however we exit.
+  std::optional<OutputFolder> folder;
   files::FolderLock lock;
-  try {
-    lock = files::FolderLock(o.out, "the run folder");
-  } catch (const InputError&) {
-    folder.keep();  // the holder may be about to write into it
-    throw;
+  if (writer) {
+    folder.emplace(o.out, "--out");
+    try {
+      lock = files::FolderLock(o.out, "the run folder");
+    } catch (const InputError&) {
+      folder->keep();  // the holder may be about to write into it
+      throw;
+    }
   }
 
   // Everything is read and checked before the first byte is written, so a refused or failed
@@ -424,6 +521,9 @@ TrainResult Trainer::run() {
     config = plan_run(o, data, sink);
   }
   const TrainingSettings& t = config.training;
+  VG_USAGE_CHECK(t.batch_size % ranks == 0,
+                 "--batch-size " << t.batch_size << " is the global batch, split across the ranks, and " << ranks
+                                 << " ranks cannot share it evenly; use a multiple of " << ranks);
 
   Generator init(t.seed);
   UNet3d model(config.model, init);
@@ -455,6 +555,8 @@ TrainResult Trainer::run() {
   sampling.patch = t.patch;
   sampling.batch_size = t.batch_size;
   sampling.seed = t.data_seed;
+  sampling.ranks = ranks;
+  sampling.rank = comm != nullptr ? comm->rank() : 0;
   const PatchSampler sampler(std::move(sampler_cases), sampling);
 
   TrainingProgress progress;
@@ -477,6 +579,26 @@ TrainResult Trainer::run() {
     VG_INPUT_CHECK(progress.grad_norm_layers == layers,
                    latest << ": the layers whose gradient norms it logs are not the network's");
   }
+  // Every rank has started: from here on the ranks fail together or not at all (a rank failing
+  // alone ends the job through the launcher).
+  if (comm != nullptr) {
+    comm->agree(nullptr, start_fingerprints(o, config, data));
+    started_together_ = true;
+  }
+  std::unique_ptr<GradientReducer> reducer;
+  if (comm != nullptr) {
+    std::vector<Tensor> params;
+    for (const auto& [name, p] : model.named_parameters()) params.push_back(p);
+    reducer = std::make_unique<GradientReducer>(std::move(params), *comm);
+  }
+  // Whether any rank was asked to stop (every rank calls it at the same points).
+  auto stop_agreed = [&](bool mine) {
+    if (comm == nullptr) return mine;
+    std::int64_t any = mine ? 1 : 0;
+    comm->sum(&any, 1);
+    return any > 0;
+  };
+
   const std::int64_t total_steps = t.epochs * t.iters_per_epoch;
   TrainResult result;
   result.latest_checkpoint = latest;
@@ -493,25 +615,35 @@ TrainResult Trainer::run() {
   };
   sink.info("training on " + dev.str() + ": " + std::to_string(model.parameter_count()) + " parameters, patch " +
                 std::to_string(t.patch[0]) + "x" + std::to_string(t.patch[1]) + "x" + std::to_string(t.patch[2]) +
-                ", batch " + std::to_string(t.batch_size) + ", loss " + t.loss + ", " +
+                ", batch " + std::to_string(t.batch_size) +
+                (ranks > 1 ? " (" + std::to_string(t.batch_size / ranks) + " on each of " + std::to_string(ranks) +
+                                 " ranks)"
+                           : std::string()) +
+                ", loss " + t.loss + ", " +
                 std::to_string(t.train_cases.size()) + " training / " + std::to_string(t.val_cases.size()) +
                 " validation cases, " + std::to_string(t.epochs) + " epochs of " + std::to_string(t.iters_per_epoch) +
                 " iterations");
+  if (ranks > 1) {
+    const std::string why = rank_dependent_loss(t);
+    if (!why.empty())
+      sink.warning(why + ", so " + std::to_string(ranks) + " ranks, each taking the mean over its share, optimise " +
+                   "a slightly different loss than one process does");
+  }
   if (step >= total_steps) {
     sink.info("the run has already done its " + std::to_string(t.epochs) + " epochs");
     return finish(TrainResult::Status::AlreadyComplete);
   }
 
   // The first writes.
-  folder.keep();
+  if (folder) folder->keep();
   const std::string title = "voxgrad train: " + config.dataset_name + ", " + t.loss;
   if (o.resume) {
-    write_run_config(o.out, config);  // --epochs may have changed
+    if (writer) write_run_config(o.out, config);  // --epochs may have changed
     sink.info("resuming " + o.out + " after step " + std::to_string(step) + " (epoch " +
                   std::to_string(step / t.iters_per_epoch + 1) + ", iteration " +
                   std::to_string(step % t.iters_per_epoch + 1) + " comes next)");
   }
-  write_run_reports(o.out, progress, config.plan.classes, title);
+  if (writer) write_run_reports(o.out, progress, config.plan.classes, title);
 
   auto state_now = [&] {
     TrainingState state;
@@ -524,7 +656,7 @@ TrainResult Trainer::run() {
   };
   std::int64_t saved_step = step;  // what checkpoint_latest holds
   auto save_latest = [&] {
-    save_training_checkpoint(latest, model, *optimizer, state_now());
+    if (writer) save_training_checkpoint(latest, model, *optimizer, state_now());
     saved_step = step;
   };
   // A fresh run saves its initial state at once, so a run stopped (or killed) before its first
@@ -532,7 +664,7 @@ TrainResult Trainer::run() {
   // config.json, which marks the folder as a run, comes right after the checkpoint it needs.
   if (!o.resume) {
     save_latest();
-    write_run_config(o.out, config);
+    if (writer) write_run_config(o.out, config);
   }
 
   const std::vector<double> ds_weights =
@@ -560,15 +692,28 @@ TrainResult Trainer::run() {
         const Tensor term = mul(segmentation_loss(loss_kind, outputs[i], labels, loss_options), ds_weights[i]);
         loss = loss.defined() ? add(loss, term) : term;
       }
-      const double value = loss.item();
+      double value = loss.item();
+      // The ranks' mean loss and whether any was asked to stop, agreed before the backward pass.
+      bool stop_now = stop_requested();
+      if (comm != nullptr) {
+        double shared[2] = {value, stop_now ? 1.0 : 0.0};
+        comm->sum(shared, 2);
+        value = shared[0] / ranks;
+        stop_now = shared[1] > 0;
+      }
       if (!std::isfinite(value)) {
+        if (comm != nullptr) comm->fail_together();
         std::string batch_cases;
         for (int c : batch.cases) batch_cases += (batch_cases.empty() ? "" : ", ") + sampler_ids.at(c);
         VG_INPUT_FAIL("step " << step + 1 << " (epoch " << epoch + 1 << ", iteration " << it + 1 << "): the loss is "
                               << value << " on patches of " << batch_cases << "; training stopped. " << latest
                               << " holds the state after step " << saved_step << "; lower --lr or check those cases");
       }
-      loss.backward();
+      if (reducer) {
+        reducer->backward(loss);  // every rank then holds the mean of the ranks' gradients
+      } else {
+        loss.backward();
+      }
       if (t.log_grad_norms) {
         const auto norms = layer_gradient_norms(model);
         for (std::size_t l = 0; l < norms.size(); ++l) progress.grad_norm_sums[l] += norms[l].second;
@@ -579,7 +724,8 @@ TrainResult Trainer::run() {
       ++step;
       std::snprintf(fields, sizeof fields, "loss %.4f lr %.3g", value, optimizer->lr());
       bar.update(it + 1, fields);
-      if (stop_requested() && it + 1 < t.iters_per_epoch) {
+      // One process looks again now; ranks act on what they agreed before the backward pass.
+      if ((comm != nullptr ? stop_now : stop_requested()) && it + 1 < t.iters_per_epoch) {
         bar.finish(fields);
         save_latest();
         sink.info("stopped after step " + std::to_string(step) + " (epoch " + std::to_string(epoch + 1) +
@@ -597,7 +743,7 @@ TrainResult Trainer::run() {
       record.grad_norms.push_back(sum / static_cast<double>(t.iters_per_epoch));
       sum = 0.0;
     }
-    const Validation v = validate(model, val_cases, t.patch, config.plan.classes, dev);
+    const Validation v = validate(model, val_cases, t.patch, config.plan.classes, dev, comm);
     record.val_dice = v.dice;
     record.val_dice_per_class = v.per_class;
     record.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
@@ -608,21 +754,30 @@ TrainResult Trainer::run() {
       progress.best_dice = v.dice;
       progress.best_epoch = epoch + 1;
     }
+    if (comm != nullptr) {
+      // The ranks apply the same mean gradients to the same weights, so they must hold the same bits.
+      const std::vector<std::string> weights = comm->all_gather(weights_fingerprint(model));
+      for (std::size_t k = 1; k < weights.size(); ++k) {
+        if (weights[k] == weights[0]) continue;
+        comm->fail_together();
+        VG_FAIL("rank " << k << "'s weights differ from rank 0's after epoch " << epoch + 1);
+      }
+    }
     // Best before latest: a crash between the two leaves latest one epoch behind, and resuming
     // redoes that epoch to the same numbers.
-    if (best) {
+    if (best && writer) {
       save_training_checkpoint(run_file(o.out, "checkpoint_best.safetensors"), model, *optimizer, state_now());
       save_model(run_file(o.out, "model_best.safetensors"), model,
                  {{"epoch", std::to_string(epoch + 1)}, {"val_dice", csv_number(v.dice)}});
     }
     save_latest();
-    write_run_reports(o.out, progress, config.plan.classes, title);
+    if (writer) write_run_reports(o.out, progress, config.plan.classes, title);
     char line[160];
     std::snprintf(line, sizeof line, "epoch %lld/%lld: train loss %.4f, val Dice %.4f (best %.4f, epoch %lld), %.1f s",
                   static_cast<long long>(epoch + 1), static_cast<long long>(t.epochs), record.train_loss, v.dice,
                   progress.best_dice, static_cast<long long>(progress.best_epoch), record.seconds);
     sink.info(line);
-    if (stop_requested() && step < total_steps) {
+    if (stop_agreed(stop_requested()) && step < total_steps) {
       sink.info("stopped after epoch " + std::to_string(epoch + 1) + ": " + latest + " saved");
       return finish(TrainResult::Status::Stopped);
     }

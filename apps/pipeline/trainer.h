@@ -9,11 +9,13 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "engine/communicator.h"
 #include "engine/log.h"
 #include "export.h"  // beside this header, here and where it is installed
 
@@ -91,11 +93,20 @@ class VG_API Trainer {
   void stop() { stop_requested_.store(true); }
   // Also stop when `check` returns true; polled after every step.
   void set_stop_check(std::function<bool()> check) { stop_check_ = std::move(check); }
+  // Data-parallel training: this process is one of comm->size() ranks running the same options
+  // together (a stop on any rank stops all). Each rank computes its share of every batch (the
+  // batch size is the global batch, which the rank count must divide), the gradients are averaged
+  // over the ranks in a fixed order, the validation cases are split among them, and rank 0 alone
+  // writes the run folder. Null (the default): one process.
+  void set_communicator(std::shared_ptr<Communicator> comm) { comm_ = std::move(comm); }
 
  private:
+  TrainResult train();
   bool stop_requested() const { return stop_requested_.load() || (stop_check_ && stop_check_()); }
   TrainOptions options_;
   logging::Sink& sink_;
+  std::shared_ptr<Communicator> comm_;
+  bool started_together_ = false;  // the ranks agreed that every one of them started
   std::atomic<bool> stop_requested_{false};
   std::function<bool()> stop_check_;
 };

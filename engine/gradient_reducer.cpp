@@ -1,0 +1,151 @@
+// Buckets filled by copying each final gradient into the bucket's flat host buffer; after the sum,
+// the mean is copied back into every parameter's grad().
+#include "engine/gradient_reducer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <string>
+
+#include "engine/autograd.h"
+#include "engine/error.h"
+#include "engine/profiler.h"
+
+namespace voxgrad {
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+GradientReducer::GradientReducer(std::vector<Tensor> params, Communicator& comm, std::int64_t bucket_bytes)
+    : params_(std::move(params)), comm_(comm) {
+  VG_CHECK(bucket_bytes > 0, "GradientReducer: bucket size must be positive, got " << bucket_bytes);
+  bucket_floats_ = std::max<std::int64_t>(1, bucket_bytes / static_cast<std::int64_t>(sizeof(float)));
+  for (std::size_t k = 0; k < params_.size(); ++k) {
+    const Tensor& p = params_[k];
+    VG_CHECK(p.dtype() == DType::Float32 && p.device().is_cpu() && p.requires_grad(),
+             "GradientReducer: parameter " << k << " is " << p.str()
+                                           << "; data-parallel training reduces float32 CPU parameters");
+    VG_CHECK(index_of_.emplace(p.impl_ptr().get(), k).second, "GradientReducer: parameter " << k << " is listed twice");
+  }
+  std::vector<std::size_t> reverse(params_.size());
+  for (std::size_t k = 0; k < params_.size(); ++k) reverse[k] = params_.size() - 1 - k;
+  assign_buckets(reverse);
+}
+
+void GradientReducer::assign_buckets(const std::vector<std::size_t>& order) {
+  buckets_.clear();
+  bucket_of_.assign(params_.size(), 0);
+  slot_of_.assign(params_.size(), 0);
+  for (std::size_t k : order) {
+    const std::int64_t n = params_[k].numel();
+    if (buckets_.empty() || (buckets_.back().floats > 0 && buckets_.back().floats + n > bucket_floats_))
+      buckets_.emplace_back();
+    GradientBucket& b = buckets_.back();
+    bucket_of_[k] = buckets_.size() - 1;
+    slot_of_[k] = b.params.size();
+    b.params.push_back(k);
+    b.offsets.push_back(b.floats);
+    b.floats += n;
+  }
+  flat_.clear();
+  for (const GradientBucket& b : buckets_) flat_.emplace_back(static_cast<std::size_t>(b.floats));
+}
+
+void GradientReducer::rebuild_buckets_in_observed_order() {
+  std::vector<std::size_t> order = observed_;
+  std::vector<bool> seen(params_.size(), false);
+  for (std::size_t k : order) seen[k] = true;
+  for (std::size_t k = 0; k < params_.size(); ++k)
+    if (!seen[k]) order.push_back(k);
+  // The ranks ran the same graph, so they finished the gradients in the same order; were it not
+  // so, their buckets would differ and the sums would mix different parameters.
+  std::string text;
+  for (std::size_t k : order) text += std::to_string(k) + ",";
+  const std::vector<std::string> all = comm_.all_gather(text);
+  for (std::size_t r = 1; r < all.size(); ++r)
+    VG_CHECK(all[r] == all[0], "GradientReducer: rank " << r << " finished its gradients in another order than rank 0");
+  assign_buckets(order);
+  rebuilt_ = true;
+}
+
+void GradientReducer::on_ready(std::size_t param) {
+  if (ready_[param]) return;
+  ready_[param] = true;
+  if (!rebuilt_) observed_.push_back(param);
+  const std::size_t b = bucket_of_[param];
+  float* dst = flat_[b].data() + buckets_[b].offsets[slot_of_[param]];
+  const Tensor& g = params_[param].grad();
+  if (g.defined()) {
+    std::memcpy(dst, g.data<float>(), g.nbytes());
+  } else {
+    std::fill_n(dst, params_[param].numel(), 0.0f);  // no gradient reached it on this rank
+  }
+  if (--missing_[b] == 0) start_ready_buckets();
+}
+
+void GradientReducer::start_ready_buckets() {
+  while (next_bucket_ < buckets_.size() && missing_[next_bucket_] == 0) {
+    std::vector<float>& flat = flat_[next_bucket_];
+    pending_.push_back(comm_.start_sum(flat.data(), static_cast<std::int64_t>(flat.size())));
+    timing_.bytes += static_cast<std::int64_t>(flat.size() * sizeof(float));
+    ++next_bucket_;
+  }
+}
+
+void GradientReducer::backward(const Tensor& loss) {
+  const auto start = std::chrono::steady_clock::now();
+  timing_ = {};
+  ready_.assign(params_.size(), false);
+  missing_.clear();
+  for (const GradientBucket& b : buckets_) missing_.push_back(b.params.size());
+  next_bucket_ = 0;
+  pending_.clear();
+  {
+    LeafReadyHook hook([this](TensorImpl& leaf) {
+      const auto it = index_of_.find(&leaf);
+      if (it != index_of_.end()) on_ready(it->second);
+    });
+    loss.backward();
+  }
+  // Parameters the pass never reached (unused by this loss) count as zero gradients, in order.
+  const bool first_pass = !rebuilt_;
+  const std::size_t reached = observed_.size();
+  for (std::size_t k = 0; k < params_.size(); ++k) on_ready(k);
+  if (first_pass) observed_.resize(reached);  // the unreached ones go last, in registration order
+  timing_.backward_seconds = seconds_since(start);
+
+  const auto wait_start = std::chrono::steady_clock::now();
+  {
+    VG_PROFILE("allreduce_wait", Device::cpu());
+    for (std::future<void>& f : pending_) f.get();
+  }
+  timing_.wait_seconds = seconds_since(wait_start);
+
+  // The mean, written back: the same bits on every rank, since every rank summed the same bits.
+  const float inverse = 1.0f / static_cast<float>(comm_.size());
+  const bool exact_inverse = (comm_.size() & (comm_.size() - 1)) == 0;  // a power of two
+  for (std::size_t b = 0; b < buckets_.size(); ++b) {
+    const GradientBucket& bucket = buckets_[b];
+    for (std::size_t slot = 0; slot < bucket.params.size(); ++slot) {
+      Tensor& p = params_[bucket.params[slot]];
+      if (!p.grad().defined()) p.set_grad(zeros(p.shape(), DType::Float32));
+      const float* src = flat_[b].data() + bucket.offsets[slot];
+      float* dst = p.grad().data<float>();
+      const std::int64_t n = p.numel();
+      if (exact_inverse) {
+        for (std::int64_t i = 0; i < n; ++i) dst[i] = src[i] * inverse;
+      } else {
+        const float ranks = static_cast<float>(comm_.size());
+        for (std::int64_t i = 0; i < n; ++i) dst[i] = src[i] / ranks;
+      }
+    }
+  }
+  if (first_pass) rebuild_buckets_in_observed_order();
+}
+
+}  // namespace voxgrad
