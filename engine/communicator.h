@@ -50,6 +50,7 @@ class Communicator {
   // After agree() threw or fail_together(): the failure is every rank's, so each exits on its own
   // and rank 0 alone says why.
   bool failure_agreed() const { return failure_agreed_; }
+  void clear_failure() { failure_agreed_ = false; }  // a new task on the same ranks
 
  protected:
   // The transport's way of ending every rank (MPI_Abort); abort() ends this process if it returns.

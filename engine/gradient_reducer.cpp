@@ -37,6 +37,17 @@ GradientReducer::GradientReducer(std::vector<Tensor> params, Communicator& comm,
   assign_buckets(reverse);
 }
 
+GradientReducer::~GradientReducer() {
+  // A backward pass that threw may have left reductions running into the buckets' buffers. The
+  // other ranks complete them (they run the same pass); should one not, the buffers are left to the
+  // process's end rather than freed under a running reduction.
+  for (std::future<void>& f : pending_) {
+    if (!f.valid() || f.wait_for(std::chrono::seconds(30)) == std::future_status::ready) continue;
+    new std::vector<std::vector<float>>(std::move(flat_));  // deliberately never freed
+    return;
+  }
+}
+
 void GradientReducer::assign_buckets(const std::vector<std::size_t>& order) {
   buckets_.clear();
   bucket_of_.assign(params_.size(), 0);
@@ -53,7 +64,8 @@ void GradientReducer::assign_buckets(const std::vector<std::size_t>& order) {
     b.floats += n;
   }
   flat_.clear();
-  for (const GradientBucket& b : buckets_) flat_.emplace_back(static_cast<std::size_t>(b.floats));
+  // After the gradients, one flag per parameter: 1 where this rank's pass reached it.
+  for (const GradientBucket& b : buckets_) flat_.emplace_back(static_cast<std::size_t>(b.floats) + b.params.size());
 }
 
 void GradientReducer::rebuild_buckets_in_observed_order() {
@@ -85,6 +97,7 @@ void GradientReducer::on_ready(std::size_t param) {
   } else {
     std::fill_n(dst, params_[param].numel(), 0.0f);  // no gradient reached it on this rank
   }
+  flat_[b][static_cast<std::size_t>(buckets_[b].floats) + slot_of_[param]] = g.defined() ? 1.0f : 0.0f;
   if (--missing_[b] == 0) start_ready_buckets();
 }
 
@@ -92,7 +105,7 @@ void GradientReducer::start_ready_buckets() {
   while (next_bucket_ < buckets_.size() && missing_[next_bucket_] == 0) {
     std::vector<float>& flat = flat_[next_bucket_];
     pending_.push_back(comm_.start_sum(flat.data(), static_cast<std::int64_t>(flat.size())));
-    timing_.bytes += static_cast<std::int64_t>(flat.size() * sizeof(float));
+    timing_.bytes += buckets_[next_bucket_].floats * static_cast<std::int64_t>(sizeof(float));
     ++next_bucket_;
   }
 }
@@ -112,7 +125,7 @@ void GradientReducer::backward(const Tensor& loss) {
     });
     loss.backward();
   }
-  // Parameters the pass never reached (unused by this loss) count as zero gradients, in order.
+  // Parameters the pass never reached (unused by this loss) go in as zeros, in order.
   const bool first_pass = !rebuilt_;
   const std::size_t reached = observed_.size();
   for (std::size_t k = 0; k < params_.size(); ++k) on_ready(k);
@@ -133,6 +146,13 @@ void GradientReducer::backward(const Tensor& loss) {
     const GradientBucket& bucket = buckets_[b];
     for (std::size_t slot = 0; slot < bucket.params.size(); ++slot) {
       Tensor& p = params_[bucket.params[slot]];
+      // A parameter no rank reached keeps no gradient, as in one process: the optimizer then
+      // leaves it alone (no weight decay, no momentum state).
+      const bool reached_somewhere = flat_[b][static_cast<std::size_t>(bucket.floats) + slot] > 0.0f;
+      if (!reached_somewhere) {
+        p.set_grad(Tensor());
+        continue;
+      }
       if (!p.grad().defined()) p.set_grad(zeros(p.shape(), DType::Float32));
       const float* src = flat_[b].data() + bucket.offsets[slot];
       float* dst = p.grad().data<float>();

@@ -28,7 +28,7 @@ struct GradientBucket {
 struct ReductionTiming {
   double backward_seconds = 0;  // the backward pass, reductions overlapping it included
   double wait_seconds = 0;      // after it: waiting for the reductions still running (not hidden)
-  std::int64_t bytes = 0;       // summed over the ranks per step
+  std::int64_t bytes = 0;       // of gradients, summed over the ranks per step
 };
 
 class GradientReducer {
@@ -37,11 +37,13 @@ class GradientReducer {
 
   // `params`: float32 CPU tensors that require a gradient, in registration order.
   GradientReducer(std::vector<Tensor> params, Communicator& comm, std::int64_t bucket_bytes = kDefaultBucketBytes);
+  ~GradientReducer();
   GradientReducer(const GradientReducer&) = delete;
   GradientReducer& operator=(const GradientReducer&) = delete;
 
   // loss.backward(), after which every parameter's grad() is the mean of the ranks' gradients
-  // (zeros where a rank's pass reached none), the same bits on every rank.
+  // (a rank whose pass did not reach it adds zeros; one no rank reached keeps no gradient), the
+  // same bits on every rank.
   void backward(const Tensor& loss);
 
   const std::vector<GradientBucket>& buckets() const { return buckets_; }

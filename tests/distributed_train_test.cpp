@@ -150,6 +150,29 @@ TEST_F(DistributedTrain, TwoRanksTakeTheStepOneProcessTakesAndRepeatTheirBits) {
   EXPECT_EQ(log_without_seconds(dir() + "/two-again"), log_without_seconds(dir() + "/two"));
 }
 
+TEST_F(DistributedTrain, AHeadNoLossReachesStaysAsOneProcessLeavesIt) {
+  SKIP_WITHOUT_MPI();
+  // With deep supervision the lowest head's weight is 0: its output is never part of the loss, so
+  // one process never updates it (no gradient, no weight decay, no momentum state).
+  const std::string args = "train --data " + data() + " " + kTiny +
+                           " --batch-size 2 --epochs 1 --iters-per-epoch 2 --deep-supervision --out ";
+  ASSERT_EQ(run_voxgrad(args + dir() + "/ds-one").exit_code, 0);
+  const CommandResult two = mpirun(2, args + dir() + "/ds-two --distributed");
+  ASSERT_EQ(two.exit_code, 0) << two.err;
+  const auto w1 = weights_of(dir() + "/ds-one"), w2 = weights_of(dir() + "/ds-two");
+  int heads = 0;
+  for (const auto& [name, values] : w1) {
+    if (name.find("seg_layers.0.") == std::string::npos) continue;
+    ++heads;
+    EXPECT_EQ(w2.at(name), values) << name;
+  }
+  EXPECT_EQ(heads, 2) << "the lowest head's weight and bias";
+  for (const char* run : {"/ds-one", "/ds-two"})
+    for (const auto& [name, t] : voxgrad::load_safetensors(dir() + run + "/checkpoint_latest.safetensors").tensors)
+      EXPECT_FALSE(name.rfind("state.", 0) == 0 && name.find("seg_layers.0.") != std::string::npos)
+          << run << " keeps optimizer state for the unused head: " << name;
+}
+
 TEST_F(DistributedTrain, AStopOnOneRankStopsBothAndResumingEndsWhereAnUninterruptedRunEnds) {
   SKIP_WITHOUT_MPI();
   const std::string args =
@@ -212,6 +235,18 @@ TEST_F(DistributedTrain, BadStartsGiveOneErrorLineFromRankZero) {
   }
   // Nothing was written: every check came before rank 0's first write.
   for (const char* run : {"/b3", "/lr", "/data", "/missing"}) EXPECT_FALSE(std::filesystem::exists(dir() + run)) << run;
+}
+
+TEST_F(DistributedTrain, ANonFiniteLossStopsEveryRankWithOneErrorNamingTheRanksCases) {
+  SKIP_WITHOUT_MPI();
+  const CommandResult r = mpirun(2, "train --data " + data() + " " + kTiny +
+                                        " --batch-size 2 --epochs 2 --iters-per-epoch 10 --lr 1e30 --distributed "
+                                        "--out " +
+                                        dir() + "/nan");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(error_lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find("the loss is"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("(rank "), std::string::npos) << "the cases are named with their rank:\n" << r.err;
 }
 
 TEST_F(DistributedTrain, BenchTrainMeasuresTheAllReduceAndEachRankTracesItsOwn) {

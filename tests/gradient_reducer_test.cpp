@@ -1,6 +1,6 @@
 // The gradient reducer and the start-up agreement against a scripted communicator (no MPI): the
 // mean over ranks lands in every gradient, a bucket starts while the backward pass still runs,
-// unused parameters get zeros and move to the last bucket, and the agreement throws the failed
+// parameters no rank reached keep no gradient and move to the last bucket, and the agreement throws the failed
 // rank's error or names the fingerprint that differs. LeafReadyHook reports a leaf once, after its
 // last contribution.
 #include "engine/gradient_reducer.h"
@@ -32,7 +32,7 @@ class ScriptedRanks : public Communicator {
   std::future<void> start_sum(float* data, std::int64_t count) override {
     started.push_back(count);
     if (probe) probed.push_back(probe());
-    for (std::int64_t i = 0; i < count; ++i) data[i] *= static_cast<float>(size_);
+    for (std::int64_t i = 0; i < count; ++i) data[i] = peers_add ? data[i] + 1.0f : data[i] * static_cast<float>(size_);
     std::promise<void> done;
     done.set_value();
     return done.get_future();
@@ -53,6 +53,7 @@ class ScriptedRanks : public Communicator {
 
   std::vector<std::int64_t> started;
   std::function<bool()> probe;
+  bool peers_add = false;  // two ranks, the other adding 1 to every value (and so to every flag)
   std::vector<bool> probed;
   std::vector<std::pair<int, std::string>> peers;
 
@@ -98,13 +99,14 @@ TEST(GradientReducer, EveryGradientBecomesTheMeanAndBucketsStartDuringTheBackwar
   reducer.backward(chain_loss(w));
   // The scripted peers hold the same gradients, so the mean is this rank's own, exactly.
   EXPECT_EQ(grads_of(w), expected);
-  EXPECT_EQ(ranks.started, (std::vector<std::int64_t>{1000, 1000, 1000}));
+  // Each bucket: its gradients, then one flag per parameter (whether this rank reached it).
+  EXPECT_EQ(ranks.started, (std::vector<std::int64_t>{1000 + 1, 1000 + 1, 1000 + 1}));
   EXPECT_EQ(ranks.probed, (std::vector<bool>{false, false, true}))
       << "the buckets of w3 and w2 must start before the backward pass reaches w1";
   EXPECT_EQ(reducer.last_timing().bytes, 3 * 1000 * 4);
 }
 
-TEST(GradientReducer, UnusedParametersGetZerosAndMoveToTheLastBucket) {
+TEST(GradientReducer, UnusedParametersKeepNoGradientAndMoveToTheLastBucket) {
   // w[3] is registered last, so the first pass buckets it first, where it holds back every bucket.
   std::vector<Tensor> w = {parameter(1000, 0.1f), parameter(1000, 0.2f), parameter(1000, 0.3f), parameter(10, 1.0f)};
   ScriptedRanks ranks(1, 2);
@@ -113,7 +115,7 @@ TEST(GradientReducer, UnusedParametersGetZerosAndMoveToTheLastBucket) {
   ranks.probe = [&] { return w[0].grad().defined(); };
   reducer.backward(chain_loss(w));
   EXPECT_EQ(ranks.probed, (std::vector<bool>{true, true, true, true})) << "nothing could start before the end";
-  EXPECT_EQ(w[3].grad().to_vector<float>(), std::vector<float>(10, 0.0f));
+  EXPECT_FALSE(w[3].grad().defined()) << "no rank reached it: the optimizer must leave it alone";
   // Rebuilt in the order the pass finished the gradients, the unused one last.
   std::vector<std::vector<std::size_t>> order;
   for (const GradientBucket& b : reducer.buckets()) order.push_back(b.params);
@@ -122,6 +124,23 @@ TEST(GradientReducer, UnusedParametersGetZerosAndMoveToTheLastBucket) {
   ranks.probed.clear();
   reducer.backward(chain_loss(w));
   EXPECT_EQ(ranks.probed, (std::vector<bool>{false, false, true, true}));
+}
+
+TEST(GradientReducer, AParameterAnotherRankReachedGetsTheMeanWithThisRanksZeros) {
+  std::vector<Tensor> w = {parameter(1000, 0.1f), parameter(1000, 0.2f), parameter(1000, 0.3f), parameter(10, 1.0f)};
+  chain_loss(w).backward();
+  const auto own = grads_of(w);
+  for (Tensor& t : w) t.zero_grad();
+  ScriptedRanks ranks(0, 2);
+  ranks.peers_add = true;
+  GradientReducer reducer(w, ranks, 4000);
+  reducer.backward(chain_loss(w));
+  for (std::size_t k = 0; k < 3; ++k) {
+    std::vector<float> mean = own[k];
+    for (float& g : mean) g = (g + 1.0f) * 0.5f;
+    EXPECT_EQ(w[k].grad().to_vector<float>(), mean) << "parameter " << k;
+  }
+  EXPECT_EQ(w[3].grad().to_vector<float>(), std::vector<float>(10, 0.5f)) << "the other rank's 1, this rank's 0";
 }
 
 TEST(GradientReducer, RanksThatFinishedTheirGradientsInAnotherOrderAreAnError) {

@@ -26,6 +26,7 @@
 #include "apps/bench/bench_stats.h"
 #include "apps/bench/python_reference.h"
 #include "apps/cli/cli_checks.h"
+#include "apps/distributed/failure.h"
 #include "apps/distributed/mpi_world.h"
 #include "engine/allocator.h"
 #include "engine/device.h"
@@ -124,6 +125,9 @@ double allreduce_alone_seconds(const GradientReducer& reducer, Communicator& com
   return median(times);
 }
 
+int run_bench_train_on(const TrainBenchOptions& opt, const GlobalOptions& global,
+                       const std::shared_ptr<Communicator>& comm);
+
 int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
   VG_USAGE_CHECK(!opt.torch || (!opt.distributed && opt.ranks.empty()),
                  "--torch times one process; leave it out with --distributed or --ranks");
@@ -137,6 +141,17 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
   }
   std::shared_ptr<Communicator> comm;
   if (opt.distributed) comm = distributed::mpi_world("--distributed");
+  try {
+    return run_bench_train_on(opt, global, comm);
+  } catch (const std::exception& e) {
+    if (!comm || comm->size() == 1) throw;
+    return distributed::handle_failure(e, *comm);
+  }
+}
+
+// The bench itself, as one rank of `comm` when there is one.
+int run_bench_train_on(const TrainBenchOptions& opt, const GlobalOptions& global,
+                       const std::shared_ptr<Communicator>& comm) {
   const int ranks = comm ? comm->size() : 1;
   const bool rank0 = !comm || comm->rank() == 0;
   if (!rank0) logging::set_sink(logging::silent_sink());

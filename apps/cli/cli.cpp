@@ -2,7 +2,6 @@
 // problem into one "voxgrad: error: ..." line with exit status 2 and every run failure into one
 // such line with status 1, and wraps the run in the profiler when --profile or --trace asks for it.
 #include "apps/cli/cli.h"
-#include "apps/distributed/mpi_world.h"
 
 #include <unistd.h>
 
@@ -16,6 +15,7 @@
 #include <vector>
 
 #include "apps/cli/cli_checks.h"
+#include "apps/distributed/mpi_world.h"
 #include "apps/pipeline/build_info.h"
 #include "engine/device.h"
 #include "engine/error.h"
@@ -42,6 +42,21 @@ std::vector<Command> commands() {
 }
 
 namespace {
+
+// This process is rank K > 0 of an MPI job asked for with --distributed: every rank runs the same
+// command line, so rank 0 alone says what is wrong with it, and K writes its own trace.
+int g_distributed_rank = -1;
+
+int distributed_rank(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i)
+    if (std::string(argv[i]) == "--distributed") return distributed::launcher_rank();
+  return -1;
+}
+
+// One error line, unless rank 0 of the same command says it.
+void report_error(const std::string& line) {
+  if (g_distributed_rank <= 0) logging::error(line);
+}
 
 // Error text as one line: CLI11 and nested errors may span several.
 std::string one_line(std::string s) {
@@ -78,10 +93,8 @@ std::string plain_parse_message(const std::string& text) {
 }
 
 int usage_error(const std::string& reason, const std::string& subcommand) {
-  // Every rank of an MPI job parses the same command line: rank 0 alone says what is wrong.
-  if (distributed::launcher_rank() > 0) return kExitUsage;
   const std::string help = subcommand.empty() ? "voxgrad --help" : "voxgrad " + subcommand + " --help";
-  logging::error(lower_first(one_line(reason)) + " (see '" + help + "')");
+  report_error(lower_first(one_line(reason)) + " (see '" + help + "')");
   return kExitUsage;
 }
 
@@ -105,7 +118,7 @@ std::string version_text() {
 int run_command(const RunFn& run, GlobalOptions global) {
   // In an MPI job, rank K > 0 writes its trace beside rank 0's as NAME.rankK.json and leaves the
   // table to rank 0, so the ranks' traces open side by side and stderr holds one table.
-  const int rank = distributed::launcher_rank();
+  const int rank = g_distributed_rank;
   if (rank > 0 && !global.trace.empty()) {
     std::filesystem::path trace(global.trace);
     const std::string extension = trace.extension().string();
@@ -123,23 +136,26 @@ int run_command(const RunFn& run, GlobalOptions global) {
     const bool usable = !fs::is_directory(global.trace, ec) && fs::is_directory(parent, ec) &&
                         ::access(parent.c_str(), W_OK | X_OK) == 0;
     if (!usable) {
-      logging::error("--trace " + global.trace + ": cannot be written (its folder is missing or not writable, or it "
-                     "is a folder) (see 'voxgrad --help')");
+      report_error("--trace " + global.trace +
+                   ": cannot be written (its folder is missing or not writable, or it "
+                   "is a folder) (see 'voxgrad --help')");
       return kExitUsage;
     }
   }
   if (profiling) profiler::enable(global.trace);
   int status = kExitFailure;
+  // A data-parallel command's rank K > 0 gets here only with what every rank failed alike (before
+  // the ranks connected); the failures of a running job are reported where the ranks agree on them.
   try {
     status = run(global);
   } catch (const UsageError& e) {
-    logging::error(one_line(e.what()));
+    report_error(one_line(e.what()));
     status = kExitUsage;
   } catch (const std::exception& e) {
-    logging::error(one_line(e.what()));
+    report_error(one_line(e.what()));
     status = kExitFailure;
   } catch (...) {
-    logging::error("unknown failure");
+    report_error("unknown failure");
     status = kExitFailure;
   }
   if (profiling) {
@@ -158,6 +174,7 @@ int parse_and_run(int argc, char** argv) {
   app.set_version_flag("--version", version_text(), "Print the version and exit");
   app.require_subcommand(0, 1);
 
+  g_distributed_rank = distributed_rank(argc, argv);
   GlobalOptions global;
   std::vector<Command> cmds = commands();
   std::vector<RunFn> runs;
@@ -167,8 +184,7 @@ int parse_and_run(int argc, char** argv) {
     runs.push_back(cmd.setup(*sub));
     add_global_options(*sub, global);
     // Nested subcommands (`bench nifti`) take the global options after their own name too.
-    for (CLI::App* nested : sub->get_subcommands(std::function<bool(CLI::App*)>{}))
-      add_global_options(*nested, global);
+    for (CLI::App* nested : sub->get_subcommands(std::function<bool(CLI::App*)>{})) add_global_options(*nested, global);
     subs.push_back(sub);
   }
   // Set after the subcommands exist: they would inherit it.

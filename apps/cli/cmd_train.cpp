@@ -13,10 +13,10 @@
 #include "apps/cli/cli_checks.h"
 #include "apps/cli/interrupt.h"
 #include "apps/cli/loss_flags.h"
+#include "apps/distributed/failure.h"
 #include "apps/distributed/mpi_world.h"
 #include "apps/pipeline/run_history.h"
 #include "apps/pipeline/trainer.h"
-#include "engine/error.h"
 #include "engine/json.h"
 #include "engine/log.h"
 
@@ -39,21 +39,6 @@ void apply_loss_flags(const LossFlags& f, const CLI::App& sub, TrainOptions& o) 
 
 constexpr int kExitInterrupted = 130;  // 128 + SIGINT, what shells report for Ctrl-C
 
-// A data-parallel run's failure. One every rank shares is rank 0's to report; the others exit
-// with the same status in silence. A rank failing alone says why and ends the whole job, whose other
-// ranks may be waiting for it in a collective.
-int distributed_failure(const std::exception& e, Communicator& comm) {
-  const int status = dynamic_cast<const UsageError*>(&e) != nullptr ? kExitUsage : kExitFailure;
-  if (comm.failure_agreed()) {
-    if (comm.rank() == 0) throw;
-    return status;
-  }
-  std::string message = e.what();
-  message = message.substr(0, message.find('\n'));
-  logging::error("rank " + std::to_string(comm.rank()) + ": " + message + "; ending every rank of the job");
-  comm.abort(status);
-}
-
 int run_train(TrainOptions options, bool distributed, const GlobalOptions& global) {
   options.device = global.device;
   std::shared_ptr<Communicator> comm;
@@ -68,7 +53,7 @@ int run_train(TrainOptions options, bool distributed, const GlobalOptions& globa
     r = trainer.run();
   } catch (const std::exception& e) {
     if (comm == nullptr || comm->size() == 1) throw;
-    return distributed_failure(e, *comm);
+    return distributed::handle_failure(e, *comm);
   }
   if (r.status == TrainResult::Status::AlreadyComplete) return kExitOk;
   if (r.status == TrainResult::Status::Stopped) {
@@ -109,12 +94,15 @@ Command train_command() {
                 ->capture_default_str();
             sub.add_option("--patch", *patch, "Patch size D,H,W or S (default: from the median case shape, <= 128)")
                 ->check(patch_validator());
-            sub.add_option("--batch-size", opt->batch_size, "Patches per step")->check(number_above_zero())->capture_default_str();
+            sub.add_option("--batch-size", opt->batch_size, "Patches per step")
+                ->check(number_above_zero())
+                ->capture_default_str();
             sub.add_option("--epochs", opt->epochs, "Epochs")->check(number_above_zero())->capture_default_str();
             sub.add_option("--iters-per-epoch", opt->iters_per_epoch, "Steps per epoch")
                 ->check(number_above_zero())
                 ->capture_default_str();
-            sub.add_option("--lr", *lr, "Initial learning rate, decayed by poly(0.9) per epoch (default 0.01 sgd, 3e-4 adam)")
+            sub.add_option("--lr", *lr,
+                           "Initial learning rate, decayed by poly(0.9) per epoch (default 0.01 sgd, 3e-4 adam)")
                 ->check(number_above_zero());
             sub.add_option("--optim", opt->optim, "sgd (momentum 0.99, Nesterov) or adam")
                 ->check(one_of({"sgd", "adam"}))
@@ -125,7 +113,8 @@ Command train_command() {
             sub.add_option("--levels", opt->levels, "Resolution levels of the U-Net, 2 to 7 (levels - 1 downsamplings)")
                 ->check(number_in_range(2, 7))
                 ->capture_default_str();
-            sub.add_option("--norm", opt->norm, "Intensity normalisation: zscore (per case) or ct (dataset percentiles)")
+            sub.add_option("--norm", opt->norm,
+                           "Intensity normalisation: zscore (per case) or ct (dataset percentiles)")
                 ->check(one_of({"zscore", "ct"}))
                 ->capture_default_str();
             sub.add_flag("--deep-supervision", opt->deep_supervision,

@@ -1,5 +1,5 @@
 // The MPI communicator. One thread owns MPI from MPI_Init to MPI_Finalize and runs the collectives
-// in the order they were asked for (MPI_THREAD_FUNNELED: no other thread calls MPI), so a
+// in the order they were asked for (no other thread calls MPI, but MPI_Abort), so a
 // reduction started during the backward pass runs while the calling thread computes. Floating-point
 // sums use a non-commutative user operation: MPI then combines the operands in rank order, and
 // Open MPI reduces such an operation to one rank and broadcasts the result, so every rank holds
@@ -130,8 +130,14 @@ class MpiCommunicator : public Communicator {
   }
 
   void start() {
+    // The collectives need FUNNELED (this thread alone calls them); MULTIPLE where the library
+    // offers it also makes abort()'s MPI_Abort from another thread, while a collective may be
+    // waiting here, a supported call.
     int provided = 0;
-    check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided), "MPI_Init_thread");
+    VG_CHECK(provided >= MPI_THREAD_FUNNELED,
+             "MPI offers no thread support (MPI_THREAD_FUNNELED or more), which voxgrad's communication thread "
+             "needs; use an MPI library built with threads");
     check(MPI_Comm_rank(MPI_COMM_WORLD, &rank_), "MPI_Comm_rank");
     check(MPI_Comm_size(MPI_COMM_WORLD, &size_), "MPI_Comm_size");
     MPI_Comm local;

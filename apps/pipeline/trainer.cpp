@@ -262,7 +262,7 @@ std::string number_text(double v) {
 void check_resume_flags(const TrainOptions& o, RunConfig& c, logging::Sink& sink) {
   auto refuse = [&](const std::string& flag, const std::string& now, const std::string& then) {
     VG_USAGE_FAIL(flag << " " << now << " differs from the run's " << then << " (" << run_config_path(o.out)
-                 << "); leave it out to continue the run, or train into a new --out");
+                       << "); leave it out to continue the run, or train into a new --out");
   };
   const TrainingSettings& t = c.training;
   auto shape_text = [](const Shape3& s) {
@@ -311,13 +311,12 @@ void check_resume_flags(const TrainOptions& o, RunConfig& c, logging::Sink& sink
       refuse("--class-weights", now_auto ? "auto" : "(the weights given)",
              l.class_weights_from.empty() ? "none" : l.class_weights_from + " weights");
   }
-  if (o.given.count("--data") &&
-      fs::absolute(o.data).lexically_normal().string() != c.dataset_root)
+  if (o.given.count("--data") && fs::absolute(o.data).lexically_normal().string() != c.dataset_root)
     sink.warning("--data " + o.data + " is not the run's dataset folder " + c.dataset_root +
-                     "; using it (its cases must be the same)");
+                 "; using it (its cases must be the same)");
   if (o.given.count("--epochs") && o.epochs != t.epochs) {
     sink.warning("--epochs " + std::to_string(o.epochs) + " replaces the run's " + std::to_string(t.epochs) +
-                     ": the learning-rate schedule of the remaining epochs changes");
+                 ": the learning-rate schedule of the remaining epochs changes");
     c.training.epochs = o.epochs;
   }
 }
@@ -456,6 +455,7 @@ Trainer::Trainer(TrainOptions options, logging::Sink& sink) : options_(std::move
 
 TrainResult Trainer::run() {
   started_together_ = false;
+  if (comm_) comm_->clear_failure();  // an earlier run's failure is not this one's
   try {
     return train();
   } catch (...) {
@@ -510,8 +510,8 @@ TrainResult Trainer::train() {
     config = read_run_config(o.out);
     check_resume_flags(o, config, sink);
     PreprocessPlan plan = config.plan;
-    data = prepare_training_data(o.given.count("--data") ? o.data : config.dataset_root, plan, /*reuse_plan=*/true,
-                                 sink);
+    data =
+        prepare_training_data(o.given.count("--data") ? o.data : config.dataset_root, plan, /*reuse_plan=*/true, sink);
   } else {
     VG_USAGE_CHECK(!fs::exists(run_config_path(o.out), ec) && !fs::exists(latest, ec),
                    "--out " << o.out << ": already holds a run; --resume continues it, or choose another --out");
@@ -521,6 +521,9 @@ TrainResult Trainer::train() {
     config = plan_run(o, data, sink);
   }
   const TrainingSettings& t = config.training;
+  VG_USAGE_CHECK(comm == nullptr || config.model.norm == Norm::Instance,
+                 "--distributed: this run's network uses batch norm, whose running statistics the ranks would "
+                 "keep apart; data-parallel training needs instance norm (voxgrad train's own network)");
   VG_USAGE_CHECK(t.batch_size % ranks == 0,
                  "--batch-size " << t.batch_size << " is the global batch, split across the ranks, and " << ranks
                                  << " ranks cannot share it evenly; use a multiple of " << ranks);
@@ -582,7 +585,10 @@ TrainResult Trainer::train() {
   // Every rank has started: from here on the ranks fail together or not at all (a rank failing
   // alone ends the job through the launcher).
   if (comm != nullptr) {
-    comm->agree(nullptr, start_fingerprints(o, config, data));
+    Communicator::Fingerprints fingerprints = start_fingerprints(o, config, data);
+    // Where the ranks start from: the step and the weights (initialised, given or resumed).
+    fingerprints.emplace_back("checkpoint", std::to_string(step) + " " + weights_fingerprint(model));
+    comm->agree(nullptr, fingerprints);
     started_together_ = true;
   }
   std::unique_ptr<GradientReducer> reducer;
@@ -614,15 +620,14 @@ TrainResult Trainer::train() {
     return result;
   };
   sink.info("training on " + dev.str() + ": " + std::to_string(model.parameter_count()) + " parameters, patch " +
-                std::to_string(t.patch[0]) + "x" + std::to_string(t.patch[1]) + "x" + std::to_string(t.patch[2]) +
-                ", batch " + std::to_string(t.batch_size) +
-                (ranks > 1 ? " (" + std::to_string(t.batch_size / ranks) + " on each of " + std::to_string(ranks) +
-                                 " ranks)"
-                           : std::string()) +
-                ", loss " + t.loss + ", " +
-                std::to_string(t.train_cases.size()) + " training / " + std::to_string(t.val_cases.size()) +
-                " validation cases, " + std::to_string(t.epochs) + " epochs of " + std::to_string(t.iters_per_epoch) +
-                " iterations");
+            std::to_string(t.patch[0]) + "x" + std::to_string(t.patch[1]) + "x" + std::to_string(t.patch[2]) +
+            ", batch " + std::to_string(t.batch_size) +
+            (ranks > 1
+                 ? " (" + std::to_string(t.batch_size / ranks) + " on each of " + std::to_string(ranks) + " ranks)"
+                 : std::string()) +
+            ", loss " + t.loss + ", " + std::to_string(t.train_cases.size()) + " training / " +
+            std::to_string(t.val_cases.size()) + " validation cases, " + std::to_string(t.epochs) + " epochs of " +
+            std::to_string(t.iters_per_epoch) + " iterations");
   if (ranks > 1) {
     const std::string why = rank_dependent_loss(t);
     if (!why.empty())
@@ -640,8 +645,8 @@ TrainResult Trainer::train() {
   if (o.resume) {
     if (writer) write_run_config(o.out, config);  // --epochs may have changed
     sink.info("resuming " + o.out + " after step " + std::to_string(step) + " (epoch " +
-                  std::to_string(step / t.iters_per_epoch + 1) + ", iteration " +
-                  std::to_string(step % t.iters_per_epoch + 1) + " comes next)");
+              std::to_string(step / t.iters_per_epoch + 1) + ", iteration " +
+              std::to_string(step % t.iters_per_epoch + 1) + " comes next)");
   }
   if (writer) write_run_reports(o.out, progress, config.plan.classes, title);
 
@@ -675,16 +680,16 @@ TrainResult Trainer::train() {
     const std::int64_t epoch = step / t.iters_per_epoch;
     const auto epoch_start = std::chrono::steady_clock::now();
     optimizer->set_lr(poly_lr(t.lr, epoch, t.epochs));
-    logging::ProgressBar bar("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(t.epochs),
-                             t.iters_per_epoch, "it", sink);
+    logging::ProgressBar bar("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(t.epochs), t.iters_per_epoch,
+                             "it", sink);
     char fields[96] = "";
     for (std::int64_t it = step % t.iters_per_epoch; it < t.iters_per_epoch; ++it) {
       const Batch batch = prefetcher.next();
       VG_CHECK(batch.index == step, "internal: batch " << batch.index << " arrived for step " << step);
       const Tensor image = batch.image.to(dev);
       optimizer->zero_grad();
-      std::vector<Tensor> outputs = config.model.deep_supervision ? model.forward_all(image)
-                                                                  : std::vector<Tensor>{model.forward(image)};
+      std::vector<Tensor> outputs =
+          config.model.deep_supervision ? model.forward_all(image) : std::vector<Tensor>{model.forward(image)};
       Tensor loss;
       for (std::size_t i = 0; i < outputs.size(); ++i) {
         if (ds_weights[i] == 0.0) continue;
@@ -692,7 +697,8 @@ TrainResult Trainer::train() {
         const Tensor term = mul(segmentation_loss(loss_kind, outputs[i], labels, loss_options), ds_weights[i]);
         loss = loss.defined() ? add(loss, term) : term;
       }
-      double value = loss.item();
+      const double local_value = loss.item();  // of this rank's share
+      double value = local_value;
       // The ranks' mean loss and whether any was asked to stop, agreed before the backward pass.
       bool stop_now = stop_requested();
       if (comm != nullptr) {
@@ -702,9 +708,17 @@ TrainResult Trainer::train() {
         stop_now = shared[1] > 0;
       }
       if (!std::isfinite(value)) {
-        if (comm != nullptr) comm->fail_together();
         std::string batch_cases;
         for (int c : batch.cases) batch_cases += (batch_cases.empty() ? "" : ", ") + sampler_ids.at(c);
+        if (comm != nullptr) {
+          // The cases of every rank whose own share's loss is not finite.
+          const std::vector<std::string> shares = comm->all_gather(std::isfinite(local_value) ? "" : batch_cases);
+          batch_cases.clear();
+          for (std::size_t r = 0; r < shares.size(); ++r)
+            if (!shares[r].empty())
+              batch_cases += (batch_cases.empty() ? "" : "; ") + shares[r] + " (rank " + std::to_string(r) + ")";
+          comm->fail_together();
+        }
         VG_INPUT_FAIL("step " << step + 1 << " (epoch " << epoch + 1 << ", iteration " << it + 1 << "): the loss is "
                               << value << " on patches of " << batch_cases << "; training stopped. " << latest
                               << " holds the state after step " << saved_step << "; lower --lr or check those cases");
