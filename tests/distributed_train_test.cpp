@@ -143,8 +143,9 @@ TEST_F(DistributedTrain, TwoRanksTakeTheStepOneProcessTakesAndRepeatTheirBits) {
       moved = std::max(moved, double(std::fabs(values[i] - w1.at(name)[i])));
   EXPECT_GT(moved, 1000 * largest) << "training moved the weights by only " << moved;
 
-  // Every 2-rank run of the same command computes the same bits.
-  const CommandResult again = mpirun(2, args + dir() + "/two-again --distributed");
+  // Every 2-rank run of the same command computes the same bits, whatever its buckets (tens of
+  // them at 0.05 MB, one at the default 4 MB).
+  const CommandResult again = mpirun(2, args + dir() + "/two-again --distributed --bucket-mb 0.05");
   ASSERT_EQ(again.exit_code, 0) << again.err;
   EXPECT_EQ(weights_of(dir() + "/two-again"), w2);
   EXPECT_EQ(log_without_seconds(dir() + "/two-again"), log_without_seconds(dir() + "/two"));

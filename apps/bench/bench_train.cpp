@@ -58,6 +58,7 @@ struct TrainBenchOptions : ScalingOptions {
   bool torch = false;
   std::string torch_script;  // empty: tools/bench_train_torch.py found next to the build
   std::string python = "/usr/bin/python3";
+  double bucket_mb = 4.0;  // --distributed: MB of gradients per all-reduce
 };
 
 // Labels (N, D, H, W) int32: a few ellipsoids of each foreground class on background (balls in a
@@ -136,7 +137,8 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
                               " --batch-size " + std::to_string(opt.batch) + " --base " + std::to_string(opt.base) +
                               " --levels " + std::to_string(opt.levels) + " --classes " + std::to_string(opt.classes) +
                               " --loss " + shell_quote(opt.loss) + " --steps " + std::to_string(opt.steps) +
-                              " --warmup " + std::to_string(opt.warmup);
+                              " --warmup " + std::to_string(opt.warmup) + " --bucket-mb " +
+                              std::to_string(opt.bucket_mb);
     return run_scaling(opt, "train", child, global);
   }
   std::shared_ptr<Communicator> comm;
@@ -197,7 +199,8 @@ int run_bench_train_on(const TrainBenchOptions& opt, const GlobalOptions& global
   if (comm) {
     std::vector<Tensor> parameters;
     for (const auto& [name, p] : model.named_parameters()) parameters.push_back(p);
-    reducer = std::make_unique<GradientReducer>(std::move(parameters), *comm);
+    reducer = std::make_unique<GradientReducer>(std::move(parameters), *comm,
+                                                static_cast<std::int64_t>(opt.bucket_mb * 1024 * 1024));
   }
 
   // The global batch, of which this rank takes its share.
@@ -358,6 +361,9 @@ NestedCommand add_bench_train(CLI::App& bench) {
   sub->add_option("--torch-script", opt->torch_script, "The PyTorch twin (default: tools/bench_train_torch.py)");
   sub->add_option("--python", opt->python, "The Python that runs the twin")->capture_default_str();
   add_scaling_options(*sub, *opt);
+  sub->add_option("--bucket-mb", opt->bucket_mb, "With --distributed or --ranks: MB of gradients per all-reduce")
+      ->check(CLI::Range(0.01, 4096.0))
+      ->capture_default_str();
   return {sub, [opt](const GlobalOptions& global) { return run_bench_train(*opt, global); }};
 }
 

@@ -137,6 +137,11 @@ Command train_command() {
                          "Write each layer's gradient norm (before clipping), averaged per epoch, to "
                          "RUN/grad_norms.csv");
             sub.add_flag("--resume", opt->resume, "Continue RUN from checkpoint_latest.safetensors");
+            sub.add_option("--bucket-mb", opt->bucket_mb,
+                           "With --distributed: MB of gradients per all-reduce, started while the backward pass "
+                           "goes on")
+                ->check(CLI::Range(0.01, 4096.0))
+                ->capture_default_str();
             sub.add_flag("--distributed", *distributed,
                          "Data-parallel training: run as mpirun -np P voxgrad train ... (or under srun); the "
                          "--batch-size patches of every step are split across the P ranks and their gradients "

@@ -429,6 +429,12 @@ std::string rank_dependent_loss(const TrainingSettings& t) {
   return "";
 }
 
+std::int64_t bucket_bytes(double megabytes) {
+  VG_USAGE_CHECK(std::isfinite(megabytes) && megabytes >= 0.01 && megabytes <= 4096,
+                 "--bucket-mb " << megabytes << ": give 0.01 to 4096 (MB of gradients per all-reduce)");
+  return static_cast<std::int64_t>(megabytes * 1024 * 1024);
+}
+
 // The parameters' bytes, which the ranks compare after every epoch: they must never drift apart.
 std::string weights_fingerprint(const UNet3d& model) {
   Fingerprint f;
@@ -595,7 +601,7 @@ TrainResult Trainer::train() {
   if (comm != nullptr) {
     std::vector<Tensor> params;
     for (const auto& [name, p] : model.named_parameters()) params.push_back(p);
-    reducer = std::make_unique<GradientReducer>(std::move(params), *comm);
+    reducer = std::make_unique<GradientReducer>(std::move(params), *comm, bucket_bytes(o.bucket_mb));
   }
   // Whether any rank was asked to stop (every rank calls it at the same points).
   auto stop_agreed = [&](bool mine) {

@@ -56,6 +56,9 @@ struct TrainOptions {
   // RUN/grad_norms.csv: which loss starves which layer.
   bool log_grad_norms = false;
   bool resume = false;  // continue `out` from checkpoint_latest
+  // Data-parallel training (set_communicator): the size of the gradient buckets whose all-reduce
+  // starts while the backward pass goes on. Changes the speed, not the numbers.
+  double bucket_mb = 4.0;
   // Options the caller set explicitly, by flag name ("--lr"): with `resume`, any of them that
   // disagrees with the run's config.json is an error, except --epochs (the schedule then stretches).
   std::set<std::string> given;
