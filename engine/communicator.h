@@ -6,10 +6,13 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <future>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "device.h"
 
 namespace voxgrad {
 
@@ -20,9 +23,12 @@ class Communicator {
   virtual int rank() const = 0;        // 0 .. size() - 1
   virtual int size() const = 0;        // the number of ranks
   virtual int local_rank() const = 0;  // among the ranks of this machine (a GPU's index)
+  // Where start_sum's data lives: host memory for MPI, the rank's GPU for NCCL.
+  virtual Device device() const { return Device::cpu(); }
 
   // Starts summing `count` floats in place over the ranks and returns at once; the future is ready
-  // when `data` holds the sum (and rethrows a failure). `data` must stay alive until then.
+  // when `data` holds the sum (and rethrows a failure; on a GPU: when work queued on the device's
+  // stream after get() sees the sum). `data`, on device(), must stay alive until then.
   // Reductions run one after another in the order they were started.
   virtual std::future<void> start_sum(float* data, std::int64_t count) = 0;
   // Blocking sums, queued behind the reductions already started.

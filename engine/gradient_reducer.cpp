@@ -1,14 +1,15 @@
-// Buckets filled by copying each final gradient into the bucket's flat host buffer; after the sum,
-// the mean is copied back into every parameter's grad().
+// Buckets filled by copying each final gradient into the bucket's flat buffer, on the parameters'
+// device and in order on its stream; after the sum, each gradient becomes the bucket's slice times
+// 1/P. Whether a rank's pass reached a parameter travels apart, as counts summed once per step.
 #include "engine/gradient_reducer.h"
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 #include <string>
 
 #include "engine/autograd.h"
 #include "engine/error.h"
+#include "engine/ops.h"
 #include "engine/profiler.h"
 
 namespace voxgrad {
@@ -19,6 +20,16 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// `shape` floats of `flat` from float `offset` on: a view sharing its storage.
+Tensor view_of(const Tensor& flat, std::int64_t offset, const Shape& shape) {
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = flat.impl()->storage;
+  impl->byte_offset = flat.impl()->byte_offset + static_cast<std::size_t>(offset) * sizeof(float);
+  impl->shape = shape;
+  impl->dtype = DType::Float32;
+  return Tensor(std::move(impl));
+}
+
 }  // namespace
 
 GradientReducer::GradientReducer(std::vector<Tensor> params, Communicator& comm, std::int64_t bucket_bytes)
@@ -27,9 +38,9 @@ GradientReducer::GradientReducer(std::vector<Tensor> params, Communicator& comm,
   bucket_floats_ = std::max<std::int64_t>(1, bucket_bytes / static_cast<std::int64_t>(sizeof(float)));
   for (std::size_t k = 0; k < params_.size(); ++k) {
     const Tensor& p = params_[k];
-    VG_CHECK(p.dtype() == DType::Float32 && p.device().is_cpu() && p.requires_grad(),
-             "GradientReducer: parameter " << k << " is " << p.str()
-                                           << "; data-parallel training reduces float32 CPU parameters");
+    VG_CHECK(p.dtype() == DType::Float32 && p.device() == comm.device() && p.requires_grad(),
+             "GradientReducer: parameter " << k << " is " << p.str() << "; these ranks reduce float32 parameters on "
+                                           << comm.device().str());
     VG_CHECK(index_of_.emplace(p.impl_ptr().get(), k).second, "GradientReducer: parameter " << k << " is listed twice");
   }
   std::vector<std::size_t> reverse(params_.size());
@@ -43,7 +54,7 @@ GradientReducer::~GradientReducer() {
   // process's end rather than freed under a running reduction.
   for (std::future<void>& f : pending_) {
     if (!f.valid() || f.wait_for(std::chrono::seconds(30)) == std::future_status::ready) continue;
-    new std::vector<std::vector<float>>(std::move(flat_));  // deliberately never freed
+    new std::vector<Tensor>(std::move(flat_));  // deliberately never freed
     return;
   }
 }
@@ -64,8 +75,12 @@ void GradientReducer::assign_buckets(const std::vector<std::size_t>& order) {
     b.floats += n;
   }
   flat_.clear();
-  // After the gradients, one flag per parameter: 1 where this rank's pass reached it.
-  for (const GradientBucket& b : buckets_) flat_.emplace_back(static_cast<std::size_t>(b.floats) + b.params.size());
+  views_.assign(params_.size(), Tensor());
+  for (const GradientBucket& b : buckets_) {
+    flat_.push_back(empty({b.floats}, DType::Float32, comm_.device()));
+    for (std::size_t slot = 0; slot < b.params.size(); ++slot)
+      views_[b.params[slot]] = view_of(flat_.back(), b.offsets[slot], params_[b.params[slot]].shape());
+  }
 }
 
 void GradientReducer::rebuild_buckets_in_observed_order() {
@@ -89,22 +104,17 @@ void GradientReducer::on_ready(std::size_t param) {
   if (ready_[param]) return;
   ready_[param] = true;
   if (!rebuilt_) observed_.push_back(param);
-  const std::size_t b = bucket_of_[param];
-  float* dst = flat_[b].data() + buckets_[b].offsets[slot_of_[param]];
   const Tensor& g = params_[param].grad();
-  if (g.defined()) {
-    std::memcpy(dst, g.data<float>(), g.nbytes());
-  } else {
-    std::fill_n(dst, params_[param].numel(), 0.0f);  // no gradient reached it on this rank
-  }
-  flat_[b][static_cast<std::size_t>(buckets_[b].floats) + slot_of_[param]] = g.defined() ? 1.0f : 0.0f;
-  if (--missing_[b] == 0) start_ready_buckets();
+  reached_[param] = g.defined() ? 1 : 0;
+  // No gradient reached it on this rank: zeros, which add nothing to the other ranks'.
+  views_[param].copy_(g.defined() ? g : zeros(params_[param].shape(), DType::Float32, comm_.device()));
+  if (--missing_[bucket_of_[param]] == 0) start_ready_buckets();
 }
 
 void GradientReducer::start_ready_buckets() {
   while (next_bucket_ < buckets_.size() && missing_[next_bucket_] == 0) {
-    std::vector<float>& flat = flat_[next_bucket_];
-    pending_.push_back(comm_.start_sum(flat.data(), static_cast<std::int64_t>(flat.size())));
+    Tensor& flat = flat_[next_bucket_];
+    pending_.push_back(comm_.start_sum(flat.data<float>(), flat.numel()));
     timing_.bytes += buckets_[next_bucket_].floats * static_cast<std::int64_t>(sizeof(float));
     ++next_bucket_;
   }
@@ -114,6 +124,7 @@ void GradientReducer::backward(const Tensor& loss) {
   const auto start = std::chrono::steady_clock::now();
   timing_ = {};
   ready_.assign(params_.size(), false);
+  reached_.assign(params_.size(), 0);
   missing_.clear();
   for (const GradientBucket& b : buckets_) missing_.push_back(b.params.size());
   next_bucket_ = 0;
@@ -137,33 +148,16 @@ void GradientReducer::backward(const Tensor& loss) {
     VG_PROFILE("allreduce_wait", Device::cpu());
     for (std::future<void>& f : pending_) f.get();
   }
+  // How many ranks reached each parameter (exact: integers).
+  comm_.sum(reached_.data(), static_cast<std::int64_t>(reached_.size()));
   timing_.wait_seconds = seconds_since(wait_start);
 
   // The mean, written back: the same bits on every rank, since every rank summed the same bits.
-  const float inverse = 1.0f / static_cast<float>(comm_.size());
-  const bool exact_inverse = (comm_.size() & (comm_.size() - 1)) == 0;  // a power of two
-  for (std::size_t b = 0; b < buckets_.size(); ++b) {
-    const GradientBucket& bucket = buckets_[b];
-    for (std::size_t slot = 0; slot < bucket.params.size(); ++slot) {
-      Tensor& p = params_[bucket.params[slot]];
-      // A parameter no rank reached keeps no gradient, as in one process: the optimizer then
-      // leaves it alone (no weight decay, no momentum state).
-      const bool reached_somewhere = flat_[b][static_cast<std::size_t>(bucket.floats) + slot] > 0.0f;
-      if (!reached_somewhere) {
-        p.set_grad(Tensor());
-        continue;
-      }
-      if (!p.grad().defined()) p.set_grad(zeros(p.shape(), DType::Float32));
-      const float* src = flat_[b].data() + bucket.offsets[slot];
-      float* dst = p.grad().data<float>();
-      const std::int64_t n = p.numel();
-      if (exact_inverse) {
-        for (std::int64_t i = 0; i < n; ++i) dst[i] = src[i] * inverse;
-      } else {
-        const float ranks = static_cast<float>(comm_.size());
-        for (std::int64_t i = 0; i < n; ++i) dst[i] = src[i] / ranks;
-      }
-    }
+  const double inverse = 1.0 / static_cast<double>(comm_.size());
+  for (std::size_t k = 0; k < params_.size(); ++k) {
+    // A parameter no rank reached keeps no gradient, as in one process: the optimizer then leaves
+    // it alone (no weight decay, no momentum state).
+    params_[k].set_grad(reached_[k] > 0 ? mul(views_[k], inverse) : Tensor());
   }
   if (first_pass) rebuild_buckets_in_observed_order();
 }

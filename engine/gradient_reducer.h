@@ -35,7 +35,7 @@ class GradientReducer {
  public:
   static constexpr std::int64_t kDefaultBucketBytes = 4 << 20;
 
-  // `params`: float32 CPU tensors that require a gradient, in registration order.
+  // `params`: float32 tensors that require a gradient, on comm.device(), in registration order.
   GradientReducer(std::vector<Tensor> params, Communicator& comm, std::int64_t bucket_bytes = kDefaultBucketBytes);
   ~GradientReducer();
   GradientReducer(const GradientReducer&) = delete;
@@ -64,13 +64,15 @@ class GradientReducer {
   bool rebuilt_ = false;
   std::vector<std::size_t> observed_;  // parameters in the order the first pass finished them
   std::vector<GradientBucket> buckets_;
-  std::vector<std::vector<float>> flat_;                   // one host buffer per bucket, allocated once
+  std::vector<Tensor> flat_;                               // one buffer per bucket on comm.device(), allocated once
+  std::vector<Tensor> views_;                              // per parameter: its slice of its bucket's buffer
   std::vector<std::size_t> bucket_of_;                     // per parameter
   std::vector<std::size_t> slot_of_;                       // per parameter: its place in its bucket
   std::unordered_map<const void*, std::size_t> index_of_;  // TensorImpl* to parameter index
   // Per pass:
   std::vector<bool> ready_;
-  std::vector<std::size_t> missing_;  // per bucket: gradients not yet in
+  std::vector<std::int64_t> reached_;  // per parameter: 1 when this rank's pass reached it
+  std::vector<std::size_t> missing_;   // per bucket: gradients not yet in
   std::size_t next_bucket_ = 0;
   std::vector<std::future<void>> pending_;
   ReductionTiming timing_;

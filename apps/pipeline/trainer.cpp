@@ -482,8 +482,10 @@ TrainResult Trainer::train() {
   // The options first (a usage error), before any file is read.
   check_command_line(o);
   const Device dev = resolve_device(o.device);
-  VG_USAGE_CHECK(comm == nullptr || dev.is_cpu(),
-                 "--distributed trains on the CPU (--device cpu): the gradients of GPU ranks are not reduced yet");
+  VG_USAGE_CHECK(comm == nullptr || dev == comm->device(), "--distributed: the ranks exchange gradients on "
+                                                               << comm->device().str() << ", but training runs on "
+                                                               << dev.str() << "; use --device "
+                                                               << (comm->device().is_cpu() ? "cpu" : "cuda"));
   if (o.resume)
     VG_USAGE_CHECK(fs::is_directory(o.out),
                    "--out '" << o.out << "': no such run folder, so there is nothing to resume");
