@@ -33,7 +33,27 @@ std::string encode_fine(const Communicator::Fingerprints& fingerprints) {
   return out;
 }
 
+class SingleProcess : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  int local_rank() const override { return 0; }
+  std::future<void> start_sum(float*, std::int64_t) override {
+    std::promise<void> done;
+    done.set_value();
+    return done.get_future();
+  }
+  void sum(double*, std::int64_t) override {}
+  void sum(std::int64_t*, std::int64_t) override {}
+  std::vector<std::string> all_gather(const std::string& mine) override { return {mine}; }
+
+ private:
+  void end_job(int) override {}  // abort() then ends this process, the whole job
+};
+
 }  // namespace
+
+std::shared_ptr<Communicator> single_process_communicator() { return std::make_shared<SingleProcess>(); }
 
 void Communicator::abort(int status) {
   end_job(status);

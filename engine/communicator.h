@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <exception>
 #include <future>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -65,5 +66,9 @@ class Communicator {
  private:
   bool failure_agreed_ = false;
 };
+
+// One process as a communicator of one rank: every collective returns what it was given. For a
+// Trainer without a job around it, and for setting up NCCL on a single GPU.
+std::shared_ptr<Communicator> single_process_communicator();
 
 }  // namespace voxgrad

@@ -214,7 +214,7 @@ TEST_F(DistributedTrain, BadStartsGiveOneErrorLineFromRankZero) {
   struct Case {
     std::string name, rank0, rank1, needle;
   };
-  const std::vector<Case> cases = {
+  std::vector<Case> cases = {
       {"indivisible batch", args + " --batch-size 3 --out " + dir() + "/b3", "",
        "--batch-size 3 is the global batch, split across the ranks, and 2 ranks cannot share it evenly"},
       {"rank 1's flags", args + pair + " --out " + dir() + "/lr", args + pair + " --out " + dir() + "/lr --lr 0.02",
@@ -227,6 +227,11 @@ TEST_F(DistributedTrain, BadStartsGiveOneErrorLineFromRankZero) {
        "train --data " + dir() + "/nowhere " + kTiny + pair + " --distributed --out " + dir() + "/missing",
        "rank 1: --data '" + dir() + "/nowhere': no such folder"},
   };
+  if (!voxgrad::test::has_cuda()) {
+    std::string on_gpu = args + pair + " --out " + dir() + "/gpu";
+    on_gpu.replace(on_gpu.find("--device cpu"), 12, "--device cuda");
+    cases.push_back({"--device cuda without a GPU", on_gpu, "", "--device cuda"});
+  }
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
     const CommandResult r = mpirun(2, c.rank0, c.rank1);
@@ -235,7 +240,8 @@ TEST_F(DistributedTrain, BadStartsGiveOneErrorLineFromRankZero) {
     EXPECT_NE(r.err.find(c.needle), std::string::npos) << r.err;
   }
   // Nothing was written: every check came before rank 0's first write.
-  for (const char* run : {"/b3", "/lr", "/data", "/missing"}) EXPECT_FALSE(std::filesystem::exists(dir() + run)) << run;
+  for (const char* run : {"/b3", "/lr", "/data", "/missing", "/gpu"})
+    EXPECT_FALSE(std::filesystem::exists(dir() + run)) << run;
 }
 
 TEST_F(DistributedTrain, ANonFiniteLossStopsEveryRankWithOneErrorNamingTheRanksCases) {

@@ -105,6 +105,21 @@ TEST(GradientReducer, EveryGradientBecomesTheMeanAndBucketsStartDuringTheBackwar
   EXPECT_EQ(reducer.last_timing().bytes, 3 * 1000 * 4);
 }
 
+TEST(GradientReducer, OneProcessAloneGetsThePlainBackwardsGradients) {
+  std::vector<Tensor> w = {parameter(1000, 0.1f), parameter(1000, 0.2f), parameter(1000, 0.3f), parameter(10, 1.0f)};
+  chain_loss(w).backward();
+  const auto expected = grads_of(w);
+  for (Tensor& t : w) t.zero_grad();
+  const auto alone = single_process_communicator();
+  GradientReducer reducer(w, *alone, 4000);
+  for (int pass = 0; pass < 2; ++pass) {  // the first pass's buckets, then the rebuilt ones
+    reducer.backward(chain_loss(w));
+    EXPECT_EQ(grads_of(w), expected) << "pass " << pass;
+    EXPECT_FALSE(w[3].grad().defined());
+    for (Tensor& t : w) t.zero_grad();
+  }
+}
+
 TEST(GradientReducer, UnusedParametersKeepNoGradientAndMoveToTheLastBucket) {
   // w[3] is registered last, so the first pass buckets it first, where it holds back every bucket.
   std::vector<Tensor> w = {parameter(1000, 0.1f), parameter(1000, 0.2f), parameter(1000, 0.3f), parameter(10, 1.0f)};

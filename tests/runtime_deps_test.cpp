@@ -22,6 +22,7 @@
 
 #if VOXGRAD_HAS_CUDA
 #include "kernels/cuda/cudnn_library.h"
+#include "kernels/cuda/nccl_library.h"
 #endif
 
 namespace {
@@ -259,6 +260,64 @@ TEST(CudnnLoader, InstalledCudnnProvidesTheWholeTable) {
   if (visible_cudnn_files().empty()) GTEST_SKIP() << "no libcudnn.so.9 installed on this machine";
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(load_cudnn_and_exit(), ::testing::ExitedWithCode(0), "cuDNN 9[0-9]* loaded");
+}
+
+// NCCL, loaded the same way by data-parallel training on GPUs.
+void expect_nccl_install_hint(const std::string& message) {
+  for (const char* part : {"install NCCL 2 for CUDA", "libnccl2", "nvidia-nccl-cu", "LD_LIBRARY_PATH"})
+    EXPECT_NE(message.find(part), std::string::npos) << part << " missing from: " << message;
+  EXPECT_FALSE(voxgrad::test::has_source_text(message)) << message;
+}
+
+TEST(NcclLoader, MissingLibraryIsAnInputErrorSayingWhatToInstall) {
+  try {
+    cuda::open_nccl_library("libvoxgrad-absent-nccl.so.2");
+    FAIL() << "a library that does not exist was opened";
+  } catch (const voxgrad::InputError& e) {
+    const std::string message = e.what();
+    EXPECT_EQ(message.rfind("NCCL 2 was not found (libvoxgrad-absent-nccl.so.2: ", 0), 0u) << message;
+    expect_nccl_install_hint(message);
+  }
+}
+
+TEST(NcclLoader, LibraryWithoutNcclFunctionsIsRefused) {
+  try {
+    cuda::open_nccl_library("libz.so.1");
+    FAIL() << "zlib was taken for NCCL";
+  } catch (const voxgrad::InputError& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("libz.so.1 has no ncclGetVersion"), std::string::npos) << message;
+    expect_nccl_install_hint(message);
+  }
+}
+
+// In a fresh process: load this machine's NCCL through nccl() (no GPU needed to open it), check the
+// whole table and its major version; exit 0 when all holds.
+[[noreturn]] void load_nccl_and_exit() {
+  if (read_file("/proc/self/maps").find("libnccl") != std::string::npos) {
+    std::fprintf(stderr, "libnccl was mapped before it was opened\n");
+    std::exit(2);
+  }
+  const cuda::NcclLibrary& library = cuda::nccl();
+#define VOXGRAD_EXPECT_LOOKED_UP(name)                     \
+  if (library.name == nullptr) {                           \
+    std::fprintf(stderr, "%s was not looked up\n", #name); \
+    std::exit(3);                                          \
+  }
+  VOXGRAD_NCCL_FUNCTIONS(VOXGRAD_EXPECT_LOOKED_UP)
+#undef VOXGRAD_EXPECT_LOOKED_UP
+  if (library.version / 10000 != 2 || &cuda::nccl() != &library) {
+    std::fprintf(stderr, "version %d, or a second table\n", library.version);
+    std::exit(4);
+  }
+  std::fprintf(stderr, "NCCL %d loaded\n", library.version);
+  std::exit(0);
+}
+
+TEST(NcclLoader, InstalledNcclProvidesTheWholeTable) {
+  if (shell("ldconfig -p | grep -q 'libnccl.so.2 '").status != 0) GTEST_SKIP() << "no libnccl.so.2 in the ld.so cache";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(load_nccl_and_exit(), ::testing::ExitedWithCode(0), "NCCL 2[0-9]* loaded");
 }
 
 #endif  // VOXGRAD_HAS_CUDA

@@ -92,8 +92,9 @@ std::vector<double> central_differences(const std::function<double(const std::ve
 // `path` is not a readable 64-bit little-endian ELF file. No binutils needed.
 std::vector<std::string> elf_needed_libraries(const std::string& path);
 
-// Success when no NEEDED entry of `path` names libcudnn or libcudart: the file starts on a machine
-// without cuDNN or the CUDA runtime (voxgrad dlopens cuDNN and links the CUDA runtime statically).
+// Success when no NEEDED entry of `path` names libcudnn, libnccl or libcudart: the file starts on a
+// machine without cuDNN, NCCL or the CUDA runtime (voxgrad dlopens cuDNN and NCCL and links the
+// CUDA runtime statically).
 ::testing::AssertionResult needs_no_cuda_libraries(const std::string& path);
 
 }  // namespace voxgrad::test

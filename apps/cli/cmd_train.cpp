@@ -15,8 +15,10 @@
 #include "apps/cli/loss_flags.h"
 #include "apps/distributed/failure.h"
 #include "apps/distributed/mpi_world.h"
+#include "apps/distributed/nccl_world.h"
 #include "apps/pipeline/run_history.h"
 #include "apps/pipeline/trainer.h"
+#include "engine/device.h"
 #include "engine/json.h"
 #include "engine/log.h"
 
@@ -42,14 +44,29 @@ constexpr int kExitInterrupted = 130;  // 128 + SIGINT, what shells report for C
 int run_train(TrainOptions options, bool distributed, const GlobalOptions& global) {
   options.device = global.device;
   std::shared_ptr<Communicator> comm;
-  if (distributed) comm = distributed::mpi_world("--distributed");
+  if (distributed) {
+    comm = distributed::mpi_world("--distributed");
+    if (comm->rank() != 0) logging::set_sink(logging::silent_sink());  // rank 0 speaks for the job
+  }
   const bool rank0 = comm == nullptr || comm->rank() == 0;  // the rank that speaks and writes
-  Trainer trainer(options, rank0 ? logging::stderr_sink() : logging::silent_sink());
-  trainer.set_communicator(comm);
   InterruptGuard interrupt;
-  trainer.set_stop_check(&InterruptGuard::requested);
   TrainResult r;
   try {
+    if (comm) {
+      // On GPUs the gradients travel over NCCL, set up over MPI, once every rank found its device.
+      bool on_gpu = false;
+      std::exception_ptr failure;
+      try {
+        on_gpu = resolve_device(options.device).is_cuda();
+      } catch (...) {
+        failure = std::current_exception();
+      }
+      comm->agree(failure);
+      if (on_gpu) comm = distributed::nccl_world(comm);
+    }
+    Trainer trainer(options, rank0 ? logging::stderr_sink() : logging::silent_sink());
+    trainer.set_communicator(comm);
+    trainer.set_stop_check(&InterruptGuard::requested);
     r = trainer.run();
   } catch (const std::exception& e) {
     if (comm == nullptr || comm->size() == 1) throw;

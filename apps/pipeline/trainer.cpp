@@ -481,7 +481,8 @@ TrainResult Trainer::train() {
   const bool writer = comm == nullptr || comm->rank() == 0;  // the rank that writes the run folder
   // The options first (a usage error), before any file is read.
   check_command_line(o);
-  const Device dev = resolve_device(o.device);
+  // A GPU rank trains on the GPU its communicator bound it to.
+  const Device dev = comm != nullptr && comm->device().is_cuda() ? comm->device() : resolve_device(o.device);
   VG_USAGE_CHECK(comm == nullptr || dev == comm->device(), "--distributed: the ranks exchange gradients on "
                                                                << comm->device().str() << ", but training runs on "
                                                                << dev.str() << "; use --device "

@@ -1,0 +1,118 @@
+// The NCCL communicator. Its all-reduces run on a stream of their own: each waits for an event
+// recorded on the engine's stream when it starts (the gradients copied into the bucket), and the
+// engine's stream waits for its end only when the reducer asks for the result, so the backward
+// pass goes on meanwhile. NCCL's sum is deterministic for a given rank count, topology and
+// algorithm (every rank gets each reduced chunk from the rank that reduced it), so the ranks hold
+// the same bits and a rerun on the same machines gets them again.
+#include <cuda_runtime.h>
+
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "apps/distributed/nccl_world.h"
+#include "engine/device.h"
+#include "engine/error.h"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/nccl_library.h"
+
+namespace voxgrad::distributed {
+
+namespace {
+
+using kernels::cuda::nccl;
+
+void check_nccl(ncclResult_t result, const char* call) {
+  if (result == ncclSuccess) return;
+  VG_FAIL(call << " failed: " << nccl().ncclGetErrorString(result));
+}
+
+class NcclCommunicator : public Communicator {
+ public:
+  explicit NcclCommunicator(std::shared_ptr<Communicator> host) : host_(std::move(host)) {
+    // What each rank does alone comes first, then the ranks agree that all of them managed: a
+    // rank without a GPU or NCCL must not leave the others waiting for its id.
+    ncclUniqueId id;
+    std::memset(&id, 0, sizeof id);
+    std::exception_ptr failure;
+    try {
+      const int gpus = cuda_device_count();
+      VG_INPUT_CHECK(gpus > 0,
+                     "--distributed on GPUs: this rank sees no usable GPU (" << cuda_unavailable_reason() << ")");
+      device_ = Device::cuda(host_->local_rank() % gpus);
+      VG_CUDA_CHECK(cudaSetDevice(device_.index));
+      const kernels::cuda::NcclLibrary& library = nccl();  // loads it, or says what to install
+      if (host_->rank() == 0) check_nccl(library.ncclGetUniqueId(&id), "ncclGetUniqueId");
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    host_->agree(failure);
+    const kernels::cuda::NcclLibrary& library = nccl();
+    // Rank 0's unique id, to every rank.
+    const std::vector<std::string> ids =
+        host_->all_gather(host_->rank() == 0 ? std::string(reinterpret_cast<const char*>(&id), sizeof id) : "");
+    VG_CHECK(ids[0].size() == sizeof id, "rank 0 sent an NCCL id of " << ids[0].size() << " bytes");
+    std::memcpy(&id, ids[0].data(), sizeof id);
+    check_nccl(library.ncclCommInitRank(&comm_, host_->size(), id, host_->rank()), "ncclCommInitRank");
+    VG_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  }
+
+  ~NcclCommunicator() override {
+    cudaSetDevice(device_.index);
+    if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    if (comm_ != nullptr) nccl().ncclCommDestroy(comm_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  int rank() const override { return host_->rank(); }
+  int size() const override { return host_->size(); }
+  int local_rank() const override { return host_->local_rank(); }
+  Device device() const override { return device_; }
+
+  std::future<void> start_sum(float* data, std::int64_t count) override {
+    VG_CUDA_CHECK(cudaSetDevice(device_.index));
+    const auto engine = static_cast<cudaStream_t>(stream_for(device_).handle);
+    cudaEvent_t ready = nullptr, done = nullptr;
+    VG_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+    VG_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+    VG_CUDA_CHECK(cudaEventRecord(ready, engine));
+    VG_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready, 0));
+    check_nccl(nccl().ncclAllReduce(data, data, static_cast<std::size_t>(count), ncclFloat, ncclSum, comm_, stream_),
+               "ncclAllReduce");
+    VG_CUDA_CHECK(cudaEventRecord(done, stream_));
+    // Events may be destroyed with work pending: CUDA releases them once it completes.
+    VG_CUDA_CHECK(cudaEventDestroy(ready));
+    // Asked for the result: the engine's stream waits for the sum, the host does not.
+    const int device = device_.index;
+    return std::async(std::launch::deferred, [engine, done, device] {
+      VG_CUDA_CHECK(cudaSetDevice(device));
+      VG_CUDA_CHECK(cudaStreamWaitEvent(engine, done, 0));
+      VG_CUDA_CHECK(cudaEventDestroy(done));
+    });
+  }
+
+  void sum(double* data, std::int64_t count) override { host_->sum(data, count); }
+  void sum(std::int64_t* data, std::int64_t count) override { host_->sum(data, count); }
+  std::vector<std::string> all_gather(const std::string& mine) override { return host_->all_gather(mine); }
+
+ private:
+  void end_job(int status) override {
+    if (comm_ != nullptr) nccl().ncclCommAbort(comm_);  // frees the GPU from collectives that never end
+    comm_ = nullptr;
+    host_->abort(status);
+  }
+
+  std::shared_ptr<Communicator> host_;
+  Device device_ = Device::cpu();
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+};
+
+}  // namespace
+
+std::shared_ptr<Communicator> nccl_world(std::shared_ptr<Communicator> host) {
+  VG_CHECK(host != nullptr, "nccl_world: no host communicator");
+  return std::make_shared<NcclCommunicator>(std::move(host));
+}
+
+}  // namespace voxgrad::distributed
