@@ -128,6 +128,10 @@ void GradientReducer::backward(const Tensor& loss) {
   missing_.clear();
   for (const GradientBucket& b : buckets_) missing_.push_back(b.params.size());
   next_bucket_ = 0;
+  for (const std::future<void>& f : pending_)
+    VG_CHECK(!f.valid(),
+             "GradientReducer: an earlier backward pass failed with reductions still running into its "
+             "buckets; this reducer cannot be used again");
   pending_.clear();
   {
     LeafReadyHook hook([this](TensorImpl& leaf) {
@@ -152,12 +156,13 @@ void GradientReducer::backward(const Tensor& loss) {
   comm_.sum(reached_.data(), static_cast<std::int64_t>(reached_.size()));
   timing_.wait_seconds = seconds_since(wait_start);
 
-  // The mean, written back: the same bits on every rank, since every rank summed the same bits.
-  const double inverse = 1.0 / static_cast<double>(comm_.size());
+  // The mean, written back: the same bits on every rank, since every rank summed the same bits
+  // (divided, so that it is correctly rounded for any rank count).
+  const double ranks = static_cast<double>(comm_.size());
   for (std::size_t k = 0; k < params_.size(); ++k) {
     // A parameter no rank reached keeps no gradient, as in one process: the optimizer then leaves
     // it alone (no weight decay, no momentum state).
-    params_[k].set_grad(reached_[k] > 0 ? mul(views_[k], inverse) : Tensor());
+    params_[k].set_grad(reached_[k] > 0 ? div(views_[k], ranks) : Tensor());
   }
   if (first_pass) rebuild_buckets_in_observed_order();
 }

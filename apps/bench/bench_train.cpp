@@ -146,8 +146,7 @@ int run_bench_train(const TrainBenchOptions& opt, const GlobalOptions& global) {
   std::shared_ptr<Communicator> comm;
   if (opt.distributed) comm = distributed::mpi_world("--distributed");
   try {
-    // On GPUs the gradients travel over NCCL, set up over MPI.
-    if (comm && resolve_device(global.device).is_cuda()) comm = distributed::nccl_world(comm);
+    if (comm) comm = distributed::communicator_for(comm, global.device);
     return run_bench_train_on(opt, global, comm);
   } catch (const std::exception& e) {
     if (!comm || comm->size() == 1) throw;

@@ -52,18 +52,7 @@ int run_train(TrainOptions options, bool distributed, const GlobalOptions& globa
   InterruptGuard interrupt;
   TrainResult r;
   try {
-    if (comm) {
-      // On GPUs the gradients travel over NCCL, set up over MPI, once every rank found its device.
-      bool on_gpu = false;
-      std::exception_ptr failure;
-      try {
-        on_gpu = resolve_device(options.device).is_cuda();
-      } catch (...) {
-        failure = std::current_exception();
-      }
-      comm->agree(failure);
-      if (on_gpu) comm = distributed::nccl_world(comm);
-    }
+    if (comm) comm = distributed::communicator_for(comm, options.device);
     Trainer trainer(options, rank0 ? logging::stderr_sink() : logging::silent_sink());
     trainer.set_communicator(comm);
     trainer.set_stop_check(&InterruptGuard::requested);

@@ -1,14 +1,16 @@
 // The NCCL communicator. Its all-reduces run on a stream of their own: each waits for an event
-// recorded on the engine's stream when it starts (the gradients copied into the bucket), and the
-// engine's stream waits for its end only when the reducer asks for the result, so the backward
-// pass goes on meanwhile. NCCL's sum is deterministic for a given rank count, topology and
+// recorded on the engine's stream when it starts (the gradients copied into the bucket), and only
+// when the reducer asks for the result does the host wait for its end (and the engine's stream
+// after it), so the backward pass goes on meanwhile. NCCL's sum is deterministic for a given rank count, topology and
 // algorithm (every rank gets each reduced chunk from the rank that reduced it), so the ranks hold
 // the same bits and a rerun on the same machines gets them again.
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <cstring>
 #include <exception>
 #include <string>
+#include <thread>
 
 #include "apps/distributed/nccl_world.h"
 #include "engine/device.h"
@@ -39,7 +41,12 @@ class NcclCommunicator : public Communicator {
       const int gpus = cuda_device_count();
       VG_INPUT_CHECK(gpus > 0,
                      "--distributed on GPUs: this rank sees no usable GPU (" << cuda_unavailable_reason() << ")");
-      device_ = Device::cuda(host_->local_rank() % gpus);
+      // One rank per GPU: NCCL refuses two ranks on one device.
+      VG_USAGE_CHECK(host_->local_rank() < gpus, "--distributed on GPUs: local rank "
+                                                     << host_->local_rank() << " has no GPU of its own (this machine's "
+                                                     << "ranks see " << gpus << "); start at most " << gpus
+                                                     << " ranks per machine");
+      device_ = Device::cuda(host_->local_rank());
       VG_CUDA_CHECK(cudaSetDevice(device_.index));
       const kernels::cuda::NcclLibrary& library = nccl();  // loads it, or says what to install
       if (host_->rank() == 0) check_nccl(library.ncclGetUniqueId(&id), "ncclGetUniqueId");
@@ -82,10 +89,22 @@ class NcclCommunicator : public Communicator {
     VG_CUDA_CHECK(cudaEventRecord(done, stream_));
     // Events may be destroyed with work pending: CUDA releases them once it completes.
     VG_CUDA_CHECK(cudaEventDestroy(ready));
-    // Asked for the result: the engine's stream waits for the sum, the host does not.
+    // Asked for the result: the host waits for the sum, watching NCCL's asynchronous errors (a
+    // dropped link would otherwise leave the engine's stream waiting forever), and the engine's
+    // stream is ordered after it.
     const int device = device_.index;
-    return std::async(std::launch::deferred, [engine, done, device] {
+    ncclComm_t comm = comm_;
+    return std::async(std::launch::deferred, [engine, done, device, comm] {
       VG_CUDA_CHECK(cudaSetDevice(device));
+      for (;;) {
+        const cudaError_t state = cudaEventQuery(done);
+        if (state == cudaSuccess) break;
+        VG_CUDA_CHECK(state == cudaErrorNotReady ? cudaSuccess : state);
+        ncclResult_t async = ncclSuccess;
+        check_nccl(nccl().ncclCommGetAsyncError(comm, &async), "ncclCommGetAsyncError");
+        check_nccl(async, "ncclAllReduce (asynchronous)");
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
       VG_CUDA_CHECK(cudaStreamWaitEvent(engine, done, 0));
       VG_CUDA_CHECK(cudaEventDestroy(done));
     });
