@@ -20,8 +20,8 @@ namespace {
 
 using namespace voxgrad;
 
-TEST(NcclWorld, WithoutAGpuItSaysWhy) {
-  if (test::has_cuda()) GTEST_SKIP() << "this machine has a GPU: NcclWorld.OneRank* run instead";
+TEST(NcclWorld, WithoutADeviceItSaysWhy) {
+  if (test::has_cuda()) GTEST_SKIP() << "this machine has a GPU: NcclWorld.OneRank*Gpu* run instead";
   const std::string message = test::error_of([] { distributed::nccl_world(single_process_communicator()); });
 #if VOXGRAD_HAS_CUDA
   EXPECT_NE(message.find("this rank sees no usable GPU"), std::string::npos) << message;
@@ -58,7 +58,7 @@ TEST(NcclWorld, OneRankSumsInPlaceOnItsGpu) {
   EXPECT_EQ(buffer.to_vector<float>(), values) << "one rank's sum is its own values";
 }
 
-TEST(NcclWorld, OneRankReducerKeepsThePlainGradients) {
+TEST(NcclWorld, OneRankReducerOnTheGpuKeepsThePlainGradients) {
   std::string why_not;
   const auto comm = one_rank(why_not);
   if (!comm) GTEST_SKIP() << why_not;
