@@ -17,6 +17,7 @@
 #include <tuple>
 
 #include "engine/checkpoint.h"
+#include "engine/crc32.h"
 #include "engine/files.h"
 #include "engine/json.h"
 #include "engine/log.h"
@@ -90,18 +91,6 @@ void sort_in_data_order(std::vector<Entry>& entries) {
   });
 }
 
-std::uint32_t crc_update(std::uint32_t crc, const void* data, std::size_t bytes) {
-  const auto* p = static_cast<const Bytef*>(data);
-  uLong c = crc;
-  while (bytes > 0) {  // zlib takes 32-bit lengths
-    const auto n = static_cast<uInt>(std::min<std::size_t>(bytes, std::size_t{1} << 30));
-    c = ::crc32(c, p, n);
-    p += n;
-    bytes -= n;
-  }
-  return static_cast<std::uint32_t>(c);
-}
-
 // Parts 2 and 3 of the checksum (checkpoint.h), continuing `data_crc`; `entries` in data order.
 std::uint32_t checksum_of(std::uint32_t data_crc, const std::vector<Entry>& entries, const Metadata& metadata) {
   std::uint32_t crc = data_crc;
@@ -115,12 +104,12 @@ std::uint32_t checksum_of(std::uint32_t data_crc, const std::vector<Entry>& entr
       part += std::to_string(e.shape[i]);
     }
     part += '\0';
-    crc = crc_update(crc, part.data(), part.size());
+    crc = crc32_update(crc, part.data(), part.size());
   }
   for (const auto& [key, value] : metadata) {  // std::map: byte order of the keys
     if (key == kChecksumKey) continue;
     const std::string part = key + '\0' + value + '\0';
-    crc = crc_update(crc, part.data(), part.size());
+    crc = crc32_update(crc, part.data(), part.size());
   }
   return crc;
 }
@@ -301,7 +290,7 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors, cons
   std::vector<Entry> entries;
   std::vector<Tensor> host;  // the bytes to write, in the given order
   std::uint64_t offset = 0;
-  std::uint32_t data_crc = crc_update(0, nullptr, 0);
+  std::uint32_t data_crc = crc32_update(0, nullptr, 0);
   std::set<std::string> names;
   // The same bytes under another name (see SharedBytes): written once, the other names as aliases.
   std::map<SharedBytes, std::string> stored_as;
@@ -335,7 +324,7 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors, cons
     }
     const std::uint64_t bytes = h.nbytes();
     entries.push_back({name, h.dtype(), h.shape(), offset, offset + bytes});
-    if (bytes > 0) data_crc = crc_update(data_crc, h.raw_data(), bytes);
+    if (bytes > 0) data_crc = crc32_update(data_crc, h.raw_data(), bytes);
     host.push_back(h);
     offset += bytes;
   }
@@ -448,13 +437,13 @@ SafeTensors load_safetensors(const std::string& path, Device device, NonFinite n
   // Every allocation below is a tensor whose bytes lie inside the file (checked above), and the
   // file must fit the memory: a sparse file can claim a terabyte without holding one.
   memory::check_fits(data_size, path + ": loading its " + std::to_string(entries.size()) + " tensors");
-  std::uint32_t data_crc = crc_update(0, nullptr, 0);
+  std::uint32_t data_crc = crc32_update(0, nullptr, 0);
   for (const Entry& e : entries) {
     Tensor t = empty(e.shape, e.dtype, Device::cpu());
     if (e.end > e.begin) {
       read_exact(fd.get(), path, 8 + header_len + e.begin, t.raw_data(), e.end - e.begin,
                  "the data of tensor " + quote_name(e.name));
-      data_crc = crc_update(data_crc, t.raw_data(), e.end - e.begin);
+      data_crc = crc32_update(data_crc, t.raw_data(), e.end - e.begin);
     }
     out.tensors.emplace_back(e.name, t);
   }

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <memory>
@@ -25,6 +24,7 @@
 #include "engine/autograd.h"
 #include "engine/checkpoint.h"
 #include "engine/communicator.h"
+#include "engine/crc32.h"
 #include "engine/device.h"
 #include "engine/error.h"
 #include "engine/files.h"
@@ -376,23 +376,14 @@ void check_command_line(const TrainOptions& o) {
   }
 }
 
-// 64-bit FNV-1a, eight bytes at a time: a fingerprint, not a defence against forgery.
+// A CRC-32 over what the ranks must hold alike: a fingerprint, not a defence against forgery.
 struct Fingerprint {
-  std::uint64_t h = 14695981039346656037ull;
-  void add(const void* data, std::size_t bytes) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    std::size_t i = 0;
-    for (; i + 8 <= bytes; i += 8) {
-      std::uint64_t word;
-      std::memcpy(&word, p + i, 8);
-      h = (h ^ word) * 1099511628211ull;
-    }
-    for (; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  }
+  std::uint32_t crc = 0;
+  void add(const void* data, std::size_t bytes) { crc = crc32_update(crc, data, bytes); }
   void add(const std::string& text) { add(text.data(), text.size() + 1); }  // with its end
   std::string hex() const {
-    char text[17];
-    std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(h));
+    char text[9];
+    std::snprintf(text, sizeof text, "%08x", static_cast<unsigned>(crc));
     return text;
   }
 };
