@@ -121,7 +121,6 @@ void GradientReducer::start_ready_buckets() {
 }
 
 void GradientReducer::backward(const Tensor& loss) {
-  const auto start = std::chrono::steady_clock::now();
   timing_ = {};
   ready_.assign(params_.size(), false);
   reached_.assign(params_.size(), 0);
@@ -145,7 +144,6 @@ void GradientReducer::backward(const Tensor& loss) {
   const std::size_t reached = observed_.size();
   for (std::size_t k = 0; k < params_.size(); ++k) on_ready(k);
   if (first_pass) observed_.resize(reached);  // the unreached ones go last, in registration order
-  timing_.backward_seconds = seconds_since(start);
 
   const auto wait_start = std::chrono::steady_clock::now();
   {

@@ -26,9 +26,8 @@ struct GradientBucket {
 
 // What the last backward() cost, for `bench train --distributed`.
 struct ReductionTiming {
-  double backward_seconds = 0;  // the backward pass, reductions overlapping it included
-  double wait_seconds = 0;      // after it: waiting for the reductions still running (not hidden)
-  std::int64_t bytes = 0;       // of gradients, summed over the ranks per step
+  double wait_seconds = 0;  // after the backward pass: waiting for the sums still running
+  std::int64_t bytes = 0;   // of gradients, summed over the ranks per step
 };
 
 class GradientReducer {

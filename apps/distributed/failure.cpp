@@ -8,7 +8,12 @@
 
 namespace voxgrad::distributed {
 
+namespace {
+
+// The command line's exit status for `e`: 2 for a usage error, else 1.
 int exit_status_of(const std::exception& e) { return dynamic_cast<const UsageError*>(&e) != nullptr ? 2 : 1; }
+
+}  // namespace
 
 int handle_failure(const std::exception& e, Communicator& comm) {
   const int status = exit_status_of(e);

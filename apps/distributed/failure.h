@@ -10,9 +10,6 @@
 
 namespace voxgrad::distributed {
 
-// The command line's exit status for `e`: 2 for a usage error, else 1.
-int exit_status_of(const std::exception& e);
-
 // For a failure `e` caught on this rank of `comm` (more than one rank): when agreed, rank 0
 // reports it, and every rank returns the exit status; otherwise this rank reports it on stderr and
 // ends the job.
