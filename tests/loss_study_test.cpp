@@ -121,6 +121,68 @@ TEST(LossStudy, UnfinishedRunsAreLeftOutAndTheStudyIsIncomplete) {
   EXPECT_FALSE(study::results_markdown(analysis).empty());
 }
 
+// Weighted cross-entropy arms: one below plain cross-entropy, one above it (below the surrogates).
+double wce_low_dice(int c, std::int64_t seed) { return ce_dice(c, seed) - 0.03 - 0.001 * (c % 4); }
+double wce_high_dice(int c, std::int64_t seed) { return ce_dice(c, seed) + 0.05 + 0.001 * (c % 5); }
+// A surrogate between them: better than cross-entropy, worse than the better weighting.
+double between_dice(int c, std::int64_t seed) { return ce_dice(c, seed) + 0.02 + 0.001 * (c % 3); }
+
+void add_weighted_arms(const std::string& work, const std::string& presets) {
+  write_text(work + "/plan.json", R"({"tier":"full","presets":)" + presets +
+                                      R"(,"seeds":[0,1],"arms":[{"name":"ce","group":"cross-entropy"},)"
+                                      R"({"name":"dice","group":"surrogate"},{"name":"lovasz","group":"surrogate"},)"
+                                      R"({"name":"wce_3","group":"weighted-cross-entropy"},)"
+                                      R"({"name":"wce_30","group":"weighted-cross-entropy"}],"design":{}})");
+  for (std::int64_t seed : {0, 1}) {
+    write_run(work + "/p/wce_3/seed" + std::to_string(seed), wce_high_dice, seed);
+    write_run(work + "/p/wce_30/seed" + std::to_string(seed), wce_low_dice, seed);
+  }
+}
+
+TEST(LossStudy, SurrogatesMustBeatTheBestWeightingToo) {
+  const std::string work = make_study("loss_study_weighted");
+  add_weighted_arms(work, R"(["p"])");
+  const Json verdict = study::analyze_study(study::load_study(work))["per_preset"][0]["verdict"];
+  EXPECT_EQ(verdict["best_weighted_cross_entropy"], "wce_3");
+  EXPECT_EQ(verdict["outcome"], "confirmed") << verdict.dump();
+
+  // Lovasz beats plain cross-entropy but not the better weighting: the rule names the pair.
+  for (std::int64_t seed : {0, 1}) write_run(work + "/p/lovasz/seed" + std::to_string(seed), between_dice, seed);
+  const Json refuted = study::analyze_study(study::load_study(work))["per_preset"][0]["verdict"];
+  EXPECT_EQ(refuted["outcome"], "not confirmed");
+  EXPECT_NE(refuted["failures"].dump().find("lovasz does not beat wce_3 on the Dice metric"), std::string::npos)
+      << refuted["failures"].dump();
+  EXPECT_EQ(refuted["failures"].dump().find("does not beat ce"), std::string::npos) << refuted["failures"].dump();
+}
+
+TEST(LossStudy, APresetWithoutRunsProvesNothing) {
+  const std::string work = make_study("loss_study_empty_preset");
+  add_weighted_arms(work, R"(["p","q"])");
+  const Json analysis = study::analyze_study(study::load_study(work));
+  const Json& empty = analysis["per_preset"][1];
+  ASSERT_EQ(empty["preset"], "q");
+  EXPECT_EQ(empty["verdict"]["outcome"], "incomplete");
+  // No pair was tested: equivalence is not shown, and the report says there is nothing yet.
+  EXPECT_FALSE(empty["verdict"]["surrogates_equivalent"].get<bool>());
+  EXPECT_FALSE(empty["verdict"]["surrogates_beat_cross_entropy"].get<bool>());
+  EXPECT_EQ(analysis["outcome"], "incomplete");
+  const std::string md = study::results_markdown(analysis);
+  EXPECT_NE(md.find("## q\n\nNo finished runs yet."), std::string::npos) << md;
+
+  // A finished preset that fails the rule decides the outcome while the other is still empty.
+  for (std::int64_t seed : {0, 1}) write_run(work + "/p/lovasz/seed" + std::to_string(seed), ce_dice, seed);
+  EXPECT_EQ(study::analyze_study(study::load_study(work))["outcome"], "not confirmed");
+}
+
+TEST(LossStudy, ACaseWithoutAScoreIsRefusedInAnyRun) {
+  // The first run read is checked like the others.
+  double (*unscored)(int, std::int64_t) = [](int c, std::int64_t seed) { return c == 3 ? NAN : ce_dice(c, seed); };
+  const std::string work = make_study("loss_study_unscored");
+  write_run(work + "/p/ce/seed0", unscored, 0);
+  const std::string error = voxgrad::test::error_of([&] { study::analyze_study(study::load_study(work)); });
+  EXPECT_NE(error.find("p/ce/seed0: case case_103 has no foreground score"), std::string::npos) << error;
+}
+
 TEST(LossStudy, GradientMassSplitFollowsTheReference) {
   // 1 x 4 x 8: a 2-voxel object (small) at x = 1..2 of row y = 1, background elsewhere.
   const std::array<std::int64_t, 3> shape = {1, 4, 8};

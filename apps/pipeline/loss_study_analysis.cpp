@@ -75,19 +75,19 @@ std::vector<std::int64_t> common_seeds(const SeedRuns& a, const SeedRuns& b) {
   return out;
 }
 
-// Every run of a preset must score the same test cases, in the same order.
+// Every run of a preset must score the same test cases and classes, in the same order, and give
+// every case a score.
 void check_same_cases(const std::map<std::string, SeedRuns>& arms, const std::string& preset) {
-  const std::vector<CaseScores>* first = nullptr;
+  const RunResult* first = nullptr;
   for (const auto& [arm, runs] : arms)
     for (const auto& [seed, run] : runs) {
-      if (!first) {
-        first = &run.cases;
-        continue;
-      }
-      bool same = run.cases.size() == first->size();
-      for (std::size_t c = 0; same && c < first->size(); ++c) same = run.cases[c].name == (*first)[c].name;
+      if (!first) first = &run;
+      bool same = run.cases.size() == first->cases.size();
+      for (std::size_t c = 0; same && c < first->cases.size(); ++c) same = run.cases[c].name == first->cases[c].name;
       VG_INPUT_CHECK(
           same, preset << "/" << arm << "/seed" << seed << ": scored other test cases than the preset's other runs");
+      VG_INPUT_CHECK(run.classes == first->classes,
+                     preset << "/" << arm << "/seed" << seed << ": scored other classes than the preset's other runs");
       for (const CaseScores& c : run.cases)
         VG_INPUT_CHECK(std::isfinite(c.dice) && std::isfinite(c.jaccard),
                        preset << "/" << arm << "/seed" << seed << ": case " << c.name << " has no foreground score");
@@ -116,22 +116,31 @@ Json arm_summary(const Arm& arm, const SeedRuns& runs) {
   const RunResult& first = runs.begin()->second;
   Json per_class = Json::object();
   for (std::size_t k = 0; k < first.classes.size(); ++k) {
+    const std::int32_t label = first.classes[k];
+    // Dice over the cases where it is defined (a class absent from both a case's reference and its
+    // prediction has none, as in nnU-Net's means); calibration from the runs whose evaluation has it.
     double dice = 0, ece = 0, hard = 0, soft = 0;
+    int dice_runs = 0, calibrated_runs = 0;
     for (const auto& [seed, run] : runs) {
       double sum = 0;
-      for (const CaseScores& c : run.cases) sum += c.dice_per_class[k];
-      dice += sum / static_cast<double>(run.cases.size());
-      if (k < run.calibration.size()) {
-        ece += run.calibration[k].ece;
-        hard += run.calibration[k].volume_ratio_hard;
-        soft += run.calibration[k].volume_ratio_soft;
-      }
+      int defined = 0;
+      for (const CaseScores& c : run.cases)
+        if (std::isfinite(c.dice_per_class[k])) sum += c.dice_per_class[k], ++defined;
+      if (defined > 0) dice += sum / defined, ++dice_runs;
+      for (const ClassCalibration& cal : run.calibration)
+        if (cal.label == label) {
+          ece += cal.ece;
+          hard += cal.volume_ratio_hard;
+          soft += cal.volume_ratio_soft;
+          ++calibrated_runs;
+        }
     }
-    const auto n = static_cast<double>(runs.size());
-    per_class[std::to_string(first.classes[k])] = {{"dice", number(dice / n)},
-                                                   {"ece", number(ece / n)},
-                                                   {"volume_ratio_hard", number(hard / n)},
-                                                   {"volume_ratio_soft", number(soft / n)}};
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    const double calibrated = calibrated_runs > 0 ? calibrated_runs : nan;
+    per_class[std::to_string(label)] = {{"dice", number(dice_runs > 0 ? dice / dice_runs : nan)},
+                                        {"ece", number(ece / calibrated)},
+                                        {"volume_ratio_hard", number(hard / calibrated)},
+                                        {"volume_ratio_soft", number(soft / calibrated)}};
   }
   j["per_class"] = per_class;
   // Objects found, by size, pooled over seeds.
@@ -240,6 +249,8 @@ Json verdict(const Plan& plan, const std::map<std::string, SeedRuns>& arms, cons
   for (const Arm& arm : plan.arms) complete = complete && arms.at(arm.name).size() == plan.seeds.size();
   std::vector<std::string> surrogates, references;
   if (arms.count("ce")) references.push_back("ce");
+  // The best weighted cross-entropy is the one with the highest mean test Dice: chosen on the test
+  // cases, which can only favour the weighting, so it is the hardest reference for the surrogates.
   std::string best_wce;
   double best = -INFINITY;
   for (const Json& a : preset["arms"]) {
@@ -265,15 +276,28 @@ Json verdict(const Plan& plan, const std::map<std::string, SeedRuns>& arms, cons
           const double d = t["mean_difference"].get<double>() * (flipped ? -1 : 1);
           ok = d > 0 && t["p_holm"].get<double>() < kAlpha;
         }
-        if (!ok) failures.push_back(s + " does not beat " + r + " on " + metric);
+        if (!ok)
+          failures.push_back(s + " does not beat " + r + (pair ? " on the " : " (no seed in common) on the ") +
+                             (metric == std::string("dice") ? "Dice" : "Jaccard") + " metric");
         beats = beats && ok;
       }
+  // Every pair of surrogates must have been tested and found equivalent: an untested pair is not
+  // evidence of equivalence.
   bool equivalent = true;
-  for (const Json& t : preset["equivalence"]) {
-    if (!t["equivalent"].get<bool>())
-      failures.push_back(t["a"].get<std::string>() + " and " + t["b"].get<std::string>() + " are not shown equivalent");
-    equivalent = equivalent && t["equivalent"].get<bool>();
-  }
+  for (std::size_t i = 0; i < surrogates.size(); ++i)
+    for (std::size_t k = i + 1; k < surrogates.size(); ++k) {
+      const Json* test = nullptr;
+      for (const Json& t : preset["equivalence"])
+        if ((t["a"] == surrogates[i] && t["b"] == surrogates[k]) ||
+            (t["a"] == surrogates[k] && t["b"] == surrogates[i]))
+          test = &t;
+      if (test == nullptr)
+        failures.push_back(surrogates[i] + " and " + surrogates[k] +
+                           " are not tested for equivalence (no seed in common)");
+      else if (!(*test)["equivalent"].get<bool>())
+        failures.push_back(surrogates[i] + " and " + surrogates[k] + " are not shown equivalent");
+      equivalent = equivalent && test != nullptr && (*test)["equivalent"].get<bool>();
+    }
   v["surrogates_beat_cross_entropy"] = beats;
   v["surrogates_equivalent"] = equivalent;
   v["confirmed"] = complete && beats && equivalent;
@@ -406,18 +430,21 @@ Json analyze_study(const StudyData& data) {
                    {"score", "per test case, the mean over foreground classes, averaged over the seeds compared"}};
   j["acceptance_rule"] =
       "confirmed on a preset when every surrogate (group 'surrogate') beats cross-entropy and the best weighted "
-      "cross-entropy with a Holm-corrected exact Wilcoxon p < 0.05 on both Dice and Jaccard, and every pair of "
+      "cross-entropy (the weighted arm with the highest mean test Dice) with a Holm-corrected exact Wilcoxon p < 0.05 "
+      "on both Dice and Jaccard, and every pair of "
       "surrogates is equivalent within +-0.01 Dice (TOST p < 0.05); confirmed overall when confirmed on every preset "
       "of the tier";
   j["per_preset"] = Json::array();
-  bool all_complete = true, all_confirmed = true;
+  bool all_complete = true;
   for (const std::string& preset : plan.presets) {
     Json p = analyze_preset(data, preset);
     all_complete = all_complete && p["verdict"]["complete"].get<bool>();
-    all_confirmed = all_confirmed && p["verdict"]["confirmed"].get<bool>();
     j["per_preset"].push_back(std::move(p));
   }
-  j["outcome"] = !all_complete ? "incomplete" : all_confirmed ? "confirmed" : "not confirmed";
+  // A finished preset that is not confirmed decides the overall outcome before the others finish.
+  bool any_refuted = false;
+  for (const Json& p : j["per_preset"]) any_refuted = any_refuted || p["verdict"]["outcome"] == "not confirmed";
+  j["outcome"] = any_refuted ? "not confirmed" : !all_complete ? "incomplete" : "confirmed";
   return j;
 }
 

@@ -139,12 +139,21 @@ std::string results_markdown(const Json& analysis) {
   md << "Each test case's score is its mean over the foreground classes, averaged over the seeds compared; pairs are "
         "compared case by case (exact two-sided Wilcoxon signed-rank, Holm's correction over all pairs per metric, "
         "95% percentile bootstrap of the mean difference with "
-     << analysis["settings"]["bootstrap_resamples"] << " resamples, over cases and over seeds then cases).\n";
+     << analysis["settings"]["bootstrap_resamples"] << " resamples, over cases and over seeds then cases).\n"
+     << "The Wilcoxon tests treat the test cases as the sample and the seeds' mean as each case's score, so they "
+        "speak of these seeds; how much another seed would change a difference shows in the interval over seeds then "
+        "cases.\n";
   for (const Json& preset : analysis["per_preset"]) {
     const Json& v = preset["verdict"];
     md << "\n## " << preset["preset"].get<std::string>() << "\n\n";
-    md << "Verdict: **" << v["outcome"].get<std::string>()
-       << "** (surrogates beat cross-entropy: " << (v["surrogates_beat_cross_entropy"].get<bool>() ? "yes" : "no")
+    bool has_runs = false;
+    for (const Json& a : preset["arms"]) has_runs = has_runs || !a["seeds_done"].empty();
+    if (!has_runs) {
+      md << "No finished runs yet.\n";
+      continue;
+    }
+    md << "Verdict: **" << v["outcome"].get<std::string>() << "** (surrogates beat cross-entropy and the best weighted "
+       << "cross-entropy: " << (v["surrogates_beat_cross_entropy"].get<bool>() ? "yes" : "no")
        << "; surrogates equivalent: " << (v["surrogates_equivalent"].get<bool>() ? "yes" : "no") << ")";
     if (!v["best_weighted_cross_entropy"].is_null())
       md << "; best weighted cross-entropy: " << v["best_weighted_cross_entropy"].get<std::string>();
