@@ -1,8 +1,9 @@
 // The collectives of data-parallel training behind one interface, so that the trainer and the
-// gradient reducer know nothing of the transport: MPI between processes (apps/distributed), and
-// later NCCL between GPUs. Every collective must be called by every rank in the same order, as in
-// MPI. Every sum of floating-point numbers is taken in an order fixed by the rank count alone, so
-// every rank gets the same bits and a rerun with the same rank count gets them again.
+// gradient reducer know nothing of the transport: MPI between processes and NCCL between GPUs
+// (apps/distributed). Every collective must be called by every rank in the same order, as in
+// MPI. Every sum of floating-point numbers gives every rank the same bits, and a rerun with the
+// same ranks and the same buckets gets them again (the grouping of the operands is the
+// transport's: see mpi_world.cpp and nccl_world_cuda.cpp).
 #pragma once
 
 #include <cstdint>
@@ -32,7 +33,9 @@ class Communicator {
   // stream after get() sees the sum). `data`, on device(), must stay alive until then.
   // Reductions run one after another in the order they were started.
   virtual std::future<void> start_sum(float* data, std::int64_t count) = 0;
-  // Blocking sums, queued behind the reductions already started.
+  // Blocking sums (on the host). On MPI they are queued behind the reductions already started;
+  // NCCL's go over the host's MPI and are not ordered with its reductions, so a caller that needs
+  // a reduction's result waits for its future first.
   virtual void sum(double* data, std::int64_t count) = 0;
   virtual void sum(std::int64_t* data, std::int64_t count) = 0;  // exact
   // Every rank's `mine`, indexed by rank.

@@ -95,7 +95,10 @@ void GradientReducer::rebuild_buckets_in_observed_order() {
   for (std::size_t k : order) text += std::to_string(k) + ",";
   const std::vector<std::string> all = comm_.all_gather(text);
   for (std::size_t r = 1; r < all.size(); ++r)
-    VG_CHECK(all[r] == all[0], "GradientReducer: rank " << r << " finished its gradients in another order than rank 0");
+    if (all[r] != all[0]) {
+      comm_.fail_together();  // every rank sees the same lists, so every rank stops here
+      VG_FAIL("GradientReducer: rank " << r << " finished its gradients in another order than rank 0");
+    }
   assign_buckets(order);
   rebuilt_ = true;
 }

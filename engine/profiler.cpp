@@ -147,8 +147,8 @@ std::vector<Record> settled_records() {
   return out;
 }
 
-// The device an OpStats row's ops ran on (its first, for "cuda": the profiler keeps kinds only).
-Device device_of(const OpStats& r) { return r.device == "cpu" ? Device::cpu() : Device::cuda(0); }
+// The device an OpStats row's ops ran on (its first, for "cuda": rows are per device kind).
+Device device_of(const OpStats& r) { return r.device == "cpu" ? Device::cpu() : Device::cuda(r.device_index); }
 
 // The device's peaks, or null when they cannot be had (a GPU without memory left for the copy
 // test): the table then leaves the bound out rather than failing at exit.
@@ -313,6 +313,7 @@ std::vector<OpStats> summary() {
   for (const Record& r : records) {
     const std::string kind = device_kind(r.device);
     OpStats& o = by_op[{r.name, kind}];
+    if (o.calls == 0) o.device_index = r.device.index;
     o.name = r.name;
     o.device = kind;
     ++o.calls;

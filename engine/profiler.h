@@ -31,6 +31,9 @@ void reset();
 struct OpStats {
   std::string name;
   std::string device;  // "cpu" or "cuda"
+  // The GPU of the row's first call: its peaks are the roofline's (a data-parallel rank drives one
+  // GPU, which need not be GPU 0).
+  int device_index = 0;
   std::int64_t calls = 0;
   double total_ms = 0;
   // Summed over the calls that carried a cost model; costed_ms is their time.

@@ -3,12 +3,16 @@
 // reduction started during the backward pass runs while the calling thread computes. Floating-point
 // sums use a non-commutative user operation: MPI then combines the operands in rank order, and
 // Open MPI reduces such an operation to one rank and broadcasts the result, so every rank holds
-// the same bits, and the same rank count gives the same bits again.
+// the same bits. With 2 ranks that is a + b whatever the message; with more, how the library
+// groups the operands ((a + b) + c or a + (b + c)) may depend on the message size, so the last
+// bits may depend on --bucket-mb.
 #include "apps/distributed/mpi_world.h"
 
 #include <mpi.h>
 
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <functional>
 #include <limits>
@@ -115,7 +119,11 @@ class MpiCommunicator : public Communicator {
  private:
   void end_job(int status) override {
     // From the calling thread: the MPI thread may be waiting in a collective that never completes.
-    MPI_Abort(MPI_COMM_WORLD, status);
+    // Only MPI_THREAD_MULTIPLE allows that; otherwise the process ends without MPI_Finalize, which
+    // makes the launcher end the job.
+    if (provided_ >= MPI_THREAD_MULTIPLE) MPI_Abort(MPI_COMM_WORLD, status);
+    std::fflush(nullptr);
+    std::_Exit(status);
   }
 
   std::future<void> submit(std::function<void()> task) {
@@ -135,6 +143,7 @@ class MpiCommunicator : public Communicator {
     // waiting here, a supported call.
     int provided = 0;
     check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided), "MPI_Init_thread");
+    provided_ = provided;
     VG_CHECK(provided >= MPI_THREAD_FUNNELED,
              "MPI offers no thread support (MPI_THREAD_FUNNELED or more), which voxgrad's communication thread "
              "needs; use an MPI library built with threads");
@@ -179,6 +188,7 @@ class MpiCommunicator : public Communicator {
   }
 
   int rank_ = 0, size_ = 1, local_rank_ = 0;
+  int provided_ = 0;  // MPI's thread support, set before start-up ends
   MPI_Op float_sum_ = MPI_OP_NULL, double_sum_ = MPI_OP_NULL;
   std::mutex mutex_;
   std::condition_variable changed_;

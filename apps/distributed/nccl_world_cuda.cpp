@@ -1,16 +1,20 @@
 // The NCCL communicator. Its all-reduces run on a stream of their own: each waits for an event
 // recorded on the engine's stream when it starts (the gradients copied into the bucket), and only
 // when the reducer asks for the result does the host wait for its end (and the engine's stream
-// after it), so the backward pass goes on meanwhile. NCCL's sum is deterministic for a given rank count, topology and
-// algorithm (every rank gets each reduced chunk from the rank that reduced it), so the ranks hold
-// the same bits and a rerun on the same machines gets them again.
+// after it), so the backward pass goes on meanwhile. NCCL's sum is deterministic for a given rank
+// count, topology, algorithm and buffer (every rank gets each reduced chunk from the rank that
+// reduced it), so the ranks hold the same bits and a rerun on the same machines gets them again;
+// an element's summation order depends on where its chunk falls, so other buckets may change the
+// last bits.
 #include <cuda_runtime.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstring>
 #include <exception>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "apps/distributed/nccl_world.h"
 #include "engine/device.h"
@@ -29,6 +33,28 @@ void check_nccl(ncclResult_t result, const char* call) {
   VG_FAIL(call << " failed: " << nccl().ncclGetErrorString(result));
 }
 
+std::string host_name() {
+  char name[256] = "";
+  if (gethostname(name, sizeof name - 1) != 0) return "?";
+  return name;
+}
+
+std::string pci_bus_id(int device) {
+  char id[64] = "";
+  VG_CUDA_CHECK(cudaDeviceGetPCIBusId(id, sizeof id, device));
+  return id;
+}
+
+// `placements[r]` is rank r's "host bus-id" ("" for a rank that failed before choosing a GPU).
+void check_one_rank_per_gpu(const std::vector<std::string>& placements) {
+  for (std::size_t a = 0; a < placements.size(); ++a)
+    for (std::size_t b = a + 1; b < placements.size(); ++b)
+      VG_USAGE_CHECK(placements[a].empty() || placements[a] != placements[b],
+                     "--distributed on GPUs: ranks "
+                         << a << " and " << b << " share one GPU (" << placements[a]
+                         << "); give each rank a GPU of its own (at most one rank per GPU)");
+}
+
 class NcclCommunicator : public Communicator {
  public:
   explicit NcclCommunicator(std::shared_ptr<Communicator> host) : host_(std::move(host)) {
@@ -37,19 +63,30 @@ class NcclCommunicator : public Communicator {
     ncclUniqueId id;
     std::memset(&id, 0, sizeof id);
     std::exception_ptr failure;
+    std::string placement;  // "host GPU-bus-id": where this rank's GPU is
     try {
       const int gpus = cuda_device_count();
       VG_INPUT_CHECK(gpus > 0,
                      "--distributed on GPUs: this rank sees no usable GPU (" << cuda_unavailable_reason() << ")");
-      // One rank per GPU: NCCL refuses two ranks on one device.
-      VG_USAGE_CHECK(host_->local_rank() < gpus, "--distributed on GPUs: local rank "
-                                                     << host_->local_rank() << " has no GPU of its own (this machine's "
-                                                     << "ranks see " << gpus << "); start at most " << gpus
-                                                     << " ranks per machine");
-      device_ = Device::cuda(host_->local_rank());
+      // A launcher that binds each rank to a GPU of its own (Slurm's --gpus-per-task=1) leaves it
+      // one; otherwise the local rank picks among the machine's GPUs.
+      const int index = gpus == 1 ? 0 : host_->local_rank();
+      VG_USAGE_CHECK(index < gpus, "--distributed on GPUs: local rank "
+                                       << host_->local_rank() << " has no GPU of its own (this machine's ranks see "
+                                       << gpus << "); start at most " << gpus << " ranks per machine");
+      device_ = Device::cuda(index);
       VG_CUDA_CHECK(cudaSetDevice(device_.index));
+      placement = host_name() + " " + pci_bus_id(device_.index);
       const kernels::cuda::NcclLibrary& library = nccl();  // loads it, or says what to install
       if (host_->rank() == 0) check_nccl(library.ncclGetUniqueId(&id), "ncclGetUniqueId");
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    // One rank per GPU: NCCL refuses two ranks on one device, with a less telling error. Every
+    // rank sees every placement, so all of them find the same clash.
+    const std::vector<std::string> placements = host_->all_gather(placement);
+    try {
+      if (!failure) check_one_rank_per_gpu(placements);
     } catch (...) {
       failure = std::current_exception();
     }
