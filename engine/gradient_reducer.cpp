@@ -51,7 +51,8 @@ GradientReducer::GradientReducer(std::vector<Tensor> params, Communicator& comm,
 GradientReducer::~GradientReducer() {
   // A backward pass that threw may have left reductions running into the buckets' buffers. The
   // other ranks complete them (they run the same pass); should one not, the buffers are left to the
-  // process's end rather than freed under a running reduction.
+  // process's end rather than freed under a running reduction. NCCL's futures are deferred (their
+  // wait is the host's wait for the GPU), so on a GPU the buffers of a failed pass are always left.
   for (std::future<void>& f : pending_) {
     if (!f.valid() || f.wait_for(std::chrono::seconds(30)) == std::future_status::ready) continue;
     new std::vector<Tensor>(std::move(flat_));  // deliberately never freed
