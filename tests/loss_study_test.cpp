@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -14,6 +15,7 @@
 
 #include "apps/pipeline/gradient_mass.h"
 #include "apps/pipeline/study_statistics.h"
+#include "engine/error.h"
 #include "tests/test_support.h"
 
 namespace {
@@ -172,6 +174,111 @@ TEST(LossStudy, APresetWithoutRunsProvesNothing) {
   // A finished preset that fails the rule decides the outcome while the other is still empty.
   for (std::int64_t seed : {0, 1}) write_run(work + "/p/lovasz/seed" + std::to_string(seed), ce_dice, seed);
   EXPECT_EQ(study::analyze_study(study::load_study(work))["outcome"], "not confirmed");
+}
+
+// What `voxgrad study` writes of an analysis: study.json and per_case.csv in `dir`.
+void write_outputs(const std::string& dir, const study::StudyData& data, const Json& analysis) {
+  write_text(dir + "/study.json", analysis.dump(2));
+  write_text(dir + "/per_case.csv", study::per_case_csv(data, analysis));
+}
+
+TEST(LossStudy, AnEarlierStudyStandsInForAPresetWithoutRunsHere) {
+  // The earlier folder ran preset p; this one runs q (the same runs) and has lost p's.
+  const std::string before = make_study("loss_study_earlier");
+  add_weighted_arms(before, R"(["p","q"])");
+  const study::StudyData before_data = study::load_study(before);
+  const Json before_analysis = study::analyze_study(before_data);
+  write_outputs(before + "/out", before_data, before_analysis);
+  const std::string now = voxgrad::test::temp_dir("loss_study_later");
+  fs::copy(before + "/plan.json", now + "/plan.json");
+  fs::copy(before + "/p", now + "/q", fs::copy_options::recursive);
+  const study::StudyData data = study::load_study(now);
+  EXPECT_EQ(study::analyze_study(data)["outcome"], "incomplete");
+
+  const study::EarlierStudy earlier = study::read_earlier_study(before + "/out");
+  const Json analysis = study::analyze_study(data, &earlier);
+  const Json& p = analysis["per_preset"][0];
+  EXPECT_EQ(p["carried_from"], before + "/out/study.json");
+  Json p_without_mark = p;
+  p_without_mark.erase("carried_from");
+  EXPECT_EQ(p_without_mark, before_analysis["per_preset"][0]);
+  EXPECT_FALSE(analysis["per_preset"][1].contains("carried_from"));
+  EXPECT_EQ(analysis["runs"]["done"], 20);
+  EXPECT_EQ(analysis["outcome"], "confirmed") << analysis["per_preset"][1]["verdict"].dump();
+  EXPECT_NE(study::results_markdown(analysis).find("## p\n\nFrom `" + before + "/out/study.json`"), std::string::npos);
+
+  // per_case.csv: p's rows as the earlier study wrote them, then q's from the runs here.
+  const std::string csv = study::per_case_csv(data, analysis, &earlier);
+  const std::string before_csv = study::per_case_csv(before_data, before_analysis);
+  const std::string header = "preset,arm,seed,case,dice,jaccard\n";
+  ASSERT_TRUE(before_csv.starts_with(header));
+  std::string q_rows = before_csv.substr(header.size());
+  for (std::size_t at = 0; (at = q_rows.find("p,", at)) != std::string::npos; at = q_rows.find('\n', at) + 1)
+    q_rows.replace(at, 1, "q");
+  EXPECT_EQ(csv, before_csv + q_rows);
+
+  // A preset with runs here is analysed here, whatever the earlier study says of it.
+  const Json own = study::analyze_study(before_data, &earlier);
+  EXPECT_FALSE(own["per_preset"][0].contains("carried_from"));
+  EXPECT_EQ(own["runs"]["done"], 10);
+}
+
+TEST(LossStudy, AnEarlierStudyOfAnotherPlanIsRefused) {
+  const std::string before = make_study("loss_study_earlier_other");
+  const study::StudyData before_data = study::load_study(before);
+  write_outputs(before + "/out", before_data, study::analyze_study(before_data));
+  const std::string now = voxgrad::test::temp_dir("loss_study_later_other");
+  write_text(now + "/plan.json",
+             R"({"tier":"quick","presets":["p"],"seeds":[0,1,2],"arms":[{"name":"ce","group":"cross-entropy"},)"
+             R"({"name":"dice","group":"surrogate"},{"name":"lovasz","group":"surrogate"}],"design":{}})");
+  const study::EarlierStudy earlier = study::read_earlier_study(before + "/out");
+  try {
+    study::analyze_study(study::load_study(now), &earlier);
+    FAIL() << "a study of seeds 0-1 stood in for one of seeds 0-2";
+  } catch (const voxgrad::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("its seeds differ from"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(study::read_earlier_study(now), voxgrad::InputError);  // no study.json there
+}
+
+// `voxgrad study --earlier`: the carried preset's plots come along, the others are drawn here.
+TEST(LossStudy, TheStudyCommandBringsTheEarlierPlots) {
+  const std::string before = make_study("loss_study_cli_earlier");
+  add_weighted_arms(before, R"(["p","q"])");
+  const std::string now = voxgrad::test::temp_dir("loss_study_cli_later");
+  fs::copy(before + "/plan.json", now + "/plan.json");
+  fs::copy(before + "/p", now + "/q", fs::copy_options::recursive);
+  const std::string bin = voxgrad::test::voxgrad_binary();
+  ASSERT_EQ(std::system((bin + " study --work " + before + " >/dev/null 2>&1").c_str()), 0);
+  const std::string out = now + "/out";
+  ASSERT_EQ(std::system((bin + " study --work " + now + " --earlier " + before + " --out " + out + " >" + now +
+                         "/line 2>" + now + "/err")
+                            .c_str()),
+            0)
+      << voxgrad::test::read_file(now + "/err");
+  const Json line = Json::parse(voxgrad::test::read_file(now + "/line"));
+  EXPECT_EQ(line["runs"]["done"], 20);
+  EXPECT_EQ(line["outcome"], "confirmed");
+  for (const char* kind : {"_paired_differences.svg", "_learning_curves.svg", "_objects_by_size.svg"}) {
+    EXPECT_EQ(voxgrad::test::read_file(out + "/plots/p" + kind), voxgrad::test::read_file(before + "/plots/p" + kind));
+    EXPECT_TRUE(fs::exists(out + "/plots/q" + kind)) << kind;
+  }
+  EXPECT_EQ(line["plots"].size(), 6u);
+
+  // Writing into the earlier folder itself: its carried preset stays as it was.
+  const std::string before_p = study::read_earlier_study(before).study["per_preset"][0].dump();
+  ASSERT_EQ(
+      std::system((bin + " study --work " + now + " --earlier " + before + " >/dev/null 2>&1 --out " + before).c_str()),
+      0);
+  Json carried = study::read_earlier_study(before).study["per_preset"][0];
+  carried.erase("carried_from");
+  EXPECT_EQ(carried.dump(), before_p);
+
+  const int status =
+      std::system((bin + " study --work " + now + " --earlier " + now + "/nowhere 2>" + now + "/err").c_str());
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  EXPECT_NE(voxgrad::test::read_file(now + "/err").find("nowhere/study.json: missing"), std::string::npos)
+      << voxgrad::test::read_file(now + "/err");
 }
 
 TEST(LossStudy, ACaseWithoutAScoreIsRefusedInAnyRun) {

@@ -82,6 +82,18 @@ Plan read_plan(const std::string& path);
 // files are unreadable is an InputError naming the file.
 StudyData load_study(const std::string& work);
 
+// What an earlier `voxgrad study` wrote (its folder's study.json and per_case.csv). A study whose
+// presets were run on different machines, not all of whose work folders survive, takes from it
+// the presets that have no finished run in this one (analyze_study); both must have one plan.
+struct EarlierStudy {
+  std::string folder;
+  Json study;
+  std::string per_case_csv;  // as written, header first
+};
+
+// FOLDER/study.json and FOLDER/per_case.csv; an InputError names a missing or unreadable file.
+EarlierStudy read_earlier_study(const std::string& folder);
+
 // The margin of the equivalence test between surrogates, in Dice.
 constexpr double kEquivalenceMargin = 0.01;
 // The significance level of the acceptance rule (after Holm's correction).
@@ -94,11 +106,14 @@ constexpr std::uint64_t kBootstrapSeed = 20190101;
 // (per metric: exact Wilcoxon with Holm's correction, the paired mean difference with bootstrap
 // intervals over cases and over seeds and cases), TOST between surrogates, Kendall's tau between
 // the Dice and Jaccard rankings, calibration, recall by object size, the gradient mass split,
-// and the acceptance rule's verdict.
-Json analyze_study(const StudyData& data);
+// and the acceptance rule's verdict. With `earlier`, a preset without a finished run in `data` is
+// the earlier study's analysis of it, marked "carried_from", when the earlier study had runs of it;
+// an earlier study with another tier, seeds, arms or design is an InputError.
+Json analyze_study(const StudyData& data, const EarlierStudy* earlier = nullptr);
 
-// One row per (preset, arm, seed, case): the scores the analysis averages.
-std::string per_case_csv(const StudyData& data);
+// One row per (preset, arm, seed, case): the scores the analysis averages; a preset that
+// `analysis` carried from `earlier` has the earlier study's rows.
+std::string per_case_csv(const StudyData& data, const Json& analysis = Json(), const EarlierStudy* earlier = nullptr);
 
 // results.md: the verdict and the tables of study.json, for people.
 std::string results_markdown(const Json& analysis);

@@ -401,9 +401,35 @@ Json analyze_preset(const StudyData& data, const std::string& preset) {
   return j;
 }
 
+// The runs a preset's analysis rests on.
+std::int64_t runs_done(const Json& preset) {
+  std::int64_t done = 0;
+  for (const Json& arm : preset["arms"]) done += static_cast<std::int64_t>(arm["seeds_done"].size());
+  return done;
+}
+
+// The earlier study's analysis of `preset`, when `data` has no finished run of it and the earlier
+// study has; null otherwise.
+Json carried_preset(const StudyData& data, const Json& header, const EarlierStudy& earlier, const std::string& preset) {
+  const auto here = data.runs.find(preset);
+  if (here != data.runs.end() && !here->second.empty()) return nullptr;
+  const std::string path = earlier.folder + "/study.json";
+  for (const char* key : {"tier", "seeds", "arms", "design"})
+    VG_INPUT_CHECK(earlier.study.contains(key) && earlier.study[key] == header[key],
+                   path << ": its " << key << " differ from " << data.work
+                        << "/plan.json's, so its presets cannot stand in for this study's");
+  for (const Json& p : earlier.study["per_preset"])
+    if (p.value("preset", std::string()) == preset && runs_done(p) > 0) {
+      Json carried = p;
+      carried["carried_from"] = path;
+      return carried;
+    }
+  return nullptr;
+}
+
 }  // namespace
 
-Json analyze_study(const StudyData& data) {
+Json analyze_study(const StudyData& data, const EarlierStudy* earlier) {
   const Plan& plan = data.plan;
   Json j;
   j["tier"] = plan.tier;
@@ -413,10 +439,6 @@ Json analyze_study(const StudyData& data) {
   for (const Arm& a : plan.arms) arms.push_back({{"name", a.name}, {"group", a.group}, {"flags", a.flags}});
   j["arms"] = arms;
   j["design"] = plan.design;
-  std::int64_t done = 0;
-  for (const auto& [preset, by_arm] : data.runs)
-    for (const auto& [arm, by_seed] : by_arm) done += static_cast<std::int64_t>(by_seed.size());
-  j["runs"] = {{"planned", plan.presets.size() * plan.arms.size() * plan.seeds.size()}, {"done", done}};
   j["tests"] = {{"paired", "wilcoxon_signed_rank_exact"},
                 {"multiple_comparisons", "holm"},
                 {"intervals", "bootstrap"},
@@ -436,11 +458,15 @@ Json analyze_study(const StudyData& data) {
       "of the tier";
   j["per_preset"] = Json::array();
   bool all_complete = true;
+  std::int64_t done = 0;
   for (const std::string& preset : plan.presets) {
-    Json p = analyze_preset(data, preset);
+    Json p = earlier ? carried_preset(data, j, *earlier, preset) : Json(nullptr);
+    if (p.is_null()) p = analyze_preset(data, preset);
+    done += runs_done(p);
     all_complete = all_complete && p["verdict"]["complete"].get<bool>();
     j["per_preset"].push_back(std::move(p));
   }
+  j["runs"] = {{"planned", plan.presets.size() * plan.arms.size() * plan.seeds.size()}, {"done", done}};
   // A finished preset that is not confirmed decides the overall outcome before the others finish.
   bool any_refuted = false;
   for (const Json& p : j["per_preset"]) any_refuted = any_refuted || p["verdict"]["outcome"] == "not confirmed";

@@ -238,6 +238,17 @@ Plan read_plan(const std::string& path) {
   return plan;
 }
 
+EarlierStudy read_earlier_study(const std::string& folder) {
+  const std::string study = folder + "/study.json", per_case = folder + "/per_case.csv";
+  VG_INPUT_CHECK(fs::exists(study), study << ": missing (is " << folder << " a folder `voxgrad study` wrote?)");
+  VG_INPUT_CHECK(fs::exists(per_case), per_case << ": missing (is " << folder << " a folder `voxgrad study` wrote?)");
+  EarlierStudy earlier{folder, read_json(study), io::read_file_bytes(per_case)};
+  VG_INPUT_CHECK(
+      earlier.study.is_object() && earlier.study.contains("per_preset") && earlier.study["per_preset"].is_array(),
+      study << ": no 'per_preset' list (is it a study.json?)");
+  return earlier;
+}
+
 StudyData load_study(const std::string& work) {
   StudyData data;
   data.work = work;

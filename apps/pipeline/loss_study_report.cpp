@@ -1,11 +1,13 @@
 // The loss study's tables: per_case.csv (one row per preset, arm, seed and test case) and
 // results.md (study.json for people: the verdict first, then the tables it rests on).
 #include <cmath>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "apps/pipeline/loss_study.h"
+#include "engine/error.h"
 #include "io/csv.h"
 #include "io/svg_parts.h"
 
@@ -111,9 +113,22 @@ void probe_table(std::ostringstream& md, const Json& preset) {
 
 }  // namespace
 
-std::string per_case_csv(const StudyData& data) {
+std::string per_case_csv(const StudyData& data, const Json& analysis, const EarlierStudy* earlier) {
+  std::set<std::string> carried;
+  if (analysis.is_object() && analysis.contains("per_preset"))
+    for (const Json& p : analysis["per_preset"])
+      if (p.contains("carried_from")) carried.insert(p["preset"].get<std::string>());
   std::string out = io::csv_record({"preset", "arm", "seed", "case", "dice", "jaccard"});
   for (const std::string& preset : data.plan.presets) {
+    if (carried.count(preset)) {
+      VG_CHECK(earlier != nullptr, "a carried preset needs the earlier study it came from");
+      // The earlier rows of this preset as they were written (a preset's name needs no quoting).
+      std::istringstream rows(earlier->per_case_csv);
+      std::string row;
+      while (std::getline(rows, row))
+        if (row.starts_with(preset + ",")) out += row + "\n";
+      continue;
+    }
     const auto p = data.runs.find(preset);
     if (p == data.runs.end()) continue;
     for (const Arm& arm : data.plan.arms) {
@@ -152,6 +167,9 @@ std::string results_markdown(const Json& analysis) {
       md << "No finished runs yet.\n";
       continue;
     }
+    if (preset.contains("carried_from"))
+      md << "From `" << preset["carried_from"].get<std::string>()
+         << "`: this preset's runs were made in another work folder and analysed there by the same rule.\n\n";
     md << "Verdict: **" << v["outcome"].get<std::string>() << "** (surrogates beat cross-entropy and the best weighted "
        << "cross-entropy: " << (v["surrogates_beat_cross_entropy"].get<bool>() ? "yes" : "no")
        << "; surrogates equivalent: " << (v["surrogates_equivalent"].get<bool>() ? "yes" : "no") << ")";
