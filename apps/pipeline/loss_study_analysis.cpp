@@ -225,7 +225,8 @@ Json tost_pair(const SeedRuns& a, const SeedRuns& b) {
           {"equivalent", t.p_value < kAlpha}};
 }
 
-// The pair's entry for (a, b) in either order, and whether it was stored as (b, a).
+// The entry of a list of pairs ("a", "b") for (a, b) in either order, and whether it was stored
+// as (b, a).
 const Json* find_pair(const Json& pairs, const std::string& a, const std::string& b, bool& flipped) {
   for (const Json& p : pairs) {
     if (p["a"] == a && p["b"] == b) {
@@ -286,11 +287,8 @@ Json verdict(const Plan& plan, const std::map<std::string, SeedRuns>& arms, cons
   bool equivalent = true;
   for (std::size_t i = 0; i < surrogates.size(); ++i)
     for (std::size_t k = i + 1; k < surrogates.size(); ++k) {
-      const Json* test = nullptr;
-      for (const Json& t : preset["equivalence"])
-        if ((t["a"] == surrogates[i] && t["b"] == surrogates[k]) ||
-            (t["a"] == surrogates[k] && t["b"] == surrogates[i]))
-          test = &t;
+      bool flipped = false;  // TOST is symmetric: the order does not matter
+      const Json* test = find_pair(preset["equivalence"], surrogates[i], surrogates[k], flipped);
       if (test == nullptr)
         failures.push_back(surrogates[i] + " and " + surrogates[k] +
                            " are not tested for equivalence (no seed in common)");
