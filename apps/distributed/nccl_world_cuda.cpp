@@ -12,8 +12,11 @@
 #include <chrono>
 #include <cstring>
 #include <exception>
+#include <future>
+#include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "apps/distributed/nccl_world.h"
@@ -53,6 +56,16 @@ void check_one_rank_per_gpu(const std::vector<std::string>& placements) {
                      "--distributed on GPUs: ranks "
                          << a << " and " << b << " share one GPU (" << placements[a]
                          << "); give each rank a GPU of its own (at most one rank per GPU)");
+}
+
+// A CUDA event destroyed with its last owner. An event destroyed with work pending is released by
+// CUDA once that work completes, so an owner may go before the stream catches up.
+using Event = std::shared_ptr<std::remove_pointer_t<cudaEvent_t>>;
+
+Event new_event() {
+  cudaEvent_t event = nullptr;
+  VG_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  return Event(event, [](cudaEvent_t e) { cudaEventDestroy(e); });
 }
 
 class NcclCommunicator : public Communicator {
@@ -116,16 +129,13 @@ class NcclCommunicator : public Communicator {
   std::future<void> start_sum(float* data, std::int64_t count) override {
     VG_CUDA_CHECK(cudaSetDevice(device_.index));
     const auto engine = static_cast<cudaStream_t>(stream_for(device_).handle);
-    cudaEvent_t ready = nullptr, done = nullptr;
-    VG_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
-    VG_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
-    VG_CUDA_CHECK(cudaEventRecord(ready, engine));
-    VG_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready, 0));
+    // Owned from here on, so that a failed call or a future dropped unasked leaves no event behind.
+    const Event ready = new_event(), done = new_event();
+    VG_CUDA_CHECK(cudaEventRecord(ready.get(), engine));
+    VG_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready.get(), 0));
     check_nccl(nccl().ncclAllReduce(data, data, static_cast<std::size_t>(count), ncclFloat, ncclSum, comm_, stream_),
                "ncclAllReduce");
-    VG_CUDA_CHECK(cudaEventRecord(done, stream_));
-    // Events may be destroyed with work pending: CUDA releases them once it completes.
-    VG_CUDA_CHECK(cudaEventDestroy(ready));
+    VG_CUDA_CHECK(cudaEventRecord(done.get(), stream_));
     // Asked for the result: the host waits for the sum, watching NCCL's asynchronous errors (a
     // dropped link would otherwise leave the engine's stream waiting forever), and the engine's
     // stream is ordered after it.
@@ -134,7 +144,7 @@ class NcclCommunicator : public Communicator {
     return std::async(std::launch::deferred, [engine, done, device, comm] {
       VG_CUDA_CHECK(cudaSetDevice(device));
       for (;;) {
-        const cudaError_t state = cudaEventQuery(done);
+        const cudaError_t state = cudaEventQuery(done.get());
         if (state == cudaSuccess) break;
         VG_CUDA_CHECK(state == cudaErrorNotReady ? cudaSuccess : state);
         ncclResult_t async = ncclSuccess;
@@ -142,8 +152,7 @@ class NcclCommunicator : public Communicator {
         check_nccl(async, "ncclAllReduce (asynchronous)");
         std::this_thread::sleep_for(std::chrono::microseconds(50));
       }
-      VG_CUDA_CHECK(cudaStreamWaitEvent(engine, done, 0));
-      VG_CUDA_CHECK(cudaEventDestroy(done));
+      VG_CUDA_CHECK(cudaStreamWaitEvent(engine, done.get(), 0));
     });
   }
 
