@@ -177,9 +177,10 @@ TEST(LossStudy, APresetWithoutRunsProvesNothing) {
 }
 
 // What `voxgrad study` writes of an analysis: study.json and per_case.csv in `dir`.
-void write_outputs(const std::string& dir, const study::StudyData& data, const Json& analysis) {
+void write_outputs(const std::string& dir, const study::StudyData& data, const Json& analysis,
+                   const study::EarlierStudy* earlier = nullptr) {
   write_text(dir + "/study.json", analysis.dump(2));
-  write_text(dir + "/per_case.csv", study::per_case_csv(data, analysis));
+  write_text(dir + "/per_case.csv", study::per_case_csv(data, analysis, earlier));
 }
 
 TEST(LossStudy, AnEarlierStudyStandsInForAPresetWithoutRunsHere) {
@@ -203,6 +204,12 @@ TEST(LossStudy, AnEarlierStudyStandsInForAPresetWithoutRunsHere) {
   p_without_mark.erase("carried_from");
   EXPECT_EQ(p_without_mark, before_analysis["per_preset"][0]);
   EXPECT_FALSE(analysis["per_preset"][1].contains("carried_from"));
+  // Carried again from a study that carried it: the origin stays named.
+  write_outputs(now + "/out", data, analysis, &earlier);
+  const study::EarlierStudy again = study::read_earlier_study(now + "/out");
+  const Json twice = study::analyze_study(data, &again);
+  EXPECT_EQ(twice["per_preset"][0]["carried_from"], before + "/out/study.json");
+  EXPECT_FALSE(twice["per_preset"][1].contains("carried_from"));
   EXPECT_EQ(analysis["runs"]["done"], 20);
   EXPECT_EQ(analysis["outcome"], "confirmed") << analysis["per_preset"][1]["verdict"].dump();
   EXPECT_NE(study::results_markdown(analysis).find("## p\n\nFrom `" + before + "/out/study.json`"), std::string::npos);
@@ -239,6 +246,17 @@ TEST(LossStudy, AnEarlierStudyOfAnotherPlanIsRefused) {
     EXPECT_NE(std::string(e.what()).find("its seeds differ from"), std::string::npos) << e.what();
   }
   EXPECT_THROW(study::read_earlier_study(now), voxgrad::InputError);  // no study.json there
+
+  // A study.json of another shape is refused as it is read, naming what is missing.
+  Json edited = earlier.study;
+  edited["per_preset"][0].erase("verdict");
+  write_text(before + "/out/study.json", edited.dump());
+  try {
+    study::read_earlier_study(before + "/out");
+    FAIL() << "a preset without a verdict was read";
+  } catch (const voxgrad::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("preset p has no complete 'verdict'"), std::string::npos) << e.what();
+  }
 }
 
 // `voxgrad study --earlier`: the carried preset's plots come along, the others are drawn here.

@@ -419,7 +419,8 @@ Json carried_preset(const StudyData& data, const Json& header, const EarlierStud
   for (const Json& p : earlier.study["per_preset"])
     if (p.value("preset", std::string()) == preset && runs_done(p) > 0) {
       Json carried = p;
-      carried["carried_from"] = path;
+      // Carried on from a study that carried it: the origin stays named.
+      if (!carried.contains("carried_from")) carried["carried_from"] = path;
       return carried;
     }
   return nullptr;

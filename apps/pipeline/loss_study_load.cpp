@@ -213,6 +213,30 @@ std::vector<ProbeResult> read_probe(const std::string& preset_dir, const std::ve
   return out;
 }
 
+// An entry of an earlier study.json's per_preset list holds what analyze_study writes and the
+// report reads, of the right kinds: a file of another version or edited by hand is refused here,
+// not met half-way through the report.
+void check_preset_entry(const Json& p, const std::string& path) {
+  auto has = [&](const Json& j, const char* key, Json::value_t kind) {
+    return j.is_object() && j.contains(key) && j[key].type() == kind;
+  };
+  VG_INPUT_CHECK(has(p, "preset", Json::value_t::string), path << ": a 'per_preset' entry has no 'preset' name");
+  const std::string name = p["preset"].get<std::string>();
+  for (const char* key : {"arms", "pairs", "equivalence", "gradient_probe"})
+    VG_INPUT_CHECK(has(p, key, Json::value_t::array), path << ": preset " << name << " has no '" << key << "' list");
+  for (const Json& arm : p["arms"])
+    VG_INPUT_CHECK(has(arm, "arm", Json::value_t::string) && has(arm, "group", Json::value_t::string) &&
+                       has(arm, "seeds_done", Json::value_t::array),
+                   path << ": preset " << name << " has an arm without 'arm', 'group' and 'seeds_done'");
+  const bool verdict = has(p, "verdict", Json::value_t::object) &&
+                       has(p["verdict"], "outcome", Json::value_t::string) &&
+                       has(p["verdict"], "complete", Json::value_t::boolean) &&
+                       has(p["verdict"], "surrogates_beat_cross_entropy", Json::value_t::boolean) &&
+                       has(p["verdict"], "surrogates_equivalent", Json::value_t::boolean) &&
+                       has(p["verdict"], "failures", Json::value_t::array);
+  VG_INPUT_CHECK(verdict, path << ": preset " << name << " has no complete 'verdict'");
+}
+
 }  // namespace
 
 Plan read_plan(const std::string& path) {
@@ -246,6 +270,7 @@ EarlierStudy read_earlier_study(const std::string& folder) {
   VG_INPUT_CHECK(
       earlier.study.is_object() && earlier.study.contains("per_preset") && earlier.study["per_preset"].is_array(),
       study << ": no 'per_preset' list (is it a study.json?)");
+  for (const Json& p : earlier.study["per_preset"]) check_preset_entry(p, study);
   return earlier;
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A stand-in for the voxgrad binary that tools/loss-study drives: each subcommand writes the files
 # the real one would (empty or tiny) in milliseconds and appends its name and arguments to
-# $FAKE_CALLS, so that tests/loss_study/records.sh can count what the script trained.
+# $FAKE_CALLS, so that tests/loss_study/records.sh can count what the script trained. Its scores
+# are $FAKE_SCORE (a training that does not repeat itself) and its data $FAKE_DATA_VARIANT.
 set -euo pipefail
 command=$1
 shift
@@ -39,7 +40,7 @@ case $command in
   eval)
     mkdir -p "$(dirname "$out")"
     echo '{"mean":{}}' >"$out"
-    echo 'case,class,dice,jaccard' >"${out%.json}.csv"
+    printf 'case,class,dice,jaccard\nsynth_016,1,%s,0.5\n' "${FAKE_SCORE:-0.9}" >"${out%.json}.csv"
     echo 'case,class,component,voxels' >"${out%.json}_components.csv"
     ;;
   grad)
