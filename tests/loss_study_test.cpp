@@ -123,6 +123,23 @@ TEST(LossStudy, UnfinishedRunsAreLeftOutAndTheStudyIsIncomplete) {
   EXPECT_FALSE(study::results_markdown(analysis).empty());
 }
 
+// results.md points at the plots: every file write_study_plots writes is named there.
+TEST(LossStudy, TheReportNamesThePlotsWritten) {
+  const std::string work = make_study("loss_study_plot_names");
+  const study::StudyData data = study::load_study(work);
+  const Json analysis = study::analyze_study(data);
+  const std::string dir = work + "/plots";
+  fs::create_directories(dir);
+  const std::vector<std::string> written = study::write_study_plots(data, analysis, dir);
+  ASSERT_EQ(written.size(), 3u);
+  const std::string md = study::results_markdown(analysis);
+  for (const std::string& file : written) {
+    EXPECT_TRUE(fs::exists(file)) << file;
+    const std::string name = fs::path(file).filename().string();
+    EXPECT_NE(md.find("`plots/" + name + "`"), std::string::npos) << name;
+  }
+}
+
 // Weighted cross-entropy arms: one below plain cross-entropy, one above it (below the surrogates).
 double wce_low_dice(int c, std::int64_t seed) { return ce_dice(c, seed) - 0.03 - 0.001 * (c % 4); }
 double wce_high_dice(int c, std::int64_t seed) { return ce_dice(c, seed) + 0.05 + 0.001 * (c % 5); }

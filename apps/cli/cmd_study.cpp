@@ -36,8 +36,7 @@ std::vector<std::string> copy_carried_plots(const Json& analysis, const std::str
   std::vector<std::string> copied;
   for (const Json& p : analysis["per_preset"]) {
     if (!p.contains("carried_from")) continue;
-    for (const char* kind : {"_paired_differences.svg", "_learning_curves.svg", "_objects_by_size.svg"}) {
-      const std::string name = p["preset"].get<std::string>() + kind;
+    for (const std::string& name : pipeline::study::study_plot_names(p["preset"].get<std::string>())) {
       const std::string from = earlier + "/plots/" + name, to = dir + "/" + name;
       std::error_code ec;
       if (!fs::exists(from, ec)) continue;

@@ -5,6 +5,7 @@
 // analyze_study applies the project's statistics (study_statistics.h) and returns study.json.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -118,9 +119,13 @@ std::string per_case_csv(const StudyData& data, const Json& analysis = Json(), c
 // results.md: the verdict and the tables of study.json, for people.
 std::string results_markdown(const Json& analysis);
 
-// SVG plots per preset in `dir`: paired per-case differences against cross-entropy, learning
-// curves with seed bands, and the found fraction of reference objects against their size. Returns
-// the files written.
+// The file names of a preset's plots, in the order write_study_plots writes them: paired per-case
+// differences against cross-entropy, learning curves with seed bands, and the found fraction of
+// reference objects against their size.
+std::array<std::string, 3> study_plot_names(const std::string& preset);
+
+// The SVG plots (study_plot_names) of every preset with runs in `data`, in `dir`. Returns the
+// files written.
 std::vector<std::string> write_study_plots(const StudyData& data, const Json& analysis, const std::string& dir);
 
 }  // namespace voxgrad::pipeline::study

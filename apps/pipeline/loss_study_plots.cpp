@@ -2,6 +2,7 @@
 // cross-entropy (dots, mean, 95% bootstrap interval), validation Dice per epoch with a band over
 // the seeds, and the fraction of each reference object found against its size.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <map>
 #include <span>
@@ -214,17 +215,22 @@ void write(const std::string& path, const std::string& text) { files::write_file
 
 }  // namespace
 
+std::array<std::string, 3> study_plot_names(const std::string& preset) {
+  return {preset + "_paired_differences.svg", preset + "_learning_curves.svg", preset + "_objects_by_size.svg"};
+}
+
 std::vector<std::string> write_study_plots(const StudyData& data, const Json& analysis, const std::string& dir) {
   std::vector<std::string> written;
   for (const Json& preset : analysis["per_preset"]) {
     const std::string name = preset["preset"].get<std::string>();
     if (!data.runs.count(name)) continue;
-    const std::string base = dir + "/" + name;
-    write(base + "_paired_differences.svg", paired_differences(data, preset));
-    write(base + "_learning_curves.svg", learning_curves(preset));
-    write(base + "_objects_by_size.svg", objects_by_size(preset));
-    written.insert(written.end(),
-                   {base + "_paired_differences.svg", base + "_learning_curves.svg", base + "_objects_by_size.svg"});
+    const std::array<std::string, 3> names = study_plot_names(name);
+    const std::array<std::string, 3> svgs = {paired_differences(data, preset), learning_curves(preset),
+                                             objects_by_size(preset)};
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      write(dir + "/" + names[i], svgs[i]);
+      written.push_back(dir + "/" + names[i]);
+    }
   }
   return written;
 }

@@ -194,9 +194,13 @@ std::string results_markdown(const Json& analysis) {
     }
     objects_table(md, preset);
     probe_table(md, preset);
-    md << "\nPlots: `plots/" << preset["preset"].get<std::string>() << "_paired_differences.svg`, `plots/"
-       << preset["preset"].get<std::string>() << "_learning_curves.svg`, `plots/" << preset["preset"].get<std::string>()
-       << "_objects_by_size.svg`.\n";
+    md << "\nPlots:";
+    const char* separator = " ";
+    for (const std::string& plot : study_plot_names(preset["preset"].get<std::string>())) {
+      md << separator << "`plots/" << plot << "`";
+      separator = ", ";
+    }
+    md << ".\n";
   }
   return md.str();
 }
