@@ -2,8 +2,19 @@
 // which writes NaN and Inf as null (nlohmann's own behaviour, kept explicit here).
 #pragma once
 
-#include <nlohmann/json.hpp>
 #include <ostream>
+
+namespace voxgrad::detail {
+[[noreturn]] void json_assertion_failed(const char* condition);
+}
+
+// nlohmann-json checks a key read through a const operator[] only with assert(): with NDEBUG a
+// missing key is undefined behaviour. Here it throws Json::out_of_range, so a JSON file without a
+// field its reader expects is an error, never a crash. Every file includes nlohmann-json through
+// this header, so that every translation unit sees the same definition.
+#define JSON_ASSERT(condition) \
+  ((condition) ? static_cast<void>(0) : ::voxgrad::detail::json_assertion_failed(#condition))
+#include <nlohmann/json.hpp>
 
 namespace voxgrad {
 

@@ -1,10 +1,10 @@
 // `voxgrad bench loss` at a tiny size: every loss gets a timing line, the sort yardstick says n/a
 // without a GPU, the PyTorch reference line says whether it ran (and why not), and bad options exit 2.
-#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <string>
 
+#include "engine/json.h"
 #include "tests/test_support.h"
 
 namespace {

@@ -1,9 +1,9 @@
 // `voxgrad bench peak`: one JSON object with the machine's peaks, every SIMD level it measured,
 // and the cache it wrote for --profile.
 #include <filesystem>
-#include <nlohmann/json.hpp>
 #include <string>
 
+#include "engine/json.h"
 #include "tests/test_support.h"
 
 namespace {

@@ -1,9 +1,9 @@
 // `voxgrad bench predict` at a tiny size: one JSON object with its keys, the window count of
 // nnU-Net's window starts, D,H,W volumes, and bad flags as usage errors (exit 2).
-#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 
+#include "engine/json.h"
 #include "tests/test_support.h"
 
 namespace {

@@ -1,9 +1,9 @@
 // `voxgrad bench train` at a tiny size: one JSON object with exactly the keys and a
 // positive parameter count, D,H,W patches, and a bad flag is a usage error (exit 2).
-#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 
+#include "engine/json.h"
 #include "tests/test_support.h"
 
 namespace {

@@ -10,12 +10,12 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "apps/distributed/mpi_world.h"
 #include "engine/checkpoint.h"
+#include "engine/json.h"
 #include "tests/csv_reader.h"
 #include "tests/test_support.h"
 

@@ -19,12 +19,12 @@
 #include <functional>
 #include <limits>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "engine/json.h"
 #include "io/nifti.h"
 #include "tests/csv_reader.h"
 #include "tests/test_support.h"

@@ -3,7 +3,6 @@
 // and logits.grad()'s values, grad_stats against a hand-checked and a brute-force boundary, and errors.
 #include <cmath>
 #include <cstdint>
-#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -11,6 +10,7 @@
 #include <vector>
 
 #include "apps/pipeline/grad_stats.h"
+#include "engine/json.h"
 #include "engine/losses.h"
 #include "engine/ops.h"
 #include "io/nifti.h"

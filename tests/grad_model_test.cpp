@@ -6,12 +6,12 @@
 
 #include <cmath>
 #include <filesystem>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "apps/pipeline/network_gradient.h"
 #include "apps/pipeline/preprocess.h"
+#include "engine/json.h"
 #include "engine/losses.h"
 #include "engine/ops.h"
 #include "io/nifti.h"

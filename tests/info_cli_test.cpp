@@ -11,12 +11,12 @@
 #include <cstring>
 #include <fstream>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "engine/json.h"
 #include "io/nifti.h"
 #include "tests/test_support.h"
 

@@ -1,13 +1,15 @@
 // The log/progress module and the JSON writer: durations, progress lines (bar, rate, ETA), plain
 // mode printing only the first and the final line of a fast loop, and NaN/Inf written as null.
+#include "engine/log.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
 #include <sstream>
+#include <string>
 
 #include "engine/json.h"
-#include "engine/log.h"
 #include "tests/test_support.h"
 
 namespace {
@@ -90,6 +92,19 @@ TEST(Json, InvalidUtf8DoesNotThrow) {
   const std::string text = out.str();
   EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 1);
   EXPECT_TRUE(voxgrad::Json::parse(text).at("path").is_string());
+}
+
+// nlohmann-json only asserts that a key read through a const operator[] exists: without the
+// project's JSON_ASSERT a missing key is undefined behaviour in a release build.
+TEST(Json, AMissingKeyReadFromAConstObjectThrows) {
+  const voxgrad::Json j = {{"present", 1}};
+  EXPECT_EQ(j["present"], 1);
+  try {
+    (void)j["absent"];
+    FAIL() << "a missing key was read";
+  } catch (const voxgrad::Json::out_of_range& e) {
+    EXPECT_NE(std::string(e.what()).find("key not found"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -273,6 +274,28 @@ TEST(LossStudy, AnEarlierStudyOfAnotherPlanIsRefused) {
     FAIL() << "a preset without a verdict was read";
   } catch (const voxgrad::InputError& e) {
     EXPECT_NE(std::string(e.what()).find("preset p has no complete 'verdict'"), std::string::npos) << e.what();
+  }
+
+  // Deeper down, whatever results.md reads: a missing field, a field of another kind, an interval
+  // of one number. Each is refused as the file is read, naming the file and the preset.
+  const std::vector<std::function<void(Json&)>> edits = {
+      [](Json& p) { p["pairs"][0]["dice"].erase("p_holm"); },
+      [](Json& p) { p["pairs"][0]["dice"]["bootstrap_ci_cases"] = Json::array({0.1}); },
+      [](Json& p) { p["arms"][0]["per_class"] = 3; },
+      [](Json& p) { p["verdict"]["failures"] = Json::array({7}); },
+      [](Json& p) { p["gradient_probe"] = Json::array({Json::object()}); },
+  };
+  for (std::size_t i = 0; i < edits.size(); ++i) {
+    Json deeper = earlier.study;
+    edits[i](deeper["per_preset"][0]);
+    write_text(before + "/out/study.json", deeper.dump());
+    try {
+      study::read_earlier_study(before + "/out");
+      ADD_FAILURE() << "edit " << i << " was read";
+    } catch (const voxgrad::InputError& e) {
+      EXPECT_NE(std::string(e.what()).find(before + "/out/study.json: preset p cannot be reported"), std::string::npos)
+          << "edit " << i << ": " << e.what();
+    }
   }
 }
 

@@ -8,7 +8,6 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <set>
 #include <span>
 #include <sstream>
@@ -16,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/json.h"
 #include "io/gzip_stream.h"
 #include "io/nifti.h"
 #include "tests/test_support.h"

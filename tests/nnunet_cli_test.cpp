@@ -4,10 +4,10 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <nlohmann/json.hpp>
 #include <sstream>
 #include <tuple>
 
+#include "engine/json.h"
 #include "tests/test_support.h"
 
 namespace {

@@ -8,9 +8,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <nlohmann/json.hpp>
 
 #include "apps/pipeline/nnunet_inference.h"
+#include "engine/json.h"
 #include "engine/ops.h"
 #include "io/dataset.h"
 #include "io/nifti.h"

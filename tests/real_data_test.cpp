@@ -4,12 +4,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
 #include <sstream>
 #include <string>
 
+#include "engine/json.h"
 #include "io/dataset.h"
 #include "io/nifti.h"
 #include "tests/test_support.h"

@@ -8,12 +8,12 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "engine/json.h"
 #include "io/dataset.h"
 #include "io/nifti.h"
 #include "tests/test_support.h"

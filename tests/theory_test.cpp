@@ -2,11 +2,11 @@
 // the maths puts them, each check fails when fed a wrong identity or bound, and the command's JSON
 // has its promised shape, is the same for a seed, and its status says whether everything held.
 #include <cmath>
-#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 
 #include "apps/pipeline/theory_checks.h"
+#include "engine/json.h"
 #include "tests/test_support.h"
 
 namespace {

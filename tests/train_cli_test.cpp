@@ -16,7 +16,6 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <set>
 #include <span>
 #include <sstream>
@@ -28,6 +27,7 @@
 #include "apps/pipeline/train_data.h"
 #include "apps/pipeline/trainer.h"
 #include "engine/checkpoint.h"
+#include "engine/json.h"
 #include "engine/ops.h"
 #include "io/nifti.h"
 #include "tests/test_support.h"

@@ -8,7 +8,6 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <string>
@@ -17,6 +16,7 @@
 #include "apps/pipeline/run_config.h"
 #include "apps/pipeline/train_data.h"
 #include "engine/checkpoint.h"
+#include "engine/json.h"
 #include "io/nifti.h"
 #include "tests/csv_reader.h"
 #include "tests/test_support.h"

@@ -118,6 +118,9 @@ std::string per_case_csv(const StudyData& data, const Json& analysis = Json(), c
 
 // results.md: the verdict and the tables of study.json, for people.
 std::string results_markdown(const Json& analysis);
+// One preset's section of results.md (a study.json "per_preset" entry); a field missing or of
+// another kind is a Json::exception.
+std::string preset_results_markdown(const Json& preset);
 
 // The file names of a preset's plots, in the order write_study_plots writes them: paired per-case
 // differences against cross-entropy, learning curves with seed bands, and the found fraction of

@@ -23,9 +23,17 @@ namespace {
 namespace fs = std::filesystem;
 
 Json read_json(const std::string& path) {
+  // The study's files nest fewer than ten levels; a limit keeps copying, dump() and every other
+  // recursive walk of a hostile file's tree off the end of the stack.
+  constexpr int kDeepest = 32;
+  const auto limit_depth = [&](int depth, Json::parse_event_t event, Json&) {
+    if (event == Json::parse_event_t::object_start || event == Json::parse_event_t::array_start)
+      VG_INPUT_CHECK(depth < kDeepest, path << ": values nested more than " << kDeepest << " deep");
+    return true;
+  };
   const std::string text = io::read_file_bytes(path);
   try {
-    return Json::parse(text);
+    return Json::parse(text, limit_depth);
   } catch (const Json::exception& e) {
     VG_INPUT_FAIL(path << ": not valid JSON (" << e.what() << ")");
   }
@@ -235,6 +243,13 @@ void check_preset_entry(const Json& p, const std::string& path) {
                        has(p["verdict"], "surrogates_equivalent", Json::value_t::boolean) &&
                        has(p["verdict"], "failures", Json::value_t::array);
   VG_INPUT_CHECK(verdict, path << ": preset " << name << " has no complete 'verdict'");
+  // The rest is read where results.md is written: an entry it cannot report is refused now.
+  try {
+    (void)preset_results_markdown(p);
+  } catch (const Json::exception& e) {
+    VG_INPUT_FAIL(path << ": preset " << name << " cannot be reported (" << e.what()
+                       << "); edited by hand, or written by another version of voxgrad?");
+  }
 }
 
 }  // namespace

@@ -32,7 +32,7 @@ std::string p_text(const Json& v) {
 std::string interval(const Json& v) {
   // Appended piece by piece: GCC 12 warns falsely (-Wrestrict) on a short literal + std::string.
   std::string out(1, '[');
-  out.append(num(v[0], 3)).append(", ").append(num(v[1], 3)).append("]");
+  out.append(num(v.at(0), 3)).append(", ").append(num(v.at(1), 3)).append("]");
   return out;
 }
 
@@ -108,7 +108,7 @@ void probe_table(std::ostringstream& md, const Json& preset) {
   };
   for (const Json& p : preset["gradient_probe"])
     row(p["arm"].get<std::string>(), p["gradient_mass_fraction"], num(p["mean_loss"], 4));
-  row("(voxels)", preset["gradient_probe"][0]["voxel_fraction"], "");
+  row("(voxels)", preset["gradient_probe"].at(0)["voxel_fraction"], "");
 }
 
 }  // namespace
@@ -143,6 +143,53 @@ std::string per_case_csv(const StudyData& data, const Json& analysis, const Earl
   return out;
 }
 
+std::string preset_results_markdown(const Json& preset) {
+  std::ostringstream md;
+  const Json& v = preset["verdict"];
+  md << "\n## " << preset["preset"].get<std::string>() << "\n\n";
+  bool has_runs = false;
+  for (const Json& a : preset["arms"]) has_runs = has_runs || !a["seeds_done"].empty();
+  if (!has_runs) {
+    md << "No finished runs yet.\n";
+    return md.str();
+  }
+  if (preset.contains("carried_from"))
+    md << "From `" << preset["carried_from"].get<std::string>()
+       << "`: this preset's runs were made in another work folder and analysed there by the same rule.\n\n";
+  md << "Verdict: **" << v["outcome"].get<std::string>() << "** (surrogates beat cross-entropy and the best weighted "
+     << "cross-entropy: " << (v["surrogates_beat_cross_entropy"].get<bool>() ? "yes" : "no")
+     << "; surrogates equivalent: " << (v["surrogates_equivalent"].get<bool>() ? "yes" : "no") << ")";
+  if (!v["best_weighted_cross_entropy"].is_null())
+    md << "; best weighted cross-entropy: " << v["best_weighted_cross_entropy"].get<std::string>();
+  md << ".\n";
+  if (!v["failures"].empty()) {
+    md << "\nWhat the rule did not find:\n\n";
+    for (const Json& f : v["failures"]) md << "- " << f.get<std::string>() << "\n";
+  }
+  md << "\n";
+  arms_table(md, preset);
+  md << "\nPaired comparisons (a − b per case):\n\n";
+  pairs_table(md, preset);
+  equivalence_table(md, preset);
+  if (preset.contains("ranking")) {
+    md << "\nRanking by Dice:";
+    for (const Json& a : preset["ranking"]["by_dice"]) md << " " << a.get<std::string>();
+    md << "; by Jaccard:";
+    for (const Json& a : preset["ranking"]["by_jaccard"]) md << " " << a.get<std::string>();
+    md << "; Kendall's τ-b between them " << num(preset["ranking"]["kendall_tau_b"], 3) << ".\n";
+  }
+  objects_table(md, preset);
+  probe_table(md, preset);
+  md << "\nPlots:";
+  const char* separator = " ";
+  for (const std::string& plot : study_plot_names(preset["preset"].get<std::string>())) {
+    md << separator << "`plots/" << plot << "`";
+    separator = ", ";
+  }
+  md << ".\n";
+  return md.str();
+}
+
 std::string results_markdown(const Json& analysis) {
   std::ostringstream md;
   md << "# Loss study: " << analysis["tier"].get<std::string>() << " tier\n\n";
@@ -158,50 +205,7 @@ std::string results_markdown(const Json& analysis) {
      << "The Wilcoxon tests treat the test cases as the sample and the seeds' mean as each case's score, so they "
         "speak of these seeds; how much another seed would change a difference shows in the interval over seeds then "
         "cases.\n";
-  for (const Json& preset : analysis["per_preset"]) {
-    const Json& v = preset["verdict"];
-    md << "\n## " << preset["preset"].get<std::string>() << "\n\n";
-    bool has_runs = false;
-    for (const Json& a : preset["arms"]) has_runs = has_runs || !a["seeds_done"].empty();
-    if (!has_runs) {
-      md << "No finished runs yet.\n";
-      continue;
-    }
-    if (preset.contains("carried_from"))
-      md << "From `" << preset["carried_from"].get<std::string>()
-         << "`: this preset's runs were made in another work folder and analysed there by the same rule.\n\n";
-    md << "Verdict: **" << v["outcome"].get<std::string>() << "** (surrogates beat cross-entropy and the best weighted "
-       << "cross-entropy: " << (v["surrogates_beat_cross_entropy"].get<bool>() ? "yes" : "no")
-       << "; surrogates equivalent: " << (v["surrogates_equivalent"].get<bool>() ? "yes" : "no") << ")";
-    if (!v["best_weighted_cross_entropy"].is_null())
-      md << "; best weighted cross-entropy: " << v["best_weighted_cross_entropy"].get<std::string>();
-    md << ".\n";
-    if (!v["failures"].empty()) {
-      md << "\nWhat the rule did not find:\n\n";
-      for (const Json& f : v["failures"]) md << "- " << f.get<std::string>() << "\n";
-    }
-    md << "\n";
-    arms_table(md, preset);
-    md << "\nPaired comparisons (a − b per case):\n\n";
-    pairs_table(md, preset);
-    equivalence_table(md, preset);
-    if (preset.contains("ranking")) {
-      md << "\nRanking by Dice:";
-      for (const Json& a : preset["ranking"]["by_dice"]) md << " " << a.get<std::string>();
-      md << "; by Jaccard:";
-      for (const Json& a : preset["ranking"]["by_jaccard"]) md << " " << a.get<std::string>();
-      md << "; Kendall's τ-b between them " << num(preset["ranking"]["kendall_tau_b"], 3) << ".\n";
-    }
-    objects_table(md, preset);
-    probe_table(md, preset);
-    md << "\nPlots:";
-    const char* separator = " ";
-    for (const std::string& plot : study_plot_names(preset["preset"].get<std::string>())) {
-      md << separator << "`plots/" << plot << "`";
-      separator = ", ";
-    }
-    md << ".\n";
-  }
+  for (const Json& preset : analysis["per_preset"]) md << preset_results_markdown(preset);
   return md.str();
 }
 

@@ -3,14 +3,10 @@
 // crash, a sanitizer report, another exception type, a hang or a huge allocation. Built without
 // libFuzzer it is a replay program (tests/fuzz/replay_main.cpp): `config_json_fuzz_replay
 // FILE_OR_DIR...`. Seeds: tests/fuzz/corpus_config_json (a real config.json and variants).
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <span>
@@ -19,42 +15,17 @@
 
 #include "apps/pipeline/run_config.h"
 #include "engine/error.h"
+#include "tests/fuzz/fuzz_files.h"
 
 namespace {
 
 using namespace voxgrad;
 using namespace voxgrad::pipeline;
-namespace fs = std::filesystem;
 
-// read_run_config reads RUN/config.json: one run folder per process, in memory-backed storage when
-// there is some, removed at exit.
-const std::string& run_dir() {
-  static const std::string dir = [] {
-    const std::string base = fs::exists("/dev/shm") ? "/dev/shm" : fs::temp_directory_path().string();
-    const std::string d = base + "/voxgrad-config-fuzz-" + std::to_string(::getpid());
-    fs::create_directories(d);
-    return d;
-  }();
-  static const bool cleaned_at_exit = std::atexit([] {
-    std::error_code ec;
-    fs::remove_all(run_dir(), ec);
-  }) == 0;
-  (void)cleaned_at_exit;
-  return dir;
-}
+// read_run_config reads RUN/config.json: one run folder per process.
+const std::string& run_dir() { return fuzz::scratch_dir("config"); }
 
-void write_input(std::span<const std::byte> bytes) {
-  const std::string path = run_config_path(run_dir());
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) std::abort();
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n <= 0) std::abort();
-    done += static_cast<std::size_t>(n);
-  }
-  ::close(fd);
-}
+void write_input(std::span<const std::byte> bytes) { fuzz::write_file(run_config_path(run_dir()), bytes); }
 
 // A bug in the reader, not in the input: stop as a crash does, so libFuzzer keeps the input.
 void require(bool ok, const char* what) {

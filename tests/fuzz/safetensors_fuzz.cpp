@@ -2,14 +2,10 @@
 // a crash, a sanitizer report or an allocation the input cannot back. Built without libFuzzer
 // it is a replay program (tests/fuzz/replay_main.cpp): `safetensors_fuzz_replay FILE_OR_DIR...`.
 // Seeds: tests/fuzz/corpus_safetensors (make_safetensors_seeds.py).
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -20,6 +16,7 @@
 
 #include "engine/checkpoint.h"
 #include "engine/error.h"
+#include "tests/fuzz/fuzz_files.h"
 
 namespace {
 
@@ -36,37 +33,13 @@ class Tiny : public Module {
   Tensor forward(const Tensor& x) override { return x; }
 };
 
-// The loader reads files only: each input becomes one file in memory-backed storage when there is some.
+// The loader reads files only: each input becomes one file.
 const std::string& input_path() {
-  static const std::string path = [] {
-    const std::string base =
-        std::filesystem::exists("/dev/shm") ? "/dev/shm" : std::filesystem::temp_directory_path().string();
-    const std::string dir = base + "/voxgrad-safetensors-fuzz-" + std::to_string(::getpid());
-    std::filesystem::create_directories(dir);
-    return dir + "/input.safetensors";
-  }();
-  static const bool cleaned_at_exit = [] {
-    std::atexit([] {
-      std::error_code ec;
-      std::filesystem::remove_all(std::filesystem::path(path).parent_path(), ec);
-    });
-    return true;
-  }();
-  (void)cleaned_at_exit;
+  static const std::string path = fuzz::scratch_dir("safetensors") + "/input.safetensors";
   return path;
 }
 
-void write_input(std::span<const std::byte> bytes) {
-  const int fd = ::open(input_path().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) std::abort();
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n <= 0) std::abort();
-    done += static_cast<std::size_t>(n);
-  }
-  ::close(fd);
-}
+void write_input(std::span<const std::byte> bytes) { fuzz::write_file(input_path(), bytes); }
 
 // Where use() leaves its sum, so that the compiler keeps the reads.
 volatile unsigned g_sink = 0;
